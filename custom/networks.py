@@ -1,0 +1,91 @@
+"""Loading network weights from local files (checkpoints and pretrained weights)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+#: parameters that may differ in shape from pretrained weights (the classification head).
+HEAD_PATTERN = re.compile(r"^class_layers\.out\.")
+
+
+def _torchvision_to_monai(key: str) -> str:
+    """Map a torchvision DenseNet121 parameter name onto MONAI's DenseNet121 naming."""
+    key = re.sub(r"^(features\.denseblock\d+\.denselayer\d+\.)(norm|relu|conv)\.?(\d)", r"\1layers.\2\3", key)
+    key = re.sub(r"^features\.norm5\.", "features.norm5.", key)
+    return re.sub(r"^classifier\.", "class_layers.out.", key)
+
+
+def read_state_dict(path, key: str = "model") -> dict:
+    """Read a state dict from a checkpoint file with ``weights_only=True``.
+
+    Accepts a bare state dict or a checkpoint dict holding one under ``key``.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message names it).
+        ValueError: the file is not a readable checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise ValueError(f"cannot read weights file {path}: {e}") from None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+        ckpt = ckpt[key]
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(f"weights file {path} does not hold a state dict (or a checkpoint with a '{key}' entry)")
+    return ckpt
+
+
+def load_weights(network: torch.nn.Module, path, key: str = "model") -> torch.nn.Module:
+    """Load a checkpoint's weights into ``network``, all keys and shapes matching.
+
+    Raises:
+        FileNotFoundError, ValueError: missing file, unreadable file, or keys/shapes that do not match.
+    """
+    state = read_state_dict(path, key)
+    own = network.state_dict()
+    _check_match(path, own, state)
+    network.load_state_dict(state)
+    return network
+
+
+def load_pretrained(network: torch.nn.Module, path=None) -> torch.nn.Module:
+    """Initialise ``network`` from pretrained weights in a local file; ``None``/``""`` keeps random init.
+
+    The classification head (``class_layers.out``) is skipped when its shape differs (e.g. ImageNet's
+    1,000 classes); torchvision's DenseNet121 names are mapped onto MONAI's. Every other key must be
+    present with the same shape.
+
+    Raises:
+        FileNotFoundError, ValueError: missing or unreadable file, or keys/shapes that do not match.
+    """
+    if path in (None, ""):
+        return network
+    state = {_torchvision_to_monai(k): v for k, v in read_state_dict(path).items()}
+    own = network.state_dict()
+    head = [k for k in own if HEAD_PATTERN.match(k) and (k not in state or state[k].shape != own[k].shape)]
+    for k in head:
+        state[k] = own[k]
+    _check_match(path, own, state)
+    network.load_state_dict(state)
+    return network
+
+
+def _check_match(path, own: dict, state: dict) -> None:
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"weights in {path} do not match the network:"]
+        if missing:
+            lines.append(f"  {len(missing)} missing key(s), e.g. {missing[:3]}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+        if shapes:
+            lines.append(f"  {len(shapes)} shape mismatch(es), e.g. {shapes[:3]}")
+        raise ValueError("\n".join(lines))
