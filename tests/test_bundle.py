@@ -1,0 +1,199 @@
+"""Every bundle config, run through the MONAI bundle API on tiny synthetic data."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from conftest import CONFIGS, ROOT
+
+TINY = {
+    "datalist#num_training": 96,
+    "datalist#num_validation": 64,
+    "datalist#num_test": 96,
+    "datalist#num_test_shifted": 64,
+    "max_epochs": 2,
+    "batch_size": 32,
+}
+
+
+def _workflow(config_files, workflow_type, **override):
+    files = [str(CONFIGS / f) for f in config_files]
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        **override,
+    )
+
+
+def _messages(exc):
+    """The messages of an exception and of its causes (MONAI wraps component errors)."""
+    out = []
+    while exc is not None:
+        out.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(out)
+
+
+def _run(wf):
+    wf.initialize()
+    out = wf.run()
+    wf.finalize()
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny NVUM training run (2 epochs); returns its folders and workflow."""
+    root = tmp_path_factory.mktemp("bundle")
+    data = tmp_path_factory.mktemp("data") / "synthetic"
+    wf = _workflow(["train.json"], "train", bundle_root=str(root), **{"datalist#root": str(data)}, **TINY)
+    _run(wf)
+    return {"root": root, "data": data, "wf": wf}
+
+
+def test_train_config_has_monai_train_properties(tmp_path):
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, **{"datalist#root": str(tmp_path / "data")}, **TINY)
+    wf.initialize()
+    assert wf.check_properties() in (None, [])
+
+
+def test_inference_config_has_monai_infer_properties(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "x.png")
+    wf = _workflow(["inference.json"], "infer", input_path=str(tmp_path))
+    wf.initialize()
+    assert wf.check_properties() in (None, [])
+
+
+def test_training_writes_best_and_resume_checkpoints_with_the_memory(trained):
+    models = trained["root"] / "models"
+    best = torch.load(models / "model.pt", weights_only=True)
+    assert "class_layers.out.weight" in best  # a bare state dict of the deployable network
+    (resume,) = sorted(models.glob("checkpoint_epoch=*.pt"))
+    state = torch.load(resume, weights_only=True)
+    assert {"model", "memory", "optimizer", "lr_scheduler", "trainer", "memory_updater"} <= set(state)
+    values = state["memory"]["values"]
+    assert values.shape == (TINY["datalist#num_training"], 14) and values.dtype == torch.float32
+    # after 2 epoch-end updates every row is (1 - 0.9^2) of the way to its targets: no row is still zero
+    assert (values.abs().sum(dim=1) > 0).all()
+    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"] == 2 * 96 // 32
+
+
+def test_training_writes_test_tables_and_an_mlflow_run(trained):
+    eval_dir = trained["root"] / "eval"
+    for split in ("test", "test_shifted"):
+        table = pd.read_csv(eval_dir / f"test_{split}.csv")
+        assert list(table["class"])[-1] == "Mean (diseases)" and len(table) == 15
+        diseases = table["auc"].iloc[:13].dropna()
+        assert np.isclose(table["auc"].iloc[-1], diseases.mean())
+    mlflow.set_tracking_uri("sqlite:///" + str(eval_dir / "mlruns.db"))
+    runs = mlflow.search_runs(experiment_names=["nvum"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["loss"] == "nvum" and run.data.params["memory_schedule"] == "epoch"
+    client = mlflow.MlflowClient()
+    assert len(client.get_metric_history(run.info.run_id, "val_mean_auc")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert "test_test_mean_auc" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "test")}
+    assert "test/test_test.csv" in artifacts
+
+
+def test_evaluate_config_reproduces_the_training_test_table(trained):
+    root = trained["root"]
+    before = pd.read_csv(root / "eval" / "test_test.csv")
+    wf = _workflow(["train.json", "evaluate.json"], "eval", bundle_root=str(root), output_dir=str(root / "eval2"), mlflow=False, **{"datalist#root": str(trained["data"])}, **TINY)
+    _run(wf)
+    after = pd.read_csv(root / "eval2" / "test_test.csv")
+    assert np.allclose(before["auc"], after["auc"], equal_nan=True)
+
+
+def test_inference_config_writes_probabilities_for_a_folder_of_images(trained, tmp_path):
+    images = sorted((trained["data"] / "test").glob("*.png"))[:5]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in images:
+        (folder / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "probs.csv"
+    wf = _workflow(["inference.json"], "infer", bundle_root=str(trained["root"]), input_path=str(folder), output_file=str(out))
+    _run(wf)
+    table = pd.read_csv(out)
+    assert len(table) == 5 and list(table.columns)[1:] == json.loads((CONFIGS / "inference.json").read_text())["classes"]
+    probs = table.iloc[:, 1:].to_numpy()
+    assert ((probs > 0) & (probs < 1)).all()
+    # the probabilities are those of the trained network on the same images
+    from custom.evaluation import predict
+    from custom.networks import load_weights
+    from monai.networks.nets import DenseNet121
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    net = load_weights(DenseNet121(spatial_dims=2, in_channels=3, out_channels=14), trained["root"] / "models" / "model.pt")
+    logits = predict(net, [{"image": str(folder / p.name)} for p in images], parser.get_parsed_content("preprocessing"))
+    assert np.allclose(torch.sigmoid(torch.as_tensor(logits)).numpy(), probs, atol=1e-5)
+
+
+def test_plain_bce_is_one_override_and_leaves_the_memory_at_zero(tmp_path):
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), loss_name="bce", mlflow=False, **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
+    _run(wf)
+    assert wf.parser.get_parsed_content("memory").values.abs().sum() == 0
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_iteration_schedule_with_ema_teacher_trains_and_checkpoints_the_teacher(tmp_path):
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), memory_schedule="iteration", use_teacher=True, reg="elementwise", mlflow=False, **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
+    _run(wf)
+    teacher = wf.parser.get_parsed_content("teacher")
+    (ckpt,) = (tmp_path / "models").glob("checkpoint_epoch=*.pt")
+    state = torch.load(ckpt, weights_only=True)
+    assert state["teacher"].keys() == teacher.model.state_dict().keys()
+    best = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    # the best checkpoint holds the teacher (the evaluated network), not the student
+    assert best.keys() == teacher.model.state_dict().keys()
+    assert all(torch.equal(best[k], v) for k, v in teacher.model.state_dict().items())  # one epoch: best = final
+    assert wf.parser.get_parsed_content("memory").values.abs().sum() > 0
+
+
+def test_missing_dataset_folder_names_the_path(tmp_path):
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"classes": ["A", "No Finding"], "training": [{"image": "a.png", "label": [1, 0]}], "validation": [{"image": "b.png", "label": [0, 1]}]}))
+    missing = tmp_path / "no_such_folder"
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, datalist={"_target_": "custom.DataList", "path": str(datalist), "dataset_dir": str(missing)})
+    wf.initialize()
+    with pytest.raises(Exception) as err:
+        wf.run()
+    assert f"dataset folder not found: {missing}" in _messages(err.value)
+
+
+def test_missing_pretrained_weights_names_the_path(tmp_path):
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, pretrained_weights=str(tmp_path / "imagenet.pt"), **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
+    wf.initialize()
+    with pytest.raises(Exception) as err:
+        wf.run()
+    assert f"weights file not found: {tmp_path / 'imagenet.pt'}" in _messages(err.value)
+
+
+def test_inference_without_input_names_the_setting(tmp_path):
+    wf = _workflow(["inference.json"], "infer", input_path=str(tmp_path / "nothing_here"))
+    wf.initialize()
+    with pytest.raises(Exception) as err:
+        wf.run()
+    assert f"inference input not found: {tmp_path / 'nothing_here'}" in _messages(err.value)
+
+
+def test_demo_overlay_restates_the_default_dataset():
+    """datasets/demo.json is the default: merging it into train.json changes nothing."""
+    base = json.loads((CONFIGS / "train.json").read_text())
+    demo = json.loads((CONFIGS / "datasets" / "demo.json").read_text())
+    for key, value in demo.items():
+        assert base[key] == value, key
