@@ -151,9 +151,12 @@ def test_plain_bce_is_one_override_and_leaves_the_memory_at_zero(tmp_path):
 
 
 def test_iteration_schedule_with_ema_teacher_trains_and_checkpoints_the_teacher(tmp_path):
-    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), memory_schedule="iteration", use_teacher=True, reg="elementwise", mlflow=False, **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), memory_schedule="iteration", use_teacher="true", reg="elementwise", mix_memory="true", reg_clamp=1e-4, mlflow="false", **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
     _run(wf)
     teacher = wf.parser.get_parsed_content("teacher")
+    loss = wf.parser.get_parsed_content("loss")
+    assert teacher.enabled and loss.mix_memory and loss.clamp == 1e-4  # command-line strings parsed as flags
+    assert not wf.parser.get_parsed_content("mlflow_tracker").enabled
     (ckpt,) = (tmp_path / "models").glob("checkpoint_epoch=*.pt")
     state = torch.load(ckpt, weights_only=True)
     assert state["teacher"].keys() == teacher.model.state_dict().keys()
@@ -189,6 +192,14 @@ def test_inference_without_input_names_the_setting(tmp_path):
     with pytest.raises(Exception) as err:
         wf.run()
     assert f"inference input not found: {tmp_path / 'nothing_here'}" in _messages(err.value)
+
+
+def test_tracking_uri_defaults_to_sqlite_in_the_output_folder_and_honours_the_environment(tmp_path, monkeypatch):
+    from custom.handlers import default_tracking_uri
+
+    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert default_tracking_uri(tmp_path) == "http://127.0.0.1:5000"
 
 
 def test_demo_overlay_restates_the_default_dataset():
