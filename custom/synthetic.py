@@ -322,7 +322,8 @@ def parse_noise(spec: str) -> dict:
         else:
             parts = [a.strip() for a in args.split(",")]
             if len(parts) != 2:
-                raise ValueError(f"noise spec {spec!r}: expected 'bomd:RATIO,P', e.g. 'bomd:0.2,0.2'")
+                raise ValueError(
+                    f"noise spec {spec!r}: expected 'bomd:RATIO,P', e.g. 'bomd:0.2,0.2'")
             ratio = _parse_fraction(parts[0], spec, "noise_ratio")
             p = _parse_fraction(parts[1], spec, "noise_p")
         return {"model": "bomd", "spec": f"bomd:{ratio!r},{p!r}", "noise_ratio": ratio,
@@ -801,7 +802,8 @@ def _lung_masks(x, y, geo, idx=None):
 def _render_background(x, y, geo):
     """Chest background: (n, H, W) float32 grey levels."""
     e = ANATOMY["edge"]
-    body = _soft_inside(_ellipse_r(x, y, geo["cx"], geo["cy"] + 0.05, geo["body_a"], geo["body_b"]), e)
+    body_r = _ellipse_r(x, y, geo["cx"], geo["cy"] + 0.05, geo["body_a"], geo["body_b"])
+    body = _soft_inside(body_r, e)
     img = _col(geo["outside"]) + body * _col(geo["body"] - geo["outside"])
     # mediastinum and spine: a bright vertical band down the middle
     half = ANATOMY["mediastinum_half_width"] * geo["sx"]
@@ -859,7 +861,8 @@ def _pattern(name, rng, x, y, geo, idx):
         dx, dy = x - _col(px), y - _col(py)
         along = dx * _col(np.cos(theta)) + dy * _col(np.sin(theta))
         across = -dx * _col(np.sin(theta)) + dy * _col(np.cos(theta))
-        streak = np.exp(-0.5 * (across / _col(thick)) ** 2) * _soft_inside(np.abs(along) / _col(half), 0.15)
+        streak = (np.exp(-0.5 * (across / _col(thick)) ** 2)
+                  * _soft_inside(np.abs(along) / _col(half), 0.15))
         return _col(_u(rng, P["strength"], n)) * streak
     if name == "Effusion":
         lungs, _ = _lung_masks(x, y, geo, idx)
@@ -871,7 +874,8 @@ def _pattern(name, rng, x, y, geo, idx):
             level = geo["lung_cy"][idx, k] + _u(rng, P["level_v"], n) * geo["lung_b"][idx, k]
             sign = -1.0 if k == 0 else 1.0
             lateral = (x - _col(geo["lung_cx"][idx, k])) * sign / _col(geo["lung_a"][idx, k])
-            surface = _col(level) - _col(_u(rng, P["meniscus"], n) * geo["lung_b"][idx, k]) * np.clip(lateral, 0, 1) ** 2
+            rise = _u(rng, P["meniscus"], n) * geo["lung_b"][idx, k]
+            surface = _col(level) - _col(rise) * np.clip(lateral, 0, 1) ** 2
             fluid = 0.5 + 0.5 * np.tanh((y - surface) / (2 * P["edge"]))
             out += _col(on * strength) * fluid * lungs[:, k]
         return out
@@ -898,7 +902,8 @@ def _pattern(name, rng, x, y, geo, idx):
         out = _col(_u(rng, P["strength"], n)) * _blob(x, y, px, py, _u(rng, P["radius"], n))
         if name == "Nodule":
             second = (rng.random(n) < P["second_p"]).astype(np.float32)
-            qx, qy = _lung_points(rng, geo, idx, rng.integers(0, 2, n), (-0.7, 0.8), (-0.7, 0.7), 0.75)
+            other_side = rng.integers(0, 2, n)
+            qx, qy = _lung_points(rng, geo, idx, other_side, (-0.7, 0.8), (-0.7, 0.7), 0.75)
             amp = _u(rng, P["strength"], n) * second
             out += _col(amp) * _blob(x, y, qx, qy, _u(rng, P["radius"], n))
         return out
@@ -958,8 +963,10 @@ def _pattern(name, rng, x, y, geo, idx):
             out += _col(on * amp) * band * np.clip(2.5 * lateral - 0.25, 0, 1)
         return out
     if name == "Hernia":
-        hx = geo["cx"][idx] + P["center"][0] * geo["sx"][idx] + rng.normal(0, 0.04, n).astype(np.float32)
-        hy = geo["cy"][idx] + P["center"][1] * geo["sy"][idx] + rng.normal(0, 0.03, n).astype(np.float32)
+        jitter_x = rng.normal(0, 0.04, n).astype(np.float32)
+        jitter_y = rng.normal(0, 0.03, n).astype(np.float32)
+        hx = geo["cx"][idx] + P["center"][0] * geo["sx"][idx] + jitter_x
+        hy = geo["cy"][idx] + P["center"][1] * geo["sy"][idx] + jitter_y
         radius = _u(rng, P["radius"], n)
         body = _blob(x, y, hx, hy, radius)
         air = _blob(x, y, hx + 0.2 * radius, hy - 0.3 * radius, 0.45 * radius)
@@ -1050,7 +1057,8 @@ def _generate(root, *, seed=0, num_training=4000, num_validation=1000, num_test=
     seed, image_size = int(seed), int(image_size)
     stats = load_label_stats()
     combos, counts = combo_table(stats)
-    weights = {"in_distribution": counts.astype(np.float64), "shifted": shifted_combo_weights(stats)}
+    weights = {"in_distribution": counts.astype(np.float64),
+               "shifted": shifted_combo_weights(stats)}
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "datalist.json"
