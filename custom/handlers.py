@@ -263,10 +263,12 @@ class MLflowTracker(MLFlowHandler):
 
     def __init__(self, enabled: bool = True, output_dir: str = ".", **kwargs):
         self.enabled = as_bool(enabled, "mlflow")
-        if self.enabled:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-            kwargs.setdefault("tracking_uri", default_tracking_uri(output_dir))
-            kwargs.setdefault("artifact_location", (Path(output_dir) / "mlartifacts").resolve().as_uri())
+        if not self.enabled:  # no MLflow client at all: it would create a store in the working directory
+            self.cur_run, self.run_name, self.experiment_param = None, kwargs.get("run_name"), None
+            return
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("tracking_uri", default_tracking_uri(output_dir))
+        kwargs.setdefault("artifact_location", (Path(output_dir) / "mlartifacts").resolve().as_uri())
         super().__init__(**kwargs)
 
     def attach(self, engine: Engine) -> None:

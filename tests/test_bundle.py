@@ -157,6 +157,7 @@ def test_iteration_schedule_with_ema_teacher_trains_and_checkpoints_the_teacher(
     loss = wf.parser.get_parsed_content("loss")
     assert teacher.enabled and loss.mix_memory and loss.clamp == 1e-4  # command-line strings parsed as flags
     assert not wf.parser.get_parsed_content("mlflow_tracker").enabled
+    assert not (Path.cwd() / "mlruns.db").exists() and not (Path.cwd() / "mlruns").exists()  # tracking off writes no store
     (ckpt,) = (tmp_path / "models").glob("checkpoint_epoch=*.pt")
     state = torch.load(ckpt, weights_only=True)
     assert state["teacher"].keys() == teacher.model.state_dict().keys()
