@@ -59,23 +59,22 @@ class BCELoss(nn.Module):
 
     def __init__(self, log_prior=None, prior_in_bce: bool = False, class_reduction: str = "sum"):
         super().__init__()
-        if prior_in_bce and log_prior is None:
+        self.prior_in_bce = as_bool(prior_in_bce, "prior_in_bce")
+        if self.prior_in_bce and log_prior is None:
             raise ValueError("prior_in_bce needs the class prior")
         _reduce_classes(torch.zeros(1, 1), class_reduction)
-        self.prior_in_bce = as_bool(prior_in_bce, "prior_in_bce")
         self.class_reduction = class_reduction
         self.log_prior = log_prior  # (C,) tensor, shared with the memory when it comes from there
 
     def per_image_bce(self, logits: torch.Tensor, target: torch.Tensor, log_prior=None) -> torch.Tensor:
-        """(B, C) float32 logits and labels -> (B,) BCE per image (``log_prior`` overrides the stored one)."""
-        if self.prior_in_bce:
-            logits = logits + (self.log_prior if log_prior is None else log_prior)
-        z = logits
-        return _reduce_classes(F.binary_cross_entropy_with_logits(z, target, reduction="none"), self.class_reduction)
+        """(B, C) float32 logits and labels -> (B,) BCE per image of ``logits + log_prior`` (when given)."""
+        if log_prior is not None:
+            logits = logits + log_prior
+        return _reduce_classes(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), self.class_reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, index=None) -> dict[str, torch.Tensor]:
         logits, target = _check(logits, target)
-        bce = self.per_image_bce(logits, target).mean()
+        bce = self.per_image_bce(logits, target, self.log_prior if self.prior_in_bce else None).mean()
         return {"loss": bce, "bce": bce, "reg": torch.zeros_like(bce)}
 
 
@@ -149,8 +148,8 @@ class NVUMLoss(nn.Module):
         self.mix_memory = as_bool(mix_memory, "mix_memory")
         self.clamp = clamp
         reduction = class_reduction or ("sum" if reg == "dot" else "mean")
-        self.bce = BCELoss(prior_in_bce=False, class_reduction=reduction)
-        self.bce.prior_in_bce = as_bool(prior_in_bce, "prior_in_bce")  # the prior is read from the memory at each call
+        self.prior_in_bce = as_bool(prior_in_bce, "prior_in_bce")  # the prior is read from the memory at each call
+        self.bce = BCELoss(class_reduction=reduction)
 
     def per_image_reg(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """(B, C) float32 logits and (B,) dataset indices -> (B,) REG per image (<= 0)."""
@@ -173,7 +172,7 @@ class NVUMLoss(nn.Module):
         if index is None:
             raise ValueError("the NVUM loss needs each sample's dataset index (key 'index' in the batch)")
         logits, target = _check(logits, target)
-        bce = self.bce.per_image_bce(logits, target, self.memory.log_prior).mean()
+        bce = self.bce.per_image_bce(logits, target, self.memory.log_prior if self.prior_in_bce else None).mean()
         reg = self.per_image_reg(logits, index).mean()
         return {"loss": bce + self.reg_weight * reg, "bce": bce, "reg": reg}
 
