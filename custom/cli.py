@@ -62,7 +62,6 @@ def benchmark_step(batch_size: int = 64, image_size: int = 32, steps: int = 20, 
         }
         for i in range(steps)
     ]
-    torch.set_num_threads(torch.get_num_threads())
     rates = {m: [] for m in METHODS}
     for m in METHODS:  # warm-up (allocator, oneDNN kernels)
         _trainer(m, batches[:2], num_samples, num_classes, seed).run()

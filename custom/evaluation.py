@@ -79,15 +79,15 @@ class TestReport:
             logits = predict(self.network, self.datalist.items(split), self.transform, self.device, self.batch_size, self.num_workers, desc=f"test {split}", amp=self.amp)
             table = auc_table(per_class_auc(logits, labels), labels, classes)
             self.results[split] = table
-            self._report(split, table)
+            self._report(split, table, len(labels))
         if self.tracker is not None:
             self.tracker.finish()
         return self.results
 
-    def _report(self, split: str, table: pd.DataFrame) -> None:
+    def _report(self, split: str, table: pd.DataFrame, num_images: int) -> None:
         mean = float(table["auc"].iloc[-1])
         shown = table.assign(auc=table["auc"].map(lambda v: "n/a" if np.isnan(v) else f"{v:.4f}"))
-        title = f"Test AUC on '{split}' ({len(self.datalist.labels(split))} images; mean over diseases, {NO_FINDING} excluded)"
+        title = f"Test AUC on '{split}' ({num_images} images; mean over diseases, {NO_FINDING} excluded)"
         print(f"\n{title}\n{shown.to_string(index=False)}\n", flush=True)
         csv, md = self.output_dir / f"test_{split}.csv", self.output_dir / f"test_{split}.md"
         table.to_csv(csv, index=False)

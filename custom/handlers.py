@@ -17,6 +17,8 @@ from .memory import NVUMMemory
 from .utils import as_bool
 
 SCHEDULES = ("epoch", "iteration")
+#: parts of the training step's output that are averaged, shown and logged.
+LOSS_PARTS = ("loss", "bce", "reg")
 
 
 class EMATeacher:
@@ -176,7 +178,7 @@ class LossAverages:
         keys: keys of the training step's output to average (``loss``, ``bce``, ``reg``).
     """
 
-    def __init__(self, keys=("loss", "bce", "reg")):
+    def __init__(self, keys=LOSS_PARTS):
         self.keys = tuple(keys)
 
     def attach(self, engine: Engine) -> None:
@@ -193,7 +195,7 @@ class ProgressBar:
     one-line :class:`EpochSummary` is printed either way.
     """
 
-    def __init__(self, keys=("loss", "bce", "reg"), persist: bool = False):
+    def __init__(self, keys=LOSS_PARTS, persist: bool = False):
         from ignite.handlers import ProgressBar as IgniteProgressBar
 
         self.keys = tuple(keys)
@@ -230,7 +232,7 @@ class EpochSummary:
     def __call__(self, engine: Engine) -> None:
         metrics = engine.state.metrics
         parts = [f"epoch {engine.state.epoch}/{self.max_epochs or engine.state.max_epochs}"]
-        parts += [f"{k} {metrics[k]:.4f}" for k in ("train_loss", "train_bce", "train_reg") if k in metrics]
+        parts += [f"{k} {metrics[k]:.4f}" for k in (f"train_{p}" for p in LOSS_PARTS) if k in metrics]
         ev = self.evaluator
         if ev is not None and getattr(ev.state, "key_metric_name", None):
             name = ev.state.key_metric_name
