@@ -3,6 +3,7 @@
 Commands:
     benchmark_step   training-step throughput of NVUM (both schedules) against plain BCE.
     synthetic        generate (or find) the synthetic data set and print its data-list path.
+    build_datalist   build a data list of a real dataset (NIH, CheXpert, OpenI, PadChest, Google NIH test) from its metadata.
 """
 
 from __future__ import annotations
@@ -99,7 +100,21 @@ def synthetic(root: str | None = None, **params):
 def main():
     import fire
 
-    fire.Fire({"benchmark_step": benchmark_step, "synthetic": synthetic})
+    fire.Fire({"benchmark_step": benchmark_step, "synthetic": synthetic, "build_datalist": build_datalist})
+
+
+def build_datalist(dataset: str, scheme: str, metadata: str, output: str, **options):
+    """Build a data list of a real dataset from its metadata; prints and saves a summary (README, "Real datasets").
+
+    Options: --split_dir, --seed, --val_fraction, --holdout, --match paper|exact, --strict, --uncertain zeros|ones,
+    --views, --tsne_views, --dicom_views, --image_dirs, --image_prefix, --set_id (see custom.datalists.build_datalist).
+    """
+    from .datalists import BuildError, build_datalist as build
+
+    try:
+        build(dataset, scheme, metadata, output, **options)
+    except (BuildError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"build_datalist: {e}") from None
 
 
 if __name__ == "__main__":

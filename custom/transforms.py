@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform, RandomizableTransform, Transform
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -18,11 +18,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ChestXrayToTensor(Transform):
     """Turns a loaded chest X-ray of any common kind into the network's input.
 
-    Input: a channel-first image (1, H, W) grey, (3, H, W) RGB or (4, H, W) RGBA, with the
-    intensity range of its file type (8-bit: 0-255, 16-bit: 0-65535, float: taken as 0-1 when its
-    maximum is <= 1, else scaled by its maximum). Output: a float32 (3, size, size) tensor, the
-    grey image repeated over 3 channels and normalised with the ImageNet mean and std (the
-    statistics of the pretrained weights the paper starts from).
+    Input: a channel-first image (1, H, W) grey, (2, H, W) grey + alpha, (3, H, W) RGB or
+    (4, H, W) RGBA (alpha ignored; colour channels averaged), as read by MONAI's ``PILReader`` with
+    ``dtype=None``. Intensities are scaled to 0-1 by the range of the stored data:
+
+    * 8-bit (NIH and OpenI PNG, CheXpert JPEG; ``uint8``): / 255;
+    * more than 8 bits (16-bit PNG such as PadChest; read as ``uint16``/``int32``): / (2^b - 1),
+      b the smallest of 8, 10, 12, 14, 16 bits that holds the image's maximum. Medical images keep
+      their detector's bit depth inside a 16-bit container (PadChest: 10 and 12 bits stored);
+      dividing a 12-bit image by 65535 would squeeze it into the bottom 1/16 of the range;
+    * float: taken as 0-1 when its maximum is <= 1, else scaled like integers.
+
+    Output: a float32 (3, size, size) tensor, the grey image repeated over 3 channels and
+    normalised with the ImageNet mean and std (the statistics of the pretrained weights the
+    paper starts from).
 
     Args:
         size: output height and width (bilinear resize, antialiased when shrinking).
@@ -36,27 +45,39 @@ class ChestXrayToTensor(Transform):
     def __call__(self, img):
         meta = img.meta if isinstance(img, MetaTensor) else None
         x = torch.as_tensor(np.asarray(img) if not isinstance(img, torch.Tensor) else img.as_tensor() if isinstance(img, MetaTensor) else img)
-        if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
-            raise ValueError(f"expected a channel-first grey, RGB or RGBA image, got shape {tuple(x.shape)}")
+        if x.ndim != 3 or x.shape[0] not in (1, 2, 3, 4):
+            raise ValueError(f"expected a channel-first grey, grey+alpha, RGB or RGBA image, got shape {tuple(x.shape)}")
+        if x.shape[0] == 2:
+            x = x[:1]  # grey + alpha
+        elif x.shape[0] >= 3:
+            x = x[:3]  # RGB(A) chest X-rays are grey images stored in colour: average R, G, B below
         scale = _intensity_max(x)
         x = x.float() / scale
-        if x.shape[0] >= 3:
-            x = x[:3].mean(dim=0, keepdim=True)  # RGB(A) chest X-rays are grey images stored in colour
+        if x.shape[0] == 3:
+            x = x.mean(dim=0, keepdim=True)
         if tuple(x.shape[1:]) != (self.size, self.size):
             x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)[0]
         x = (x.clamp(0, 1).expand(3, -1, -1) - self.mean) / self.std
         return MetaTensor(x, meta=meta) if meta is not None else x
 
 
+#: bit depths a medical image is stored with inside a 16-bit container.
+_BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
 def _intensity_max(x: torch.Tensor) -> float:
-    if x.dtype == torch.uint8:
-        return 255.0
-    if x.dtype in (torch.int16, torch.int32, torch.uint16, torch.int64):
-        return 65535.0 if float(x.max()) > 255 else 255.0
-    peak = float(x.max()) if x.numel() else 1.0
-    if peak <= 1.0:
+    """The value that maps to 1: 255 for 8-bit data, 2^b - 1 for deeper data (see ChestXrayToTensor)."""
+    if x.dtype == torch.bool:
         return 1.0
-    return 65535.0 if peak > 255 else 255.0
+    if x.dtype in (torch.uint8, torch.int8):
+        return 255.0
+    peak = float(x.max()) if x.numel() else 0.0
+    if x.is_floating_point() and peak <= 1.0:
+        return 1.0
+    for bits in _BIT_DEPTHS:
+        if peak <= 2**bits - 1:
+            return float(2**bits - 1)
+    return peak
 
 
 class ChestXrayToTensord(MapTransform):
@@ -70,4 +91,69 @@ class ChestXrayToTensord(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
+        return d
+
+
+class RandResizedCropd(RandomizableTransform, MapTransform):
+    """Random resized crop of a (C, H, W) image, resized back to (H, W): the paper's
+    ``RandomResizedCrop`` augmentation.
+
+    A crop covering a random fraction ``scale`` of the image area, with a random aspect ratio
+    (log-uniform in ``ratio``), at a random position, is resized (bilinear) to the input size.
+    When 10 draws give no crop that fits, the largest centred crop whose aspect ratio is within
+    ``ratio`` is used.
+
+    Args:
+        keys: keys of the images (cropped identically when several).
+        scale: range of the crop's share of the image area (the authors' code: 0.2 to 1).
+        ratio: range of the crop's width / height.
+        prob: probability of cropping an image at all.
+    """
+
+    def __init__(self, keys: KeysCollection, scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3), prob: float = 1.0, allow_missing_keys: bool = False):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {tuple(ratio)}")
+        self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
+        self._box = None
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """Draw a crop ``(top, left, h, w)`` for an image of ``height`` x ``width``."""
+        area = height * width
+        log_ratio = np.log(self.ratio)
+        for _ in range(10):
+            target = area * self.R.uniform(*self.scale)
+            aspect = float(np.exp(self.R.uniform(*log_ratio)))
+            w = int(round(np.sqrt(target * aspect)))
+            h = int(round(np.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return int(self.R.randint(0, height - h + 1)), int(self.R.randint(0, width - w + 1)), h, w
+        aspect = width / height
+        if aspect < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif aspect > self.ratio[1]:
+            h, w = height, int(round(height * self.ratio[1]))
+        else:
+            h, w = height, width
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        box = None
+        for key in self.key_iterator(d):
+            img = d[key]
+            meta = img.meta if isinstance(img, MetaTensor) else None
+            x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+            height, width = x.shape[-2:]
+            box = box or self.crop_box(height, width)
+            top, left, h, w = box
+            crop = x[..., top : top + h, left : left + w].float()
+            out = F.interpolate(crop[None], size=(height, width), mode="bilinear", align_corners=False, antialias=h > height or w > width)[0]
+            d[key] = MetaTensor(out, meta=meta) if meta is not None else out
         return d
