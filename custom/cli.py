@@ -3,6 +3,7 @@
 Commands:
     benchmark_step   training-step throughput of NVUM (both schedules) against plain BCE.
     synthetic        generate (or find) the synthetic data set and print its data-list path.
+    check            pre-flight check of a training config, its data list and files before training.
 """
 
 from __future__ import annotations
@@ -96,11 +97,19 @@ def synthetic(root: str | None = None, **params):
     print(ensure_synthetic(root, **params))
 
 
+def check(config_file: str = "bundle/configs/train.json", **overrides) -> None:
+    """Pre-flight check of a training config and its data (see :mod:`custom.preflight`); exit status 1 on failure."""
+    from .preflight import main
+
+    main(config_file, **overrides)
+
+
 def main():
     import fire
 
-    fire.Fire({"benchmark_step": benchmark_step, "synthetic": synthetic})
+    fire.Fire({"benchmark_step": benchmark_step, "synthetic": synthetic, "check": check})
 
 
 if __name__ == "__main__":
     main()
+
