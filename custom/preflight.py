@@ -150,7 +150,8 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
                         f"checkpoint {path} was trained on {info['num_training']} images of {info['classes']}; "
                         f"the data list has {len(dl)} of {dl.classes}"
                     )
-            return f"{path} (epoch {ckpt['trainer']['epoch']})"
+            trainer = ckpt["trainer"]
+            return f"{path} (epoch {trainer['iteration'] // max(1, trainer['epoch_length'])})"
 
         record("checkpoint to resume from", resumable)
 

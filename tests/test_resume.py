@@ -95,7 +95,7 @@ def test_resumed_run_equals_an_uninterrupted_run(runs):
     torch.testing.assert_close(resumed["memory"]["values"], full["memory"]["values"], rtol=0, atol=1e-6)
     for key in full["model"]:
         torch.testing.assert_close(resumed["model"][key], full["model"][key], rtol=0, atol=1e-6)
-    assert resumed["trainer"]["epoch"] == full["trainer"]["epoch"] == 3
+    assert resumed["trainer"]["iteration"] == full["trainer"]["iteration"] == 3 * EPOCH_LENGTH
     assert resumed["validation"]["best_metric"] == pytest.approx(full["validation"]["best_metric"], abs=1e-7)
     assert resumed["validation"]["best_metric_epoch"] == full["validation"]["best_metric_epoch"]
     assert _last_val_auc(runs["resumed"]) == _last_val_auc(runs["full"])
