@@ -45,10 +45,16 @@ class CheckpointWriteError(OSError):
 
 
 class _ReportingSaveHandler(BaseSaveHandler):
-    """Wraps ignite's atomic ``DiskSaver`` so that a failed write names the file it was writing."""
+    """Wraps ignite's atomic ``DiskSaver``: a failed write names its file, and older checkpoints
+    are deleted only after the new one is complete.
+
+    (ignite's ``Checkpoint`` asks to remove the checkpoint it replaces *before* writing the new
+    one; here that removal is deferred until the write has succeeded.)
+    """
 
     def __init__(self, inner: BaseSaveHandler):
         self.inner = inner
+        self._pending_removals: list[str] = []
 
     def __call__(self, checkpoint, filename: str, metadata=None) -> None:
         path = Path(getattr(self.inner, "dirname", ".")) / filename
@@ -60,9 +66,13 @@ class _ReportingSaveHandler(BaseSaveHandler):
                 f"could not write checkpoint {path}: {e.strerror or e}. Nothing was replaced: checkpoints "
                 "are written to a temporary file and renamed, so the previous checkpoint in that folder is intact",
             ) from e
+        pending, self._pending_removals = self._pending_removals, []
+        for old in pending:
+            if old != filename:
+                self.inner.remove(old)
 
     def remove(self, filename: str) -> None:
-        self.inner.remove(filename)
+        self._pending_removals.append(filename)
 
 
 def _make_safe(saver: _MonaiCheckpointSaver) -> None:
