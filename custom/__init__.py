@@ -1,9 +1,10 @@
 """Python components of the NVUM bundle, referenced from the bundle configs as ``custom.<name>``."""
 
+from .checkpoints import CheckpointSaver, CheckpointWriteError, EpochSeeder, ResumeLoader, RunInfo, TrainingCheckpointSaver, ValidationState
 from .data import DataList, DataListError, synthetic_datalist
 from .engines import NonFiniteLossError, NVUMTrainer
 from .evaluation import TestReport, predict
-from .handlers import EMATeacher, EpochSummary, HandlerGroup, LossAverages, MemoryUpdater, MLflowTracker, ProgressBar, TrainingCheckpointSaver, default_tracking_uri
+from .handlers import EMATeacher, EpochSummary, HandlerGroup, LossAverages, MemoryUpdater, MLflowTracker, ProgressBar, default_tracking_uri
 from .inference import ProbabilityWriter, list_inputs
 from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indices
 from .losses import BCELoss, FocalLoss, NVUMLoss, build_loss, log1m_sigmoid

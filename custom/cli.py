@@ -4,6 +4,7 @@ Commands:
     benchmark_step   training-step throughput of NVUM (both schedules) against plain BCE.
     synthetic        generate (or find) the synthetic data set and print its data-list path.
     build_datalist   build a data list of a real dataset (NIH, CheXpert, OpenI, PadChest, Google NIH test) from its metadata.
+    check            pre-flight check of a training config, its data list and files before training.
 """
 
 from __future__ import annotations
@@ -97,10 +98,11 @@ def synthetic(root: str | None = None, **params):
     print(ensure_synthetic(root, **params))
 
 
-def main():
-    import fire
+def check(config_file: str = "bundle/configs/train.json", **overrides) -> None:
+    """Pre-flight check of a training config and its data (see :mod:`custom.preflight`); exit status 1 on failure."""
+    from .preflight import main
 
-    fire.Fire({"benchmark_step": benchmark_step, "synthetic": synthetic, "build_datalist": build_datalist})
+    main(config_file, **overrides)
 
 
 def build_datalist(dataset: str, scheme: str, metadata: str, output: str, **options):
@@ -115,6 +117,14 @@ def build_datalist(dataset: str, scheme: str, metadata: str, output: str, **opti
         build(dataset, scheme, metadata, output, **options)
     except (BuildError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f"build_datalist: {e}") from None
+
+
+def main():
+    import fire
+
+    # every public function of this module is a command
+    commands = {name: f for name, f in globals().items() if callable(f) and getattr(f, "__module__", None) == __name__ and not name.startswith("_") and name != "main"}
+    fire.Fire(commands)
 
 
 if __name__ == "__main__":

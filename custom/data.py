@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
+#: what to do with a missing or unreadable image.
+BAD_IMAGE_POLICIES = ("error", "skip")
 #: keys an item of a data list may have.
 ITEM_KEYS = {"image", "label", "patient", "clean_label"}
 #: keys an item must have.
@@ -52,6 +58,13 @@ class DataList:
         dataset_dir: folder the image paths are relative to; defaults to the data list's folder.
         required_splits: splits that must be present and non-empty.
         check_images: check that every image file exists (fast: one ``stat`` per image).
+        verify_images: also decode every image once (Pillow) to find truncated or corrupt files
+            before training starts (slower: one full read per image, in threads, with a
+            progress bar). Implied by ``on_bad_image="skip"``.
+        on_bad_image: ``"error"`` (default): a missing or unreadable image stops with its name;
+            ``"skip"``: such items are dropped from their split before anything is built on it
+            (the memory has a row per *kept* training image), and their number and names are
+            logged and kept in :attr:`skipped`.
 
     Raises:
         FileNotFoundError: missing data list, dataset folder or images (the first few are named).
@@ -59,12 +72,24 @@ class DataList:
             duplicate images or a patient in two splits.
     """
 
-    def __init__(self, path, dataset_dir=None, required_splits=("training", "validation"), check_images: bool = True):
+    def __init__(
+        self, path, dataset_dir=None, required_splits=("training", "validation"), check_images: bool = True,
+        verify_images: bool = False, on_bad_image: str = "error",
+    ):  # fmt: skip
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         self.path = Path(path)
+        self.skipped: list[tuple[str, str, str]] = []  # (split, image, reason)
         raw = read_json(self.path)
         if not isinstance(raw, dict) or "classes" not in raw:
             raise DataListError(f"data list {self.path} needs a top-level 'classes' list of class names")
         self.classes = list(raw["classes"])
+        bad = [c for c in self.classes if not isinstance(c, str) or not c.strip()]
+        if not self.classes or bad:
+            raise DataListError(f"data list {self.path}: 'classes' must be a non-empty list of class names, got {raw['classes']}")
+        twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if twice:
+            raise DataListError(f"data list {self.path}: class name(s) {twice} listed more than once in 'classes'")
         self.meta = {k: raw[k] for k in META_KEYS if k in raw}
         self.dataset_dir = Path(dataset_dir) if dataset_dir not in (None, "") else self.path.parent
         if not self.dataset_dir.is_dir():
@@ -72,12 +97,14 @@ class DataList:
         self._splits = {k: v for k, v in raw.items() if k not in META_KEYS}
         for name, items in self._splits.items():
             self._validate_split(name, items)
+        self._check_patients()
+        if on_bad_image == "skip" or verify_images:
+            self._verify_images(skip=on_bad_image == "skip")
+        elif check_images:
+            self._check_images()
         for name in required_splits:
             if not self._splits.get(name):
                 raise DataListError(f"data list {self.path} has no items in required split '{name}'")
-        self._check_patients()
-        if check_images:
-            self._check_images()
 
     @property
     def splits(self) -> list[str]:
@@ -162,6 +189,31 @@ class DataList:
         if missing:
             shown = "\n  ".join(str(p) for p in missing[:5])
             raise FileNotFoundError(f"{len(missing)} image(s) of data list {self.path} not found, e.g.\n  {shown}")
+
+
+    def _verify_images(self, skip: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        from .transforms import check_image
+
+        jobs = [(split, item["image"]) for split, items in self._splits.items() for item in items]
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+            reasons = list(tqdm(pool.map(lambda job: check_image(self.dataset_dir / job[1]), jobs), total=len(jobs),
+                                desc="checking images", unit="img", disable=len(jobs) < 2000, mininterval=2))  # fmt: skip
+        bad = [(split, image, why) for (split, image), why in zip(jobs, reasons) if why is not None]
+        if not bad:
+            return
+        shown = "\n  ".join(f"{self.dataset_dir / image} ({split}): {why}" for split, image, why in bad[:10])
+        if not skip:
+            raise FileNotFoundError(f"{len(bad)} image(s) of data list {self.path} are missing or unreadable, e.g.\n  {shown}")
+        drop = {(split, image) for split, image, _ in bad}
+        for split in self._splits:
+            self._splits[split] = [item for item in self._splits[split] if (split, item["image"]) not in drop]
+        self.skipped = bad
+        logger.warning("skipped %d missing or unreadable image(s) of data list %s (on_bad_image='skip'):\n  %s%s",
+                       len(bad), self.path, shown, "\n  ..." if len(bad) > 10 else "")  # fmt: skip
 
 
 def synthetic_datalist(root=None, **params) -> DataList:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
-from monai.handlers import CheckpointSaver, MLFlowHandler
+from monai.handlers import MLFlowHandler
 from monai.utils.enums import CommonKeys as Keys
 
 from .engines import INDEX_KEY
@@ -139,19 +139,6 @@ class MemoryUpdater:
             self._seen = state["seen"].to(self.memory.values.device)
         else:
             self._pending, self._seen = None, None
-
-
-class TrainingCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` that also saves the engine it is attached to (as ``trainer``).
-
-    A config cannot reference the trainer from inside the trainer's own handler list (that is a
-    circular reference), yet the trainer's state (epoch, iteration) must be in the checkpoint for
-    an exact resume. Takes the same arguments as ``CheckpointSaver``.
-    """
-
-    def attach(self, engine: Engine) -> None:
-        self.save_dict.setdefault("trainer", engine)
-        super().attach(engine)
 
 
 class HandlerGroup:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.transforms import LoadImaged, MapTransform, RandomizableTransform, Transform
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -157,3 +157,37 @@ class RandResizedCropd(RandomizableTransform, MapTransform):
             out = F.interpolate(crop[None], size=(height, width), mode="bilinear", align_corners=False, antialias=h > height or w > width)[0]
             d[key] = MetaTensor(out, meta=meta) if meta is not None else out
         return d
+class ImageReadError(RuntimeError):
+    """An image file that cannot be read (missing, truncated, corrupt, unknown format); names the file."""
+
+
+class LoadChestXrayd(LoadImaged):
+    """MONAI's ``LoadImaged`` whose read errors name the file.
+
+    MONAI reports a failing transform as ``applying transform <LoadImaged>`` and leaves the file
+    name to its debug log; with this class the error (in the exception chain) is
+    ``cannot read image /path/x.png: <reason>``. Takes the same arguments as ``LoadImaged``.
+    """
+
+    def __call__(self, data, reader=None):
+        try:
+            return super().__call__(data, reader)
+        except Exception as e:
+            paths = [str(data[k]) for k in self.key_iterator(dict(data))]
+            raise ImageReadError(f"cannot read image {', '.join(paths)}: {type(e).__name__}: {e}") from e
+
+
+def check_image(path) -> str | None:
+    """Fully decode an image file with Pillow; ``None`` when it is readable, else the reason."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.width < 1 or im.height < 1:
+                return "empty image"
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as e:  # truncated, corrupt or not an image
+        return f"{type(e).__name__}: {e}"
+    return None
