@@ -11,3 +11,5 @@ from .losses import BCELoss, FocalLoss, NVUMLoss, build_loss, log1m_sigmoid
 from .memory import NVUMMemory, class_prior
 from .metrics import MultiLabelAUC, mean_auc, per_class_auc
 from .networks import load_pretrained, load_weights
+from .performance import PrepareImageBatch, memory_format
+from . import distributed

@@ -12,6 +12,7 @@ from ignite.handlers import EMAHandler
 from monai.handlers import MLFlowHandler
 from monai.utils.enums import CommonKeys as Keys
 
+from .distributed import RowGatherer
 from .engines import INDEX_KEY
 from .memory import NVUMMemory
 from .utils import as_bool
@@ -76,6 +77,9 @@ class MemoryUpdater:
       updated from the logits of the EMA ``teacher`` on the batch (from the student's logits of
       the step when there is no teacher).
 
+    In data-parallel training every rank gathers the indices and logits of all ranks before
+    writing (:meth:`_gather`), so the memory stays identical on every rank.
+
     Args:
         memory: the :class:`~custom.memory.NVUMMemory`.
         schedule: ``"epoch"`` or ``"iteration"``.
@@ -90,6 +94,7 @@ class MemoryUpdater:
         self.memory, self.schedule, self.teacher, self.enabled = memory, schedule, teacher, as_bool(enabled)
         self._pending = None  # (N, C) logits collected in the current epoch
         self._seen = None  # (N,) bool
+        self._gatherer = RowGatherer(memory.num_samples)
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
@@ -109,8 +114,9 @@ class MemoryUpdater:
     def _collect(self, engine: Engine) -> None:
         if self._pending is None:
             self._reset()
-        index = self.memory._check_index(engine.state.output[INDEX_KEY])
-        self._pending[index] = engine.state.output[Keys.PRED].detach().float().to(self._pending.device)
+        index, logits = self._gather(engine, engine.state.output[INDEX_KEY], engine.state.output[Keys.PRED].detach().float())
+        index = self.memory._check_index(index)
+        self._pending[index] = logits.to(self._pending.device)
         self._seen[index] = True
 
     def _update_epoch(self, engine: Engine) -> None:
@@ -124,8 +130,17 @@ class MemoryUpdater:
     def _update_iteration(self, engine: Engine) -> None:
         out = engine.state.output
         teacher = self.teacher.model if self.teacher is not None else None
-        logits = teacher(out[Keys.IMAGE]) if teacher is not None else out[Keys.PRED]
-        self.memory.update(out[INDEX_KEY], logits.float())
+        if teacher is not None:
+            with torch.autocast(out[Keys.IMAGE].device.type, enabled=bool(getattr(engine, "amp", False))):
+                logits = teacher(out[Keys.IMAGE])
+        else:
+            logits = out[Keys.PRED]
+        self.memory.update(*self._gather(engine, out[INDEX_KEY], logits.detach().float()))
+
+    def _gather(self, engine: Engine, index: torch.Tensor, logits: torch.Tensor):
+        """The step's ``(index, logits)`` of every rank, each image once per epoch (see
+        :class:`custom.distributed.RowGatherer`); unchanged in a single process."""
+        return self._gatherer(index, logits, engine.state.epoch)
 
     def state_dict(self) -> dict:
         """The logits collected so far in the current epoch (``epoch`` schedule), for exact resume."""

@@ -67,6 +67,18 @@ class MultiLabelAUC(EpochMetric):
         self.per_class = dict(zip(self.classes, aucs.tolist()))
         return mean_auc(aucs, self.diseases)
 
+    def compute(self) -> float:
+        """The mean AUC over all ranks' predictions. Unlike ``EpochMetric``, which gathers only
+        equal-sized shards, it accepts the uneven shards of an unpadded distributed sampler (so no
+        image is counted twice), and computes on every rank."""
+        from .distributed import all_gather_rows, is_distributed
+
+        if not is_distributed() or not self._predictions:
+            return super().compute()
+        scores = all_gather_rows(torch.cat(self._predictions, dim=0))
+        labels = all_gather_rows(torch.cat(self._targets, dim=0))
+        return self._compute(scores, labels)
+
     def completed(self, engine, name: str) -> None:
         super().completed(engine, name)
         for cls, value in self.per_class.items():
