@@ -67,6 +67,8 @@ class _ReportingSaveHandler(BaseSaveHandler):
                 "are written to a temporary file and renamed, so the previous checkpoint in that folder is intact",
             ) from e
         pending, self._pending_removals = self._pending_removals, []
+        if getattr(self.inner, "filename", None):  # MONAI's fixed-name saver (model.pt): overwritten in place
+            return
         for old in pending:
             if old != filename:
                 self.inner.remove(old)

@@ -172,3 +172,24 @@ def test_failed_checkpoint_write_names_the_path_and_keeps_the_previous_one(tmp_p
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt"]  # no partial file, old one kept
     torch.testing.assert_close(torch.load(first, weights_only=True)["model"]["weight"], saved)
+
+
+def test_best_model_file_survives_a_better_epoch(tmp_path):
+    """The fixed-name best model (model.pt) is replaced in place, never deleted after the write."""
+    from custom.checkpoints import CheckpointSaver
+
+    net = torch.nn.Linear(2, 2)
+    scores = iter([0.5, 0.7, 0.6])
+    engine = Engine(lambda e, b: None)
+
+    @engine.on(__import__("ignite").engine.Events.EPOCH_COMPLETED)
+    def _score(e):
+        net.weight.data.fill_(float(e.state.epoch))
+        e.state.metrics["auc"] = next(scores)
+
+    engine.state.metrics = {}
+    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True, key_metric_name="auc", key_metric_filename="model.pt")
+    saver.attach(engine)
+    engine.run([0], max_epochs=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert float(torch.load(tmp_path / "model.pt", weights_only=True)["weight"][0, 0]) == 2.0  # epoch 2 was best
