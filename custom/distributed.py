@@ -93,6 +93,18 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+def main_process_first(stage: str) -> None:
+    """Let rank 0 do a job first (e.g. generate or check the data) and the other ranks after it.
+
+    Call ``main_process_first("start")`` before the job and ``main_process_first("end")`` after
+    it on every rank: the other ranks wait at ``start`` until rank 0 reaches ``end``.
+    """
+    if stage not in ("start", "end"):
+        raise ValueError(f"stage must be 'start' or 'end', got {stage!r}")
+    if is_distributed() and (stage == "start") != is_main_process():
+        dist.barrier()
+
+
 def per_rank_batch_size(global_batch_size: int) -> int:
     """The batch of one rank: ``batch_size`` in the configs is the global batch, the same for any
     number of processes, so that the recipe (and the learning rate) does not change with them."""

@@ -1,0 +1,68 @@
+"""Mixed precision and channels-last: switchable from the config, and the loss and memory stay float32."""
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from conftest import CONFIGS
+from custom.engines import NVUMTrainer
+from custom.handlers import HandlerGroup, MemoryUpdater
+from custom.losses import build_loss
+from custom.memory import NVUMMemory
+from custom.performance import PrepareImageBatch, memory_format
+
+
+def test_prepare_batch_stores_images_channels_last_and_leaves_labels_alone():
+    batch = {"image": torch.randn(2, 3, 4, 5), "label": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}
+    image, label = PrepareImageBatch(channels_last="true")(batch, torch.device("cpu"))
+    assert image.is_contiguous(memory_format=torch.channels_last) and not batch["image"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(image, batch["image"]) and torch.equal(label, batch["label"])
+    image, _ = PrepareImageBatch(channels_last=False)(batch, torch.device("cpu"))
+    assert image.is_contiguous()
+    assert memory_format("false") == torch.contiguous_format and memory_format(True) == torch.channels_last
+    with pytest.raises(ValueError, match="channels_last"):
+        memory_format("maybe")
+
+
+@pytest.mark.parametrize("flag", ["true", "false"])
+def test_train_config_switches_amp_and_channels_last(flag):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"amp": flag, "channels_last": flag, "network_def#out_channels": 14})
+    net = parser.get_parsed_content("network")
+    on = flag == "true"
+    assert net.features.conv0.weight.is_contiguous(memory_format=torch.channels_last) == on
+    assert parser.get_parsed_content("prepare_batch").memory_format == (torch.channels_last if on else torch.contiguous_format)
+    # the command-line string "false" must switch mixed precision off, not on
+    assert parser.get_parsed_content("train#trainer#amp") is on
+    assert parser.get_parsed_content("validate#evaluator#amp") is on
+
+
+def test_loss_and_memory_stay_float32_under_mixed_precision():
+    """AMP on the CPU (bfloat16 autocast): the logits are low precision, the loss and memory are not."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    memory = NVUMMemory(8, torch.full((5,), 0.2))
+    seen = {}
+
+    class Spy:
+        def __init__(self, loss):
+            self.loss = loss
+
+        def __call__(self, logits, labels, index):
+            seen["logits"] = logits.dtype
+            out = self.loss(logits, labels, index)
+            seen["loss"] = out["loss"].dtype
+            return out
+
+    batches = [{"image": torch.randn(4, 3, 8, 8), "label": (torch.rand(4, 5) < 0.3).float(), "index": torch.arange(i * 4, i * 4 + 4)} for i in range(2)]
+    trainer = NVUMTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=batches, network=net, optimizer=torch.optim.SGD(net.parameters(), 0.1),
+        loss_function=Spy(build_loss("nvum", memory)), decollate=False, amp=True, amp_kwargs={"dtype": torch.bfloat16},
+        prepare_batch=PrepareImageBatch(channels_last=True), train_handlers=[HandlerGroup([MemoryUpdater(memory, "iteration")])],
+    )
+    trainer.scaler = None  # bfloat16 needs no gradient scaling (MONAI's scaler is a CUDA one)
+    trainer.run()
+    assert trainer.state.output["pred"].dtype == torch.bfloat16  # the forward pass did run in low precision
+    assert seen == {"logits": torch.float32, "loss": torch.float32}
+    assert memory.values.dtype == torch.float32 and (memory.values.abs().sum(dim=1) > 0).all()
