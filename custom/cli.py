@@ -1,6 +1,8 @@
 """Command-line jobs that are not bundle workflows: ``python -m custom.cli <command> [--flags]``.
 
 Commands:
+    audit            rank the training labels of a checkpoint by how likely they are wrong (NVUM memory).
+    audit_benchmark  train on the synthetic set at given noise levels and score the label rankings.
     benchmark_step   training-step throughput of NVUM (both schedules) against plain BCE.
     benchmark_loop   the bundle's training loop against a hand-written PyTorch loop.
     benchmark_pipeline  the cached data pipeline against decoding and resizing every epoch.
@@ -67,6 +69,18 @@ def benchmark_memory(**kwargs):
     from .benchmarks import memory
 
     memory(**kwargs)
+def audit(checkpoint: str, datalist: str | None = None, output: str = "audit.csv", **kwargs):
+    """Rank every (training image, class) label by how likely it is wrong; see ``custom.audit.audit``."""
+    from .audit import audit as run_audit
+
+    run_audit(checkpoint, datalist, output, **kwargs)
+
+
+def audit_benchmark(noise: str = "symmetric:0.2,symmetric:0.4,report", output_dir: str = "results/audit_benchmark", **kwargs):
+    """Train at each synthetic noise level, audit, and score the rankings; see ``custom.audit.audit_benchmark``."""
+    from .audit import audit_benchmark as run
+
+    run(noise, output_dir, **kwargs)
 
 
 def main():
