@@ -1,6 +1,7 @@
 """Python components of the NVUM bundle, referenced from the bundle configs as ``custom.<name>``."""
 
 from .data import DataList, DataListError, synthetic_datalist
+from .deploy import BundleNetwork, ModelRegistrar, load_inference_network
 from .engines import NonFiniteLossError, NVUMTrainer
 from .evaluation import TestReport, predict
 from .handlers import EMATeacher, EpochSummary, HandlerGroup, LossAverages, MemoryUpdater, MLflowTracker, ProgressBar, TrainingCheckpointSaver, default_tracking_uri

@@ -3,6 +3,8 @@
 Commands:
     benchmark_step   training-step throughput of NVUM (both schedules) against plain BCE.
     synthetic        generate (or find) the synthetic data set and print its data-list path.
+    export           TorchScript model.ts and the deployable bundle zip from a checkpoint, checked offline.
+    register         export, then log the bundle and the pyfunc model to MLflow and register it.
 """
 
 from __future__ import annotations
@@ -96,10 +98,24 @@ def synthetic(root: str | None = None, **params):
     print(ensure_synthetic(root, **params))
 
 
+def export(checkpoint="bundle/models/model.pt", **kwargs):
+    """``model.ts`` and the deployable zip from a checkpoint (see ``custom.deploy.export_command``)."""
+    from .deploy import export_command
+
+    export_command(checkpoint, **kwargs)
+
+
+def register(checkpoint="bundle/models/model.pt", **kwargs):
+    """Export, log to MLflow and register a checkpoint (see ``custom.deploy.register_command``)."""
+    from .deploy import register_command
+
+    register_command(checkpoint, **kwargs)
+
+
 def main():
     import fire
 
-    fire.Fire({"benchmark_step": benchmark_step, "synthetic": synthetic})
+    fire.Fire({"benchmark_step": benchmark_step, "synthetic": synthetic, "export": export, "register": register})
 
 
 if __name__ == "__main__":
