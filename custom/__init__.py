@@ -2,6 +2,7 @@
 
 from .checkpoints import CheckpointSaver, CheckpointWriteError, EpochSeeder, ResumeLoader, RunInfo, TrainingCheckpointSaver, ValidationState
 from .data import DataList, DataListError, synthetic_datalist
+from .deploy import BundleNetwork, ModelRegistrar, load_inference_network
 from .engines import NonFiniteLossError, NVUMTrainer
 from .evaluation import TestReport, predict
 from .handlers import EMATeacher, EpochSummary, HandlerGroup, LossAverages, MemoryUpdater, MLflowTracker, ProgressBar, default_tracking_uri

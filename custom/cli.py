@@ -10,6 +10,8 @@ Commands:
     synthetic        generate (or find) the synthetic data set and print its data-list path.
     build_datalist   build a data list of a real dataset (NIH, CheXpert, OpenI, PadChest, Google NIH test) from its metadata.
     check            pre-flight check of a training config, its data list and files before training.
+    export           TorchScript model.ts and the deployable bundle zip from a checkpoint, checked offline.
+    register         export, then log the bundle and the pyfunc model to MLflow and register it.
 """
 
 from __future__ import annotations
@@ -81,6 +83,18 @@ def audit_benchmark(noise: str = "symmetric:0.2,symmetric:0.4,report", output_di
     from .audit import audit_benchmark as run
 
     run(noise, output_dir, **kwargs)
+def export(checkpoint="bundle/models/model.pt", **kwargs):
+    """``model.ts`` and the deployable zip from a checkpoint (see ``custom.deploy.export_command``)."""
+    from .deploy import export_command
+
+    export_command(checkpoint, **kwargs)
+
+
+def register(checkpoint="bundle/models/model.pt", **kwargs):
+    """Export, log to MLflow and register a checkpoint (see ``custom.deploy.register_command``)."""
+    from .deploy import register_command
+
+    register_command(checkpoint, **kwargs)
 
 
 def main():

@@ -15,6 +15,7 @@ from .data import DataList
 from .labels import NO_FINDING, disease_indices
 from .metrics import mean_auc, per_class_auc
 from .networks import load_weights
+from .utils import as_bool
 
 
 @torch.no_grad()
@@ -56,15 +57,16 @@ class TestReport:
         checkpoint: weights file to load first (``None`` evaluates the network as it is).
         splits: splits to evaluate; default: every test split of the data list.
         device, batch_size, num_workers, amp: inference settings.
-        tracker: optional :class:`~custom.handlers.MLflowTracker`; its run is ended afterwards.
+        tracker: optional :class:`~custom.handlers.MLflowTracker`.
+        end_run: end the tracker's run afterwards (false when a later step logs to the same run).
     """
 
-    def __init__(self, network, datalist: DataList, transform, output_dir, checkpoint=None, splits=None, device="cpu", batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None):
+    def __init__(self, network, datalist: DataList, transform, output_dir, checkpoint=None, splits=None, device="cpu", batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None, end_run: bool = True):
         self.network, self.datalist, self.transform = network, datalist, transform
         self.output_dir, self.checkpoint = Path(output_dir), checkpoint
         self.splits = list(splits) if splits else datalist.test_splits
         self.device, self.batch_size, self.num_workers, self.amp = device, batch_size, num_workers, amp
-        self.tracker = tracker
+        self.tracker, self.end_run = tracker, as_bool(end_run, "end_run")
         self.results: dict[str, pd.DataFrame] = {}
 
     def run(self) -> dict[str, pd.DataFrame]:
@@ -80,7 +82,7 @@ class TestReport:
             table = auc_table(per_class_auc(logits, labels), labels, classes)
             self.results[split] = table
             self._report(split, table, len(labels))
-        if self.tracker is not None:
+        if self.tracker is not None and self.end_run:
             self.tracker.finish()
         return self.results
 

@@ -1,0 +1,101 @@
+"""Parts of the MONAI Deploy example application that do not need the App SDK.
+
+- :func:`list_pngs`, :func:`load_png`: the PNG loader. It reads a file exactly as the bundle's
+  ``inference.json`` does (MONAI ``LoadImage`` with ``PILReader``, no axis swap, channel first,
+  the file's own dtype), because the SDK's bundle operator drops the config's ``LoadImaged``.
+- :func:`format_probabilities`: multi-label output handling. The SDK operator's stock handling of
+  a ``"probabilities"`` output turns every value into a class index with ``int()`` (so every
+  channel of a sigmoid output is labelled with class 0); this names each probability instead.
+- :func:`write_results`: the JSON written by the application.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RESULTS_FILE = "probabilities.json"
+
+
+def list_pngs(input_path) -> list[Path]:
+    """The PNG file ``input_path``, or the PNG files of the folder ``input_path`` (recursively, sorted).
+
+    Raises:
+        FileNotFoundError: the path does not exist or the folder holds no PNG file.
+    """
+    path = Path(input_path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input not found: {path}")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == ".png")
+    if not files:
+        raise FileNotFoundError(f"no PNG file found under {path}")
+    return files
+
+
+def load_png(path) -> tuple[np.ndarray, dict]:
+    """Read a PNG chest X-ray as ``inference.json`` does.
+
+    Returns:
+        ``(array, metadata)``: the channel-first ``(C, H, W)`` array (grey: C = 1) with the file's
+        dtype, and MONAI's metadata of the file (``filename_or_obj``, ``spatial_shape``, ...).
+
+    Raises:
+        FileNotFoundError: missing file; ValueError: not a PNG file.
+    """
+    from monai.transforms import LoadImage
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    with open(path, "rb") as f:
+        if f.read(len(PNG_MAGIC)) != PNG_MAGIC:
+            raise ValueError(f"not a PNG file: {path}")
+    loader = LoadImage(reader="PILReader", reverse_indexing=False, image_only=True, ensure_channel_first=True, dtype=None)
+    image = loader(str(path))
+    return np.asarray(image.array), dict(image.meta)
+
+
+def format_probabilities(probabilities, channel_def: dict) -> dict[str, float]:
+    """Name each probability of a multi-label output.
+
+    Args:
+        probabilities: the ``C`` sigmoid outputs of one image (tensor or array; a leading batch
+            axis of size 1 is accepted).
+        channel_def: the metadata's output ``channel_def``, ``{"0": "Atelectasis", ...}``.
+
+    Returns:
+        ``{class name: probability}`` in channel order.
+
+    Raises:
+        ValueError: the number of values differs from the number of channels, a channel has no
+            name, or a value is not a probability.
+    """
+    if hasattr(probabilities, "detach"):
+        probabilities = probabilities.detach().cpu().numpy()
+    values = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if len(values) != len(channel_def):
+        raise ValueError(f"the network gives {len(values)} outputs but channel_def names {len(channel_def)} classes")
+    missing = [str(i) for i in range(len(values)) if str(i) not in channel_def]
+    if missing:
+        raise ValueError(f"channel_def has no name for channel(s) {missing}")
+    bad = [i for i, v in enumerate(values) if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
+    if bad:
+        raise ValueError(f"output channel(s) {bad} are not probabilities in [0, 1] (values {values[bad].tolist()}); is the sigmoid in the postprocessing?")
+    return {str(channel_def[str(i)]): float(v) for i, v in enumerate(values)}
+
+
+def write_results(results: dict, output_folder) -> Path:
+    """Write ``{image name: {class: probability}}`` to ``<output_folder>/probabilities.json``."""
+    folder = Path(output_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RESULTS_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+    return path

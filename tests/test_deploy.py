@@ -1,0 +1,394 @@
+"""Deployment: TorchScript export, the bundle zip, the MLflow model (registry, pyfunc, serving),
+and the MONAI Label and MONAI Deploy sides of the contract."""
+
+import base64
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from PIL import Image
+
+from conftest import CONFIGS, ROOT
+
+TINY = {
+    "datalist#num_training": 96,
+    "datalist#num_validation": 64,
+    "datalist#num_test": 96,
+    "datalist#num_test_shifted": 64,
+    "max_epochs": 1,
+    "batch_size": 32,
+}
+MODEL_NAME = "nvum-test"
+TOL = 1e-5
+CLASSES = json.loads((CONFIGS / "inference.json").read_text())["classes"]
+
+
+def _workflow(config_file, workflow_type, **override):
+    return ConfigWorkflow(config_file=str(CONFIGS / config_file), meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"), workflow_type=workflow_type, **override)
+
+
+def _run(wf):
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f"nvum_bundle_{name}", ROOT / "bundle" / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """A tiny training run with MLflow on (it ends by exporting and registering the model), and
+    ``inference.json``'s probabilities for six test images of it."""
+    root = tmp_path_factory.mktemp("bundle")
+    data = tmp_path_factory.mktemp("data") / "synthetic"
+    with pytest.MonkeyPatch.context() as mp:  # conftest's per-test isolation starts after module fixtures
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # e.g. left by mlflow.set_tracking_uri in another test
+        _run(_workflow("train.json", "train", bundle_root=str(root), registered_model_name=MODEL_NAME, **{"datalist#root": str(data)}, **TINY))
+    images = tmp_path_factory.mktemp("images")
+    for p in sorted((data / "test").glob("*.png"))[:6]:
+        (images / p.name).write_bytes(p.read_bytes())
+    csv = root / "inference" / "reference.csv"
+    _run(_workflow("inference.json", "infer", bundle_root=str(root), input_path=str(images), output_file=str(csv)))
+    table = pd.read_csv(csv)
+    table.index = [Path(p).name for p in table.pop("image")]
+    return {"root": root, "data": data, "images": images, "probs": table, "uri": f"sqlite:///{(root / 'eval' / 'mlruns.db').resolve()}"}
+
+
+def _image_files(deployed):
+    return [deployed["images"] / name for name in deployed["probs"].index]
+
+
+def test_training_registers_a_pyfunc_model_that_predicts_as_inference_json(deployed):
+    from custom.deploy import use_tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri=deployed["uri"])
+    (version,) = client.search_model_versions(f"name='{MODEL_NAME}'")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["loss"] == "nvum"  # the training run itself
+    assert "bundle/nvum_cxr_classification.zip" in {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
+    assert "test/test_test.csv" in {a.path for a in client.list_artifacts(run.info.run_id, "test")}
+
+    with use_tracking_uri(deployed["uri"]):
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}")
+    inputs = model.metadata.get_input_schema().to_dict()
+    assert inputs == [{"type": "binary", "name": "image", "required": True}]
+    assert model.metadata.get_output_schema().input_names() == CLASSES
+    assert model.metadata.saved_input_example_info is not None
+
+    files = _image_files(deployed)
+    pred = model.predict(pd.DataFrame({"image": [p.read_bytes() for p in files]}))
+    assert list(pred.columns) == CLASSES and len(pred) == len(files)
+    assert np.abs(pred.to_numpy() - deployed["probs"].to_numpy()).max() < TOL
+    # an in-memory array (sent as .npy bytes) gives the same probabilities as its PNG file
+    from custom.serving import decode_image, encode_array
+
+    as_array = model.predict(pd.DataFrame({"image": [encode_array(decode_image(files[0].read_bytes())[0])]}))
+    assert np.abs(as_array.to_numpy() - pred.to_numpy()[:1]).max() < TOL
+
+
+def test_metadata_and_network_checks_pass_offline_and_catch_a_bad_metadata(tmp_path, monkeypatch):
+    from custom.deploy import verify_bundle
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    verify_bundle(CONFIGS)  # the schema copy in bundle/docs, no download
+    broken = tmp_path / "configs"
+    broken.mkdir()
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    del meta["copyright"]
+    (broken / "metadata.json").write_text(json.dumps(meta))
+    (broken / "inference.json").write_text((CONFIGS / "inference.json").read_text())
+    with pytest.raises(ValueError, match="copyright"):
+        verify_bundle(broken, schema=ROOT / "bundle" / "docs" / "meta_schema_20240725.json")
+    (broken / "metadata.json").write_text((CONFIGS / "metadata.json").read_text().replace('"num_channels": 14', '"num_channels": 13'))
+    with pytest.raises(ValueError, match="output channel number"):
+        verify_bundle(broken, schema=ROOT / "bundle" / "docs" / "meta_schema_20240725.json")
+
+
+def _extract(zip_path, dest):
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+        zf.extractall(dest)
+    return names
+
+
+def test_bundle_zip_runs_inference_json_from_anywhere_with_the_torchscript_model(deployed, tmp_path):
+    names = _extract(deployed["root"] / "models" / "nvum_cxr_classification.zip", tmp_path)
+    top = "nvum_cxr_classification/"
+    for f in ("configs/metadata.json", "configs/inference.json", "models/model.ts", "docs/README.md", "custom/__init__.py", "scripts/deploy_app.py"):
+        assert top + f in names, f
+    assert not any(n.endswith(".pt") or "__pycache__" in n for n in names)
+    bundle = tmp_path / "nvum_cxr_classification"
+    out = tmp_path / "probs.csv"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--bundle_root", ".", "--input_path", str(deployed["images"]), "--output_file", str(out)]
+    proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(out)
+    assert [Path(p).name for p in table["image"]] == list(deployed["probs"].index)
+    assert np.abs(table.iloc[:, 1:].to_numpy() - deployed["probs"].to_numpy()).max() < TOL
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url, payload, timeout=60):
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, tmp_path):
+    pytest.importorskip("uvicorn", reason="mlflow's scoring server needs uvicorn")
+    pytest.importorskip("fastapi", reason="mlflow's scoring server needs fastapi")
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    if not mlflow_cli.is_file():
+        pytest.skip(f"mlflow command not found next to {sys.executable}")
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=deployed["uri"], PATH=f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("PYTHONPATH", None)
+    log = open(tmp_path / "serve.log", "w")
+    cmd = [str(mlflow_cli), "models", "serve", "-m", f"models:/{MODEL_NAME}/1", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    pgid = os.getpgid(server.pid)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the model server did not get ready in 180 s"
+            time.sleep(0.5)
+        files = _image_files(deployed)[:2]
+        rows = [[base64.b64encode(p.read_bytes()).decode()] for p in files]
+        answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": {"columns": ["image"], "data": rows}})
+        pred = pd.DataFrame(answer["predictions"])
+        assert list(pred.columns) == CLASSES
+        assert np.abs(pred.to_numpy() - deployed["probs"].to_numpy()[:2]).max() < TOL
+        # a server-side file path is not an image: refused, nothing is read
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": {"columns": ["image"], "data": [[str(files[0])]]}})
+        assert err.value.code >= 400
+    finally:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            server.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        log.close()
+    deadline = time.monotonic() + 10
+    while True:  # every process of the server's group is gone (workers included)
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, f"processes of group {pgid} are still running"
+        time.sleep(0.2)
+
+
+def test_monai_label_style_loading_runs_inference_json_on_one_image(deployed, tmp_path):
+    """What MONAI Label's BundleInferTask does with a bundle folder: ConfigParser on
+    configs/inference.json with ``bundle_root`` and ``device`` overridden, ``network_def`` plus
+    models/model.pt (or models/model.ts alone), labels from the metadata's first output,
+    ``preprocessing`` -> network(image[None])[0] -> ``postprocessing``."""
+    _extract(deployed["root"] / "models" / "nvum_cxr_classification.zip", tmp_path)
+    packed = tmp_path / "nvum_cxr_classification"
+    image = _image_files(deployed)[0]
+    expected = deployed["probs"].loc[image.name].to_numpy()
+    for bundle_path, configs in ((packed, packed / "configs"), (deployed["root"], CONFIGS)):
+        parser = ConfigParser()
+        parser.read_config(str(configs / "inference.json"))
+        parser.config.update({"bundle_root": str(bundle_path), "device": "cpu"})
+        metadata = json.loads((configs / "metadata.json").read_text())
+        key_image, _ = next(iter(metadata["network_data_format"]["inputs"].items()))
+        key_pred, pred = next(iter(metadata["network_data_format"]["outputs"].items()))
+        labels = {v.lower(): int(k) for k, v in pred["channel_def"].items() if v.lower() != "background"}
+        assert (key_image, key_pred) == ("image", "pred") and labels == {c.lower(): i for i, c in enumerate(CLASSES)}
+        if (bundle_path / "models" / "model.pt").exists():
+            network = parser.get_parsed_content("network_def", instantiate=True)
+            checkpoint = torch.load(bundle_path / "models" / "model.pt", map_location="cpu")
+            network.load_state_dict(checkpoint.get("model", checkpoint), strict=True)
+        else:
+            network = torch.jit.load(str(bundle_path / "models" / "model.ts"), map_location="cpu")
+        network.eval()
+        data = {key_image: str(image)}
+        for t in parser.get_parsed_content("preprocessing", instantiate=True).transforms:
+            data = t(data)
+        with torch.no_grad(), torch.jit.optimized_execution(False):
+            data[key_pred] = parser.get_parsed_content("inferer")(data[key_image][None], network)[0]
+        for t in parser.get_parsed_content("postprocessing", instantiate=True).transforms:
+            data = t(data)
+        assert data[key_pred].shape == (len(CLASSES),)
+        assert np.abs(np.asarray(data[key_pred]) - expected).max() < TOL, bundle_path
+    assert "classification" in packed.name  # BundleInferTask's default task type comes from the folder name
+
+
+def test_torchscript_export_matches_the_checkpoint_and_runs_as_the_deploy_operator_runs_it(deployed):
+    """model.ts against model.pt on a batch of images; then the MONAI Deploy side without the SDK:
+    the SDK's bundle operator reads metadata and inference config from model.ts, drops the
+    config's image loader and runs preprocessing -> network -> postprocessing; the example app
+    adds its PNG loader and multi-label output handling."""
+    from monai.data import MetaTensor
+    from monai.networks.nets import DenseNet121
+
+    from custom.networks import load_weights
+
+    io = _load_script("deploy_io")
+    model_ts = deployed["root"] / "models" / "model.ts"
+    with zipfile.ZipFile(model_ts) as archive:  # the files the SDK's get_bundle_config reads
+        meta = json.loads(archive.read("model/extra/metadata.json"))
+        inference = json.loads(archive.read("model/extra/inference.json"))
+    channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert channel_def == {str(i): c for i, c in enumerate(CLASSES)} and inference["classes"] == CLASSES
+    parser = ConfigParser()
+    parser.read_config(inference)
+    pre = parser.get_parsed_content("preprocessing")
+    pre.transforms = tuple(t for t in pre.transforms if not any(d in type(t).__name__ for d in ("LoadImage", "SaveImage")))
+    post = parser.get_parsed_content("postprocessing")
+    paths = io.list_pngs(deployed["images"])
+    batch = []
+    for path in paths:
+        array, image_meta = io.load_png(path)
+        batch.append(pre({"image": MetaTensor(torch.as_tensor(array), meta=image_meta)})["image"])
+    batch = torch.stack(batch)
+    scripted = torch.jit.load(str(model_ts), map_location="cpu").eval()
+    eager = load_weights(DenseNet121(spatial_dims=2, in_channels=3, out_channels=len(CLASSES)), deployed["root"] / "models" / "model.pt").eval()
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # skips slow JIT passes; same outputs
+        logits, reference = scripted(batch), eager(batch)
+    assert logits.shape == (len(paths), len(CLASSES)) and (logits - reference).abs().max() < TOL
+    results = {p.name: io.format_probabilities(post({"pred": z})["pred"], channel_def) for p, z in zip(paths, logits)}
+    table = pd.DataFrame.from_dict(results, orient="index")
+    assert list(table.columns) == CLASSES and list(table.index) == list(deployed["probs"].index)
+    assert np.abs(table.to_numpy() - deployed["probs"].to_numpy()).max() < TOL
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB"])
+def test_deploy_png_loader_reads_as_inference_json(tmp_path, mode):
+    io = _load_script("deploy_io")
+    rng = np.random.default_rng(0)
+    if mode == "RGB":
+        img = Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    elif mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (20, 24), dtype=np.uint16))
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8))
+    path = tmp_path / "x.png"
+    img.save(path)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    loader = parser.get_parsed_content("preprocessing").transforms[0]
+    expected = np.asarray(loader({"image": str(path)})["image"])
+    array, meta = io.load_png(path)
+    assert array.shape == expected.shape == ((3 if mode == "RGB" else 1), 20, 24)
+    assert array.dtype == expected.dtype and np.array_equal(array, expected)
+    assert Path(meta["filename_or_obj"]).name == "x.png"
+    # the served model's decoder reads the same pixels from the bytes
+    from custom.serving import decode_image
+
+    assert np.array_equal(decode_image(path.read_bytes()), expected)
+
+
+def test_deploy_output_handling_names_each_probability_and_rejects_bad_outputs(tmp_path):
+    io = _load_script("deploy_io")
+    channel_def = {"0": "Atelectasis", "1": "Effusion", "2": "No Finding"}
+    out = io.format_probabilities(torch.tensor([[0.9, 0.2, 0.05]]), channel_def)  # batch axis of 1 accepted
+    assert list(out) == ["Atelectasis", "Effusion", "No Finding"]
+    assert np.allclose(list(out.values()), [0.9, 0.2, 0.05])
+    with pytest.raises(ValueError, match="2 outputs but channel_def names 3"):
+        io.format_probabilities(np.array([0.1, 0.2]), channel_def)
+    with pytest.raises(ValueError, match="not probabilities"):
+        io.format_probabilities(np.array([2.3, -1.0, 0.5]), channel_def)  # logits: no sigmoid applied
+    path = io.write_results({"a.png": out}, tmp_path / "out")
+    assert json.loads(path.read_text()) == {"a.png": out}
+    with pytest.raises(ValueError, match="not a PNG file"):
+        (tmp_path / "fake.png").write_bytes(b"\xff\xd8\xff\xe0 not a png")
+        io.load_png(tmp_path / "fake.png")
+    with pytest.raises(FileNotFoundError, match="no PNG file found"):
+        io.list_pngs(tmp_path / "out")
+    # the SDK-dependent application module is valid Python (the SDK is not installed here)
+    compile((ROOT / "bundle" / "scripts" / "deploy_app.py").read_text(), "deploy_app.py", "exec")
+
+
+def test_served_model_decoder_rejects_what_is_not_an_image():
+    from custom.serving import decode_image
+
+    with pytest.raises(ValueError, match="row 2: a string must be base64"):
+        decode_image("/etc/passwd", "row 2")
+    with pytest.raises(ValueError, match="not a readable PNG/JPEG"):
+        decode_image(b"/etc/passwd")
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        from custom.serving import encode_array
+
+        decode_image(encode_array(np.zeros((2, 5, 5))))
+
+
+def test_registrar_does_nothing_with_tracking_off(tmp_path):
+    from custom.deploy import ModelRegistrar
+    from custom.handlers import MLflowTracker
+
+    registrar = ModelRegistrar(MLflowTracker(enabled=False), tmp_path / "missing.pt", tmp_path / "models", example_images=[])
+    assert registrar.run() is None
+    assert not (tmp_path / "models").exists() and not (Path.cwd() / "mlruns.db").exists()
+
+
+def test_inference_network_reads_the_first_model_file_that_exists_on_first_use(deployed, tmp_path):
+    from monai.networks.nets import DenseNet121
+
+    from custom.deploy import BundleNetwork
+
+    candidates = [tmp_path / "model.pt", tmp_path / "model.ts"]
+    net = BundleNetwork(DenseNet121(spatial_dims=2, in_channels=3, out_channels=len(CLASSES)), candidates)
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(FileNotFoundError) as err:  # nothing is read before the first forward pass
+        net(x)
+    assert str(candidates[0]) in str(err.value) and str(candidates[1]) in str(err.value)
+    candidates[1].write_bytes((deployed["root"] / "models" / "model.ts").read_bytes())
+    net.load()
+    assert net.model_file == candidates[1] and isinstance(net.network.module, torch.jit.ScriptModule)
+
+
+def test_register_command_logs_a_new_run_and_a_new_version(deployed, tmp_path):
+    from custom.deploy import register_command, use_tracking_uri
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    version = register_command(str(deployed["root"] / "models" / "model.pt"), registered_model_name="nvum-cli", tracking_uri=uri, models_dir=str(tmp_path / "models"))
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED" and str(version.version) == "1"
+    assert (tmp_path / "mlartifacts").is_dir()  # artifacts next to the store, as in training
+    assert "bundle/nvum_cxr_classification.zip" in {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
+    with use_tracking_uri(uri):
+        info = mlflow.models.get_model_info(f"models:/nvum-cli/{version.version}")
+    assert info.signature.outputs.input_names() == CLASSES and info.saved_input_example_info is not None
