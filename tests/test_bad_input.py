@@ -160,3 +160,33 @@ def test_preflight_check_command_exits_nonzero_on_a_bad_label_row(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "split 'training', row 4" in out.stdout and "length 2, expected 3" in out.stdout
+
+
+def test_nan_loss_stops_training_naming_epoch_iteration_and_indices():
+    from custom.engines import NonFiniteLossError, NVUMTrainer
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    calls = {"n": 0}
+
+    def loss(pred, target, index):
+        calls["n"] += 1
+        value = torch.nn.functional.binary_cross_entropy_with_logits(pred, target)
+        if calls["n"] == 2:  # the second step goes wrong
+            value = value * float("nan")
+        return {"loss": value, "bce": value.detach(), "reg": torch.zeros(())}
+
+    batches = [{"image": torch.randn(2, 1, 2, 2), "label": torch.ones(2, 3), "index": torch.tensor([2 * i, 2 * i + 1])} for i in range(3)]
+    trainer = NVUMTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=batches, network=net,
+                          optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=loss, decollate=False)  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, iteration 2 .*dataset indices of the batch: \[2, 3\]"):
+        trainer.run()
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_classes():
+    from custom.checkpoints import RunInfo
+
+    here = RunInfo(["A", "B", "No Finding"], 10, "new.json")
+    saved = RunInfo(["A", "C", "No Finding"], 10, "old.json").state_dict()
+    with pytest.raises(DataListError, match=r"unknown to the checkpoint: \['B'\]; missing: \['C'\]"):
+        here.check(saved, "ckpt.pt")
+    here.check(RunInfo(["A", "B", "No Finding"], 10, "old.json").state_dict(), "ckpt.pt")  # same classes and size: fine
