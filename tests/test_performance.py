@@ -1,8 +1,11 @@
 """Mixed precision and channels-last: switchable from the config, and the loss and memory stay float32."""
 
+import copy
+
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.data import DataLoader
 
 from conftest import CONFIGS
 from custom.engines import NVUMTrainer
@@ -66,3 +69,31 @@ def test_loss_and_memory_stay_float32_under_mixed_precision():
     assert trainer.state.output["pred"].dtype == torch.bfloat16  # the forward pass did run in low precision
     assert seen == {"logits": torch.float32, "loss": torch.float32}
     assert memory.values.dtype == torch.float32 and (memory.values.abs().sum(dim=1) > 0).all()
+
+
+def test_training_cache_holds_resized_images_and_the_augmentation_leaves_it_intact(tmp_path):
+    """train.json caches decoded, resized images once and augments copies of them every epoch;
+    ``copy_cache: false`` (no defensive copy per item, twice the speed) is safe only while the
+    random transforms never write into the cached tensors."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({
+        "datalist#root": str(tmp_path / "data"), "datalist#num_training": 12, "datalist#num_validation": 4,
+        "datalist#num_test": 4, "datalist#num_test_shifted": 4, "random_affine_prob": 1.0, "train#preprocessing#transforms#3#prob": 1.0,
+    })
+    dataset = parser.get_parsed_content("train#dataset")
+    assert dataset.copy_cache is False
+    cached = dataset._cache[0]["image"]
+    # the cache holds the deterministic head of the chain: decoded, grey, resized, normalised
+    items = parser.get_parsed_content("datalist").items("training")
+    expected = parser.get_parsed_content("validate#preprocessing")(items[0])["image"]
+    assert cached.shape == (3, 32, 32) and torch.equal(cached.as_tensor(), expected.as_tensor())
+    before = copy.deepcopy(dataset._cache)
+    for _ in range(2):
+        for _batch in DataLoader(dataset, batch_size=4):
+            pass
+    served = dataset[0]["image"]
+    assert not torch.equal(served.as_tensor(), cached.as_tensor())  # the augmentation ran, on a copy
+    for old, new in zip(before, dataset._cache):
+        assert torch.equal(old["image"].as_tensor(), new["image"].as_tensor())
+        assert len(new["image"].applied_operations) == len(old["image"].applied_operations)
