@@ -345,17 +345,19 @@ def _loop_overhead(settings: _Settings, num_classes: int, seed: int, steps: int 
 # cached pipeline over decoding and resizing every epoch
 
 
-def _train_transform(image_size: int):
-    """The training preprocessing of ``train.json``: load, grey/resize/normalise, random flip."""
-    from monai.transforms import Compose, LoadImaged, RandFlipd
+def _bundle_training_data(datalist_path, image_size: int, batch_size: int, num_workers: int):
+    """The training preprocessing and the (not yet built) cached dataset exactly as ``train.json``
+    defines them, for another data list, image size, batch and worker count."""
+    from monai.bundle import ConfigParser
 
-    from .transforms import ChestXrayToTensord
-
-    return Compose([
-        LoadImaged(keys="image", reader="PILReader", reverse_indexing=False, image_only=True, ensure_channel_first=True, dtype=None),
-        ChestXrayToTensord(keys="image", size=image_size),
-        RandFlipd(keys="image", prob=0.5, spatial_axis=1),
-    ])
+    configs = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+    parser = ConfigParser()
+    parser.read_config(str(configs / "train.json"))
+    parser.update({
+        "datalist": {"_target_": "custom.DataList", "path": str(datalist_path)},
+        "image_size": image_size, "batch_size": batch_size, "num_workers": num_workers,
+    })
+    return parser
 
 
 def _epoch(loader) -> float:
@@ -369,26 +371,27 @@ def pipeline(num_images: int = 1000, source_size: int = 256, image_size: int = 1
     """Epoch throughput of the bundle's cached pipeline over decoding and resizing every epoch.
 
     Synthetic PNGs of ``source_size`` pixels (generated once into the data cache) are turned into
-    ``image_size`` training tensors by the training transforms of ``train.json``. ``naive``: a
-    plain ``Dataset`` runs load, decode, resize and the random flip for every image in every
-    epoch. ``cached``: ``CacheDataset`` (as in ``train.json``) keeps the decoded, resized tensors
-    and runs only the random flip per epoch. Both iterate a ``DataLoader`` with ``batch_size``
-    and ``num_workers``; the one-off cache build is timed separately and folded into an
+    ``image_size`` training tensors by the training preprocessing of ``train.json`` (load,
+    grey/resize/normalise, random affine if switched on, random flip). ``cached``: the training
+    dataset and data loader of ``train.json`` (``CacheDataset``: decoded, resized tensors kept,
+    only the random transforms run per epoch). ``naive``: a plain ``Dataset`` running the whole
+    chain -- decoding and resizing included -- for every image in every epoch, with the same
+    data loader settings. The one-off cache build is timed separately and folded into an
     ``epochs``-epoch total. Target: cached / naive >= 3.
     """
-    from monai.data import CacheDataset, DataLoader, Dataset
+    from monai.data import DataLoader, Dataset
 
-    from .data import DataList
     from .synthetic import ensure_synthetic
 
-    datalist = DataList(ensure_synthetic(root, num_training=num_images, num_validation=16, num_test=16, num_test_shifted=16, image_size=source_size))
-    items = datalist.items("training")
-    transform = _train_transform(image_size)
-    naive = DataLoader(Dataset(items, transform), batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    path = ensure_synthetic(root, num_training=num_images, num_validation=16, num_test=16, num_test_shifted=16, image_size=source_size)
+    parser = _bundle_training_data(path, image_size, batch_size, num_workers)
+    items = parser.get_parsed_content("datalist").items("training")
+    naive = DataLoader(Dataset(items, parser.get_parsed_content("train#preprocessing")), batch_size=batch_size, shuffle=True, num_workers=num_workers)
     start = time.perf_counter()
-    cache = CacheDataset(items, transform, cache_rate=1.0, num_workers=num_workers or None, progress=False)
+    cache = parser.get_parsed_content("train#dataset")
     build = time.perf_counter() - start
-    cached = DataLoader(cache, batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    cached = parser.get_parsed_content("train#dataloader")
+    assert cached.dataset is cache
     _epoch(naive), _epoch(cached)  # warm-up (file cache, allocator)
     seconds = {"naive": [], "cached": []}
     loaders = {"naive": naive, "cached": cached}
