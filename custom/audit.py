@@ -68,6 +68,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from .data import DataList
+from .networks import read_checkpoint as load_checkpoint_file
 
 #: rankings written by :func:`audit`: column name -> label used in tables and figures.
 RANKINGS = {"score": "memory", "loss": "loss (final model)", "cl_margin": "confident-learning rule"}
@@ -93,12 +94,7 @@ def read_checkpoint(path) -> dict:
         ValueError: not a readable checkpoint, or one without the NVUM memory or the network.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (training writes bundle/models/checkpoint_epoch=K.pt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+    ckpt = load_checkpoint_file(path, "checkpoint", " (training writes bundle/models/checkpoint_epoch=K.pt)")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("memory"), dict) or "values" not in ckpt["memory"]:
         raise ValueError(
             f"checkpoint {path} holds no NVUM memory (key 'memory'); audit the resume checkpoint "

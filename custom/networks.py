@@ -18,6 +18,22 @@ def _torchvision_to_monai(key: str) -> str:
     return re.sub(r"^classifier\.", "class_layers.out.", key)
 
 
+def read_checkpoint(path, kind: str = "checkpoint", hint: str = ""):
+    """Load a checkpoint or weights file on the CPU with ``weights_only=True`` (no code runs).
+
+    Raises:
+        FileNotFoundError: ``"<kind> not found: <path><hint>"``.
+        ValueError: ``"cannot read <kind> <path>: <reason>"`` (unpickling errors come in many types).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} not found: {path}{hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read {kind} {path}: {e}") from None
+
+
 def read_state_dict(path, key: str = "model") -> dict:
     """Read a state dict from a checkpoint file with ``weights_only=True``.
 
@@ -27,13 +43,7 @@ def read_state_dict(path, key: str = "model") -> dict:
         FileNotFoundError: the file does not exist (the message names it).
         ValueError: the file is not a readable checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"cannot read weights file {path}: {e}") from None
+    ckpt = read_checkpoint(path, "weights file")
     if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
         ckpt = ckpt[key]
     if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
