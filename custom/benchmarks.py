@@ -105,19 +105,25 @@ class _TinyNetwork(torch.nn.Module):
 # NVUM step throughput over BCE
 
 
-def _step_trainer(method: str, batches, num_samples: int, num_classes: int, seed: int, settings: _Settings, tiny: bool = False):
-    from .engines import NVUMTrainer
-    from .handlers import EMATeacher, HandlerGroup, MemoryUpdater
-    from .losses import build_loss
+def _network_and_memory(num_samples: int, num_classes: int, seed: int, settings: _Settings, tiny: bool):
+    """The seeded network (DenseNet121, or a negligible one with ``tiny``) and a fresh memory."""
     from .memory import NVUMMemory
-    from .performance import PrepareImageBatch
 
     if tiny:
         torch.manual_seed(seed)
         net = _TinyNetwork(num_classes).to(settings.device)
     else:
         net = _network(num_classes, seed, settings)
-    memory = NVUMMemory(num_samples, torch.full((num_classes,), 0.1)).to(settings.device)
+    return net, NVUMMemory(num_samples, torch.full((num_classes,), 0.1)).to(settings.device)
+
+
+def _step_trainer(method: str, batches, num_samples: int, num_classes: int, seed: int, settings: _Settings, tiny: bool = False):
+    from .engines import NVUMTrainer
+    from .handlers import EMATeacher, HandlerGroup, MemoryUpdater
+    from .losses import build_loss
+    from .performance import PrepareImageBatch
+
+    net, memory = _network_and_memory(num_samples, num_classes, seed, settings, tiny)
     loss = build_loss("bce" if method == "bce" else "nvum", memory)
     teacher = EMATeacher(net, enabled=method == "nvum_iteration")
     updater = MemoryUpdater(memory, "iteration" if method == "nvum_iteration" else "epoch", teacher, enabled=method != "bce")
@@ -194,14 +200,8 @@ def step(batch_size: int = 64, image_size: int = 32, steps: int = 20, repeats: i
 
 def _nvum_parts(num_samples: int, num_classes: int, seed: int, settings: _Settings, tiny: bool = False):
     from .losses import build_loss
-    from .memory import NVUMMemory
 
-    if tiny:
-        torch.manual_seed(seed)
-        net = _TinyNetwork(num_classes).to(settings.device)
-    else:
-        net = _network(num_classes, seed, settings)
-    memory = NVUMMemory(num_samples, torch.full((num_classes,), 0.1)).to(settings.device)
+    net, memory = _network_and_memory(num_samples, num_classes, seed, settings, tiny)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[4], gamma=0.1)
     return net, memory, build_loss("nvum", memory), optimizer, scheduler
