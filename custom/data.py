@@ -99,7 +99,7 @@ class DataList:
             self._validate_split(name, items)
         self._check_patients()
         if on_bad_image == "skip" or verify_images:
-            self._verify_images(skip=on_bad_image == "skip")
+            self.verify_images(skip=on_bad_image == "skip")
         elif check_images:
             self._check_images()
         for name in required_splits:
@@ -191,7 +191,8 @@ class DataList:
             raise FileNotFoundError(f"{len(missing)} image(s) of data list {self.path} not found, e.g.\n  {shown}")
 
 
-    def _verify_images(self, skip: bool) -> None:
+    def verify_images(self, skip: bool = False) -> None:
+        """Decode every image once; stop naming the bad ones, or drop them with ``skip`` (see ``on_bad_image``)."""
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm.auto import tqdm

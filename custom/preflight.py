@@ -99,7 +99,7 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
         dl = state["datalist"]
 
         def images():
-            DataList(dl.path, dl.dataset_dir, required_splits=(), verify_images=True)
+            dl.verify_images()
             return f"all {sum(len(dl.items(s)) for s in dl.splits)} images decode"
 
         record("every image exists and decodes", images)
