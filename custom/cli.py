@@ -12,6 +12,7 @@ Commands:
     check            pre-flight check of a training config, its data list and files before training.
     export           TorchScript model.ts and the deployable bundle zip from a checkpoint, checked offline.
     register         export, then log the bundle and the pyfunc model to MLflow and register it.
+    noise_benchmark  NVUM against its baselines on synthetic noisy labels: tables and figures (README "Results").
 """
 
 from __future__ import annotations
@@ -103,6 +104,13 @@ def main():
     # every public function of this module is a command
     commands = {name: f for name, f in globals().items() if callable(f) and getattr(f, "__module__", None) == __name__ and not name.startswith("_") and name != "main"}
     fire.Fire(commands)
+
+
+def noise_benchmark(**kwargs):
+    """Train and test NVUM and its baselines on synthetic noisy labels (see :mod:`custom.noise_benchmark`)."""
+    from .noise_benchmark import noise_benchmark as run
+
+    run(**kwargs)
 
 
 if __name__ == "__main__":
