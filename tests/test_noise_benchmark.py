@@ -109,3 +109,20 @@ def test_tables_report_selected_last_and_drop_as_mean_and_std_over_seeds(tmp_pat
     assert "| BCE only | `bce` | 1 |" in text and "| 0.9 | 1 |" in text and "--quick" in text
     assert (tmp_path / "curve_report_memorisation.png").stat().st_size > 1000
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_compare_results_reports_the_largest_auc_difference_and_refuses_other_runs(tmp_path):
+    import pandas as pd
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    rows = [{"name": f"run{i}", "selected_test": 60.0 + i, "last_test": 61.0, "drop_test": float("nan")} for i in range(3)]
+    pd.DataFrame(rows).to_csv(a / "results.csv", index=False)
+    rows[2]["last_test"] = 61.3  # a rerun that moved one number by 0.3 points
+    pd.DataFrame(rows[::-1]).to_csv(b / "results.csv", index=False)  # row order does not matter
+    assert nb.compare_results(a, b) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match=r"run2: last_test differs by 0.300"):
+        nb.compare_results(a, b, tolerance=0.2)
+    pd.DataFrame(rows[:2]).to_csv(b / "results.csv", index=False)
+    with pytest.raises(ValueError, match="different runs"):
+        nb.compare_results(a, b)
