@@ -12,9 +12,13 @@ Commands:
     check            pre-flight check of a training config, its data list and files before training.
     export           TorchScript model.ts and the deployable bundle zip from a checkpoint, checked offline.
     register         export, then log the bundle and the pyfunc model to MLflow and register it.
+    noise_benchmark  NVUM against its baselines on synthetic noisy labels: tables and figures (README "Results").
+    noise_benchmark_compare  check that a rerun of the noise benchmark reproduces its numbers.
 """
 
 from __future__ import annotations
+
+import sys
 
 
 def synthetic(root: str | None = None, **params):
@@ -95,6 +99,23 @@ def register(checkpoint="bundle/models/model.pt", **kwargs):
     from .deploy import register_command
 
     register_command(checkpoint, **kwargs)
+
+
+def noise_benchmark(**kwargs):
+    """Train and test NVUM and its baselines on synthetic noisy labels (see :mod:`custom.noise_benchmark`)."""
+    from .noise_benchmark import noise_benchmark as run
+
+    run(**kwargs)
+
+
+def noise_benchmark_compare(first: str, second: str, tolerance: float = 0.5):
+    """Check that two runs of the noise benchmark agree within ``tolerance`` AUC points."""
+    from .noise_benchmark import compare_results
+
+    try:
+        compare_results(first, second, tolerance)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"noise_benchmark_compare: {e}")
 
 
 def main():

@@ -51,6 +51,7 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
     """Check a training config, its data and its files; print a report; return 0 if all pass, else 1."""
     from .checkpoints import find_checkpoint
     from .data import DataList
+    from .datalists.testlists import DataListWithTests
 
     results: list[tuple[str, bool, str]] = []
 
@@ -89,8 +90,8 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
 
     def datalist():
         dl = parser.get_parsed_content("datalist")
-        if not isinstance(dl, DataList):
-            raise TypeError(f"'datalist' must build a custom.DataList, got {type(dl).__name__}")
+        if not isinstance(dl, (DataList, DataListWithTests)):
+            raise TypeError(f"'datalist' must build a custom.DataList (or a data list with test lists), got {type(dl).__name__}")
         state["datalist"] = dl
         sizes = ", ".join(f"{s} {len(dl.items(s))}" for s in dl.splits)
         return f"{dl.path} ({len(dl.classes)} classes; {sizes})"

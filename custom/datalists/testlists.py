@@ -105,6 +105,12 @@ class DataListWithTests:
     def __len__(self) -> int:
         return len(self._base)
 
+    def verify_images(self) -> None:
+        """Decode every image of the training list and of every test list (see :meth:`custom.data.DataList.verify_images`)."""
+        self._base.verify_images()
+        for test in {id(t): t for t, _ in self._extra.values()}.values():
+            test.verify_images()
+
 
 def real_datalist(path, dataset_dir, test_lists: Mapping[str, Mapping] | None = None, check_images: bool = True) -> DataListWithTests:
     """The data list of a real dataset with its test lists, as the dataset overlays build it.
