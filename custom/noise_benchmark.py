@@ -100,6 +100,11 @@ REGIMES: dict[str, Regime] = {
 }
 
 
+def _noise_slug(noise: str) -> str:
+    """A noise spec as a file-name part: ``symmetric:0.2`` -> ``symmetric02``, ``bomd:0.2,0.3`` -> ``bomd02-03``."""
+    return noise.replace(":", "").replace(",", "-").replace(".", "")
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One training run of the matrix."""
@@ -116,8 +121,7 @@ class Run:
     def name(self) -> str:
         beta = f"_beta{self.beta:g}" if self.beta is not None else ""
         extra = "".join(f"_{k.replace('#', '-')}{v:g}" if isinstance(v, float) else f"_{k.replace('#', '-')}{v}" for k, v in self.extra)
-        noise = self.noise.replace(":", "").replace(",", "-").replace(".", "")
-        return f"{noise}_{self.regime}_{self.method}{beta}{extra}_seed{self.seed}"
+        return f"{_noise_slug(self.noise)}_{self.regime}_{self.method}{beta}{extra}_seed{self.seed}"
 
     def overrides(self) -> dict:
         if self.method not in METHODS:
@@ -490,7 +494,6 @@ def unique_runs(plan: dict[str, list[Run]]) -> list[Run]:
 # --------------------------------------------------------------------------------------
 
 SPLITS = ("test", "test_shifted")
-SPLIT_NAMES = {"test": "in-distribution", "test_shifted": "shifted"}
 
 
 def run_metrics(record: dict) -> dict:
@@ -519,12 +522,6 @@ def _pm(values, digits: int = 1) -> str:
     if math.isnan(mean):
         return "-"
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def aggregate(runs: Sequence[Run], records: dict[str, dict], keys: Sequence[str]) -> dict[str, tuple[float, float, int]]:
-    """Mean, std (over seeds, ddof 1) and count of each metric over ``runs``."""
-    metrics = [run_metrics(records[r.name]) for r in runs]
-    return {k: (*_mean_std([m.get(k, float("nan")) for m in metrics]), len(metrics)) for k in keys}
 
 
 def _groups(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
@@ -682,7 +679,7 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
                 text += ["Difference to plain BCE, paired by seed (points):", "", gaps, ""]
         for (noise, reg), group in _by_noise_regime(runs).items():
             if all(r.curve for r in group):
-                name = f"curve_{Run(noise, reg, 'x', 0).name.split('_x_')[0]}.png"
+                name = f"curve_{_noise_slug(noise)}_{reg}.png"
                 curve_figure(group, records, output / name, title=f"{noise} noise, {reg} regime")
                 figures.append(name)
                 text += [f"![AUC per epoch, {noise} noise, {reg} regime]({name})", ""]

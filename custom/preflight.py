@@ -139,10 +139,10 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
 
     if resume not in (None, False, "", "false", "False"):
         def resumable():
-            import torch
+            from .networks import read_checkpoint
 
             path = find_checkpoint(resume, ckpt_dir())
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = read_checkpoint(path)
             if "datalist" in state and "run_info" in ckpt:
                 info = ckpt["run_info"]
                 dl = state["datalist"]

@@ -498,17 +498,24 @@ def _random_images(root, items, seed=0):
         image.save(path)
 
 
-def test_nih_overlay_trains_on_a_slice_of_the_nih_list_with_only_dataset_dir_set(tmp_path):
-    from monai.bundle import ConfigWorkflow
-
+def _nih_slice_with_google_test(tmp_path, n):
+    """The first ``n`` training, validation and Google test items of the committed NIH lists, written
+    to ``tmp_path`` with random images; returns (sliced list, Google list, image folder)."""
     nih = read_json(ROOT / "data_lists" / "nih_nih14.json.gz")
     google = read_json(ROOT / "data_lists" / "nih_google_nih14.json.gz")
-    sliced = {"classes": nih["classes"], "training": nih["training"][:16], "validation": nih["validation"][:16]}
-    g = {"classes": google["classes"], "test": google["test"][:16]}
+    sliced = {"classes": nih["classes"], "training": nih["training"][:n], "validation": nih["validation"][:n]}
+    g = {"classes": google["classes"], "test": google["test"][:n]}
     (tmp_path / "nih.json").write_text(json.dumps(sliced))
     (tmp_path / "google.json").write_text(json.dumps(g))
     images = tmp_path / "images"
     _random_images(images, sliced["training"] + sliced["validation"] + g["test"])
+    return sliced, g, images
+
+
+def test_nih_overlay_trains_on_a_slice_of_the_nih_list_with_only_dataset_dir_set(tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    sliced, g, images = _nih_slice_with_google_test(tmp_path, 16)
     files = [str(CONFIGS / "train.json"), str(CONFIGS / "datasets" / "nih.json")]
     common = dict(config_file=files, meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"), workflow_type="train",
                   bundle_root=str(tmp_path / "bundle"), datalist_file=str(tmp_path / "nih.json"), google_datalist=str(tmp_path / "google.json"),
@@ -538,14 +545,7 @@ def test_nih_overlay_trains_on_a_slice_of_the_nih_list_with_only_dataset_dir_set
 def test_preflight_check_accepts_a_dataset_overlay_and_decodes_its_test_list_images(tmp_path, capsys):
     from custom.preflight import check
 
-    nih = read_json(ROOT / "data_lists" / "nih_nih14.json.gz")
-    google = read_json(ROOT / "data_lists" / "nih_google_nih14.json.gz")
-    sliced = {"classes": nih["classes"], "training": nih["training"][:8], "validation": nih["validation"][:8]}
-    g = {"classes": google["classes"], "test": google["test"][:8]}
-    (tmp_path / "nih.json").write_text(json.dumps(sliced))
-    (tmp_path / "google.json").write_text(json.dumps(g))
-    images = tmp_path / "images"
-    _random_images(images, sliced["training"] + sliced["validation"] + g["test"])
+    sliced, g, images = _nih_slice_with_google_test(tmp_path, 8)
     files = [str(CONFIGS / "train.json"), str(CONFIGS / "datasets" / "nih.json")]
     args = dict(bundle_root=str(tmp_path / "bundle"), datalist_file=str(tmp_path / "nih.json"), google_datalist=str(tmp_path / "google.json"),
                 dataset_dir=str(images), mlflow=False)
