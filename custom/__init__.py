@@ -1,16 +1,28 @@
-"""Python components of the NVUM bundle, referenced from the bundle configs as ``custom.<name>``."""
+"""Python components of the NVUM bundle, referenced from the bundle configs as ``custom.<name>``.
 
-from .checkpoints import CheckpointSaver, CheckpointWriteError, EpochSeeder, ResumeLoader, RunInfo, TrainingCheckpointSaver, ValidationState
-from .data import DataList, DataListError, synthetic_datalist
-from .deploy import BundleNetwork, ModelRegistrar, load_inference_network
-from .engines import NonFiniteLossError, NVUMTrainer
-from .evaluation import TestReport, predict
-from .handlers import EMATeacher, EpochSummary, HandlerGroup, LossAverages, MemoryUpdater, MLflowTracker, ProgressBar, default_tracking_uri
-from .inference import ProbabilityWriter, list_inputs
+The runtime part, what the configs name at run time, is organised by concern:
+
+- :mod:`custom.nvum`: the method (memory, losses, the memory and teacher handlers);
+- :mod:`custom.training`: engine, checkpoints and resume, progress, MLflow tracking, multi-process training;
+- :mod:`custom.data`: data lists and image transforms;
+- :mod:`custom.evaluation`: AUC metrics and test reports;
+- :mod:`custom.serving`: network loaders, inference components, the MLflow pyfunc model;
+- :mod:`custom.deploy`: TorchScript export, bundle zip and MLflow registration at the end of training;
+- :mod:`custom.networks`, :mod:`custom.labels`, :mod:`custom.flags`: networks and weights, class vocabularies, config flags.
+
+The tools (synthetic data, data-list builders, audit, benchmarks, pre-flight check, command line)
+live in :mod:`custom.tools`; they import the runtime part, never the other way round, and they
+are not shipped with the deployable bundle.
+"""
+
+from .data import ChestXrayToTensord, DataList, DataListError, LoadChestXrayd, RandResizedCropd, real_datalist
+from .deploy import ModelRegistrar
+from .evaluation import MultiLabelAUC, TestReport, mean_auc, per_class_auc, predict
+from .flags import as_bool
 from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indices
-from .losses import BCELoss, FocalLoss, NVUMLoss, build_loss, log1m_sigmoid
-from .memory import NVUMMemory, class_prior
-from .metrics import MultiLabelAUC, mean_auc, per_class_auc
 from .networks import load_pretrained, load_weights
-from .performance import PrepareImageBatch, memory_format
-from . import distributed
+from .nvum import BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUMMemory, build_loss, class_prior, log1m_sigmoid
+from .serving import BundleNetwork, ProbabilityWriter, list_inputs, load_inference_network
+from .training import (CheckpointSaver, CheckpointWriteError, EpochSeeder, EpochSummary, HandlerGroup, LossAverages,
+                       MLflowTracker, NonFiniteLossError, NVUMTrainer, PrepareImageBatch, ProgressBar, ResumeLoader,
+                       RunInfo, TrainingCheckpointSaver, ValidationState, default_tracking_uri, distributed, memory_format)

@@ -21,7 +21,7 @@ CONFIGS = ROOT / "bundle" / "configs"
 
 def primitives() -> dict:
     """Row gathering and global BatchNorm on rank-dependent inputs; see the test for the expected values."""
-    from custom.distributed import CPUSyncBatchNorm, RowGatherer, all_gather_rows, rank, world_size
+    from custom.training.distributed import CPUSyncBatchNorm, RowGatherer, all_gather_rows, rank, world_size
 
     me, ws = rank(), world_size()
     torch.manual_seed(0)
@@ -55,7 +55,7 @@ def primitives() -> dict:
 def run_all(out_dir, runs: dict) -> dict:
     from monai.bundle import ConfigWorkflow
 
-    from custom import distributed
+    from custom.training import distributed
 
     results = {}
     if distributed.init_process_group() > 1:

@@ -8,9 +8,12 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from custom.audit import audit, audit_benchmark, benchmark_metrics, calibrate_logits, confident_learning, detection_metrics, latest_checkpoint, loss_score, memory_logits, memory_score, read_checkpoint, split_noise_specs
+from custom.tools.audit import (audit, audit_benchmark, benchmark_metrics, calibrate_logits, confident_learning, detection_metrics,
+                               loss_score, memory_logits, memory_score, read_checkpoint)
+from custom.tools.synthetic import split_noise_specs
+from custom.training.checkpoints import find_checkpoint
 from custom.data import DataList
-from custom.memory import NVUMMemory
+from custom.nvum.memory import NVUMMemory
 
 TINY = {
     "datalist#num_training": 160,
@@ -108,8 +111,8 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     overrides = {"datalist#root": str(root / "data"), **TINY}
     result = audit_benchmark("symmetric:0.4", root / "bench", figure=str(root / "figure.png"), **overrides)
-    run = root / "bench" / "symmetric_0.4"
-    return {"checkpoint": latest_checkpoint(run), "datalist": DataList(root / "data" / "datalist.json"), "root": root, "run": run, "result": result, "overrides": overrides}
+    run = root / "bench" / "symmetric04"
+    return {"checkpoint": find_checkpoint(True, run / "models"), "datalist": DataList(root / "data" / "datalist.json"), "root": root, "run": run, "result": result, "overrides": overrides}
 
 
 def test_audit_ranks_flipped_labels_above_clean_ones(tiny_run, tmp_path):
@@ -172,7 +175,7 @@ def test_benchmark_writes_the_table_and_figure_and_reuses_a_finished_run(tiny_ru
 
 
 def test_audit_command_line(tiny_run, tmp_path, monkeypatch):
-    from custom import cli
+    from custom.tools import cli
 
     out = tmp_path / "cli.csv"
     monkeypatch.setattr("sys.argv", ["custom.cli", "audit", "--checkpoint", str(tiny_run["checkpoint"]), "--datalist", str(tiny_run["datalist"].path), "--output", str(out), "--quiet", "true"])

@@ -15,8 +15,8 @@ from conftest import CONFIGS, ROOT
 
 from custom.data import DataList, DataListError
 from custom.networks import load_pretrained, read_state_dict
-from custom.preflight import check
-from custom.transforms import ImageReadError, LoadChestXrayd, check_image
+from custom.tools.preflight import check
+from custom.data.transforms import ImageReadError, LoadChestXrayd, check_image
 
 CLASSES = ["A", "B", "No Finding"]
 
@@ -163,7 +163,7 @@ def test_preflight_check_command_exits_nonzero_on_a_bad_label_row(tmp_path):
 
 
 def test_nan_loss_stops_training_naming_epoch_iteration_and_indices():
-    from custom.engines import NonFiniteLossError, NVUMTrainer
+    from custom.training.engine import NonFiniteLossError, NVUMTrainer
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     calls = {"n": 0}
@@ -183,7 +183,7 @@ def test_nan_loss_stops_training_naming_epoch_iteration_and_indices():
 
 
 def test_resume_refuses_a_checkpoint_trained_on_other_classes():
-    from custom.checkpoints import RunInfo
+    from custom.training.checkpoints import RunInfo
 
     here = RunInfo(["A", "B", "No Finding"], 10, "new.json")
     saved = RunInfo(["A", "C", "No Finding"], 10, "old.json").state_dict()

@@ -132,7 +132,7 @@ def test_inference_config_writes_probabilities_for_a_folder_of_images(trained, t
     probs = table.iloc[:, 1:].to_numpy()
     assert ((probs > 0) & (probs < 1)).all()
     # the probabilities are those of the trained network on the same images
-    from custom.evaluation import predict
+    from custom.evaluation.report import predict
     from custom.networks import load_weights
     from monai.networks.nets import DenseNet121
 
@@ -196,7 +196,7 @@ def test_inference_without_input_names_the_setting(tmp_path):
 
 
 def test_tracking_uri_defaults_to_sqlite_in_the_output_folder_and_honours_the_environment(tmp_path, monkeypatch):
-    from custom.handlers import default_tracking_uri
+    from custom.training.tracking import default_tracking_uri
 
     assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from custom.data import DataList, DataListError
-from custom.metrics import MultiLabelAUC, mean_auc, per_class_auc
-from custom.transforms import ChestXrayToTensor
+from custom.evaluation.metrics import MultiLabelAUC, mean_auc, per_class_auc
+from custom.data.transforms import ChestXrayToTensor
 
 CLASSES = ["A", "B", "No Finding"]
 

@@ -20,8 +20,9 @@ from PIL import Image
 
 from conftest import CONFIGS, ROOT
 from custom.data import DataList, DataListError, read_json
-from custom.datalists import BuildError, DataListWithTests, build, build_datalist, real_datalist
-from custom.datalists.core import patient_split
+from custom.data.testlists import DataListWithTests, real_datalist
+from custom.tools.datalists import BuildError, build, build_datalist
+from custom.tools.datalists.core import patient_split
 from custom.labels import CHEXPERT8_CLASSES, NIH14_CLASSES
 
 FIX = ROOT / "tests" / "fixtures"
@@ -162,7 +163,7 @@ def test_written_list_loads_with_datalist_and_gzip_output_is_reproducible(tmp_pa
 
 
 def test_cli_command_builds_the_list_and_prints_the_summary(tmp_path, capsys):
-    from custom import cli
+    from custom.tools import cli
 
     out = tmp_path / "google.json"
     cli.build_datalist("nih_google", "nih14", str(GOOGLE), str(out))
@@ -452,7 +453,7 @@ def test_every_real_image_format_becomes_the_same_network_input(tmp_path):
 
 
 def test_random_resized_crop_is_seeded_and_respects_its_area_range():
-    from custom.transforms import RandResizedCropd
+    from custom.data.transforms import RandResizedCropd
 
     crop = RandResizedCropd("image", scale=(0.2, 1.0))
     crop.set_random_state(3)
@@ -483,7 +484,7 @@ def test_overlays_hold_the_paper_recipes():
     for cfg in (nih, cxp):
         assert cfg["lr_milestones"] == [0.7, 0.9] and cfg["optimizer#eps"] == 0.1 and cfg["optimizer#betas"] == [0.9, 0.99]
         targets = [t["_target_"] if isinstance(t, dict) else t for t in cfg["train#preprocessing#transforms"]]
-        assert "custom.transforms.RandResizedCropd" in targets and "RandFlipd" in targets
+        assert "custom.RandResizedCropd" in targets and "RandFlipd" in targets
     assert "RandRotated" in [t["_target_"] for t in cxp["train#preprocessing#transforms"] if isinstance(t, dict)]
     assert set(nih["datalist"]["test_lists"]) == set(cxp["datalist"]["test_lists"]) == {"google", "openi", "padchest"}
 
@@ -543,7 +544,7 @@ def test_nih_overlay_trains_on_a_slice_of_the_nih_list_with_only_dataset_dir_set
 
 
 def test_preflight_check_accepts_a_dataset_overlay_and_decodes_its_test_list_images(tmp_path, capsys):
-    from custom.preflight import check
+    from custom.tools.preflight import check
 
     sliced, g, images = _nih_slice_with_google_test(tmp_path, 8)
     files = [str(CONFIGS / "train.json"), str(CONFIGS / "datasets" / "nih.json")]

@@ -79,7 +79,7 @@ def _image_files(deployed):
 
 
 def test_training_registers_a_pyfunc_model_that_predicts_as_inference_json(deployed):
-    from custom.deploy import use_tracking_uri
+    from custom.deploy.registry import use_tracking_uri
 
     client = mlflow.MlflowClient(tracking_uri=deployed["uri"])
     (version,) = client.search_model_versions(f"name='{MODEL_NAME}'")
@@ -100,14 +100,14 @@ def test_training_registers_a_pyfunc_model_that_predicts_as_inference_json(deplo
     assert list(pred.columns) == CLASSES and len(pred) == len(files)
     assert np.abs(pred.to_numpy() - deployed["probs"].to_numpy()).max() < TOL
     # an in-memory array (sent as .npy bytes) gives the same probabilities as its PNG file
-    from custom.serving import decode_image, encode_array
+    from custom.serving.pyfunc import decode_image, encode_array
 
     as_array = model.predict(pd.DataFrame({"image": [encode_array(decode_image(files[0].read_bytes())[0])]}))
     assert np.abs(as_array.to_numpy() - pred.to_numpy()[:1]).max() < TOL
 
 
 def test_metadata_and_network_checks_pass_offline_and_catch_a_bad_metadata(tmp_path, monkeypatch):
-    from custom.deploy import verify_bundle
+    from custom.deploy.export import verify_bundle
 
     def no_network(*args, **kwargs):
         raise OSError("network access attempted")
@@ -315,7 +315,7 @@ def test_deploy_png_loader_reads_as_inference_json(tmp_path, mode):
     assert array.dtype == expected.dtype and np.array_equal(array, expected)
     assert Path(meta["filename_or_obj"]).name == "x.png"
     # the served model's decoder reads the same pixels from the bytes
-    from custom.serving import decode_image
+    from custom.serving.pyfunc import decode_image
 
     assert np.array_equal(decode_image(path.read_bytes()), expected)
 
@@ -342,21 +342,21 @@ def test_deploy_output_handling_names_each_probability_and_rejects_bad_outputs(t
 
 
 def test_served_model_decoder_rejects_what_is_not_an_image():
-    from custom.serving import decode_image
+    from custom.serving.pyfunc import decode_image
 
     with pytest.raises(ValueError, match="row 2: a string must be base64"):
         decode_image("/etc/passwd", "row 2")
     with pytest.raises(ValueError, match="not a readable PNG/JPEG"):
         decode_image(b"/etc/passwd")
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
-        from custom.serving import encode_array
+        from custom.serving.pyfunc import encode_array
 
         decode_image(encode_array(np.zeros((2, 5, 5))))
 
 
 def test_registrar_does_nothing_with_tracking_off(tmp_path):
-    from custom.deploy import ModelRegistrar
-    from custom.handlers import MLflowTracker
+    from custom.deploy.registry import ModelRegistrar
+    from custom.training.tracking import MLflowTracker
 
     registrar = ModelRegistrar(MLflowTracker(enabled=False), tmp_path / "missing.pt", tmp_path / "models", example_images=[])
     assert registrar.run() is None
@@ -366,7 +366,7 @@ def test_registrar_does_nothing_with_tracking_off(tmp_path):
 def test_inference_network_reads_the_first_model_file_that_exists_on_first_use(deployed, tmp_path):
     from monai.networks.nets import DenseNet121
 
-    from custom.deploy import BundleNetwork
+    from custom.serving.loaders import BundleNetwork
 
     candidates = [tmp_path / "model.pt", tmp_path / "model.ts"]
     net = BundleNetwork(DenseNet121(spatial_dims=2, in_channels=3, out_channels=len(CLASSES)), candidates)
@@ -380,7 +380,8 @@ def test_inference_network_reads_the_first_model_file_that_exists_on_first_use(d
 
 
 def test_register_command_logs_a_new_run_and_a_new_version(deployed, tmp_path):
-    from custom.deploy import register_command, use_tracking_uri
+    from custom.deploy.registry import use_tracking_uri
+    from custom.tools.deploy import register_command
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     version = register_command(str(deployed["root"] / "models" / "model.pt"), registered_model_name="nvum-cli", tracking_uri=uri, models_dir=str(tmp_path / "models"))

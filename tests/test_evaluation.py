@@ -11,8 +11,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from custom.data import DataList
-from custom.evaluation import MEAN_ROW, TestReport, resolve_test_sets
-from custom.metrics import bootstrap_auc, bootstrap_indices, weighted_auc
+from custom.evaluation.report import MEAN_ROW, TestReport, resolve_test_sets
+from custom.evaluation.metrics import bootstrap_auc, bootstrap_indices, weighted_auc
 
 
 def _example(n=120, seed=7):
@@ -128,8 +128,8 @@ class _FirstChannel(torch.nn.Module):
 
 
 def test_report_writes_tables_with_intervals_and_roc_figures_per_test_set(tmp_path):
-    from custom.handlers import MLflowTracker
-    from custom.transforms import ChestXrayToTensord
+    from custom.training.tracking import MLflowTracker
+    from custom.data.transforms import ChestXrayToTensord
     from monai.transforms import Compose, LoadImaged
 
     train = DataList(_write_list(tmp_path / "a", "train", {"training": 4, "validation": 4, "test": 40}))

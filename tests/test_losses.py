@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from custom.losses import BCELoss, FocalLoss, NVUMLoss, build_loss, log1m_sigmoid
-from custom.memory import NVUMMemory
+from custom.nvum.losses import BCELoss, FocalLoss, NVUMLoss, build_loss, log1m_sigmoid
+from custom.nvum.memory import NVUMMemory
 
 C = 5
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from custom.engines import INDEX_KEY
-from custom.handlers import EMATeacher, MemoryUpdater
-from custom.memory import NVUMMemory, class_prior
+from custom.training.engine import INDEX_KEY
+from custom.nvum.handlers import EMATeacher, MemoryUpdater
+from custom.nvum.memory import NVUMMemory, class_prior
 
 CLASSES = ["A", "B", "No Finding"]
 # 5 images: counts A=2, B=1, NF=2

@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from custom import noise_benchmark as nb
+from custom.tools import noise_benchmark as nb
+from custom.tools.synthetic import split_noise_specs
+from custom.tools.training import TRAIN_CONFIG
 
 TINY = {"tiny": nb.Regime(num_training=64, num_validation=48, num_test=64, max_epochs=3)}
 
@@ -30,15 +32,16 @@ def test_plan_reuses_runs_between_parts_and_checks_methods():
 
 
 def test_command_line_lists_keep_bomd_parameters_together():
-    assert nb._split_noise("report,bomd:0.2,0.3,symmetric:0.4") == ["report", "bomd:0.2,0.3", "symmetric:0.4"]
-    assert nb._split_noise(("report", "symmetric:0.2")) == ["report", "symmetric:0.2"]
-    assert nb._split_list((0.1, 0.5), float) == [0.1, 0.5]
+    assert split_noise_specs("report,bomd:0.2,0.3,symmetric:0.4") == ["report", "bomd:0.2,0.3", "symmetric:0.4"]
+    assert split_noise_specs(("report", "symmetric:0.2")) == ["report", "symmetric:0.2"]
+    assert split_noise_specs(("bomd:0.2", 0.3)) == ["bomd:0.2,0.3"]  # fire splits "bomd:0.2,0.3" into a tuple
+    assert nb.split_list((0.1, 0.5), float) == [0.1, 0.5]
 
 
 def test_methods_are_overrides_of_existing_train_config_ids():
     import json
 
-    config = json.loads(nb.TRAIN_CONFIG.read_text())
+    config = json.loads(TRAIN_CONFIG.read_text())
     for method in nb.METHODS:
         for key in nb.Run("report", "short", method, 0, beta=0.5).overrides():
             assert key in config, (method, key)

@@ -8,11 +8,12 @@ from monai.bundle import ConfigParser
 from monai.data import DataLoader
 
 from conftest import CONFIGS
-from custom.engines import NVUMTrainer
-from custom.handlers import HandlerGroup, MemoryUpdater
-from custom.losses import build_loss
-from custom.memory import NVUMMemory
-from custom.performance import PrepareImageBatch, memory_format
+from custom.training.engine import NVUMTrainer
+from custom.nvum.handlers import MemoryUpdater
+from custom.training.progress import HandlerGroup
+from custom.nvum.losses import build_loss
+from custom.nvum.memory import NVUMMemory
+from custom.training.performance import PrepareImageBatch, memory_format
 
 
 def test_prepare_batch_stores_images_channels_last_and_leaves_labels_alone():

@@ -14,7 +14,7 @@ from ignite.engine import Engine
 
 from conftest import CONFIGS, ROOT
 
-from custom.checkpoints import CheckpointWriteError, EpochSeeder, TrainingCheckpointSaver, epoch_seed, find_checkpoint
+from custom.training.checkpoints import CheckpointWriteError, EpochSeeder, TrainingCheckpointSaver, epoch_seed, find_checkpoint
 from custom.data import DataListError
 
 TINY = [
@@ -176,7 +176,7 @@ def test_failed_checkpoint_write_names_the_path_and_keeps_the_previous_one(tmp_p
 
 def test_best_model_file_survives_a_better_epoch(tmp_path):
     """The fixed-name best model (model.pt) is replaced in place, never deleted after the write."""
-    from custom.checkpoints import CheckpointSaver
+    from custom.training.checkpoints import CheckpointSaver
 
     net = torch.nn.Linear(2, 2)
     scores = iter([0.5, 0.7, 0.6])

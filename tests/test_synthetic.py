@@ -1,4 +1,4 @@
-"""Tests of the synthetic chest X-ray generator (custom/synthetic.py) and its label statistics."""
+"""Tests of the synthetic chest X-ray generator (custom/tools/synthetic/) and its label statistics."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from custom import synthetic as S
+from custom.tools import synthetic as S
 from custom.labels import NIH14_CLASSES, NO_FINDING
 
 SMALL = {"num_training": 48, "num_validation": 16, "num_test": 24, "num_test_shifted": 24,
@@ -248,8 +248,8 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def test_ensure_synthetic_caches(monkeypatch, tmp_path):
     monkeypatch.setenv("NVUM_CACHE_DIR", str(tmp_path / "cache"))
     calls = []
-    real = S._generate
-    monkeypatch.setattr(S, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = S.dataset._generate
+    monkeypatch.setattr(S.dataset, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = S.ensure_synthetic(seed=5, **SMALL)
     assert first.parent.parent == tmp_path / "cache" and first.parent.name.startswith("synthetic-")
     mtime = first.stat().st_mtime_ns
@@ -282,25 +282,25 @@ def test_interrupted_generation_leaves_nothing_complete(monkeypatch, tmp_path, e
             raise error("interrupted")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(S, "render_images", failing)
+    monkeypatch.setattr(S.dataset, "render_images", failing)
     root = tmp_path / "data"
     with pytest.raises(error):
         S.ensure_synthetic(root, **SMALL)
     assert not root.exists()
     assert list(tmp_path.rglob("datalist.json")) == []
     assert list(tmp_path.iterdir()) == []  # the partial folder was removed
-    monkeypatch.setattr(S, "render_images", real)
+    monkeypatch.setattr(S.dataset, "render_images", real)
     path = S.ensure_synthetic(root, **SMALL)
     assert path.exists() and len(_files(root)) == 112
 
 
 # --------------------------------------------------------------------------------------
-# label statistics (custom/synthetic_stats.py) on small hand-written tables
+# label statistics (custom/tools/synthetic/stats.py) on small hand-written tables
 # --------------------------------------------------------------------------------------
 
 
 def test_derive_label_stats(tmp_path):
-    from custom.synthetic_stats import derive_label_stats, main
+    from custom.tools.synthetic.stats import derive_label_stats, main
 
     nih = tmp_path / "nih.csv"
     nih.write_text(

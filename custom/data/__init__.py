@@ -1,0 +1,5 @@
+"""Data: data lists (reading, validation, test lists of other datasets) and image transforms."""
+
+from .datalist import DataList, DataListError, read_json
+from .testlists import DataListWithTests, real_datalist
+from .transforms import ChestXrayToTensord, ImageReadError, LoadChestXrayd, RandResizedCropd

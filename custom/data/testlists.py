@@ -1,0 +1,127 @@
+"""A training data list with the test splits of other data lists (other datasets, other folders).
+
+The paper trains on NIH (or CheXpert) and tests on OpenI, PadChest and the Google relabel of NIH:
+each test set is its own data list with its own image folder. :class:`DataListWithTests` shows
+them to the bundle as one data list whose extra test splits are named after the lists, so
+``TestReport`` evaluates every one of them, and everything is checked before training starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .datalist import DataList, DataListError
+
+
+class DataListWithTests:
+    """A :class:`~custom.data.DataList` plus the test splits of other data lists.
+
+    Args:
+        datalist: the training data list (training, validation, and maybe its own test splits).
+        test_lists: name -> ``{"path": data list, "dataset_dir": its image folder}`` (or a
+            :class:`DataList`). An entry with an empty path or folder is skipped (a message says
+            which setting enables it). Each list's ``test`` split becomes split ``<name>``; its
+            other test splits ``<name>_<split>``.
+        check_images: check that every test image exists.
+
+    Raises:
+        DataListError: a test list with other classes (or another class order) than the
+            training list, a split name used twice, or a test patient that is in the training split.
+    """
+
+    def __init__(self, datalist: DataList, test_lists: Mapping[str, Mapping | DataList] | None = None, check_images: bool = True):
+        self._base = datalist
+        self._extra: dict[str, tuple[DataList, str]] = {}
+        training_patients = self._patients(datalist, "training") if "training" in datalist.splits else set()
+        for name, spec in (test_lists or {}).items():
+            if isinstance(spec, DataList):
+                test = spec
+            else:
+                path, folder = spec.get("path"), spec.get("dataset_dir")
+                if not path or not folder:
+                    print(f"test list '{name}' skipped: set its data list and image folder to evaluate on it", flush=True)
+                    continue
+                test = DataList(path, folder, required_splits=(), check_images=check_images)
+            if list(test.classes) != list(datalist.classes):
+                raise DataListError(f"test list '{name}' ({test.path}) has classes {test.classes}, the training list {datalist.path} has {datalist.classes}: build both with the same --scheme")
+            for split in test.test_splits:
+                key = name if split == "test" else f"{name}_{split}"
+                if key in datalist.splits or key in self._extra:
+                    raise DataListError(f"test list '{name}' ({test.path}): split name '{key}' is already used")
+                leaked = training_patients & self._patients(test, split)
+                if leaked:
+                    raise DataListError(f"test list '{name}' ({test.path}): {len(leaked)} patient(s) of split '{split}' are in the training split of {datalist.path}, e.g. {sorted(leaked)[:5]}")
+                self._extra[key] = (test, split)
+
+    @staticmethod
+    def _patients(datalist: DataList, split: str) -> set[str]:
+        # the raw items (``items()`` would build a label array per image of a 100k-image split)
+        return {str(item["patient"]) for item in datalist._get(split) if "patient" in item}
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_base", "_extra"):
+            raise AttributeError(name)
+        return getattr(self._base, name)
+
+    @property
+    def classes(self) -> list[str]:
+        return self._base.classes
+
+    @property
+    def path(self) -> Path:
+        return self._base.path
+
+    @property
+    def splits(self) -> list[str]:
+        """Splits of the training list, then the test lists' splits."""
+        return self._base.splits + list(self._extra)
+
+    @property
+    def test_splits(self) -> list[str]:
+        """Non-empty test splits: the training list's own, then one per test list."""
+        return self._base.test_splits + list(self._extra)
+
+    def dataset_dir_of(self, split: str) -> Path:
+        """Image folder of a split."""
+        return self._extra[split][0].dataset_dir if split in self._extra else self._base.dataset_dir
+
+    def items(self, split: str) -> list[dict]:
+        """Items of a split (see :meth:`custom.data.DataList.items`)."""
+        if split in self._extra:
+            test, inner = self._extra[split]
+            return test.items(inner)
+        return self._base.items(split)
+
+    def labels(self, split: str, key: str = "label") -> np.ndarray:
+        """(N, C) uint8 labels of a split."""
+        if split in self._extra:
+            test, inner = self._extra[split]
+            return test.labels(inner, key)
+        return self._base.labels(split, key)
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    def verify_images(self) -> None:
+        """Decode every image of the training list and of every test list (see :meth:`custom.data.DataList.verify_images`)."""
+        self._base.verify_images()
+        for test in {id(t): t for t, _ in self._extra.values()}.values():
+            test.verify_images()
+
+
+def real_datalist(path, dataset_dir, test_lists: Mapping[str, Mapping] | None = None, check_images: bool = True) -> DataListWithTests:
+    """The data list of a real dataset with its test lists, as the dataset overlays build it.
+
+    Args:
+        path: the training data list.
+        dataset_dir: the folder holding its images; required (the lists hold relative paths).
+        test_lists: see :class:`DataListWithTests`.
+        check_images: check that every image exists before training starts.
+    """
+    if dataset_dir in (None, ""):
+        raise ValueError(f"set 'dataset_dir' to the folder holding the images of {path} "
+                         "(e.g. --dataset_dir /data/nih/images); the data list holds paths relative to it")
+    return DataListWithTests(DataList(path, dataset_dir, check_images=check_images), test_lists, check_images=check_images)

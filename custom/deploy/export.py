@@ -1,0 +1,254 @@
+"""From a trained checkpoint to deployable artefacts: TorchScript export, offline bundle checks,
+and the deployable bundle zip.
+
+The deployable bundle is a folder ``<name>/`` (zipped) holding::
+
+    configs/inference.json, configs/metadata.json   the trained network's classes and input size
+    models/model.ts                                  TorchScript, metadata and inference config embedded
+    docs/README.md, docs/meta_schema_20240725.json   bundle card; the metadata schema (offline checks)
+    custom/                                          the Python code the configs import
+    scripts/                                         the MONAI Deploy example application
+
+``inference.json`` runs from the extracted folder with the TorchScript model alone:
+``cd <name> && python -m monai.bundle run --config_file configs/inference.json --bundle_root . --input_path <images>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..networks import load_weights
+from ..serving.loaders import TorchScriptRunner
+
+#: folder name of the deployable bundle (MONAI Label infers the task type "classification" from it).
+BUNDLE_NAME = "nvum_cxr_classification"
+#: largest allowed difference between the TorchScript model's and the checkpoint's logits.
+EXPORT_TOLERANCE = 1e-5
+_CODE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+#: the parts of ``custom`` that are not runtime code: the deployable bundle and the MLflow model leave them out.
+TOOLS = ("tools", "cli.py")
+
+
+def code_dir() -> Path:
+    """The folder of the ``custom`` package (shipped in the bundle zip and with the MLflow model)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def default_bundle_dir() -> Path:
+    """The bundle folder this code belongs to: ``<repository>/bundle``, or the extracted deployable
+    bundle itself (where ``custom/`` sits next to ``configs/``)."""
+    root = code_dir().parent
+    for candidate in (root / "bundle", root):
+        if (candidate / "configs" / "inference.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"no bundle folder with configs/inference.json found next to {code_dir()}; pass bundle_dir")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"bundle file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def bundle_configs(config_dir, classes: Sequence[str] | None = None, image_size: int | None = None) -> tuple[dict, dict]:
+    """``inference.json`` and ``metadata.json`` of a bundle, set to a trained network's classes and input size.
+
+    Args:
+        config_dir: folder holding ``inference.json`` and ``metadata.json``.
+        classes: class names of the network's outputs, in order (default: keep the config's).
+        image_size: network input height and width (default: keep the config's).
+
+    Returns:
+        ``(inference, metadata)`` dicts; the classes also go into the metadata's output
+        ``channel_def`` and ``num_channels``, the size into the input's ``spatial_shape``.
+    """
+    config_dir = Path(config_dir)
+    inference = _read_json(config_dir / "inference.json")
+    meta = _read_json(config_dir / "metadata.json")
+    try:
+        fmt = meta["network_data_format"]
+        in_key, out_key = next(iter(fmt["inputs"])), next(iter(fmt["outputs"]))
+    except (KeyError, StopIteration, TypeError):
+        raise ValueError(f"{config_dir / 'metadata.json'}: 'network_data_format' needs one input and one output") from None
+    for key in ("classes", "image_size"):
+        if key not in inference:
+            raise ValueError(f"{config_dir / 'inference.json'} has no '{key}' entry")
+    inference, meta = copy.deepcopy(inference), copy.deepcopy(meta)
+    if classes is not None:
+        inference["classes"] = [str(c) for c in classes]
+    if image_size is not None:
+        inference["image_size"] = int(image_size)
+    out = meta["network_data_format"]["outputs"][out_key]
+    out["num_channels"] = len(inference["classes"])
+    out["spatial_shape"] = [len(inference["classes"])]
+    out["channel_def"] = {str(i): c for i, c in enumerate(inference["classes"])}
+    meta["network_data_format"]["inputs"][in_key]["spatial_shape"] = [inference["image_size"]] * 2
+    return inference, meta
+
+
+def schema_file(config_dir) -> Path:
+    """The local copy of the JSON schema that ``metadata.json`` names: ``<bundle>/docs/<schema file name>``."""
+    config_dir = Path(config_dir)
+    url = _read_json(config_dir / "metadata.json").get("schema")
+    if not url:
+        raise ValueError(f"{config_dir / 'metadata.json'} has no 'schema' entry")
+    path = config_dir.parent / "docs" / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata schema not found: {path} (a copy of {url})")
+    return path
+
+
+def verify_bundle(config_dir, schema=None) -> None:
+    """MONAI's ``verify_metadata`` (against the local schema copy, no download) and
+    ``verify_net_in_out`` (the network's output channels and dtype against the metadata).
+
+    Raises:
+        ValueError: the metadata does not follow the schema, or the network does not match it.
+    """
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    config_dir = Path(config_dir)
+    meta, inference = str(config_dir / "metadata.json"), str(config_dir / "inference.json")
+    verify_metadata(meta_file=meta, filepath=str(schema or schema_file(config_dir)))
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=inference, device="cpu")
+
+
+def export_torchscript(checkpoint, output, config_dir) -> Path:
+    """Export a checkpoint to TorchScript with ``monai.bundle.ckpt_export``.
+
+    The bundle's ``metadata.json`` is embedded as the TorchScript metadata and ``inference.json``
+    as the extra file ``inference.json``, as MONAI Deploy's bundle inference operator expects.
+
+    Raises:
+        FileNotFoundError, ValueError: missing checkpoint or one that does not fit ``network_def``.
+    """
+    from monai.bundle import ckpt_export
+
+    config_dir, output = Path(config_dir), Path(output)
+    load_weights(_network_def(config_dir), checkpoint)  # clear errors for a missing or mismatching file
+    output.parent.mkdir(parents=True, exist_ok=True)
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(output),
+        ckpt_file=str(checkpoint),
+        meta_file=str(config_dir / "metadata.json"),
+        config_file=str(config_dir / "inference.json"),
+    )
+    return output
+
+
+def _network_def(config_dir) -> torch.nn.Module:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(config_dir) / "inference.json"))
+    return parser.get_parsed_content("network_def")
+
+
+def _inputs(config_dir, images: Sequence | None, batch_size: int, seed: int) -> torch.Tensor:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(config_dir) / "inference.json"))
+    if images:
+        pre = parser.get_parsed_content("preprocessing")
+        return torch.stack([torch.as_tensor(pre({"image": str(p)})["image"]) for p in images]).float()
+    size = int(parser.get_parsed_content("image_size"))
+    return torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def torchscript_difference(model_ts, checkpoint, config_dir, images: Sequence | None = None, batch_size: int = 4, seed: int = 0) -> float:
+    """Largest absolute difference between the logits of the TorchScript model and of the checkpoint.
+
+    Args:
+        images: image files to compare on (preprocessed as in ``inference.json``); default: a seeded
+            random batch of ``batch_size`` normalised-image-like tensors.
+    """
+    net = load_weights(_network_def(config_dir), checkpoint).eval()
+    ts = TorchScriptRunner(torch.jit.load(str(model_ts), map_location="cpu")).eval()
+    x = _inputs(config_dir, images, batch_size, seed)
+    return float((net(x) - ts(x)).abs().max())
+
+
+@dataclass
+class Deployable:
+    """Paths of what :func:`build_bundle` wrote."""
+
+    folder: Path  #: the unpacked deployable bundle
+    model_ts: Path  #: the TorchScript model (also in ``folder/models``)
+    zip: Path  #: the zipped bundle
+    max_difference: float  #: TorchScript against checkpoint, largest absolute logit difference
+
+    @property
+    def config_dir(self) -> Path:
+        return self.folder / "configs"
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, ignore=_CODE_IGNORE, dirs_exist_ok=True)
+
+
+def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, classes: Sequence[str] | None = None, image_size: int | None = None, name: str = BUNDLE_NAME, check_images: Sequence | None = None) -> Deployable:
+    """Export, check and pack the deployable bundle.
+
+    Steps: write the deployable configs (``classes``/``image_size`` of the trained network),
+    export ``models_dir/model.ts`` with ``ckpt_export``, check it against the checkpoint
+    (largest logit difference <= 1e-5 on ``check_images`` or a random batch), run MONAI's
+    ``verify_metadata`` and ``verify_net_in_out`` offline, and zip the folder as
+    ``models_dir/<name>.zip``.
+
+    Args:
+        checkpoint: the trained weights (``model.pt``).
+        models_dir: where ``model.ts`` and ``<name>.zip`` are written.
+        staging: an empty scratch folder; the unpacked bundle is assembled in ``staging/<name>``.
+        bundle_dir: source bundle folder (configs/, docs/, scripts/); default :func:`default_bundle_dir`.
+
+    Raises:
+        FileNotFoundError, ValueError: missing files, mismatching weights, failed checks.
+    """
+    source = Path(bundle_dir) if bundle_dir else default_bundle_dir()
+    folder = Path(staging) / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "configs").mkdir(parents=True)
+    inference, meta = bundle_configs(source / "configs", classes, image_size)
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=4) + "\n")
+    (folder / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
+    (folder / "docs").mkdir()
+    readme = source / "docs" / "README.md"
+    if not readme.is_file():
+        raise FileNotFoundError(f"bundle file not found: {readme}")
+    shutil.copy2(readme, folder / "docs" / "README.md")
+    schema = schema_file(source / "configs")
+    shutil.copy2(schema, folder / "docs" / schema.name)
+    if (source / "scripts").is_dir():
+        _copy_tree(source / "scripts", folder / "scripts")
+    shutil.copytree(code_dir(), folder / "custom", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", *TOOLS))
+
+    models_dir = Path(models_dir)
+    model_ts = export_torchscript(checkpoint, models_dir / "model.ts", folder / "configs")
+    diff = torchscript_difference(model_ts, checkpoint, folder / "configs", check_images)
+    if not diff <= EXPORT_TOLERANCE:
+        raise ValueError(f"TorchScript export {model_ts} differs from {checkpoint} by {diff:.3g} (> {EXPORT_TOLERANCE})")
+    verify_bundle(folder / "configs", folder / "docs" / schema.name)
+    (folder / "models").mkdir()
+    shutil.copy2(model_ts, folder / "models" / "model.ts")
+    archive = models_dir / f"{name}.zip"
+    tmp = archive.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(path, path.relative_to(folder.parent).as_posix())
+    tmp.replace(archive)
+    return Deployable(folder, model_ts, archive, diff)

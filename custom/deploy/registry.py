@@ -1,0 +1,169 @@
+"""The trained model in MLflow: the pyfunc model logged with the deployable bundle, registered, servable."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Sequence
+
+from .export import BUNDLE_NAME, Deployable, _read_json, build_bundle
+
+#: default name of the model in the MLflow registry.
+DEFAULT_MODEL_NAME = "nvum-chestxray"
+#: distributions the served model needs, pinned to the installed versions.
+RUNTIME_PACKAGES = ("torch", "monai", "pytorch-ignite", "mlflow", "numpy", "pandas", "pillow", "scikit-learn", "tqdm")
+
+
+def runtime_requirements() -> list[str]:
+    """``pip`` pins of the served model's dependencies, from the installed versions (local tags such as ``+cpu`` dropped)."""
+    return [f"{pkg}=={importlib_metadata.version(pkg).split('+')[0]}" for pkg in RUNTIME_PACKAGES]
+
+
+def log_pyfunc_model(deployable: Deployable, example_images: Sequence, registered_model_name: str | None = DEFAULT_MODEL_NAME, tracking_uri: str | None = None, run_id: str | None = None, experiment_name: str = "nvum", name: str = "model"):
+    """Log the bundle as an MLflow pyfunc model (:class:`custom.serving.ChestXrayClassifier`) and register it.
+
+    The model's artifacts are the TorchScript file and the deployable ``inference.json``; the
+    ``custom`` package goes with it as ``code_paths``. The input example is the bytes of
+    ``example_images`` (default: two random grey PNGs of the input size); the signature is one
+    ``binary`` input column ``image`` and one ``double`` output column per class.
+
+    Args:
+        deployable: what :func:`build_bundle` returned.
+        example_images: image files for the input example.
+        registered_model_name: registry name; ``None`` logs without registering.
+        tracking_uri: the MLflow store (default: MLflow's current one).
+        run_id: log into this run (it is ended afterwards); default: a new run in ``experiment_name``.
+
+    Returns:
+        the ``ModelVersion`` (or the ``ModelInfo`` when not registering).
+    """
+    import mlflow
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from ..serving.pyfunc import IMAGE_COLUMN, ChestXrayClassifier
+
+    inference = _read_json(deployable.config_dir / "inference.json")
+    if not example_images:
+        example_images = _example_pngs(deployable.folder / "examples", inference["image_size"])
+    example = pd.DataFrame({IMAGE_COLUMN: [Path(p).read_bytes() for p in example_images]})
+    artifacts = {"model": str(deployable.model_ts), "inference_config": str(deployable.config_dir / "inference.json")}
+    signature = ModelSignature(Schema([ColSpec("binary", IMAGE_COLUMN)]), Schema([ColSpec("double", str(c)) for c in inference["classes"]]))
+
+    with use_tracking_uri(tracking_uri or mlflow.get_tracking_uri()):
+        experiment_id = None
+        if run_id is None:
+            experiment_id = _experiment_id(mlflow.MlflowClient(), experiment_name)
+        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id):
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=ChestXrayClassifier(),
+                artifacts=artifacts,
+                code_paths=[str(deployable.folder / "custom")],
+                input_example=example,
+                signature=signature,
+                pip_requirements=runtime_requirements(),
+                registered_model_name=registered_model_name,
+            )
+        if not registered_model_name:
+            return info
+        return mlflow.MlflowClient().get_model_version(registered_model_name, str(info.registered_model_version))
+
+
+@contextlib.contextmanager
+def use_tracking_uri(uri: str):
+    """MLflow's global tracking URI set to ``uri`` inside the block, restored afterwards.
+
+    ``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI`` (for subprocesses); without
+    the restore, a later MLflow tracker of the same process would log into this store.
+    """
+    import mlflow
+
+    env_before, uri_before = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(uri_before if env_before is not None else None)
+        if env_before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+
+
+def _experiment_id(client, name: str) -> str:
+    """The id of an experiment, created if needed with its artifacts next to a sqlite store (as the training does)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if client.tracking_uri.startswith("sqlite:///"):
+        location = (Path(client.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _example_pngs(folder: Path, image_size: int, count: int = 2, seed: int = 0) -> list[Path]:
+    """Seeded random grey PNGs of the network's input size: an input example when no image is given."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = [folder / f"example_{i}.png" for i in range(count)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (image_size, image_size), dtype=np.uint8)).save(path)
+    return paths
+
+
+class ModelRegistrar:
+    """Final step of the training workflow: deploy the best checkpoint inside the training's MLflow run.
+
+    With tracking on, it builds the deployable bundle (:func:`build_bundle`: ``model.ts``, checks,
+    ``<name>.zip``), logs the zip as the run's artifact ``bundle/<name>.zip``, logs the pyfunc
+    model as ``model`` with an input example of ``example_images``, registers it as
+    ``registered_model_name`` and ends the run. With tracking off it does nothing.
+
+    Args:
+        tracker: the workflow's :class:`~custom.handlers.MLflowTracker`.
+        checkpoint: the best weights (``model.pt``).
+        models_dir: where ``model.ts`` and the zip are written.
+        classes, image_size: the trained network's classes and input size.
+        example_images: image files for the MLflow input example (the first two are used).
+        registered_model_name: name in the registry; ``null``/empty logs the model unregistered.
+        bundle_dir: source bundle folder (default: the repository's ``bundle/``).
+        bundle_name: folder name inside the zip.
+    """
+
+    def __init__(self, tracker, checkpoint, models_dir, classes=None, image_size=None, example_images: Sequence = (), registered_model_name: str | None = DEFAULT_MODEL_NAME, bundle_dir=None, bundle_name: str = BUNDLE_NAME):
+        self.tracker, self.checkpoint, self.models_dir = tracker, checkpoint, models_dir
+        self.classes, self.image_size = classes, image_size
+        self.example_images = list(example_images)[:2]
+        self.registered_model_name = registered_model_name or None
+        self.bundle_dir, self.bundle_name = bundle_dir, bundle_name
+        self.version = None
+
+    def run(self):
+        """Returns the registered ``ModelVersion`` (``None`` with tracking off)."""
+        if not getattr(self.tracker, "enabled", False):
+            print("MLflow tracking is off: the model is neither exported nor registered", flush=True)
+            return None
+        self.tracker.start()
+        run_id = self.tracker.run_id
+        try:
+            with tempfile.TemporaryDirectory() as staging:
+                built = build_bundle(self.checkpoint, self.models_dir, staging, self.bundle_dir, self.classes, self.image_size, self.bundle_name, self.example_images)
+                print(f"exported {built.model_ts} (largest logit difference to the checkpoint {built.max_difference:.2g}); bundle {built.zip}", flush=True)
+                self.tracker.log_file(built.zip, "bundle")
+                self.version = log_pyfunc_model(built, self.example_images, self.registered_model_name, self.tracker.client.tracking_uri, run_id)
+        except BaseException:
+            self.tracker.run_finish_status = "FAILED"  # the run ends below, marked as failed
+            raise
+        finally:
+            self.tracker.finish()
+        if self.registered_model_name:
+            uri = f"models:/{self.version.name}/{self.version.version}"
+            print(f"registered {uri} (run {run_id}); serve it with: MLFLOW_TRACKING_URI={self.tracker.client.tracking_uri} "
+                  f"mlflow models serve -m {uri} --env-manager local -h 127.0.0.1 -p 5001", flush=True)
+        return self.version

@@ -1,0 +1,4 @@
+"""Evaluation: per-class AUC (validation metric), bootstrap intervals, test reports."""
+
+from .metrics import MultiLabelAUC, bootstrap_auc, mean_auc, per_class_auc
+from .report import TestReport, predict

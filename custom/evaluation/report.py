@@ -1,0 +1,300 @@
+"""Test-set evaluation: per-class AUC with bootstrap confidence intervals and ROC figures, on one or more test sets, printed, saved and tracked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..data.datalist import DataList
+from ..labels import NO_FINDING, disease_indices
+from .metrics import bootstrap_auc, mean_auc, per_class_auc
+from ..networks import load_weights
+from .tables import markdown_table
+from ..flags import as_bool
+
+
+@torch.no_grad()
+def predict(network: torch.nn.Module, items: list[dict], transform, device="cpu", batch_size: int = 256, num_workers: int = 0, desc: str = "predict", amp: bool = False) -> np.ndarray:
+    """Logits of ``network`` for data-list items.
+
+    Returns:
+        (N, C) float32 array of logits, in item order.
+    """
+    device = torch.device(device)
+    loader = DataLoader(Dataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    network.eval()
+    out = []
+    for batch in tqdm(loader, desc=desc, leave=False, mininterval=2.0, disable=None):
+        with torch.autocast(device.type, enabled=amp):
+            out.append(network(batch["image"].to(device)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def auc_table(aucs: np.ndarray, labels: np.ndarray, classes: Sequence[str], low=None, high=None, mean=None) -> pd.DataFrame:
+    """Per-class AUC table: one row per class, then ``Mean (diseases)``.
+
+    Columns: ``class``, ``positives``, ``auc`` and, when ``low``/``high`` are given, ``ci_low`` and
+    ``ci_high`` (the bootstrap interval), and ``in_mean`` (whether the class enters the mean: the
+    diseases whose AUC is defined; No Finding never does, as in the paper).
+
+    Args:
+        aucs: (C,) per-class AUC (NaN where undefined).
+        labels: (N, C) labels the AUCs were computed on.
+        classes: class names.
+        low, high: (C,) interval bounds, optional.
+        mean: ``(mean, low, high)`` of the mean over diseases; default: the mean of ``aucs``
+            over the defined diseases, without an interval.
+    """
+    diseases = disease_indices(classes)
+    rows = []
+    for i, c in enumerate(classes):
+        row = {"class": c, "positives": int(labels[:, i].sum()), "auc": aucs[i]}
+        if low is not None:
+            row.update(ci_low=low[i], ci_high=high[i])
+        row["in_mean"] = bool(i in diseases and not np.isnan(aucs[i]))
+        rows.append(row)
+    mean = mean if mean is not None else (mean_auc(aucs, diseases), np.nan, np.nan)
+    row = {"class": MEAN_ROW, "positives": int(labels[:, diseases].any(axis=1).sum()), "auc": mean[0]}
+    if low is not None:
+        row.update(ci_low=mean[1], ci_high=mean[2])
+    row["in_mean"] = False
+    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+#: name of the last row of an AUC table.
+MEAN_ROW = "Mean (diseases)"
+
+
+def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], table: pd.DataFrame, path, title: str = "") -> Path:
+    """One PNG with the ROC curve of every class whose AUC is defined (matplotlib, Agg backend).
+
+    The legend gives each class's AUC and bootstrap interval; No Finding is drawn dashed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
+    colours = plt.get_cmap("tab20").colors
+    for i, cls in enumerate(classes):
+        column = labels[:, i]
+        if not 0 < column.sum() < len(column):
+            continue
+        fpr, tpr, _ = roc_curve(column, scores[:, i])
+        row = table.iloc[i]
+        ci = f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if "ci_low" in table and not np.isnan(row["ci_low"]) else ""
+        ax.plot(fpr, tpr, lw=1.2, color=colours[i % len(colours)], ls="--" if cls == NO_FINDING else "-", label=f"{cls} {row['auc']:.3f}{ci}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(fontsize=6.5, loc="lower right", title="class, AUC [95% CI]", title_fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+class TestSet(NamedTuple):
+    """One test set: a split of a data list, and the name its output files carry."""
+
+    name: str
+    datalist: DataList
+    split: str
+
+
+def resolve_test_sets(test_lists, datalist: DataList | None = None) -> list[TestSet]:
+    """The test sets named by a ``test_lists`` setting.
+
+    Args:
+        test_lists: ``None`` or empty for every test split of ``datalist``; else a list, or a
+            dict ``name -> entry``, of entries, each one of: a data list path (every test split
+            of it: non-empty splits other than training and validation), a
+            :class:`~custom.data.DataList`, or a dict ``{"path": ..., "dataset_dir": ...,
+            "splits": [...], "name": ...}`` (only ``path`` is required). Test-only data lists
+            (empty or missing training and validation splits) are accepted.
+        datalist: the training data list (the default, and the source of the class names).
+
+    Returns:
+        test sets; each is named after its split for the training data list, else after the
+        entry's name (dict key, ``name`` or the file name without ``.json``/``.json.gz``), with
+        ``_<split>`` appended when the entry has more than one test split.
+
+    Raises:
+        ValueError: an entry that is none of the above, a data list without test split, a
+            requested split that is missing, or two test sets with the same name.
+    """
+    if not test_lists:
+        if datalist is None:
+            raise ValueError("no test data list given and no training data list to take the test splits from")
+        return [TestSet(split, datalist, split) for split in datalist.test_splits]
+    entries = list(test_lists.items()) if isinstance(test_lists, Mapping) else [(None, e) for e in test_lists]
+    out: list[TestSet] = []
+    for key, entry in entries:
+        splits, name = None, key
+        if isinstance(entry, (str, Path)):
+            entry = DataList(entry, required_splits=(), check_images=True)
+        elif isinstance(entry, Mapping):
+            unknown = set(entry) - {"path", "dataset_dir", "splits", "name"}
+            if "path" not in entry or unknown:
+                raise ValueError(f"test list entry {dict(entry)} needs a 'path' and may only have 'dataset_dir', 'splits' and 'name'")
+            splits, name = entry.get("splits"), entry.get("name") or key
+            entry = DataList(entry["path"], entry.get("dataset_dir"), required_splits=())
+        if not isinstance(entry, DataList):
+            raise ValueError(f"test list entry must be a data list path, a dict with 'path' or a custom.DataList, got {type(entry).__name__}: {entry!r}")
+        splits = list(splits) if splits else entry.test_splits
+        if not splits:
+            raise ValueError(f"data list {entry.path} has no test split (a non-empty split other than training and validation)")
+        for split in splits:
+            entry.labels(split)  # KeyError naming the file and split when missing
+        if entry is datalist and name is None:
+            out += [TestSet(split, entry, split) for split in splits]
+            continue
+        name = name or _stem(entry.path)
+        out += [TestSet(name if len(splits) == 1 else f"{name}_{split}", entry, split) for split in splits]
+    names = [t.name for t in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"two test sets are named {dupes}: give the entries distinct names (a dict name -> entry, or 'name')")
+    return out
+
+
+def _stem(path: Path) -> str:
+    name = Path(path).name
+    for suffix in (".json.gz", ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def _class_columns(test_classes: Sequence[str], model_classes: Sequence[str], where) -> list[int]:
+    """Output column of the network for every class of a test list (matched by name)."""
+    missing = [c for c in test_classes if c not in model_classes]
+    if missing:
+        raise ValueError(f"{where}: classes {missing} are not outputs of the model (its classes: {list(model_classes)})")
+    return [list(model_classes).index(c) for c in test_classes]
+
+
+class TestReport:
+    """Evaluates a checkpoint on one or more test sets, with bootstrap confidence intervals.
+
+    For each test set it prints a per-class AUC table with bootstrap 95% intervals and the mean
+    over the diseases (No Finding listed apart: it is not in the mean, as in the paper), and
+    writes ``<output_dir>/test_<name>.csv`` and ``.md`` and a ROC figure
+    ``test_<name>_roc.png``. With a tracker, the files and the mean AUC (with its interval) are
+    logged to its MLflow run.
+
+    Args:
+        network: the network to evaluate (weights are loaded into it from ``checkpoint``).
+        datalist: the training :class:`~custom.data.DataList` (its classes are the network's
+            outputs; its test splits are the default test sets).
+        transform: the (deterministic) preprocessing of images.
+        output_dir: where the tables and figures are written.
+        checkpoint: weights file to load first (``None`` evaluates the network as it is).
+        splits: test splits of ``datalist`` to evaluate, when ``test_lists`` is not given.
+        test_lists: other test sets (see :func:`resolve_test_sets`); their classes are matched to
+            the network's outputs by name, so a list may hold a subset of the classes.
+        num_resamples: bootstrap resamples of the images (0: no intervals).
+        seed: seed of the resamples.
+        confidence: level of the intervals.
+        device, batch_size, num_workers, amp: inference settings.
+        tracker: optional :class:`~custom.handlers.MLflowTracker`.
+        end_run: end the tracker's run afterwards (false when a later step logs to the same run).
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, network, datalist: DataList, transform, output_dir, checkpoint=None, splits=None, test_lists=None, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95, device="cpu", batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None, end_run: bool = True):
+        self.network, self.datalist, self.transform = network, datalist, transform
+        self.output_dir, self.checkpoint = Path(output_dir), checkpoint
+        self.splits, self.test_lists = list(splits) if splits else None, test_lists
+        self.num_resamples, self.seed, self.confidence = int(num_resamples), int(seed), float(confidence)
+        self.device, self.batch_size, self.num_workers, self.amp = device, batch_size, num_workers, amp
+        self.tracker, self.end_run = tracker, as_bool(end_run, "end_run")
+        self.results: dict[str, pd.DataFrame] = {}
+
+    def test_sets(self) -> list[TestSet]:
+        if self.test_lists:
+            return resolve_test_sets(self.test_lists, self.datalist)
+        splits = self.splits or self.datalist.test_splits
+        if not splits:
+            raise ValueError(f"data list {self.datalist.path} has no test split to evaluate")
+        return [TestSet(split, self.datalist, split) for split in splits]
+
+    def run(self) -> dict[str, pd.DataFrame]:
+        test_sets = self.test_sets()
+        if self.checkpoint:
+            load_weights(self.network, self.checkpoint)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for test in test_sets:
+            columns = _class_columns(test.datalist.classes, self.datalist.classes, f"data list {test.datalist.path}")
+            labels = test.datalist.labels(test.split)
+            logits = predict(self.network, test.datalist.items(test.split), self.transform, self.device, self.batch_size, self.num_workers, desc=f"test {test.name}", amp=self.amp)
+            logits = logits[:, columns] if len(logits) else np.zeros(labels.shape, np.float32)
+            table = self.table(logits, labels, test.datalist.classes)
+            self.results[test.name] = table
+            self._report(test, table, logits, labels)
+        if self.tracker is not None and self.end_run:
+            self.tracker.finish()
+        return self.results
+
+    def table(self, scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+        """Per-class AUC table of one test set, with intervals when ``num_resamples`` > 0."""
+        if self.num_resamples <= 0 or len(labels) == 0:
+            return auc_table(per_class_auc(scores, labels) if len(labels) else np.full(len(classes), np.nan), labels, classes)
+        boot = bootstrap_auc(scores, labels, disease_indices(classes), self.num_resamples, self.seed, self.confidence)
+        return auc_table(boot["auc"], labels, classes, boot["low"], boot["high"], (boot["mean"], boot["mean_low"], boot["mean_high"]))
+
+    def _report(self, test: TestSet, table: pd.DataFrame, scores: np.ndarray, labels: np.ndarray) -> None:
+        source = test.split if test.datalist is self.datalist else f"{test.datalist.path.name}, split '{test.split}'"
+        level = f"{self.confidence:.0%} bootstrap CI, {self.num_resamples} resamples, seed {self.seed}" if "ci_low" in table else "no CI"
+        title = f"Test AUC on '{test.name}' ({source}; {len(labels)} images; {level})"
+        shown = _shown(table)
+        print(f"\n{title}\n{shown.to_string(index=False)}\n", flush=True)
+        stem = self.output_dir / f"test_{test.name}"
+        csv, md, png = Path(f"{stem}.csv"), Path(f"{stem}.md"), Path(f"{stem}_roc.png")
+        table.to_csv(csv, index=False)
+        md.write_text(_markdown_report(title, shown))
+        mean = table.iloc[-1]
+        ci = f" [{mean['ci_low']:.3f}, {mean['ci_high']:.3f}]" if "ci_low" in table and not np.isnan(mean["ci_low"]) else ""
+        roc_figure(scores, labels, test.datalist.classes, table, png, title=f"{test.name}: {len(labels)} images, mean AUC over diseases {_fmt(mean['auc'])}{ci}")
+        if self.tracker is not None:
+            values = {f"test_{test.name}_mean_auc": float(mean["auc"])}
+            if "ci_low" in table:
+                values.update({f"test_{test.name}_mean_auc_ci_low": float(mean["ci_low"]), f"test_{test.name}_mean_auc_ci_high": float(mean["ci_high"])})
+            self.tracker.log_values({k: v for k, v in values.items() if not np.isnan(v)})
+            for path in (csv, md, png):
+                self.tracker.log_file(path, "test")
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None or np.isnan(v) else f"{v:.4f}"
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as printed: AUC with its interval as text, the diseases, the mean, then No Finding."""
+    out = pd.DataFrame({"class": table["class"], "positives": table["positives"], "auc": table["auc"].map(_fmt)})
+    if "ci_low" in table:
+        out["95% CI"] = [("n/a" if np.isnan(lo) else f"{lo:.4f} - {hi:.4f}") for lo, hi in zip(table["ci_low"], table["ci_high"])]
+    apart = table["class"] == NO_FINDING
+    return pd.concat([out[~apart], out[apart]], ignore_index=True)
+
+
+def _markdown_report(title: str, shown: pd.DataFrame) -> str:
+    apart = shown["class"] == NO_FINDING
+    text = f"# {title}\n\n{_markdown(shown[~apart])}\n"
+    if apart.any():
+        text += f"\nReported apart (not in the mean over diseases):\n\n{_markdown(shown[apart])}\n"
+    return text
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    return markdown_table(df.columns, df.itertuples(index=False))

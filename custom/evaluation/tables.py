@@ -1,0 +1,30 @@
+"""The one Markdown table writer of the project (test reports, benchmark and audit tables)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+
+def markdown_table(header: Sequence, rows: Iterable[Sequence], align: str | Sequence[str] = "left", fmt=str) -> str:
+    """A GitHub Markdown table (without the optional ``tabulate`` dependency).
+
+    Args:
+        header: column names.
+        rows: one sequence of cells per row.
+        align: ``"left"`` (every column), ``"right"``, ``"first-left"`` (first column left, the
+            others right: label column, then numbers), or one of ``"left"``/``"right"`` per column.
+        fmt: turns a cell into text (default ``str``).
+
+    Returns:
+        the table, one line per row, without a trailing newline.
+    """
+    header = [str(h) for h in header]
+    if isinstance(align, str):
+        align = {"left": ["left"] * len(header), "right": ["right"] * len(header),
+                 "first-left": ["left"] + ["right"] * (len(header) - 1)}[align]
+    if len(align) != len(header):
+        raise ValueError(f"{len(align)} alignments for {len(header)} columns")
+    rule = "|" + "|".join("---" if a == "left" else "---:" for a in align) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

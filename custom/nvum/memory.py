@@ -1,0 +1,125 @@
+"""The NVUM memory: a running, prior-corrected average of every training image's logits.
+
+Paper (eq. 3): ``t_i <- beta * t_i + (1 - beta) * (z_i - log pi)`` with ``t`` an N x C float32
+tensor initialised with zeros, ``z_i`` the logits of training image ``i`` and ``pi`` the class
+prior estimated from the noisy training labels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..labels import NO_FINDING
+from ..flags import as_bool
+
+PRIOR_METHODS = ("frequency", "no_finding_scaled")
+
+
+def class_prior(labels, classes: Sequence[str], method: str = "frequency") -> torch.Tensor:
+    """Class prior ``pi`` estimated from the (noisy) training labels.
+
+    Args:
+        labels: N x C array-like of 0/1 training labels.
+        classes: the C class names, in label order.
+        method: ``"frequency"`` (paper: ``pi(c) = mean(y[:, c])``) or ``"no_finding_scaled"``
+            (authors' code: ``pi(NF) = freq(NF)`` and ``pi(c) = (1 - freq(NF)) * freq(c)`` for
+            every disease ``c``; needs a ``No Finding`` class).
+
+    Returns:
+        float32 tensor of shape (C,), every value in (0, 1]. A class without any positive
+        gets ``0.5 / N`` (with a warning) so that ``log pi`` stays finite.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    if y.ndim != 2 or y.shape[1] != len(classes):
+        raise ValueError(f"labels must have shape (N, {len(classes)}) to match the classes, got {y.shape}")
+    if y.shape[0] == 0:
+        raise ValueError("cannot estimate a class prior from an empty training set")
+    freq = y.mean(axis=0)
+    if method == "frequency":
+        prior = freq
+    elif method == "no_finding_scaled":
+        if NO_FINDING not in classes:
+            raise ValueError(f"prior 'no_finding_scaled' needs a '{NO_FINDING}' class; classes are {list(classes)}")
+        nf = list(classes).index(NO_FINDING)
+        prior = (1.0 - freq[nf]) * freq
+        prior[nf] = freq[nf]
+    else:
+        raise ValueError(f"unknown prior method {method!r}; expected one of {PRIOR_METHODS}")
+    floor = 0.5 / y.shape[0]
+    empty = [classes[c] for c in np.flatnonzero(prior < floor)]
+    if empty:
+        warnings.warn(f"classes without positive training labels get prior {floor:.3g}: {empty}", stacklevel=2)
+    return torch.as_tensor(np.maximum(prior, floor), dtype=torch.float32)
+
+
+class NVUMMemory(nn.Module):
+    """Non-volatile unbiased memory ``t`` (N x C, float32, zeros at start).
+
+    The memory never receives gradient: it is a buffer, read by the loss with :meth:`forward`
+    and written by :class:`custom.handlers.MemoryUpdater` with :meth:`update`. Both the memory and
+    the log prior are buffers, so they travel with ``state_dict()`` into checkpoints.
+
+    Args:
+        num_samples: N, the number of training images (dataset indices run from 0 to N - 1).
+        prior: (C,) class prior ``pi`` (see :func:`class_prior`).
+        momentum: beta of eq. 3, in [0, 1]; 0.9 in the paper.
+        unbiased: subtract ``log pi`` from the logits in the update (the "U" of NVUM). ``False``
+            stores plain logits, for the ablations that move the prior into the loss instead.
+    """
+
+    def __init__(self, num_samples: int, prior, momentum: float = 0.9, unbiased: bool = True):
+        super().__init__()
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"memory momentum (beta) must be in [0, 1], got {momentum}")
+        prior = torch.as_tensor(prior, dtype=torch.float32).flatten()
+        if torch.any(prior <= 0) or torch.any(prior > 1):
+            raise ValueError(f"class prior values must be in (0, 1], got {prior.tolist()}")
+        self.momentum = float(momentum)
+        self.unbiased = as_bool(unbiased, "unbiased")
+        self.register_buffer("values", torch.zeros(int(num_samples), prior.numel(), dtype=torch.float32))
+        self.register_buffer("log_prior", torch.log(prior))
+
+    @property
+    def num_samples(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.values.shape[1]
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        """Memory rows of the given dataset indices: (B,) int64 -> (B, C) float32."""
+        return self.values[self._check_index(index)]
+
+    @torch.no_grad()
+    def update(self, index: torch.Tensor, logits: torch.Tensor) -> None:
+        """EMA update (eq. 3) of the rows ``index`` with ``logits``.
+
+        Args:
+            index: (B,) int64 dataset indices, unique within one call.
+            logits: (B, C) logits of those images (any float dtype; computed in float32).
+        """
+        index = self._check_index(index)
+        target = logits.detach().to(device=self.values.device, dtype=torch.float32)
+        if self.unbiased:
+            target = target - self.log_prior
+        if target.shape != (index.numel(), self.num_classes):
+            raise ValueError(f"logits of shape {tuple(logits.shape)} do not match {index.numel()} indices x {self.num_classes} classes")
+        self.values[index] = self.momentum * self.values[index] + (1.0 - self.momentum) * target
+
+    def _check_index(self, index) -> torch.Tensor:
+        index = torch.as_tensor(index, device=self.values.device).long().flatten()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_samples):
+            raise IndexError(
+                f"dataset index out of range for a memory of {self.num_samples} training images: "
+                f"min {int(index.min())}, max {int(index.max())}"
+            )
+        return index
+
+    def extra_repr(self) -> str:
+        return f"num_samples={self.num_samples}, num_classes={self.num_classes}, momentum={self.momentum}, unbiased={self.unbiased}"

@@ -1,0 +1,19 @@
+"""Speed benchmarks of the bundle, each measured side by side in one run (``python -m custom.cli
+benchmark_<name>``); not tests. Every benchmark prints a table and writes ``results/<name>.json``.
+
+- :func:`step`: training-step throughput of NVUM (both memory schedules) over plain BCE.
+- :func:`loop`: the bundle's training loop (``NVUMTrainer`` and its handlers) over a minimal
+  hand-written PyTorch loop doing the same work (same network, optimiser, loss, batches).
+- :func:`pipeline`: the bundle's cached data pipeline over decoding and resizing the PNGs anew
+  in every epoch.
+- :func:`memory`: bytes of the NVUM memory and the time of its updates for several N and batch
+  sizes.
+
+Timings on a shared machine are noisy: the compared variants run in turn, ``repeats`` times,
+and medians are reported.
+"""
+
+from .footprint import memory
+from .loop import loop
+from .pipeline import pipeline
+from .step import step

@@ -1,0 +1,457 @@
+"""One builder per source dataset: metadata tables -> harmonised, leak-free data list.
+
+Each ``build_<dataset>`` reads the dataset's own metadata, applies the dataset's selection rules
+(counted by reason), maps its terms through the shared table (:mod:`.harmonise`), applies the
+scheme, splits by patient and returns ``(datalist, summary)``. :func:`build_datalist` writes both
+and prints the summary. The rules are those of the paper (README, "Real datasets").
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import tarfile
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from . import harmonise
+from .core import (BuildError, Dropped, apply_scheme, assemble, count_unmapped, format_summary, holdout_patients,
+                   other_match, patient_split, positives_from_columns, positives_from_terms, positives_from_text,
+                   read_table, summary_path, write_json)
+
+#: the schemes each dataset can be built for (a scheme needs the source to label its classes).
+DATASET_SCHEMES = {
+    "nih": ("nih14",),
+    "chexpert": ("chexpert8",),
+    "openi": ("nih14", "chexpert8"),
+    "padchest": ("nih14", "chexpert8"),
+    "nih_google": ("nih14", "chexpert8"),
+}
+NIH_SPLIT_FILES = ("train_val_list.txt", "test_list.txt")
+PADCHEST_YEAR = 2019
+#: share of the NIH images in the official test list (25,596 of 112,120): the fallback split's validation share.
+NIH_TEST_SHARE = 0.228  # PadChest's publication year: age = 2019 - PatientBirth, as the paper's lists
+
+
+def _as_list(value) -> list[str]:
+    if value in (None, "", ()):
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [v for v in str(value).split(",") if v]
+
+
+# ---------------------------------------------------------------- NIH ChestX-ray14
+
+
+def _read_split_file(path: Path) -> list[str]:
+    names = [line.strip() for line in path.read_text().splitlines()]
+    return [n for n in names if n]
+
+
+def nih_official_lists(metadata, split_dir=None) -> tuple[Path, Path] | None:
+    """The official ``train_val_list.txt`` and ``test_list.txt``: in ``split_dir`` (required there
+    when given) or next to the metadata file; ``None`` when absent."""
+    if split_dir not in (None, ""):
+        folder = Path(split_dir)
+        paths = tuple(folder / n for n in NIH_SPLIT_FILES)
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"official NIH split file(s) not found: {missing} (--split_dir must hold {list(NIH_SPLIT_FILES)})")
+        return paths
+    paths = tuple(Path(metadata).parent / n for n in NIH_SPLIT_FILES)
+    return paths if all(p.is_file() for p in paths) else None
+
+
+def build_nih(metadata, scheme: str = "nih14", split_dir=None, seed: int = 0, val_fraction: float = NIH_TEST_SHARE,
+              holdout=None, image_prefix: str = "", **_) -> tuple[dict, dict]:
+    """NIH ChestX-ray14 (``Data_Entry_2017_v2020.csv``): 13 diseases + No Finding.
+
+    Images labelled Consolidation are dropped (the class is not in ``nih14``). Split: the official
+    ``train_val_list.txt`` -> training and ``test_list.txt`` -> validation (the paper's noisy
+    validation set); without them a seeded patient-wise split with ``val_fraction`` of the images
+    in validation (default: the official test list's share); patients of the ``holdout`` data
+    lists go to validation first.
+    """
+    frame = read_table(metadata, ["Image Index", "Finding Labels", "Patient ID"], usecols=())
+    rows_read = len(frame)
+    dropped = Dropped()
+    data = pd.DataFrame({
+        "name": frame["Image Index"].astype(str).str.strip(),
+        "patient": frame["Patient ID"].astype(str).str.strip(),
+        "terms": frame["Finding Labels"].fillna("").astype(str).map(lambda s: [t.strip() for t in s.split("|") if t.strip()]),
+    })
+    empty = data["terms"].map(len) == 0
+    if empty.any():
+        raise BuildError(f"{metadata}: empty 'Finding Labels' in data row(s) {list(np.flatnonzero(empty)[:5] + 1)}")
+    data["image"] = image_prefix + data["name"]
+    held = holdout_patients(_as_list(holdout))
+    official = nih_official_lists(metadata, split_dir)
+    if official is not None:
+        train_names, test_names = (_read_split_file(p) for p in official)
+        known = set(data["name"])
+        for path, names in zip(official, (train_names, test_names)):
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise BuildError(f"{path}: {len(unknown)} image(s) not in {metadata}, e.g. {unknown[:5]}")
+        both = set(train_names) & set(test_names)
+        if both:
+            raise BuildError(f"{official[0]} and {official[1]} share {len(both)} image(s), e.g. {sorted(both)[:5]}")
+        split = pd.Series(None, index=data.index, dtype=object)
+        split[data["name"].isin(set(train_names))] = "training"
+        split[data["name"].isin(set(test_names))] = "validation"
+        data["split"] = split
+        data = dropped.keep(data, split.notna(), "not in the official split lists")
+        method = f"official lists {official[0].name} -> training, {official[1].name} -> validation"
+        leaked = held & set(data.loc[data["split"] == "training", "patient"])
+        if leaked:
+            raise BuildError(f"{len(leaked)} holdout patient(s) are in the official training list, e.g. {sorted(leaked)[:5]}")
+    else:
+        warnings.warn(
+            f"official NIH split files {list(NIH_SPLIT_FILES)} not found next to {metadata} and no --split_dir given: "
+            f"using a seeded patient-wise split (seed {seed}, {val_fraction:.1%} of the images in validation)",
+            stacklevel=2,
+        )
+        data["split"] = patient_split(data["patient"], val_fraction, seed, held)
+        method = f"seeded patient-wise fallback (official lists not given): seed {seed}, {val_fraction} of the images in validation"
+        if held:
+            method += f", {len(held & set(data['patient']))} patients of {', '.join(Path(h).name for h in _as_list(holdout))} kept in validation"
+    positives, unmapped = positives_from_terms(data["terms"], "nih")
+    labelled = apply_scheme(data, positives, "nih", scheme, dropped)
+    info = {"metadata": Path(metadata).name, "split_method": method, "seed": seed if official is None else None}
+    return assemble(labelled, dataset="nih", scheme=scheme, match=None, info=info, dropped=dropped, rows_read=rows_read, unmapped=unmapped)
+
+
+# ---------------------------------------------------------------- CheXpert
+
+CHEXPERT_META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
+_PATIENT = re.compile(r"(patient\d+)")
+
+
+def build_chexpert(metadata, scheme: str = "chexpert8", seed: int = 0, val_fraction: float = 0.1, uncertain: str = "zeros",
+                   holdout=None, image_prefix: str = "", **_) -> tuple[dict, dict]:
+    """CheXpert (``train.csv``): frontal images, Age != 0, blank -> 0, uncertain (-1) -> 0
+    (``uncertain="ones"``: -> 1), images positive for a class outside the scheme dropped, images with
+    no positive label dropped, 90/10 patient-wise split (``val_fraction`` of the images in validation).
+
+    Image paths drop the leading ``CheXpert-v1.0-small/`` (or ``CheXpert-v1.0/``) folder, so
+    ``dataset_dir`` is that folder.
+    """
+    if uncertain not in ("zeros", "ones"):
+        raise ValueError(f"uncertain must be 'zeros' or 'ones', got {uncertain!r}")
+    table_columns = [t for syns in harmonise.synonyms("chexpert").values() for t in syns]
+    frame = read_table(metadata, ["Path", "Frontal/Lateral", "Age", *table_columns])
+    rows_read = len(frame)
+    dropped = Dropped()
+    label_columns = [c for c in frame.columns if c not in CHEXPERT_META_COLUMNS and not str(c).startswith("Unnamed")]
+    values = frame[label_columns].apply(pd.to_numeric, errors="coerce")
+    bad = ~(values.isin([0, 1, -1]) | frame[label_columns].isna())
+    if bad.any().any():
+        r, c = np.argwhere(bad.to_numpy())[0]
+        raise BuildError(f"{metadata}: data row {r + 1}, column '{label_columns[c]}': value {frame.iloc[r][label_columns[c]]!r} is not 1, 0, -1 or blank")
+    patients = frame["Path"].astype(str).str.extract(_PATIENT, expand=False)
+    if patients.isna().any():
+        r = int(np.flatnonzero(patients.isna())[0])
+        raise BuildError(f"{metadata}: data row {r + 1}: no 'patientNNNNN' folder in Path {frame['Path'].iloc[r]!r}")
+    images = frame["Path"].astype(str).str.replace(r"^CheXpert-v1\.0[^/]*/", "", regex=True)
+    positive = values.eq(1) | values.eq(-1) if uncertain == "ones" else values.eq(1)
+    data = pd.DataFrame({"image": image_prefix + images, "patient": patients})
+    data = dropped.keep(data, frame["Frontal/Lateral"].astype(str).str.strip().eq("Frontal").to_numpy(), "lateral view")
+    age = pd.to_numeric(frame.loc[data.index, "Age"], errors="coerce")
+    data = dropped.keep(data, (age != 0).to_numpy(), "Age 0")
+    data["split"] = patient_split(data["patient"], val_fraction, seed, holdout_patients(_as_list(holdout)))
+    positives, unmapped = positives_from_columns(positive.loc[data.index], "chexpert")
+    labelled = apply_scheme(data, positives, "chexpert", scheme, dropped)
+    info = {"metadata": Path(metadata).name, "uncertain": uncertain, "seed": seed,
+            "split_method": f"seeded patient-wise: seed {seed}, {val_fraction} of the images in validation"}
+    return assemble(labelled, dataset="chexpert", scheme=scheme, match=None, info=info, dropped=dropped, rows_read=rows_read, unmapped=unmapped)
+
+
+# ---------------------------------------------------------------- Google relabelled NIH test set
+
+GOOGLE_COLUMNS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
+
+
+def build_nih_google(metadata, scheme: str = "nih14", set_id: str = "test", image_prefix: str = "", **_) -> tuple[dict, dict]:
+    """Google's radiologist relabel of NIH images (``google2019_nih-chest-xray-labels.csv``), the
+    ``Set Id == "test"`` rows: YES -> 1; "Nodule or mass" -> Mass and Nodule; Pneumothorax and
+    Fracture as given. A clean test set with partial labels: no image is dropped, and the scheme
+    classes the relabel does not cover are 0 (listed in ``source.labelled_classes``).
+    """
+    frame = read_table(metadata, ["Image Index", "Patient ID", "Set Id", *GOOGLE_COLUMNS], usecols=())
+    rows_read = len(frame)
+    dropped = Dropped()
+    values = frame[list(GOOGLE_COLUMNS)].apply(lambda s: s.astype(str).str.strip().str.upper())
+    bad = ~values.isin(["YES", "NO"])
+    if bad.any().any():
+        r, c = np.argwhere(bad.to_numpy())[0]
+        raise BuildError(f"{metadata}: data row {r + 1}, column '{GOOGLE_COLUMNS[c]}': value {frame.iloc[r][GOOGLE_COLUMNS[c]]!r} is not YES or NO")
+    data = pd.DataFrame({"image": image_prefix + frame["Image Index"].astype(str).str.strip(),
+                         "patient": frame["Patient ID"].astype(str).str.strip(), "split": "test"})
+    data = dropped.keep(data, frame["Set Id"].astype(str).str.strip().eq(set_id).to_numpy(), f"Set Id is not '{set_id}'")
+    positives, unmapped = positives_from_columns(values.loc[data.index].eq("YES"), "google")
+    labelled_classes = [c for c in harmonise.scheme_classes(scheme) if c in harmonise.vocabulary("google")]
+    labelled = apply_scheme(data, positives, "google", scheme, dropped, drop_out_of_scheme=False, require_positive=False)
+    info = {"metadata": Path(metadata).name, "split_method": f"all rows with Set Id '{set_id}' -> test"}
+    return assemble(labelled, dataset="nih_google", scheme=scheme, match=None, info=info, dropped=dropped, rows_read=rows_read,
+                    unmapped=unmapped, labelled_classes=labelled_classes)
+
+
+# ---------------------------------------------------------------- PadChest
+
+PADCHEST_COLUMNS = ("ImageID", "PatientID", "PatientBirth", "Projection", "MethodProjection", "MethodLabel", "Labels")
+
+
+def _parse_padchest_labels(labels: pd.Series, metadata) -> pd.Series:
+    out = []
+    for idx, raw in labels.items():
+        try:
+            terms = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            terms = None
+        if not isinstance(terms, (list, tuple)) or not all(isinstance(t, str) for t in terms):
+            raise BuildError(f"{metadata}: data row {idx + 1}: 'Labels' {raw!r} is not a list of strings such as ['normal']")
+        out.append(sorted({t.strip() for t in terms}))
+    return pd.Series(out, index=labels.index, dtype=object)
+
+
+def _padchest_positives(data: pd.DataFrame, match: str) -> pd.DataFrame:
+    if match == "paper":
+        return positives_from_text(data["raw_labels"], "padchest")
+    return positives_from_terms(data["terms"], "padchest_exact")[0]
+
+
+def build_padchest(metadata, scheme: str = "nih14", match: str = "paper", image_dirs: bool = False, image_prefix: str = "", **_) -> tuple[dict, dict]:
+    """PadChest test set (``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv``).
+
+    Rows kept, in this order: MethodProjection "Manual review of DICOM fields", MethodLabel
+    "Physician", Projection PA or AP, Labels present, the first row of each PatientID (file
+    order), a birth year, age = 2019 - PatientBirth > 10. Labels: ``match="paper"`` substring
+    matching of the 28 PadChest pathologies in the raw Labels string (the paper's lists),
+    ``"exact"`` exact terms; No Finding = none of them; images positive for a pathology outside
+    the scheme dropped. ``image_dirs``: image paths ``<ImageDir>/<ImageID>`` (the layout of the
+    official zip files) instead of ``<ImageID>``.
+    """
+    frame = read_table(metadata, [*PADCHEST_COLUMNS, *(["ImageDir"] if image_dirs else [])], usecols=())
+    rows_read = len(frame)
+    dropped = Dropped()
+    names = frame["ImageID"].astype(str).str.strip()
+    if image_dirs:
+        names = frame["ImageDir"].astype(str).str.replace(r"\.0$", "", regex=True) + "/" + names
+    data = pd.DataFrame({"image": image_prefix + names, "patient": frame["PatientID"].astype(str).str.strip(), "split": "test"})
+    data = dropped.keep(data, frame["MethodProjection"].eq("Manual review of DICOM fields").to_numpy(), "projection not manually reviewed (MethodProjection)")
+    data = dropped.keep(data, frame.loc[data.index, "MethodLabel"].eq("Physician").to_numpy(), "labels not by a physician (MethodLabel)")
+    data = dropped.keep(data, frame.loc[data.index, "Projection"].isin(["PA", "AP"]).to_numpy(), "projection not PA or AP")
+    data = dropped.keep(data, frame.loc[data.index, "Labels"].notna().to_numpy(), "Labels missing")
+    data = dropped.keep(data, ~data["patient"].duplicated(keep="first").to_numpy(), "not the patient's first image")
+    birth = pd.to_numeric(frame.loc[data.index, "PatientBirth"], errors="coerce")
+    data = dropped.keep(data, birth.notna().to_numpy(), "birth year missing")
+    age = PADCHEST_YEAR - pd.to_numeric(frame.loc[data.index, "PatientBirth"], errors="coerce")
+    data = dropped.keep(data, (age > 10).to_numpy(), f"age 10 or under ({PADCHEST_YEAR} - PatientBirth)")
+    data = data.copy()
+    data["raw_labels"] = frame.loc[data.index, "Labels"].astype(str)
+    data["terms"] = _parse_padchest_labels(data["raw_labels"], metadata)
+    source = harmonise.source_key("padchest", match)
+    unmapped = count_unmapped(data["terms"], source)
+    labelled = apply_scheme(data, _padchest_positives(data, match), source, scheme, dropped)
+    other = "exact" if match == "paper" else "paper"
+    other_result = other_match(apply_scheme(data, _padchest_positives(data, other), harmonise.source_key("padchest", other), scheme, Dropped()), other)
+    info = {"metadata": Path(metadata).name, "split_method": "all selected rows -> test"}
+    return assemble(labelled, dataset="padchest", scheme=scheme, match=match, info=info, dropped=dropped, rows_read=rows_read,
+                    unmapped=unmapped, other_match=other_result)
+
+
+# ---------------------------------------------------------------- OpenI (Indiana)
+
+OPENI_VIEW_FILES = {"tsne": "nlmcxr_tsne_pa.csv", "dicom": "nlmcxr_dicom_metadata.csv"}
+FRONTAL_VIEWS = {"pa", "ap", "frontal", "f"}
+LATERAL_VIEWS = {"l", "ll", "rl", "lateral", "large lateral"}
+
+
+def read_openi_reports(reports) -> tuple[pd.DataFrame, int]:
+    """Images of the OpenI reports (``NLMCXR_reports.tgz`` or a folder of its XML files).
+
+    Returns:
+        (frame with ``uid``, ``imageid``, ``terms`` (sorted unique lower-cased MeSH automatic
+        terms of the report), in report then image order; number of reports without images).
+    """
+    reports = Path(reports)
+    if not reports.exists():
+        raise FileNotFoundError(f"OpenI reports not found: {reports}")
+    if reports.is_dir():
+        files = sorted(reports.rglob("*.xml"))
+        docs = ((str(p), p.read_bytes()) for p in files)
+        total = len(files)
+    else:
+        try:
+            tar = tarfile.open(reports, "r:*")
+        except (tarfile.TarError, OSError) as e:
+            raise BuildError(f"{reports}: not a tar archive of OpenI XML reports: {e}") from None
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".xml")]
+        docs = ((m.name, tar.extractfile(m).read()) for m in members)
+        total = len(members)
+    if not total:
+        raise BuildError(f"{reports}: no XML report found")
+    rows, without = [], 0
+    for name, content in tqdm(docs, total=total, desc="OpenI reports", unit="report", mininterval=2.0, disable=None, leave=False):
+        try:
+            root = ET.parse(io.BytesIO(content)).getroot()
+        except ET.ParseError as e:
+            raise BuildError(f"{reports}: report {name} is not valid XML: {e}") from None
+        uid = root.find("uId")
+        if uid is None or "id" not in uid.attrib:
+            raise BuildError(f"{reports}: report {name} has no <uId id=...>")
+        terms = sorted({(n.text or "").strip().lower() for n in root.findall(".//MeSH/automatic")} - {""})
+        images = [im.attrib.get("id") for im in root.findall(".//parentImage")]
+        if not images:
+            without += 1
+        for image in images:
+            if not image:
+                raise BuildError(f"{reports}: report {name} has a <parentImage> without id")
+            rows.append({"uid": uid.attrib["id"], "imageid": image, "terms": terms})
+    return pd.DataFrame(rows, columns=["uid", "imageid", "terms"]), without
+
+
+def _find_next_to(reports, stem: str) -> Path | None:
+    folder = Path(reports).parent
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def openi_views(data: pd.DataFrame, views=None, tsne_views=None, dicom_views=None, reports=None) -> tuple[pd.Series, str]:
+    """``"frontal"`` / ``"lateral"`` / NaN for each OpenI image, and the rule used.
+
+    With ``views`` (a table with ``imageid`` or ``filename`` and ``view`` or ``projection``
+    columns, e.g. the ``indiana_projections.csv`` the paper's authors used), it decides alone.
+    Otherwise: (1) the t-SNE view estimate (``nlmcxr_tsne_pa.csv``, one image per report);
+    (2) in a report with two images, the other image takes the opposite view (a frontal + lateral
+    study); (3) the DICOM View Position (``nlmcxr_dicom_metadata.csv``): PA/AP frontal,
+    LL/RL/LATERAL lateral. Images left without a view are dropped.
+    """
+    def norm(series):
+        s = series.astype(str).str.strip().str.lower()
+        return s.map(lambda v: "frontal" if v in FRONTAL_VIEWS else "lateral" if v in LATERAL_VIEWS else np.nan)
+
+    if views not in (None, ""):
+        table = read_table(views)
+        if "imageid" in table.columns:
+            ids = table["imageid"].astype(str)
+        elif "filename" in table.columns:  # indiana_projections.csv: 1_IM-0001-4001.dcm.png -> CXR1_IM-0001-4001
+            ids = "CXR" + table["filename"].astype(str).str.replace(r"\.dcm\.png$|\.png$", "", regex=True)
+        else:
+            raise BuildError(f"{views}: needs an 'imageid' or 'filename' column; it has {list(table.columns)}")
+        col = "view" if "view" in table.columns else "projection" if "projection" in table.columns else None
+        if col is None:
+            raise BuildError(f"{views}: needs a 'view' or 'projection' column; it has {list(table.columns)}")
+        lookup = pd.Series(norm(table[col]).to_numpy(), index=ids.to_numpy())
+        lookup = lookup[~lookup.index.duplicated()]
+        return data["imageid"].map(lookup), f"view table {Path(views).name}"
+    tsne_views = tsne_views or (_find_next_to(reports, OPENI_VIEW_FILES["tsne"]) if reports else None)
+    dicom_views = dicom_views or (_find_next_to(reports, OPENI_VIEW_FILES["dicom"]) if reports else None)
+    if not tsne_views or not dicom_views:
+        raise BuildError("OpenI needs the image views: give --views (a frontal/lateral table), or --tsne_views "
+                         f"({OPENI_VIEW_FILES['tsne']}) and --dicom_views ({OPENI_VIEW_FILES['dicom']}), "
+                         "or put those two files next to the reports")
+    tsne = read_table(tsne_views, ["imageid", "tsne-view"])
+    dicom = read_table(dicom_views, ["imageid", "View Position"], usecols=())
+    view = data["imageid"].map(pd.Series(norm(tsne["tsne-view"]).to_numpy(), index=tsne["imageid"].astype(str)).groupby(level=0).first())
+    per_report = data.groupby("uid")["imageid"].transform("size")
+    known = view.notna()
+    partner = view.groupby(data["uid"]).transform(lambda s: s.dropna().iloc[0] if s.notna().sum() == 1 else np.nan)
+    opposite = partner.map({"frontal": "lateral", "lateral": "frontal"})
+    view = view.where(known, opposite.where(per_report == 2))
+    dicom_view = data["imageid"].map(pd.Series(norm(dicom["View Position"]).to_numpy(), index=dicom["imageid"].astype(str)).groupby(level=0).first())
+    view = view.fillna(dicom_view)
+    rule = f"t-SNE view ({Path(tsne_views).name}), else opposite of the partner in a two-image report, else DICOM View Position ({Path(dicom_views).name})"
+    return view, rule
+
+
+def _openi_positives(data: pd.DataFrame, match: str) -> pd.DataFrame:
+    if match == "paper":
+        return positives_from_text(data["terms"].map("|".join), "openi")
+    return positives_from_terms(data["terms"], "openi_exact")[0]
+
+
+def build_openi(metadata, scheme: str = "nih14", match: str = "paper", views=None, tsne_views=None, dicom_views=None,
+                image_prefix: str = "", image_suffix: str = ".png", **_) -> tuple[dict, dict]:
+    """OpenI / Indiana test set from the reports (``NLMCXR_reports.tgz``): frontal images
+    (:func:`openi_views`), labels from the MeSH automatic terms (the ``<major>`` terms are ignored,
+    as by the paper's authors): ``match="paper"`` substring matching of the paper's 18 OpenI
+    pathologies, ``"exact"`` exact terms; No Finding = none of them; images positive for a
+    pathology outside the scheme dropped. The patient is the report id (``CXR<n>``).
+    """
+    data, without = read_openi_reports(metadata)
+    rows_read = len(data)
+    dropped = Dropped()
+    view, rule = openi_views(data, views, tsne_views, dicom_views, reports=metadata)
+    data = data.assign(image=image_prefix + data["imageid"] + image_suffix, patient=data["uid"], split="test")
+    data = dropped.keep(data, view.notna().to_numpy(), "view unknown")
+    data = dropped.keep(data, view[data.index].eq("frontal").to_numpy(), "lateral view")
+    source = harmonise.source_key("openi", match)
+    unmapped = count_unmapped(data["terms"], source)
+    labelled = apply_scheme(data, _openi_positives(data, match), source, scheme, dropped)
+    other = "exact" if match == "paper" else "paper"
+    other_result = other_match(apply_scheme(data, _openi_positives(data, other), harmonise.source_key("openi", other), scheme, Dropped()), other)
+    info = {"metadata": Path(metadata).name, "views": rule, "reports_without_images": without, "split_method": "all frontal images -> test"}
+    return assemble(labelled, dataset="openi", scheme=scheme, match=match, info=info, dropped=dropped, rows_read=rows_read,
+                    unmapped=unmapped, other_match=other_result)
+
+
+# ---------------------------------------------------------------- entry point
+
+BUILDERS = {"nih": build_nih, "chexpert": build_chexpert, "openi": build_openi, "padchest": build_padchest, "nih_google": build_nih_google}
+
+
+def build(dataset: str, scheme: str, metadata, **options) -> tuple[dict, dict]:
+    """Build a data list in memory: ``(datalist, summary)`` (see :func:`build_datalist`)."""
+    if dataset not in BUILDERS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(BUILDERS)}")
+    if scheme not in DATASET_SCHEMES[dataset]:
+        raise ValueError(f"dataset {dataset!r} can be built for scheme(s) {list(DATASET_SCHEMES[dataset])}, not {scheme!r}")
+    match = options.get("match", "paper")
+    if match not in harmonise.MATCH_MODES:
+        raise ValueError(f"unknown match mode {match!r}; expected one of {harmonise.MATCH_MODES}")
+    return BUILDERS[dataset](metadata, scheme=scheme, **options)
+
+
+def build_datalist(dataset: str, scheme: str, metadata, output, strict: bool = False, quiet: bool = False, **options) -> Path:
+    """Build, check, write and summarise a data list of a real dataset.
+
+    Args:
+        dataset: ``nih``, ``chexpert``, ``openi``, ``padchest`` or ``nih_google``.
+        scheme: ``nih14`` or ``chexpert8``.
+        metadata: the dataset's metadata table (OpenI: the reports ``.tgz`` or XML folder).
+        output: the data list (``.json`` or ``.json.gz``); the summary goes beside it as
+            ``<name>.summary.json``.
+        strict: stop when a source term is not in the dataset's published vocabulary.
+        quiet: do not print the summary.
+        **options: dataset options: ``split_dir``, ``seed``, ``val_fraction``, ``holdout`` (data
+            lists whose patients stay out of training), ``match`` (``paper``/``exact``),
+            ``uncertain`` (``zeros``/``ones``), ``views``, ``tsne_views``, ``dicom_views``,
+            ``image_dirs``, ``image_prefix``, ``set_id``.
+
+    Returns:
+        the path of the written data list.
+    """
+    from ...data import DataList
+
+    datalist, summary = build(dataset, scheme, metadata, **options)
+    unknown = {t: v["rows"] for t, v in summary["unmapped_terms"].items() if not v["known"]}
+    if strict and unknown:
+        raise BuildError(f"{metadata}: {len(unknown)} term(s) not in the {dataset} vocabulary (--strict): "
+                         + ", ".join(f"{t!r} ({n} rows)" for t, n in list(unknown.items())[:10]))
+    output = write_json(datalist, output)
+    DataList(output, check_images=False, required_splits=())  # the written list must load
+    write_json(summary, summary_path(output))
+    if not quiet:
+        print(format_summary(summary))
+        print(f"written: {output}\nsummary: {summary_path(output)}")
+    return output

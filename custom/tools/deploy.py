@@ -1,0 +1,50 @@
+"""``python -m custom.cli export`` / ``register``: the deployment steps of training, run on any checkpoint."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..deploy.export import BUNDLE_NAME, Deployable, build_bundle
+from ..deploy.registry import DEFAULT_MODEL_NAME, _experiment_id, log_pyfunc_model
+
+
+def export_command(checkpoint="bundle/models/model.pt", models_dir=None, bundle_dir=None, classes=None, image_size=None, name: str = BUNDLE_NAME) -> Deployable:
+    """``python -m custom.cli export``: ``model.ts`` and the deployable zip from a checkpoint, checked; no MLflow."""
+    models_dir = Path(models_dir) if models_dir else Path(checkpoint).parent
+    with tempfile.TemporaryDirectory() as staging:
+        built = build_bundle(checkpoint, models_dir, staging, bundle_dir, classes, image_size, name)
+    print(f"TorchScript model: {built.model_ts} (largest logit difference to {checkpoint}: {built.max_difference:.2g})")
+    print(f"deployable bundle: {built.zip} (metadata and network checks passed)")
+    return built
+
+
+def register_command(checkpoint="bundle/models/model.pt", registered_model_name: str = DEFAULT_MODEL_NAME, tracking_uri=None, experiment_name: str = "nvum", models_dir=None, bundle_dir=None, classes=None, image_size=None, example_images=None, name: str = BUNDLE_NAME):
+    """``python -m custom.cli register``: export, pack, log and register a checkpoint in a new MLflow run.
+
+    For checkpoints trained with ``--mlflow false`` (the training workflow registers its model
+    itself when tracking is on). ``tracking_uri`` defaults to ``$MLFLOW_TRACKING_URI`` or the
+    training's store, ``sqlite:///bundle/eval/mlruns.db``.
+    """
+    import mlflow
+
+    from ..training.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri("bundle/eval")
+    models_dir = Path(models_dir) if models_dir else Path(checkpoint).parent
+    if isinstance(example_images, str):
+        example_images = [example_images]
+    with tempfile.TemporaryDirectory() as staging:
+        built = build_bundle(checkpoint, models_dir, staging, bundle_dir, classes, image_size, name, example_images)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.create_run(_experiment_id(client, experiment_name), run_name=f"register_{Path(checkpoint).name}")
+        try:
+            client.log_artifact(run.info.run_id, str(built.zip), "bundle")
+            version = log_pyfunc_model(built, example_images or (), registered_model_name, uri, run.info.run_id)
+        except BaseException:
+            client.set_terminated(run.info.run_id, "FAILED")
+            raise
+    print(f"deployable bundle: {built.zip}; MLflow run {run.info.run_id} in {uri}")
+    if registered_model_name:
+        print(f"registered models:/{version.name}/{version.version}")
+    return version

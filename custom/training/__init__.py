@@ -1,0 +1,9 @@
+"""The training workflow around the method: engine, checkpoints and resume, progress, tracking, multi-process training."""
+
+from . import distributed
+from .checkpoints import (CheckpointSaver, CheckpointWriteError, EpochSeeder, ResumeLoader, RunInfo,
+                          TrainingCheckpointSaver, ValidationState, find_checkpoint)
+from .engine import INDEX_KEY, NonFiniteLossError, NVUMTrainer
+from .performance import PrepareImageBatch, memory_format
+from .progress import EpochSummary, HandlerGroup, LossAverages, ProgressBar
+from .tracking import MLflowTracker, default_tracking_uri

@@ -1,0 +1,294 @@
+"""Checkpoints that survive crashes: safe writes, exact resume, per-epoch random seeds.
+
+A training run can be stopped at any point (``kill -9`` in the middle of an epoch included) and
+continued with ``--resume true``: it restarts from the last epoch checkpoint with the network,
+optimiser, learning-rate scheduler, EMA teacher, NVUM memory (and the logits the memory updater
+had collected), the trainer's epoch/iteration counters, the best validation score so far and the
+AMP grad scaler restored. The random streams are made a function of ``(seed, epoch)``: every
+random number generator (torch, numpy, python, and the random transforms of the training
+pipeline) is reseeded at the start of every epoch by :class:`EpochSeeder`, so the resumed epoch
+draws exactly the same shuffling, augmentation and memory mixing as the uninterrupted run would
+have. The final memory and validation AUC of a resumed run therefore equal those of an
+uninterrupted run with the same seed (tested with a real ``SIGKILL``).
+
+Every checkpoint is written to a temporary file in its folder and renamed over the target
+(ignite's atomic ``DiskSaver``): a crash or a failed write never leaves a truncated checkpoint,
+and the previous checkpoint is deleted only after the new one is complete. A failed write stops
+training with :class:`CheckpointWriteError`, whose message names the path.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
+
+from ..data.datalist import DataListError
+
+logger = logging.getLogger(__name__)
+
+#: file names of the per-epoch training checkpoints (ignite's ``{prefix}_{name}={epoch}.pt``).
+CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (no space, no permission, ...); names the path."""
+
+
+class _ReportingSaveHandler(BaseSaveHandler):
+    """Wraps ignite's atomic ``DiskSaver``: a failed write names its file, and older checkpoints
+    are deleted only after the new one is complete.
+
+    (ignite's ``Checkpoint`` asks to remove the checkpoint it replaces *before* writing the new
+    one; here that removal is deferred until the write has succeeded.)
+    """
+
+    def __init__(self, inner: BaseSaveHandler):
+        self.inner = inner
+        self._pending_removals: list[str] = []
+
+    def __call__(self, checkpoint, filename: str, metadata=None) -> None:
+        path = Path(getattr(self.inner, "dirname", ".")) / filename
+        try:
+            self.inner(checkpoint, filename, metadata)
+        except OSError as e:
+            raise CheckpointWriteError(
+                e.errno,
+                f"could not write checkpoint {path}: {e.strerror or e}. Nothing was replaced: checkpoints "
+                "are written to a temporary file and renamed, so the previous checkpoint in that folder is intact",
+            ) from e
+        pending, self._pending_removals = self._pending_removals, []
+        if getattr(self.inner, "filename", None):  # MONAI's fixed-name saver (model.pt): overwritten in place
+            return
+        for old in pending:
+            if old != filename:
+                self.inner.remove(old)
+
+    def remove(self, filename: str) -> None:
+        self._pending_removals.append(filename)
+
+
+def _make_safe(saver: _MonaiCheckpointSaver) -> None:
+    for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
+        checkpoint = getattr(saver, name, None)
+        if isinstance(checkpoint, Checkpoint) and not isinstance(checkpoint.save_handler, _ReportingSaveHandler):
+            checkpoint.save_handler = _ReportingSaveHandler(checkpoint.save_handler)
+
+
+class CheckpointSaver(_MonaiCheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (atomic writes) whose write errors name the file.
+
+    Used for the best model (``model.pt``). Takes the same arguments as MONAI's.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _make_safe(self)
+
+
+class TrainingCheckpointSaver(CheckpointSaver):
+    """The per-epoch resume checkpoint: ``save_dict`` plus the engine it is attached to.
+
+    A config cannot reference the trainer from inside the trainer's own handler list (that is a
+    circular reference), yet the trainer's state (epoch, iteration) must be in the checkpoint for
+    an exact resume; the AMP grad scaler, when the trainer has one, is added too. Takes the same
+    arguments as ``CheckpointSaver``.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        self.save_dict.setdefault("trainer", engine)
+        if getattr(engine, "scaler", None) is not None:
+            self.save_dict.setdefault("scaler", engine.scaler)
+        super().attach(engine)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of every random generator during ``epoch`` (1-based) of a run seeded with ``seed``."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**32)
+
+
+class EpochSeeder:
+    """Reseeds torch, numpy, python and the given random transforms at the start of every epoch.
+
+    Attach it first in the trainer's handler list. The seed of epoch ``k`` is
+    :func:`epoch_seed` ``(seed, k)``, so what an epoch draws (sample order, augmentation, memory
+    mixing) does not depend on what happened before it, in particular not on whether the run was
+    interrupted and resumed. With worker processes, MONAI's ``DataLoader`` seeds each worker's
+    transforms from torch's generator, which this reseeds too.
+
+    Args:
+        seed: the run's seed (config id ``seed``).
+        transforms: objects with ``set_random_state(seed=...)`` (e.g. the training ``Compose``).
+    """
+
+    def __init__(self, seed: int = 0, transforms=()):
+        self.seed = int(seed)
+        self.transforms = list(transforms) if isinstance(transforms, (list, tuple)) else [transforms]
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        s = epoch_seed(self.seed, engine.state.epoch)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        for t in self.transforms:
+            if t is not None and hasattr(t, "set_random_state"):
+                t.set_random_state(seed=s)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and int(state.get("seed", self.seed)) != self.seed:
+            logger.warning(
+                "resuming a run trained with seed %s under seed %s: the rest of the run will not match an "
+                "uninterrupted run", state["seed"], self.seed,
+            )
+
+
+class ValidationState:
+    """The best validation score so far and the best-model saver's record of it, for resume.
+
+    Without it a resumed run would take its first validated epoch as the best and overwrite
+    ``model.pt`` even with a worse network.
+
+    Args:
+        evaluator: the validation engine (its ``state.best_metric`` / ``best_metric_epoch``).
+        best_saver: the ``CheckpointSaver`` writing the best model.
+    """
+
+    def __init__(self, evaluator: Engine, best_saver: _MonaiCheckpointSaver | None = None):
+        self.evaluator, self.best_saver = evaluator, best_saver
+
+    def _checkpoint(self):
+        return getattr(self.best_saver, "_key_metric_checkpoint", None)
+
+    def state_dict(self) -> dict:
+        state = {"best_metric": float(self.evaluator.state.best_metric), "best_metric_epoch": int(self.evaluator.state.best_metric_epoch)}
+        if self._checkpoint() is not None:
+            state["saved"] = [[float(p), str(f)] for p, f in self._checkpoint().state_dict()["_saved"]]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.evaluator.state.best_metric = state["best_metric"]
+        self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        if self._checkpoint() is not None and "saved" in state:
+            self._checkpoint().load_state_dict({"_saved": [(p, f) for p, f in state["saved"]]})
+
+
+class RunInfo:
+    """What a checkpoint was trained on (classes, training-set size, data list), checked on resume.
+
+    Args:
+        classes: the data list's class names.
+        num_training: the number of training images (the memory's rows).
+        datalist: the data list's path, for messages.
+    """
+
+    def __init__(self, classes, num_training: int, datalist=None):
+        self.classes, self.num_training, self.datalist = list(classes), int(num_training), str(datalist)
+
+    def state_dict(self) -> dict:
+        return {"classes": self.classes, "num_training": self.num_training, "datalist": self.datalist}
+
+    def check(self, state: dict, path) -> None:
+        """Raise :class:`~custom.data.DataListError` when ``state`` (from checkpoint ``path``) does not match."""
+        if list(state["classes"]) != self.classes:
+            unknown = [c for c in self.classes if c not in state["classes"]]
+            missing = [c for c in state["classes"] if c not in self.classes]
+            raise DataListError(
+                f"checkpoint {path} was trained on classes {list(state['classes'])}, but the data list {self.datalist} "
+                f"has {self.classes} (unknown to the checkpoint: {unknown}; missing: {missing}); resume with the data "
+                "list it was trained on"
+            )
+        if int(state["num_training"]) != self.num_training:
+            raise DataListError(
+                f"checkpoint {path} holds an NVUM memory of {state['num_training']} training images (data list "
+                f"{state['datalist']}), but the data list {self.datalist} has {self.num_training}; the memory rows "
+                "would not match the images: resume with the data list it was trained on, or start a new run"
+            )
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check(state, "being loaded")
+
+
+def find_checkpoint(resume, ckpt_dir) -> Path | None:
+    """The checkpoint a ``resume`` setting points to: ``false``/empty: none; ``true``/``latest``:
+    the highest-epoch ``checkpoint_epoch=K.pt`` in ``ckpt_dir``; anything else: that file."""
+    if resume is None or resume is False or str(resume).strip().lower() in ("", "false", "0", "no", "none"):
+        return None
+    if resume is True or str(resume).strip().lower() in ("true", "1", "yes", "latest"):
+        folder = Path(ckpt_dir)
+        found = sorted(
+            ((int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))),
+        )
+        if not found:
+            raise FileNotFoundError(f"--resume: no training checkpoint (checkpoint_epoch=K.pt) in {folder.resolve()}")
+        return found[-1][1]
+    path = Path(str(resume))
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint {path} does not exist")
+    return path
+
+
+class ResumeLoader:
+    """Restores a run from a training checkpoint when the trainer starts (``--resume``).
+
+    Attach it first in the trainer's handler list, so that every other handler starts from the
+    restored state. ``load_dict`` is the same dict the :class:`TrainingCheckpointSaver` saves; the
+    trainer (and its AMP scaler) are added here. Checkpoints are read with ``weights_only=True``.
+    Before anything is loaded, the checkpoint's :class:`RunInfo` is compared with this run's, so a
+    data list of another size or with other classes stops with a message naming both.
+
+    Args:
+        resume: ``false`` (default: start fresh), ``true``/``"latest"`` (last checkpoint in
+            ``ckpt_dir``) or a checkpoint path.
+        ckpt_dir: the run's checkpoint folder.
+        load_dict: objects to restore, by checkpoint key.
+        map_location: where tensors are loaded (default: CPU, then moved by ``load_state_dict``).
+    """
+
+    def __init__(self, resume=False, ckpt_dir="models", load_dict=None, map_location="cpu"):
+        self.resume, self.ckpt_dir = resume, ckpt_dir
+        self.load_dict = dict(load_dict or {})
+        self.map_location = map_location
+        self.path: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self.path = find_checkpoint(self.resume, self.ckpt_dir)
+        if self.path is None:
+            return
+        self.load_dict.setdefault("trainer", engine)
+        if getattr(engine, "scaler", None) is not None:
+            self.load_dict.setdefault("scaler", engine.scaler)
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            checkpoint = torch.load(self.path, map_location=self.map_location, weights_only=True)
+        except Exception as e:
+            raise RuntimeError(f"cannot read checkpoint {self.path}: {e}") from e
+        missing = [k for k in self.load_dict if k not in checkpoint]
+        if missing:
+            raise KeyError(f"checkpoint {self.path} has no {missing} (it holds {sorted(checkpoint)}); is it a training checkpoint of this bundle?")
+        info = self.load_dict.get("run_info")
+        if isinstance(info, RunInfo):
+            info.check(checkpoint["run_info"], self.path)
+        max_epochs = engine.state.max_epochs
+        to_load = {k: v for k, v in self.load_dict.items() if k != "run_info"}
+        Checkpoint.load_objects(to_load=to_load, checkpoint={k: checkpoint[k] for k in to_load})
+        if engine.state.epoch > max_epochs:
+            raise ValueError(f"checkpoint {self.path} is at epoch {engine.state.epoch}, beyond max_epochs={max_epochs}")
+        engine.state.max_epochs = max_epochs
+        logger.info("resumed from %s at epoch %d (iteration %d)", self.path, engine.state.epoch, engine.state.iteration)
+        print(f"resumed from {self.path}: epoch {engine.state.epoch}/{max_epochs} done", flush=True)

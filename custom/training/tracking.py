@@ -1,0 +1,83 @@
+"""MLflow tracking of a training run (MONAI's handler, switchable from config)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ignite.engine import Engine
+from monai.handlers import MLFlowHandler
+
+from ..flags import as_bool
+
+
+def default_tracking_uri(output_dir) -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else a sqlite store in ``output_dir/mlruns.db``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return "sqlite:///" + str((Path(output_dir) / "mlruns.db").resolve())
+
+
+class MLflowTracker(MLFlowHandler):
+    """MONAI's :class:`~monai.handlers.MLFlowHandler` that can be switched off from config and
+    that also logs files and metrics for code outside the engines (the final test report).
+
+    Args:
+        enabled: false attaches nothing and logs nothing.
+        output_dir: where the default sqlite store and artifacts go (see :func:`default_tracking_uri`).
+        kwargs: passed to ``MLFlowHandler`` (``tracking_uri`` overrides the default).
+    """
+
+    def __init__(self, enabled: bool = True, output_dir: str = ".", **kwargs):
+        self.enabled = as_bool(enabled, "mlflow")
+        if not self.enabled:  # no MLflow client at all: it would create a store in the working directory
+            self.cur_run, self.run_name, self.experiment_param = None, kwargs.get("run_name"), None
+            return
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("tracking_uri", default_tracking_uri(output_dir))
+        kwargs.setdefault("artifact_location", (Path(output_dir) / "mlartifacts").resolve().as_uri())
+        super().__init__(**kwargs)
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            super().attach(engine)
+
+    def start(self, engine: Engine | None = None) -> None:
+        """Start a new run, unless this tracker already has one.
+
+        Unlike ``MLFlowHandler.start``, an unnamed tracker never resumes some other unfinished
+        run of the experiment (for example one left behind by a crashed process).
+        """
+        if not self.enabled:
+            return
+        if not self.cur_run:
+            self._set_experiment()
+            name = self.run_name or f"run_{time.strftime('%Y%m%d_%H%M%S')}"
+            self.cur_run = self.client.create_run(experiment_id=self.experiment.experiment_id, run_name=name)
+        if engine is not None:
+            super().start(engine)
+        elif self.experiment_param:
+            self._log_params(self.experiment_param)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.cur_run.info.run_id if self.enabled and self.cur_run else None
+
+    def log_file(self, path, artifact_path: str | None = None) -> None:
+        """Log a file as an artifact of the current run (started if needed; no-op when disabled)."""
+        self.start()
+        if self.run_id:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_values(self, metrics: dict, step: int | None = None) -> None:
+        """Log scalar metrics to the current run (started if needed; no-op when disabled)."""
+        self.start()
+        if self.run_id:
+            self._log_metrics(metrics, step=step)
+
+    def finish(self) -> None:
+        """End the current run (marks it FINISHED)."""
+        if self.run_id:
+            self.close()
