@@ -15,14 +15,14 @@ live in :mod:`custom.tools`; they import the runtime part, never the other way r
 are not shipped with the deployable bundle.
 """
 
-from .data import ChestXrayToTensord, DataList, DataListError, LoadChestXrayd, RandResizedCropd, real_datalist
+from .data import ChestXrayToTensord, DataList, DataListError, LoadImageChestXrayd, RandResizedCropd, real_datalist
 from .deploy import ModelRegistrar
 from .evaluation import MultiLabelAUC, TestReport, mean_auc, per_class_auc, predict
 from .flags import as_bool
 from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indices
-from .networks import load_pretrained, load_weights
+from .networks import build_network, load_pretrained, load_weights
 from .nvum import BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUMMemory, build_loss, class_prior, log1m_sigmoid
 from .serving import BundleNetwork, ProbabilityWriter, list_inputs, load_inference_network
 from .training import (CheckpointSaver, CheckpointWriteError, EpochSeeder, EpochSummary, HandlerGroup, LossAverages,
                        MLflowTracker, NonFiniteLossError, NVUMTrainer, PrepareImageBatch, ProgressBar, ResumeLoader,
-                       RunInfo, TrainingCheckpointSaver, ValidationState, default_tracking_uri, distributed, memory_format)
+                       RunRecord, TrainingCheckpointSaver, ValidationState, default_tracking_uri, distributed, memory_format)

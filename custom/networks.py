@@ -1,7 +1,8 @@
-"""Loading network weights from local files (checkpoints and pretrained weights)."""
+"""Networks: building one from its definition, and loading weights from local files (checkpoints, pretrained weights)."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -9,6 +10,44 @@ import torch
 
 #: parameters that may differ in shape from pretrained weights (the classification head).
 HEAD_PATTERN = re.compile(r"^class_layers\.out\.")
+
+
+def build_network(name: str, num_classes: int, **kwargs) -> torch.nn.Module:
+    """A network of ``monai.networks.nets`` by class name, with one output per class.
+
+    The definition (``name`` and ``kwargs``) is kept on the network as ``architecture`` so that
+    a run records what it trained (:class:`custom.training.RunRecord`) and export, inference and
+    the audit rebuild the same network from a checkpoint without being told.
+
+    Args:
+        name: class name in ``monai.networks.nets``, e.g. ``"DenseNet121"``, ``"ResNet"``.
+        num_classes: number of outputs; passed as the class's ``out_channels`` or ``num_classes``.
+        kwargs: the other constructor arguments (``spatial_dims``, ``in_channels``, ...).
+
+    Raises:
+        ValueError: no such network, or one whose output size is not an ``out_channels`` or
+            ``num_classes`` argument.
+    """
+    from monai.networks import nets
+
+    cls = getattr(nets, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ValueError(f"network_def: {name!r} is not a network of monai.networks.nets")
+    params = inspect.signature(cls).parameters
+    output = next((k for k in ("out_channels", "num_classes") if k in params), None)
+    if output is None:
+        raise ValueError(f"network_def: {name} takes neither 'out_channels' nor 'num_classes'")
+    network = cls(**kwargs, **{output: int(num_classes)})
+    network.architecture = {"name": str(name), **kwargs}
+    return network
+
+
+def network_from_record(architecture: dict, num_classes: int) -> torch.nn.Module:
+    """The network a run recorded (:func:`build_network` definition), with ``num_classes`` outputs."""
+    if not isinstance(architecture, dict) or "name" not in architecture:
+        raise ValueError(f"not a recorded network definition: {architecture!r}")
+    kwargs = {k: v for k, v in architecture.items() if k != "name"}
+    return build_network(architecture["name"], num_classes, **kwargs)
 
 
 def _torchvision_to_monai(key: str) -> str:

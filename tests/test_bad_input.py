@@ -16,7 +16,7 @@ from conftest import CONFIGS, ROOT
 from custom.data import DataList, DataListError
 from custom.networks import load_pretrained, read_state_dict
 from custom.tools.preflight import check
-from custom.data.transforms import ImageReadError, LoadChestXrayd, check_image
+from custom.data.transforms import ImageReadError, LoadImageChestXrayd, check_image
 
 CLASSES = ["A", "B", "No Finding"]
 
@@ -50,7 +50,7 @@ def _list(tmp_path, n_train=6, n_val=3, classes=CLASSES):
 
 def test_truncated_image_is_named_by_the_loader(tmp_path):
     path = _truncate(_png(tmp_path / "broken.png"))
-    loader = LoadChestXrayd(keys="image", reader="PILReader", image_only=True, ensure_channel_first=True)
+    loader = LoadImageChestXrayd(keys="image", reader="PILReader", image_only=True, ensure_channel_first=True)
     with pytest.raises(ImageReadError, match="broken.png"):
         loader({"image": str(path)})
     good = _png(tmp_path / "good.png", 7)
@@ -183,10 +183,10 @@ def test_nan_loss_stops_training_naming_epoch_iteration_and_indices():
 
 
 def test_resume_refuses_a_checkpoint_trained_on_other_classes():
-    from custom.training.checkpoints import RunInfo
+    from custom.training.checkpoints import RunRecord
 
-    here = RunInfo(["A", "B", "No Finding"], 10, "new.json")
-    saved = RunInfo(["A", "C", "No Finding"], 10, "old.json").state_dict()
+    here = RunRecord(["A", "B", "No Finding"], 10, "new.json")
+    saved = RunRecord(["A", "C", "No Finding"], 10, "old.json").state_dict()
     with pytest.raises(DataListError, match=r"unknown to the checkpoint: \['B'\]; missing: \['C'\]"):
         here.check(saved, "ckpt.pt")
-    here.check(RunInfo(["A", "B", "No Finding"], 10, "old.json").state_dict(), "ckpt.pt")  # same classes and size: fine
+    here.check(RunRecord(["A", "B", "No Finding"], 10, "old.json").state_dict(), "ckpt.pt")  # same classes and size: fine

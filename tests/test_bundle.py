@@ -144,14 +144,15 @@ def test_inference_config_writes_probabilities_for_a_folder_of_images(trained, t
 
 
 def test_plain_bce_is_one_override_and_leaves_the_memory_at_zero(tmp_path):
-    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), loss_name="bce", mlflow=False, **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, **{"nvum#loss": "bce", "datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
     _run(wf)
     assert wf.parser.get_parsed_content("memory").values.abs().sum() == 0
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
 def test_iteration_schedule_with_ema_teacher_trains_and_checkpoints_the_teacher(tmp_path):
-    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), memory_schedule="iteration", use_teacher="true", reg="elementwise", mix_memory="true", reg_clamp=1e-4, mlflow="false", **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow="false", **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1),
+                   **{"nvum#memory_schedule": "iteration", "nvum#use_teacher": "true", "nvum#reg": "elementwise", "nvum#mix_memory": "true", "nvum#reg_clamp": 1e-4})
     _run(wf)
     teacher = wf.parser.get_parsed_content("teacher")
     loss = wf.parser.get_parsed_content("loss")
@@ -209,3 +210,58 @@ def test_demo_overlay_restates_the_default_dataset():
     demo = json.loads((CONFIGS / "datasets" / "demo.json").read_text())
     for key, value in demo.items():
         assert base[key] == value, key
+
+
+def test_network_and_preprocessing_are_defined_once_for_training_and_inference():
+    common = json.loads((CONFIGS / "common.json").read_text())
+    for name in ("train.json", "inference.json"):
+        config = json.loads((CONFIGS / name).read_text())
+        for key in ("network_def", "load_image", "to_network_input", "preprocessing"):
+            assert key in common and config[key] == f"%bundle/configs/common.json::{key}", (name, key)
+    assert json.loads((CONFIGS / "train.json").read_text())["validate"]["preprocessing"] == "@preprocessing"
+
+
+def test_the_best_model_carries_a_record_of_what_it_was_trained_on(trained):
+    models = trained["root"] / "models"
+    record = json.loads((models / "model.json").read_text())
+    assert record["classes"] == json.loads((CONFIGS / "inference.json").read_text())["classes"]
+    assert record["image_size"] == 32 and record["num_training"] == TINY["datalist#num_training"]
+    assert record["network"] == {"name": "DenseNet121", "spatial_dims": 2, "in_channels": 3}
+    assert record["nvum"]["memory_momentum"] == 0.9 and record["nvum"]["unbiased_memory"] is True
+    assert Path(record["datalist"]) == trained["data"] / "datalist.json"
+    (resume,) = sorted(models.glob("checkpoint_epoch=*.pt"))
+    assert torch.load(resume, weights_only=True)["run_record"] == record  # the resume checkpoint holds the same record
+
+
+def test_inference_rebuilds_the_recorded_network_and_refuses_another_input_size(tmp_path):
+    """A model trained with another network (the benchmark's ResNet, set by overriding network_def)
+    and input size is served by the default inference.json, which reads both from model.json."""
+    resnet = {"_target_": "custom.build_network", "name": "ResNet", "num_classes": "@num_classes", "block": "basic",
+              "layers": [1, 1, 1, 1], "block_inplanes": [8, 16, 32, 64], "spatial_dims": 2, "n_input_channels": 3,
+              "conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True}
+    data = tmp_path / "data"
+    overrides = {"datalist#root": str(data), **dict(TINY, max_epochs=1), "image_size": 24, "network_def": resnet}
+    _run(_workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, test_and_deploy=False, **overrides))
+    assert json.loads((tmp_path / "models" / "model.json").read_text())["network"]["name"] == "ResNet"
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((data / "test").glob("*.png"))[:3]:
+        (images / p.name).write_bytes(p.read_bytes())
+    common = dict(bundle_root=str(tmp_path), input_path=str(images), output_file=str(tmp_path / "p.csv"))
+    with pytest.raises(Exception) as err:
+        _run(_workflow(["inference.json"], "infer", **common))
+    assert "trained on 24 px images" in _messages(err.value) and "--image_size 24" in _messages(err.value)
+    _run(_workflow(["inference.json"], "infer", image_size=24, **common))
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 3
+
+
+def test_test_and_deploy_switch_leaves_only_the_trained_checkpoints(tmp_path):
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), test_and_deploy=False,
+                   **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
+    _run(wf)
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert not list((tmp_path / "eval").glob("test_*"))
+    assert not (tmp_path / "models" / "model.ts").exists() and not (tmp_path / "models" / "nvum_cxr_classification.zip").exists()
+    mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "eval" / "mlruns.db"))
+    (run,) = mlflow.search_runs(experiment_names=["nvum"], output_format="list")
+    assert run.info.status == "FINISHED" and "val_mean_auc" in run.data.metrics  # the training run is still tracked

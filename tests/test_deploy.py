@@ -137,12 +137,18 @@ def _extract(zip_path, dest):
 def test_bundle_zip_runs_inference_json_from_anywhere_with_the_torchscript_model(deployed, tmp_path):
     names = _extract(deployed["root"] / "models" / "nvum_cxr_classification.zip", tmp_path)
     top = "nvum_cxr_classification/"
-    for f in ("configs/metadata.json", "configs/inference.json", "models/model.ts", "docs/README.md", "custom/__init__.py", "scripts/deploy_app.py"):
+    for f in ("configs/metadata.json", "configs/inference.json", "models/model.ts", "docs/README.md", "custom/__init__.py",
+              "custom/nvum/memory.py", "custom/serving/pyfunc.py", "scripts/deploy_app.py"):
         assert top + f in names, f
     assert not any(n.endswith(".pt") or "__pycache__" in n for n in names)
+    assert not any(n.startswith(top + "custom/tools/") or n == top + "custom/cli.py" for n in names)  # runtime code only
     bundle = tmp_path / "nvum_cxr_classification"
-    out = tmp_path / "probs.csv"
+    assert "%" not in (bundle / "configs" / "inference.json").read_text()  # the shared parts are included, not referenced
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = "import importlib.util, custom; print(custom.__file__, importlib.util.find_spec('custom.tools'))"
+    found = subprocess.run([sys.executable, "-c", probe], cwd=bundle, env=env, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0 and found.stdout.split() == [str(bundle / "custom" / "__init__.py"), "None"], found.stderr[-2000:]
+    out = tmp_path / "probs.csv"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--bundle_root", ".", "--input_path", str(deployed["images"]), "--output_file", str(out)]
     proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

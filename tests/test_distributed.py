@@ -89,7 +89,7 @@ def test_torchrun_two_processes_keep_one_memory_equal_to_a_single_process_run(tm
     ensure_synthetic(data, seed=0, num_training=64, num_validation=33, num_test=32, num_test_shifted=32, image_size=32)
     runs = {
         "epoch": dict(TINY, **{"datalist#root": str(data)}),
-        "iteration_teacher": dict(TINY, memory_schedule="iteration", use_teacher=True, reg="elementwise", **{"datalist#root": str(data)}),
+        "iteration_teacher": dict(TINY, **{"nvum#memory_schedule": "iteration", "nvum#use_teacher": True, "nvum#reg": "elementwise", "datalist#root": str(data)}),
     }
     for who in ("ddp", "single"):
         (tmp_path / who).mkdir()

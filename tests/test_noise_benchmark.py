@@ -8,7 +8,7 @@ import pytest
 
 from custom.tools import noise_benchmark as nb
 from custom.tools.synthetic import split_noise_specs
-from custom.tools.training import TRAIN_CONFIG
+from custom.tools.training import train_parser
 
 TINY = {"tiny": nb.Regime(num_training=64, num_validation=48, num_test=64, max_epochs=3)}
 
@@ -39,9 +39,7 @@ def test_command_line_lists_keep_bomd_parameters_together():
 
 
 def test_methods_are_overrides_of_existing_train_config_ids():
-    import json
-
-    config = json.loads(TRAIN_CONFIG.read_text())
+    config = train_parser()
     for method in nb.METHODS:
         for key in nb.Run("report", "short", method, 0, beta=0.5).overrides():
             assert key in config, (method, key)
@@ -67,7 +65,7 @@ def test_a_run_records_every_epoch_and_selects_on_noisy_validation(tiny_runs):
     for row in history:
         assert set(row["test"]) == {"test", "test_shifted"} and all(0.0 <= v <= 1.0 for v in row["test"].values())
         assert row["train_reg"] < 0  # the NVUM loss ran (REG is <= 0 and the memory is non-zero after epoch 1)
-    assert curve["overrides"]["loss_name"] == "nvum" and curve["overrides"]["datalist#num_training"] == 64
+    assert curve["overrides"]["nvum#loss"] == "nvum" and curve["overrides"]["datalist#num_training"] == 64
 
 
 def test_runs_are_deterministic_and_best_last_evaluation_matches_the_curve(tiny_runs):

@@ -10,7 +10,6 @@ from monai.data import DataLoader
 from conftest import CONFIGS
 from custom.training.engine import NVUMTrainer
 from custom.nvum.handlers import MemoryUpdater
-from custom.training.progress import HandlerGroup
 from custom.nvum.losses import build_loss
 from custom.nvum.memory import NVUMMemory
 from custom.training.performance import PrepareImageBatch, memory_format
@@ -32,7 +31,7 @@ def test_prepare_batch_stores_images_channels_last_and_leaves_labels_alone():
 def test_train_config_switches_amp_and_channels_last(flag):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    parser.update({"amp": flag, "channels_last": flag, "network_def#out_channels": 14})
+    parser.update({"amp": flag, "channels_last": flag, "num_classes": 14})
     net = parser.get_parsed_content("network")
     on = flag == "true"
     assert net.features.conv0.weight.is_contiguous(memory_format=torch.channels_last) == on
@@ -63,7 +62,7 @@ def test_loss_and_memory_stay_float32_under_mixed_precision():
     trainer = NVUMTrainer(
         device=torch.device("cpu"), max_epochs=1, train_data_loader=batches, network=net, optimizer=torch.optim.SGD(net.parameters(), 0.1),
         loss_function=Spy(build_loss("nvum", memory)), decollate=False, amp=True, amp_kwargs={"dtype": torch.bfloat16},
-        prepare_batch=PrepareImageBatch(channels_last=True), train_handlers=[HandlerGroup([MemoryUpdater(memory, "iteration")])],
+        prepare_batch=PrepareImageBatch(channels_last=True), train_handlers=[MemoryUpdater(memory, "iteration")],
     )
     trainer.scaler = None  # bfloat16 needs no gradient scaling (MONAI's scaler is a CUDA one)
     trainer.run()

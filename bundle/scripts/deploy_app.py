@@ -54,11 +54,11 @@ class MultiLabelBundleInferenceOperator(MonaiBundleInferenceOperator):
     For an output of type ``"probabilities"`` the stock operator emits ``int(p)`` mapped through
     ``channel_def`` for every probability ``p`` (class 0 for every channel); this one emits
     ``{"image": <file name>, "probabilities": {class name: p}}``. It also runs the TorchScript
-    model with the JIT's graph optimisation off (see ``custom.deploy.TorchScriptRunner``).
+    model with the JIT's graph optimisation off (see ``custom.serving.loaders.TorchScriptRunner``).
     """
 
     def predict(self, data, *args, **kwargs):
-        # with the JIT's graph optimisation on, the second call is slow too (see custom.deploy.TorchScriptRunner)
+        # with the JIT's graph optimisation on, the second call is slow too (see custom.serving.loaders.TorchScriptRunner)
         with torch.jit.optimized_execution(False):
             return super().predict(data, *args, **kwargs)
 

@@ -2,4 +2,4 @@
 
 from .datalist import DataList, DataListError, read_json
 from .testlists import DataListWithTests, real_datalist
-from .transforms import ChestXrayToTensord, ImageReadError, LoadChestXrayd, RandResizedCropd
+from .transforms import ChestXrayToTensord, ImageReadError, LoadImageChestXrayd, RandResizedCropd

@@ -161,8 +161,11 @@ class ImageReadError(RuntimeError):
     """An image file that cannot be read (missing, truncated, corrupt, unknown format); names the file."""
 
 
-class LoadChestXrayd(LoadImaged):
+class LoadImageChestXrayd(LoadImaged):
     """MONAI's ``LoadImaged`` whose read errors name the file.
+
+    (Its name keeps ``LoadImage`` in it: MONAI Deploy's bundle operator drops the transforms whose
+    class name contains ``LoadImage`` from the preprocessing it runs on images it has loaded itself.)
 
     MONAI reports a failing transform as ``applying transform <LoadImaged>`` and leaves the file
     name to its debug log; with this class the error (in the exception chain) is

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from ..config import resolve_includes
 from ..networks import load_weights
 from ..serving.loaders import TorchScriptRunner
 
@@ -61,34 +62,37 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
-def bundle_configs(config_dir, classes: Sequence[str] | None = None, image_size: int | None = None) -> tuple[dict, dict]:
-    """``inference.json`` and ``metadata.json`` of a bundle, set to a trained network's classes and input size.
+def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
+    """``inference.json`` and ``metadata.json`` of the deployable bundle, set to what a run trained.
 
     Args:
-        config_dir: folder holding ``inference.json`` and ``metadata.json``.
-        classes: class names of the network's outputs, in order (default: keep the config's).
-        image_size: network input height and width (default: keep the config's).
+        config_dir: folder holding ``inference.json`` and ``metadata.json``; ``%`` macros of
+            ``inference.json`` are resolved relative to the folder above the bundle folder.
+        record: the run's record (:class:`custom.training.RunRecord`): its ``classes``,
+            ``image_size`` and ``network`` replace the config's (default: keep the config's).
 
     Returns:
         ``(inference, metadata)`` dicts; the classes also go into the metadata's output
         ``channel_def`` and ``num_channels``, the size into the input's ``spatial_shape``.
     """
     config_dir = Path(config_dir)
-    inference = _read_json(config_dir / "inference.json")
-    meta = _read_json(config_dir / "metadata.json")
+    inference = resolve_includes(_read_json(config_dir / "inference.json"), config_dir.parent.parent)
+    meta = copy.deepcopy(_read_json(config_dir / "metadata.json"))
     try:
         fmt = meta["network_data_format"]
         in_key, out_key = next(iter(fmt["inputs"])), next(iter(fmt["outputs"]))
     except (KeyError, StopIteration, TypeError):
         raise ValueError(f"{config_dir / 'metadata.json'}: 'network_data_format' needs one input and one output") from None
-    for key in ("classes", "image_size"):
+    for key in ("classes", "image_size", "network_def"):
         if key not in inference:
             raise ValueError(f"{config_dir / 'inference.json'} has no '{key}' entry")
-    inference, meta = copy.deepcopy(inference), copy.deepcopy(meta)
-    if classes is not None:
-        inference["classes"] = [str(c) for c in classes]
-    if image_size is not None:
-        inference["image_size"] = int(image_size)
+    record = record or {}
+    if record.get("classes") is not None:
+        inference["classes"] = [str(c) for c in record["classes"]]
+    if record.get("image_size") is not None:
+        inference["image_size"] = int(record["image_size"])
+    if record.get("network"):
+        inference["network_def"] = {"_target_": "custom.build_network", **record["network"], "num_classes": "@num_classes"}
     out = meta["network_data_format"]["outputs"][out_key]
     out["num_channels"] = len(inference["classes"])
     out["spatial_shape"] = [len(inference["classes"])]
@@ -200,10 +204,11 @@ def _copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=_CODE_IGNORE, dirs_exist_ok=True)
 
 
-def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, classes: Sequence[str] | None = None, image_size: int | None = None, name: str = BUNDLE_NAME, check_images: Sequence | None = None) -> Deployable:
+def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict | None = None, name: str = BUNDLE_NAME,
+                 check_images: Sequence | None = None) -> Deployable:
     """Export, check and pack the deployable bundle.
 
-    Steps: write the deployable configs (``classes``/``image_size`` of the trained network),
+    Steps: write the deployable configs (the classes, input size and network of the run),
     export ``models_dir/model.ts`` with ``ckpt_export``, check it against the checkpoint
     (largest logit difference <= 1e-5 on ``check_images`` or a random batch), run MONAI's
     ``verify_metadata`` and ``verify_net_in_out`` offline, and zip the folder as
@@ -214,16 +219,22 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, classes: Sequ
         models_dir: where ``model.ts`` and ``<name>.zip`` are written.
         staging: an empty scratch folder; the unpacked bundle is assembled in ``staging/<name>``.
         bundle_dir: source bundle folder (configs/, docs/, scripts/); default :func:`default_bundle_dir`.
+        record: what the run trained (classes, image size, network); default: the record written
+            beside the checkpoint (``model.json``), else the configs' own settings.
 
     Raises:
         FileNotFoundError, ValueError: missing files, mismatching weights, failed checks.
     """
+    from ..training.checkpoints import read_record
+
     source = Path(bundle_dir) if bundle_dir else default_bundle_dir()
+    if record is None and Path(checkpoint).with_suffix(".json").is_file():
+        record = read_record(checkpoint)
     folder = Path(staging) / name
     if folder.exists():
         shutil.rmtree(folder)
     (folder / "configs").mkdir(parents=True)
-    inference, meta = bundle_configs(source / "configs", classes, image_size)
+    inference, meta = bundle_configs(source / "configs", record)
     (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=4) + "\n")
     (folder / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
     (folder / "docs").mkdir()

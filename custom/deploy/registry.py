@@ -126,26 +126,38 @@ class ModelRegistrar:
     ``registered_model_name`` and ends the run. With tracking off it does nothing.
 
     Args:
-        tracker: the workflow's :class:`~custom.handlers.MLflowTracker`.
+        tracker: the workflow's :class:`~custom.training.MLflowTracker`.
         checkpoint: the best weights (``model.pt``).
         models_dir: where ``model.ts`` and the zip are written.
-        classes, image_size: the trained network's classes and input size.
+        record: the run's :class:`~custom.training.RunRecord` (classes, input size, network).
         example_images: image files for the MLflow input example (the first two are used).
         registered_model_name: name in the registry; ``null``/empty logs the model unregistered.
         bundle_dir: source bundle folder (default: the repository's ``bundle/``).
         bundle_name: folder name inside the zip.
+        enabled: false skips export and registration and only ends the tracker's run
+            (train.json's ``test_and_deploy`` switch).
     """
 
-    def __init__(self, tracker, checkpoint, models_dir, classes=None, image_size=None, example_images: Sequence = (), registered_model_name: str | None = DEFAULT_MODEL_NAME, bundle_dir=None, bundle_name: str = BUNDLE_NAME):
+    def __init__(self, tracker, checkpoint, models_dir, record=None, example_images: Sequence = (),
+                 registered_model_name: str | None = DEFAULT_MODEL_NAME, bundle_dir=None, bundle_name: str = BUNDLE_NAME,
+                 enabled: bool = True):
+        from ..flags import as_bool
+
         self.tracker, self.checkpoint, self.models_dir = tracker, checkpoint, models_dir
-        self.classes, self.image_size = classes, image_size
+        self.record = record.state_dict() if hasattr(record, "state_dict") else record
+        self.enabled = as_bool(enabled, "enabled")
         self.example_images = list(example_images)[:2]
         self.registered_model_name = registered_model_name or None
         self.bundle_dir, self.bundle_name = bundle_dir, bundle_name
         self.version = None
 
     def run(self):
-        """Returns the registered ``ModelVersion`` (``None`` with tracking off)."""
+        """Returns the registered ``ModelVersion`` (``None`` with tracking or the step off)."""
+        if not self.enabled:
+            print("test_and_deploy is off: the model is neither exported nor registered", flush=True)
+            if getattr(self.tracker, "enabled", False):
+                self.tracker.finish()
+            return None
         if not getattr(self.tracker, "enabled", False):
             print("MLflow tracking is off: the model is neither exported nor registered", flush=True)
             return None
@@ -153,7 +165,8 @@ class ModelRegistrar:
         run_id = self.tracker.run_id
         try:
             with tempfile.TemporaryDirectory() as staging:
-                built = build_bundle(self.checkpoint, self.models_dir, staging, self.bundle_dir, self.classes, self.image_size, self.bundle_name, self.example_images)
+                built = build_bundle(self.checkpoint, self.models_dir, staging, self.bundle_dir, self.record, self.bundle_name,
+                                     self.example_images)
                 print(f"exported {built.model_ts} (largest logit difference to the checkpoint {built.max_difference:.2g}); bundle {built.zip}", flush=True)
                 self.tracker.log_file(built.zip, "bundle")
                 self.version = log_pyfunc_model(built, self.example_images, self.registered_model_name, self.tracker.client.tracking_uri, run_id)

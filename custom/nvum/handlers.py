@@ -74,7 +74,7 @@ class MemoryUpdater:
     writing (:meth:`_gather`), so the memory stays identical on every rank.
 
     Args:
-        memory: the :class:`~custom.memory.NVUMMemory`.
+        memory: the :class:`~custom.nvum.NVUMMemory`.
         schedule: ``"epoch"`` or ``"iteration"``.
         teacher: optional :class:`EMATeacher`; used by the ``iteration`` schedule. Attach the
             teacher before this handler so that it is updated first.

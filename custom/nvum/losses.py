@@ -110,7 +110,7 @@ class NVUMLoss(nn.Module):
     """NVUM loss: ``BCE + lambda * REG`` with REG read from the memory (the loss never writes it).
 
     Args:
-        memory: the :class:`~custom.memory.NVUMMemory`; its log prior is the one used here.
+        memory: the :class:`~custom.nvum.NVUMMemory`; its log prior is the one used here.
         reg: ``"dot"`` (paper eq. 2: one scalar ``log(1 - sigmoid(t_i . p_i))`` per image) or
             ``"elementwise"`` (authors' code: ``log(1 - sigmoid(t_ic * p_ic))`` averaged over classes).
         reg_weight: lambda (1 in the paper).

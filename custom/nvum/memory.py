@@ -61,7 +61,7 @@ class NVUMMemory(nn.Module):
     """Non-volatile unbiased memory ``t`` (N x C, float32, zeros at start).
 
     The memory never receives gradient: it is a buffer, read by the loss with :meth:`forward`
-    and written by :class:`custom.handlers.MemoryUpdater` with :meth:`update`. Both the memory and
+    and written by :class:`custom.nvum.MemoryUpdater` with :meth:`update`. Both the memory and
     the log prior are buffers, so they travel with ``state_dict()`` into checkpoints.
 
     Args:
@@ -70,9 +70,10 @@ class NVUMMemory(nn.Module):
         momentum: beta of eq. 3, in [0, 1]; 0.9 in the paper.
         unbiased: subtract ``log pi`` from the logits in the update (the "U" of NVUM). ``False``
             stores plain logits, for the ablations that move the prior into the loss instead.
+        device: where the memory lives (default: the CPU).
     """
 
-    def __init__(self, num_samples: int, prior, momentum: float = 0.9, unbiased: bool = True):
+    def __init__(self, num_samples: int, prior, momentum: float = 0.9, unbiased: bool = True, device=None):
         super().__init__()
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"memory momentum (beta) must be in [0, 1], got {momentum}")
@@ -83,6 +84,8 @@ class NVUMMemory(nn.Module):
         self.unbiased = as_bool(unbiased, "unbiased")
         self.register_buffer("values", torch.zeros(int(num_samples), prior.numel(), dtype=torch.float32))
         self.register_buffer("log_prior", torch.log(prior))
+        if device is not None:
+            self.to(device)
 
     @property
     def num_samples(self) -> int:

@@ -18,20 +18,29 @@ class BundleNetwork(torch.nn.Module):
     and in the deployable bundle, which ships the TorchScript model only. Loading waits for the
     first forward pass, so the config can be parsed and checked before a model exists.
 
+    A weights file that training wrote comes with its run record (``model.json``,
+    :class:`custom.training.RunRecord`): the network is then built from the recorded definition, and
+    classes or an input size that differ from the config's stop with a message naming the
+    override to use, instead of predicting with mismatched outputs or inputs.
+
     Args:
-        network_def: the network architecture (used for weights files).
+        network_def: the network architecture (used for weights files without a record).
         model_files: candidate files in order of preference; ``.ts`` files are TorchScript.
         device: where the network runs.
+        classes, image_size: the config's classes and input size, checked against the record.
 
     Raises:
         FileNotFoundError: (on first use) none of ``model_files`` exists; all are named.
+        ValueError: (on first use) the record names other classes or another input size.
     """
 
-    def __init__(self, network_def: torch.nn.Module, model_files: Sequence, device="cpu"):
+    def __init__(self, network_def: torch.nn.Module, model_files: Sequence, device="cpu", classes=None, image_size=None):
         super().__init__()
         self._network_def = [network_def]  # a list: not registered as a submodule until loaded
         self.model_files = [Path(p) for p in ([model_files] if isinstance(model_files, (str, Path)) else model_files)]
         self.device = device
+        self.classes = [str(c) for c in classes] if classes is not None else None
+        self.image_size = int(image_size) if image_size is not None else None
         self.network: torch.nn.Module | None = None
         self.model_file: Path | None = None
 
@@ -42,8 +51,28 @@ class BundleNetwork(torch.nn.Module):
             if not found:
                 raise FileNotFoundError("no model found; none of these files exists: " + ", ".join(str(p) for p in self.model_files))
             self.model_file = found[0]
-            self.network = load_inference_network(self._network_def[0], self.model_file, self.device)
+            self.network = load_inference_network(self._recorded_network(), self.model_file, self.device)
         return self.network
+
+    def _recorded_network(self) -> torch.nn.Module:
+        """``network_def``, or the network the record beside a weights file names (checked against the config)."""
+        record_file = self.model_file.with_suffix(".json")
+        if self.model_file.suffix == ".ts" or not record_file.is_file():
+            return self._network_def[0]
+        from ..training.checkpoints import read_record
+
+        record = read_record(self.model_file)
+        if self.classes is not None and record.get("classes") and list(record["classes"]) != self.classes:
+            raise ValueError(f"{self.model_file} was trained on classes {record['classes']} (see {record_file}), but the "
+                             f"inference config has {self.classes}: pass --classes \"{record['classes']}\"")
+        if self.image_size is not None and record.get("image_size") and int(record["image_size"]) != self.image_size:
+            raise ValueError(f"{self.model_file} was trained on {record['image_size']} px images (see {record_file}), but "
+                             f"the inference config resizes to {self.image_size} px: pass --image_size {record['image_size']}")
+        if not record.get("network"):
+            return self._network_def[0]
+        from ..networks import network_from_record
+
+        return network_from_record(record["network"], len(record.get("classes") or self.classes or []))
 
     def forward(self, *args):
         return self.load()(*args)

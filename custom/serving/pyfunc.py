@@ -103,7 +103,7 @@ def _images(model_input) -> list:
 class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
     """Pyfunc wrapper of the exported bundle (see the module docstring for input and output).
 
-    Artifacts (set by :func:`custom.deploy.log_pyfunc_model`): ``model`` (the TorchScript file)
+    Artifacts (set by :func:`custom.deploy.registry.log_pyfunc_model`): ``model`` (the TorchScript file)
     and ``inference_config`` (the bundle's ``inference.json``).
 
     Args:

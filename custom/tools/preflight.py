@@ -142,8 +142,8 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
 
             path = find_checkpoint(resume, ckpt_dir())
             ckpt = read_checkpoint(path)
-            if "datalist" in state and "run_info" in ckpt:
-                info = ckpt["run_info"]
+            if "datalist" in state and "run_record" in ckpt:
+                info = ckpt["run_record"]
                 dl = state["datalist"]
                 if list(info["classes"]) != dl.classes or int(info["num_training"]) != len(dl):
                     raise ValueError(

@@ -17,14 +17,25 @@ TRAIN_CONFIG = CONFIG_DIR / "train.json"
 
 
 def train_parser(overrides: dict | None = None, config_file=TRAIN_CONFIG):
-    """``train.json`` read with MONAI's ``ConfigParser``, with ``overrides`` (config id -> value) applied
-    as on the command line."""
+    """``train.json`` (or a list of config files, merged in order) read with MONAI's ``ConfigParser``,
+    with ``overrides`` (config id -> value) applied as on the command line.
+
+    The configs' ``%bundle/configs/common.json::...`` includes are resolved relative to the
+    repository, so this works from any working directory.
+    """
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
+    from ..config import resolve_includes
+
+    files = [str(f) for f in config_file] if isinstance(config_file, (list, tuple)) else [str(config_file)]
+    parser = ConfigParser(resolve_includes(ConfigParser.load_config_files(files), CONFIG_DIR.parents[1]))
     parser.update(dict(overrides or {}))
     return parser
+
+
+def bundle_network(num_classes: int, overrides: dict | None = None):
+    """The network ``train.json`` trains (its ``network_def``), with ``num_classes`` outputs, untrained."""
+    return train_parser({"num_classes": int(num_classes), **dict(overrides or {})}).get_parsed_content("network_def")
 
 
 @dataclasses.dataclass

@@ -19,6 +19,7 @@ training with :class:`CheckpointWriteError`, whose message names the path.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -51,12 +52,12 @@ class _ReportingSaveHandler(BaseSaveHandler):
     one; here that removal is deferred until the write has succeeded.)
     """
 
-    def __init__(self, inner: BaseSaveHandler):
-        self.inner = inner
+    def __init__(self, inner: BaseSaveHandler, record=None):
+        self.inner, self.record = inner, record
         self._pending_removals: list[str] = []
 
     def __call__(self, checkpoint, filename: str, metadata=None) -> None:
-        path = Path(getattr(self.inner, "dirname", ".")) / filename
+        path = Path(getattr(self.inner, "dirname", ".")) / (getattr(self.inner, "filename", None) or filename)
         try:
             self.inner(checkpoint, filename, metadata)
         except OSError as e:
@@ -65,6 +66,8 @@ class _ReportingSaveHandler(BaseSaveHandler):
                 f"could not write checkpoint {path}: {e.strerror or e}. Nothing was replaced: checkpoints "
                 "are written to a temporary file and renamed, so the previous checkpoint in that folder is intact",
             ) from e
+        if self.record is not None:
+            self.record.write(path.with_suffix(".json"))
         pending, self._pending_removals = self._pending_removals, []
         if getattr(self.inner, "filename", None):  # MONAI's fixed-name saver (model.pt): overwritten in place
             return
@@ -76,22 +79,27 @@ class _ReportingSaveHandler(BaseSaveHandler):
         self._pending_removals.append(filename)
 
 
-def _make_safe(saver: _MonaiCheckpointSaver) -> None:
+def _make_safe(saver: _MonaiCheckpointSaver, record=None) -> None:
     for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
         checkpoint = getattr(saver, name, None)
         if isinstance(checkpoint, Checkpoint) and not isinstance(checkpoint.save_handler, _ReportingSaveHandler):
-            checkpoint.save_handler = _ReportingSaveHandler(checkpoint.save_handler)
+            checkpoint.save_handler = _ReportingSaveHandler(checkpoint.save_handler, record)
 
 
 class CheckpointSaver(_MonaiCheckpointSaver):
     """MONAI's ``CheckpointSaver`` (atomic writes) whose write errors name the file.
 
-    Used for the best model (``model.pt``). Takes the same arguments as MONAI's.
+    Used for the best model (``model.pt``). Takes the same arguments as MONAI's, and:
+
+    Args:
+        record: a :class:`RunRecord`, written as ``<checkpoint name>.json`` (``model.json``) next to
+            every checkpoint this saver writes, so that the weights file says what network, classes
+            and input size it holds.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, record=None, **kwargs):
         super().__init__(*args, **kwargs)
-        _make_safe(self)
+        _make_safe(self, record)
 
 
 class TrainingCheckpointSaver(CheckpointSaver):
@@ -145,16 +153,6 @@ class EpochSeeder:
             if t is not None and hasattr(t, "set_random_state"):
                 t.set_random_state(seed=s)
 
-    def state_dict(self) -> dict:
-        return {"seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state and int(state.get("seed", self.seed)) != self.seed:
-            logger.warning(
-                "resuming a run trained with seed %s under seed %s: the rest of the run will not match an "
-                "uninterrupted run", state["seed"], self.seed,
-            )
-
 
 class ValidationState:
     """The best validation score so far and the best-model saver's record of it, for resume.
@@ -186,20 +184,60 @@ class ValidationState:
             self._checkpoint().load_state_dict({"_saved": [(p, f) for p, f in state["saved"]]})
 
 
-class RunInfo:
-    """What a checkpoint was trained on (classes, training-set size, data list), checked on resume.
+class RunRecord:
+    """What a run trained and how: written into every checkpoint, beside ``model.pt`` as
+    ``model.json``, and logged as the MLflow parameters.
+
+    Whoever uses a checkpoint later reads it instead of being told: the audit (memory momentum,
+    ``unbiased``, image size, network, data list), export and inference (classes, image size,
+    network), and a resumed run, which is refused when the data list has other classes or another
+    size than the memory's rows.
 
     Args:
-        classes: the data list's class names.
+        classes: the data list's class names (the network's outputs, in order).
         num_training: the number of training images (the memory's rows).
-        datalist: the data list's path, for messages.
+        datalist: the data list trained on (a ``DataList``-like object with ``path`` and
+            ``dataset_dir``, or a path).
+        image_size: the network's input height and width.
+        network: the trained network; its definition is recorded when it was built by
+            :func:`custom.networks.build_network`.
+        nvum: the method's settings (train.json's ``nvum`` group).
+        recipe: other settings worth recording (learning rate, batch size, epochs, seed, ...).
     """
 
-    def __init__(self, classes, num_training: int, datalist=None):
-        self.classes, self.num_training, self.datalist = list(classes), int(num_training), str(datalist)
+    def __init__(self, classes, num_training: int, datalist=None, image_size: int | None = None, network=None,
+                 nvum: dict | None = None, recipe: dict | None = None):
+        self.classes, self.num_training = [str(c) for c in classes], int(num_training)
+        self.datalist = str(getattr(datalist, "path", datalist)) if datalist is not None else None
+        dataset_dir = getattr(datalist, "dataset_dir", None)
+        self.dataset_dir = str(dataset_dir) if dataset_dir is not None else None
+        self.image_size = int(image_size) if image_size is not None else None
+        architecture = getattr(network, "architecture", None)
+        self.network = dict(architecture) if isinstance(architecture, dict) else None
+        self.nvum = _plain(dict(nvum or {}))
+        self.recipe = _plain(dict(recipe or {}))
 
     def state_dict(self) -> dict:
-        return {"classes": self.classes, "num_training": self.num_training, "datalist": self.datalist}
+        return {
+            "classes": self.classes, "num_training": self.num_training, "datalist": self.datalist,
+            "dataset_dir": self.dataset_dir, "image_size": self.image_size, "network": self.network,
+            "nvum": self.nvum, "recipe": self.recipe,
+        }
+
+    def params(self) -> dict:
+        """The MLflow parameters of the run: the method's settings, the recipe, the data and the input size."""
+        out = {**self.nvum, **self.recipe, "datalist": self.datalist, "image_size": self.image_size}
+        if self.network:
+            out["network"] = self.network.get("name")
+        return out
+
+    def write(self, path) -> Path:
+        """Write the record as JSON (atomically: a temporary file renamed over ``path``)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.state_dict(), indent=1) + "\n")
+        tmp.replace(path)
+        return path
 
     def check(self, state: dict, path) -> None:
         """Raise :class:`~custom.data.DataListError` when ``state`` (from checkpoint ``path``) does not match."""
@@ -217,9 +255,40 @@ class RunInfo:
                 f"{state['datalist']}), but the data list {self.datalist} has {self.num_training}; the memory rows "
                 "would not match the images: resume with the data list it was trained on, or start a new run"
             )
+        seed, own = (state.get("recipe") or {}).get("seed"), self.recipe.get("seed")
+        if seed is not None and own is not None and seed != own:
+            logger.warning("resuming a run trained with seed %s under seed %s: the rest of the run will not match an "
+                           "uninterrupted run", seed, own)
 
     def load_state_dict(self, state: dict) -> None:
         self.check(state, "being loaded")
+
+
+def _plain(value):
+    """A config value as plain JSON types (tuples as lists; anything else as text)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def read_record(checkpoint) -> dict | None:
+    """The :class:`RunRecord` of a checkpoint: ``run_record`` inside a resume checkpoint, or the
+    ``<name>.json`` written beside a weights file such as ``model.pt``; ``None`` when there is none."""
+    path = Path(checkpoint)
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            return json.loads(sidecar.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"run record {sidecar} is not valid JSON: {e}") from None
+    from ..networks import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    return ckpt.get("run_record") if isinstance(ckpt, dict) else None
 
 
 def find_checkpoint(resume, ckpt_dir) -> Path | None:
@@ -246,8 +315,9 @@ class ResumeLoader:
 
     Attach it first in the trainer's handler list, so that every other handler starts from the
     restored state. ``load_dict`` is the same dict the :class:`TrainingCheckpointSaver` saves; the
-    trainer (and its AMP scaler) are added here. Checkpoints are read with ``weights_only=True``.
-    Before anything is loaded, the checkpoint's :class:`RunInfo` is compared with this run's, so a
+    trainer (and its AMP scaler) are added here. Checkpoints are read on the CPU with
+    ``weights_only=True`` (:func:`custom.networks.read_checkpoint`) and moved by ``load_state_dict``.
+    Before anything is loaded, the checkpoint's :class:`RunRecord` is compared with this run's, so a
     data list of another size or with other classes stops with a message naming both.
 
     Args:
@@ -255,13 +325,11 @@ class ResumeLoader:
             ``ckpt_dir``) or a checkpoint path.
         ckpt_dir: the run's checkpoint folder.
         load_dict: objects to restore, by checkpoint key.
-        map_location: where tensors are loaded (default: CPU, then moved by ``load_state_dict``).
     """
 
-    def __init__(self, resume=False, ckpt_dir="models", load_dict=None, map_location="cpu"):
+    def __init__(self, resume=False, ckpt_dir="models", load_dict=None):
         self.resume, self.ckpt_dir = resume, ckpt_dir
         self.load_dict = dict(load_dict or {})
-        self.map_location = map_location
         self.path: Path | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -274,18 +342,17 @@ class ResumeLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        try:
-            checkpoint = torch.load(self.path, map_location=self.map_location, weights_only=True)
-        except Exception as e:
-            raise RuntimeError(f"cannot read checkpoint {self.path}: {e}") from e
+        from ..networks import read_checkpoint
+
+        checkpoint = read_checkpoint(self.path)
         missing = [k for k in self.load_dict if k not in checkpoint]
         if missing:
             raise KeyError(f"checkpoint {self.path} has no {missing} (it holds {sorted(checkpoint)}); is it a training checkpoint of this bundle?")
-        info = self.load_dict.get("run_info")
-        if isinstance(info, RunInfo):
-            info.check(checkpoint["run_info"], self.path)
+        record = self.load_dict.get("run_record")
+        if isinstance(record, RunRecord):
+            record.check(checkpoint["run_record"], self.path)
         max_epochs = engine.state.max_epochs
-        to_load = {k: v for k, v in self.load_dict.items() if k != "run_info"}
+        to_load = {k: v for k, v in self.load_dict.items() if k != "run_record"}
         Checkpoint.load_objects(to_load=to_load, checkpoint={k: checkpoint[k] for k in to_load})
         if engine.state.epoch > max_epochs:
             raise ValueError(f"checkpoint {self.path} is at epoch {engine.state.epoch}, beyond max_epochs={max_epochs}")

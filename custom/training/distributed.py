@@ -13,7 +13,7 @@ on every rank.
 - :func:`train_sampler` / :func:`eval_sampler`: MONAI's ``DistributedSampler``; the training one
   shuffles with a new permutation every epoch (the trainer calls ``set_epoch``), the evaluation
   one shards without padding.
-- :class:`RowGatherer`: used by :class:`custom.handlers.MemoryUpdater` to collect the dataset
+- :class:`RowGatherer`: used by :class:`custom.nvum.MemoryUpdater` to collect the dataset
   indices and logits of every rank before each memory update.
 
 With a global batch ``B`` split into ``B / world_size`` per rank, the sampler's rank ``r`` takes

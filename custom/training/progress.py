@@ -11,12 +11,12 @@ LOSS_PARTS = ("loss", "bce", "reg")
 
 
 class HandlerGroup:
-    """Attaches several handlers, in order, as one list entry.
+    """Attaches handlers that are defined elsewhere in the config, in order, as one handler-list entry.
 
-    Handlers that other config objects reference (the EMA teacher, the memory updater, the
-    MLflow tracker) are defined once at the top level of the config; a handler list refers to
-    them through a group so that every entry of the list stays a ``_target_`` object, as MONAI's
-    bundle property checks expect.
+    MONAI's bundle property checks read every entry of ``train#handlers`` as a ``_target_`` object,
+    so a handler that other parts of the recipe also use (the EMA teacher and the memory updater,
+    which the checkpoint saves; the MLflow tracker, which validation, the test report and the
+    registration log to) is defined once at the top level and attached through a group.
     """
 
     def __init__(self, handlers):

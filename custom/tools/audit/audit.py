@@ -28,7 +28,9 @@ def read_checkpoint(path) -> dict:
     Returns:
         dict with ``values`` ((N, C) float32 memory), ``log_prior`` ((C,) float32), ``epochs``
         (completed epochs = number of memory updates per row), ``network`` (the state dict of the
-        evaluated network: the EMA teacher when the checkpoint has one, else the network).
+        evaluated network: the EMA teacher when the checkpoint has one, else the network) and
+        ``record`` (the run's :class:`~custom.training.RunRecord`: data list, input size,
+        network definition, memory momentum, ``unbiased``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -43,10 +45,14 @@ def read_checkpoint(path) -> dict:
         )
     if not isinstance(ckpt.get("model"), dict):
         raise ValueError(f"checkpoint {path} holds no network weights (key 'model')")
+    record = ckpt.get("run_record")
+    if not isinstance(record, dict) or not record.get("nvum") or not record.get("image_size"):
+        raise ValueError(f"checkpoint {path} holds no run record (key 'run_record'): it was written by an older version "
+                         "of the bundle; retrain to audit it")
     memory = ckpt["memory"]
     values = memory["values"].float()
     if not bool(values.abs().sum() > 0):
-        raise ValueError(f"the NVUM memory in {path} is all zeros: it was never updated (a run with a loss that uses no memory, e.g. --loss_name bce)")
+        raise ValueError(f"the NVUM memory in {path} is all zeros: it was never updated (a run with a loss that uses no memory, e.g. --nvum#loss bce)")
     epochs = _completed_epochs(ckpt.get("trainer") or {})
     if epochs < 1:
         raise ValueError(f"checkpoint {path} records no completed training epoch (key 'trainer'); the memory's scale is unknown")
@@ -56,6 +62,7 @@ def read_checkpoint(path) -> dict:
         "log_prior": memory["log_prior"].float(),
         "epochs": epochs,
         "network": teacher if teacher else ckpt["model"],
+        "record": record,
     }
 
 
@@ -68,45 +75,34 @@ def _completed_epochs(trainer: dict) -> int:
     return 0
 
 
-def default_datalist() -> DataList:
-    """The data list of the bundle's default training run (the ``datalist`` of train.json)."""
-    return train_parser().get_parsed_content("datalist")
+def _network(state: dict, record: dict, num_classes: int):
+    """The trained network: the recorded definition (else the bundle's network), with the checkpoint's weights."""
+    from ...networks import network_from_record
+    from ..training import bundle_network
 
-
-def _network(state: dict, num_classes: int):
-    from monai.networks.nets import DenseNet121
-
-    net = DenseNet121(spatial_dims=2, in_channels=3, out_channels=num_classes)
+    net = network_from_record(record["network"], num_classes) if record.get("network") else bundle_network(num_classes)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"the checkpoint's network is not the bundle's DenseNet121 with {num_classes} outputs: {e}") from None
+        raise ValueError(f"the checkpoint's network does not match its recorded definition {record.get('network')}: {e}") from None
     return net
 
 
-def _transform(image_size: int):
-    from monai.transforms import Compose, LoadImaged
-
-    from ...data import ChestXrayToTensord
-
-    return Compose([
-        LoadImaged(keys="image", reader="PILReader", reverse_indexing=False, image_only=True, ensure_channel_first=True, dtype=None),
-        ChestXrayToTensord(keys="image", size=image_size),
-    ])
-
-
-def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_dir=None, image_size: int = 32, memory_momentum: float = 0.9, unbiased_memory: bool = True, model_weight: float = 0.0, batch_size: int = 256, device: str = "cpu", ks: Sequence[int] = (100, 1000), quiet: bool = False) -> pd.DataFrame:
+def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_dir=None, model_weight: float = 0.0,
+          batch_size: int = 256, device: str = "cpu", ks: Sequence[int] = (100, 1000), quiet: bool = False) -> pd.DataFrame:
     """Rank the training labels of ``datalist`` by how likely they are wrong (module docstring).
+
+    What the run trained (data list, input size, network, memory momentum, ``unbiased``) is read
+    from the checkpoint's run record.
 
     Args:
         checkpoint: resume checkpoint of a training run (``bundle/models/checkpoint_epoch=K.pt``).
-        datalist: data list file, or a :class:`~custom.data.DataList`; default: the data of the
-            bundle's train.json (the synthetic set). Its training split must be the one trained on.
+        datalist: data list file, or a :class:`~custom.data.DataList`; default: the one the run
+            trained on (its record). Its training split must be the one trained on.
         output: ranked CSV, one row per (image, class), most suspicious first.
         summary: per-class CSV; default ``<output stem>_by_class.csv`` next to ``output``.
-        dataset_dir: folder the data list's image paths are relative to (default: its folder).
-        image_size, memory_momentum, unbiased_memory: the training run's ``image_size``,
-            ``memory_momentum`` and ``unbiased_memory`` (train.json defaults).
+        dataset_dir: folder the data list's image paths are relative to (default: the run's
+            ``dataset_dir`` when ``datalist`` is not given, else the data list's folder).
         model_weight: weight ``w`` of the final network's logits in the belief the score is
             computed from, ``(1 - w) * m + w * z`` (module docstring); 0 = memory only.
         batch_size, device: the prediction pass.
@@ -126,8 +122,11 @@ def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_d
     if not 0.0 <= model_weight <= 1.0:
         raise ValueError(f"model_weight must be in [0, 1], got {model_weight}")
     ckpt = read_checkpoint(checkpoint)
+    record = ckpt["record"]
     if datalist is None:
-        dl = default_datalist()
+        if not record.get("datalist"):
+            raise ValueError(f"checkpoint {checkpoint} does not record its data list: pass --datalist")
+        dl = DataList(record["datalist"], dataset_dir or record.get("dataset_dir"), required_splits=("training",))
     elif isinstance(datalist, DataList):
         dl = datalist
     else:
@@ -142,9 +141,12 @@ def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_d
     labels = dl.labels("training")
     classes = dl.classes
 
-    m = memory_logits(ckpt["values"], ckpt["log_prior"], ckpt["epochs"], float(memory_momentum), as_bool(unbiased_memory, "unbiased_memory"))
-    net = _network(ckpt["network"], c).to(device)
-    logits = predict(net, items, _transform(int(image_size)), device, batch_size, desc="audit: predicting training images").astype(np.float64)
+    nvum = record["nvum"]
+    m = memory_logits(ckpt["values"], ckpt["log_prior"], ckpt["epochs"], float(nvum["memory_momentum"]),
+                      as_bool(nvum["unbiased_memory"], "unbiased_memory"))
+    net = _network(ckpt["network"], record, c).to(device)
+    transform = train_parser({"image_size": int(record["image_size"])}).get_parsed_content("preprocessing")
+    logits = predict(net, items, transform, device, batch_size, desc="audit: predicting training images").astype(np.float64)
     probs = _sigmoid(logits)
     belief = calibrate_logits((1.0 - model_weight) * m + model_weight * logits, labels)
     cl = confident_learning(probs, labels)

@@ -141,10 +141,7 @@ def audit_benchmark(noise="symmetric:0.2,symmetric:0.4,report", output_dir="resu
             print(f"\n=== reusing the training run in {root} (noise {spec}) ===", flush=True)
             datalist = train_parser({"datalist#noise": spec, **overrides}).get_parsed_content("datalist")
         checkpoint = find_checkpoint(True, root / "models")
-        table = audit(checkpoint, datalist, output=root / "audit.csv",
-                      image_size=int(overrides.get("image_size", 32)),
-                      memory_momentum=float(overrides.get("memory_momentum", 0.9)),
-                      unbiased_memory=overrides.get("unbiased_memory", True), model_weight=model_weight, ks=ks)
+        table = audit(checkpoint, datalist, output=root / "audit.csv", model_weight=model_weight, ks=ks)
         tables[spec] = table
         rows += [{"noise": spec, **r} for r in benchmark_metrics(table, ks)]
     result = pd.DataFrame(rows)

@@ -69,11 +69,12 @@ def random_batches(steps: int, batch_size: int, image_size: int, num_classes: in
 
 
 def _network(num_classes: int, seed: int, settings: Settings | None = None):
-    from monai.networks.nets import DenseNet121
+    """The network of ``train.json`` (DenseNet121 by default), seeded."""
+    from ..training import bundle_network
 
     settings = settings or Settings("cpu", False, False)
     torch.manual_seed(seed)
-    return DenseNet121(spatial_dims=2, in_channels=3, out_channels=num_classes).to(settings.device, memory_format=settings.memory_format)
+    return bundle_network(num_classes).to(settings.device, memory_format=settings.memory_format)
 
 
 class _TinyNetwork(torch.nn.Module):

@@ -25,14 +25,15 @@ def _run_bundle_loop(batches, epochs: int, num_samples: int, num_classes: int, s
 
     from ...training import NVUMTrainer
     from ...nvum import EMATeacher, MemoryUpdater
-    from ...training import EpochSummary, HandlerGroup, LossAverages, ProgressBar
+    from ...training import EpochSummary, LossAverages, ProgressBar
     from ...training import PrepareImageBatch
 
     net, memory, loss, optimizer, scheduler = _nvum_parts(num_samples, num_classes, seed, settings, tiny)
     teacher = EMATeacher(net, enabled=False)
     handlers = [
         LrScheduleHandler(scheduler, print_lr=False),
-        HandlerGroup([teacher, MemoryUpdater(memory, "epoch", teacher)]),
+        teacher,
+        MemoryUpdater(memory, "epoch", teacher),
         LossAverages(),
         ProgressBar(),
         EpochSummary(max_epochs=epochs),

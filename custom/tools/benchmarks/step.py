@@ -15,7 +15,6 @@ STEP_METHODS = ("bce", "nvum_epoch", "nvum_iteration")
 def _step_trainer(method: str, batches, num_samples: int, num_classes: int, seed: int, settings: Settings, tiny: bool = False):
     from ...training import NVUMTrainer
     from ...nvum import EMATeacher, MemoryUpdater
-    from ...training import HandlerGroup
     from ...nvum import build_loss
     from ...training import PrepareImageBatch
 
@@ -33,7 +32,7 @@ def _step_trainer(method: str, batches, num_samples: int, num_classes: int, seed
         decollate=False,
         amp=settings.amp,
         prepare_batch=PrepareImageBatch(settings.channels_last),
-        train_handlers=[HandlerGroup([teacher, updater])],
+        train_handlers=[teacher, updater],
     )
 
 

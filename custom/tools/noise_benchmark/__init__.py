@@ -1,7 +1,7 @@
 """Synthetic noisy-label benchmark (``python -m custom.cli noise_benchmark``): NVUM against its baselines, trained through the bundle.
 
 ``python -m custom.cli noise_benchmark`` trains every method of a run matrix on the synthetic
-chest X-ray set (:mod:`custom.synthetic`) and records, after every epoch, the mean AUC over the
+chest X-ray set (:mod:`custom.tools.synthetic`) and records, after every epoch, the mean AUC over the
 13 diseases on the *noisy* validation split (model selection) and on the two *clean* test
 splits (``test``: in-distribution, ``test_shifted``: PadChest-like prevalence and image style).
 

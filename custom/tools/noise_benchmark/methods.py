@@ -14,20 +14,20 @@ from ..synthetic import noise_slug
 #: Methods: overrides of train.json ids (every other id keeps its train.json value).
 METHODS: dict[str, dict] = {
     # plain BCE (CheXNet-style), BCE summed over classes
-    "bce": {"loss_name": "bce"},
+    "bce": {"nvum#loss": "bce"},
     # BCE on z + log(pi) at train time (= the paper's "prior on BCE" ablation row)
-    "logit_adjusted_bce": {"loss_name": "logit_adjusted_bce"},
+    "logit_adjusted_bce": {"nvum#loss": "logit_adjusted_bce"},
     # plain BCE, validated and tested through an EMA teacher (decay 0.99)
-    "bce_ema": {"loss_name": "bce", "use_teacher": True},
+    "bce_ema": {"nvum#loss": "bce", "nvum#use_teacher": True},
     # NVUM as in the paper: dot REG, memory updated once per epoch
-    "nvum_epoch": {"loss_name": "nvum", "memory_schedule": "epoch"},
+    "nvum_epoch": {"nvum#loss": "nvum", "nvum#memory_schedule": "epoch"},
     # NVUM as in the authors' code: per-iteration update from an EMA teacher, elementwise REG,
     # memory mixing, clamping of p
-    "nvum_iteration": {"loss_name": "nvum", "memory_schedule": "iteration", "use_teacher": True, "reg": "elementwise", "mix_memory": True, "reg_clamp": 1e-4},
+    "nvum_iteration": {"nvum#loss": "nvum", "nvum#memory_schedule": "iteration", "nvum#use_teacher": True, "nvum#reg": "elementwise", "nvum#mix_memory": True, "nvum#reg_clamp": 1e-4},
     # ablation: memory without the prior, prior added to the logits inside REG
-    "prior_on_reg": {"loss_name": "nvum", "unbiased_memory": False, "prior_in_reg": True},
+    "prior_on_reg": {"nvum#loss": "nvum", "nvum#unbiased_memory": False, "nvum#prior_in_reg": True},
     # ablation: memory without the prior, prior inside both BCE and REG
-    "prior_on_bce_and_reg": {"loss_name": "nvum", "unbiased_memory": False, "prior_in_bce": True, "prior_in_reg": True},
+    "prior_on_bce_and_reg": {"nvum#loss": "nvum", "nvum#unbiased_memory": False, "nvum#prior_in_bce": True, "nvum#prior_in_reg": True},
 }
 
 #: The paper's ablation rows (Fig. 2, left): label -> method. The paper's fifth row, the prior in
@@ -91,7 +91,7 @@ class Run:
             raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(METHODS)}")
         out = dict(METHODS[self.method])
         if self.beta is not None:
-            out["memory_momentum"] = float(self.beta)
+            out["nvum#memory_momentum"] = float(self.beta)
         out.update(dict(self.extra))
         return out
 
