@@ -172,3 +172,60 @@ def test_teacher_includes_batchnorm_buffers():
 def test_unknown_schedule_is_rejected():
     with pytest.raises(ValueError, match="schedule"):
         MemoryUpdater(NVUMMemory(1, [0.5]), "batch")
+
+
+def _first_epoch_with_spy(before_loss: bool, steps: int = 2, batch: int = 4, classes: int = 3):
+    """One epoch of the real trainer, recording at each step the logits the loss saw and the
+    gradient of the regulariser with respect to them."""
+    from custom.nvum.losses import NVUMLoss
+    from custom.training.engine import NVUMTrainer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, classes))
+    prior = torch.tensor([0.2, 0.3, 0.5])
+    memory = NVUMMemory(steps * batch, prior)
+    nvum = NVUMLoss(memory)
+    seen = []
+
+    def loss(logits, target, index):
+        probe = logits.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(nvum.per_image_reg(probe, index).mean(), probe)
+        seen.append((index.clone(), logits.detach().clone(), float(grad.abs().max())))
+        return nvum(logits, target, index)
+
+    g = torch.Generator().manual_seed(1)
+    batches = [{"image": torch.randn(batch, 3, 2, 2, generator=g), "label": (torch.rand(batch, classes, generator=g) < 0.4).float(),
+                INDEX_KEY: torch.arange(i * batch, (i + 1) * batch)} for i in range(steps)]
+    trainer = NVUMTrainer(device="cpu", max_epochs=1, train_data_loader=batches, network=net,
+                          optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=loss, decollate=False,
+                          train_handlers=[MemoryUpdater(memory, "epoch", before_loss=before_loss)])
+    trainer.run()
+    return memory, prior, seen
+
+
+def test_paper_order_updates_each_row_before_the_loss_so_reg_has_a_gradient_in_epoch_one():
+    memory, prior, seen = _first_epoch_with_spy(before_loss=True)
+    assert all(grad > 1e-6 for _, _, grad in seen)  # eq. 3 then minimise: the regulariser pulls from the first step
+    expected = torch.zeros_like(memory.values)
+    for index, logits, _ in seen:  # one update per image, with the logits of its visit (hand computation of eq. 3)
+        expected[index] = 0.1 * (logits - torch.log(prior))
+    assert torch.allclose(memory.values, expected, atol=1e-6)
+
+
+def test_epoch_end_order_leaves_reg_without_gradient_in_epoch_one():
+    memory, prior, seen = _first_epoch_with_spy(before_loss=False)
+    assert all(grad == 0 for _, _, grad in seen)  # the memory read in epoch 1 is all zeros: REG = -log 2, constant
+    assert (memory.values.abs().sum(dim=1) > 0).all()  # updated at the end of the epoch
+
+
+def test_teacher_halflife_sets_the_decay_from_the_epoch_length():
+    net = torch.nn.Linear(2, 1, bias=False)
+    teacher = EMATeacher(net, decay=0.99, halflife_epochs=1.0)
+    with torch.no_grad():
+        teacher.model.weight.fill_(1.0)
+        net.weight.fill_(0.0)  # the student stays at 0 (no optimiser step), the teacher starts at 1
+    engine = Engine(lambda e, b: None)
+    teacher.attach(engine)
+    engine.run(range(8), max_epochs=1)
+    assert math.isclose(teacher.decay, 0.5 ** (1 / 8))
+    assert torch.allclose(teacher.model.weight, torch.full((1, 2), 0.5))  # half of the start is left after one epoch

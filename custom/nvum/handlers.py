@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
+from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
 from ..flags import as_bool
@@ -23,17 +24,29 @@ class EMATeacher:
     ignite's :class:`~ignite.handlers.EMAHandler`. When ``enabled`` is false it does nothing and
     :attr:`eval_network` is the student itself, so configs can reference it unconditionally.
 
+    A decay per step means a different teacher for every epoch length: the authors' 0.99 averages
+    about the last 100 steps, a few percent of an NIH epoch (5,000 steps at batch 16) but 12
+    epochs of a 500-image run at batch 64, whose teacher then lags far behind the student.
+    ``halflife_epochs`` sets the decay from the epoch length instead: the teacher's weight on the
+    student of ``halflife_epochs`` epochs ago is one half, ``decay = 0.5 ** (1 / (halflife_epochs *
+    steps_per_epoch))``.
+
     Args:
         network: the student network.
-        decay: weight of the old teacher, 0.99 in the authors' code.
+        decay: weight of the old teacher per step, 0.99 in the authors' code.
         enabled: create and update the teacher.
         include_buffers: average the buffers (BN statistics) too; otherwise copy them.
+        halflife_epochs: when set, replaces ``decay`` as above (with the trainer's epoch length).
     """
 
-    def __init__(self, network: torch.nn.Module, decay: float = 0.99, enabled: bool = True, include_buffers: bool = True):
+    def __init__(self, network: torch.nn.Module, decay: float = 0.99, enabled: bool = True, include_buffers: bool = True,
+                 halflife_epochs: float | None = None):
         self.student = network
         self.enabled = as_bool(enabled, "use_teacher")
         self.decay = float(decay)
+        self.halflife_epochs = float(halflife_epochs) if halflife_epochs not in (None, "", "null") else None
+        if self.halflife_epochs is not None and not self.halflife_epochs > 0:
+            raise ValueError(f"teacher_halflife_epochs must be positive, got {halflife_epochs}")
         self._ema = EMAHandler(network, momentum=1.0 - self.decay, handle_buffers="update" if include_buffers else "copy") if self.enabled else None
 
     @property
@@ -47,8 +60,15 @@ class EMATeacher:
         return self.model if self.model is not None else self.student
 
     def attach(self, engine: Engine) -> None:
-        if self._ema is not None:
-            self._ema.attach(engine, name="ema_momentum", event=Events.ITERATION_COMPLETED)
+        if self._ema is None:
+            return
+        if self.halflife_epochs is not None:
+            engine.add_event_handler(Events.STARTED, self._decay_from_epoch_length)
+        self._ema.attach(engine, name="ema_momentum", event=Events.ITERATION_COMPLETED)
+
+    def _decay_from_epoch_length(self, engine: Engine) -> None:
+        self.decay = 0.5 ** (1.0 / (self.halflife_epochs * engine.state.epoch_length))
+        self._ema.momentum = engine.state.ema_momentum = 1.0 - self.decay
 
     def state_dict(self) -> dict:
         return self.model.state_dict() if self.model is not None else {}
@@ -61,14 +81,19 @@ class EMATeacher:
 class MemoryUpdater:
     """Updates the NVUM memory from the training engine (eq. 3); the loss only reads it.
 
-    Schedules:
+    Every training image's row is updated once per epoch. When, and from which logits:
 
-    - ``epoch`` (paper): the logits of every training image are collected during the epoch (the
-      student's forward pass of the training step) and the memory is updated once, at the end of
-      the epoch, for every image seen in it.
-    - ``iteration`` (authors' code): after every optimiser step, the rows of the batch are
-      updated from the logits of the EMA ``teacher`` on the batch (from the student's logits of
-      the step when there is no teacher).
+    - ``before_loss`` (the paper's order, eq. 3 and Fig. 1: update, then minimise): when an
+      image's batch is visited, after the forward pass and before the loss, from the step's
+      logits (``epoch`` schedule) or from the EMA ``teacher``'s logits on the batch
+      (``iteration`` schedule with a teacher, as the authors' code does). The memory that epoch
+      ``k``'s loss reads already holds epoch ``k``'s prediction of the image, so the regulariser
+      has a gradient from the first step on.
+    - otherwise, ``epoch`` schedule: the step's logits are collected during the epoch and every
+      row is updated at the end of the epoch, so epoch ``k`` reads the memory of epoch ``k - 1``
+      (all zeros in the first epoch, where the regulariser is the constant ``-log 2``).
+    - otherwise, ``iteration`` schedule: after every optimiser step, from the teacher's logits
+      on the batch (the step's logits when there is no teacher).
 
     In data-parallel training every rank gathers the indices and logits of all ranks before
     writing (:meth:`_gather`), so the memory stays identical on every rank.
@@ -79,12 +104,15 @@ class MemoryUpdater:
         teacher: optional :class:`EMATeacher`; used by the ``iteration`` schedule. Attach the
             teacher before this handler so that it is updated first.
         enabled: false to leave the memory untouched (losses without a memory).
+        before_loss: update each row when its batch is visited, before the loss (see above).
     """
 
-    def __init__(self, memory: NVUMMemory, schedule: str = "epoch", teacher: EMATeacher | None = None, enabled: bool = True):
+    def __init__(self, memory: NVUMMemory, schedule: str = "epoch", teacher: EMATeacher | None = None, enabled: bool = True,
+                 before_loss: bool = False):
         if schedule not in SCHEDULES:
             raise ValueError(f"memory schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.memory, self.schedule, self.teacher, self.enabled = memory, schedule, teacher, as_bool(enabled)
+        self.before_loss = as_bool(before_loss, "update_before_loss")
         self._pending = None  # (N, C) logits collected in the current epoch
         self._seen = None  # (N,) bool
         self._gatherer = RowGatherer(memory.num_samples)
@@ -92,12 +120,14 @@ class MemoryUpdater:
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
             return
-        if self.schedule == "epoch":
+        if self.before_loss:
+            engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._update_step)
+        elif self.schedule == "epoch":
             engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._update_epoch)
         else:
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self._update_iteration)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._update_step)
 
     def _reset(self, engine: Engine | None = None) -> None:
         values = self.memory.values
@@ -120,9 +150,10 @@ class MemoryUpdater:
         self._pending, self._seen = None, None
 
     @torch.no_grad()
-    def _update_iteration(self, engine: Engine) -> None:
+    def _update_step(self, engine: Engine) -> None:
+        """Eq. 3 for the rows of the step's batch (``before_loss`` or the ``iteration`` schedule)."""
         out = engine.state.output
-        teacher = self.teacher.model if self.teacher is not None else None
+        teacher = self.teacher.model if self.teacher is not None and self.schedule == "iteration" else None
         if teacher is not None:
             with torch.autocast(out[Keys.IMAGE].device.type, enabled=bool(getattr(engine, "amp", False))):
                 logits = teacher(out[Keys.IMAGE])
