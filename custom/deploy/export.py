@@ -241,7 +241,8 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
     readme = source / "docs" / "README.md"
     if not readme.is_file():
         raise FileNotFoundError(f"bundle file not found: {readme}")
-    shutil.copy2(readme, folder / "docs" / "README.md")
+    for page in sorted((source / "docs").glob("*.md")):  # the bundle card and the pages it links
+        shutil.copy2(page, folder / "docs" / page.name)
     schema = schema_file(source / "configs")
     shutil.copy2(schema, folder / "docs" / schema.name)
     if (source / "scripts").is_dir():

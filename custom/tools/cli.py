@@ -12,7 +12,7 @@ Commands:
     check            pre-flight check of a training config, its data list and files before training.
     export           TorchScript model.ts and the deployable bundle zip from a checkpoint, checked offline.
     register         export, then log the bundle and the pyfunc model to MLflow and register it.
-    noise_benchmark  NVUM against its baselines on synthetic noisy labels: tables and figures (README "Results").
+    noise_benchmark  NVUM against its baselines on synthetic noisy labels: tables and figures (bundle/docs/results.md).
     noise_benchmark_compare  check that a rerun of the noise benchmark reproduces its numbers.
 """
 
@@ -36,7 +36,7 @@ def check(config_file: str = "bundle/configs/train.json", **overrides) -> None:
 
 
 def build_datalist(dataset: str, scheme: str, metadata: str, output: str, **options):
-    """Build a data list of a real dataset from its metadata; prints and saves a summary (README, "Real datasets").
+    """Build a data list of a real dataset from its metadata; prints and saves a summary (bundle/docs/real_datasets.md).
 
     Options: --split_dir, --seed, --val_fraction, --holdout, --match paper|exact, --strict, --uncertain zeros|ones,
     --views, --tsne_views, --dicom_views, --image_dirs, --image_prefix, --set_id (see custom.tools.datalists.build_datalist).

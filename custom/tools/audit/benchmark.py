@@ -120,7 +120,9 @@ def audit_benchmark(noise="symmetric:0.2,symmetric:0.4,report", output_dir="resu
     setting) and ``output_dir/audit_scores.png`` (score histograms of right and flipped labels),
     copied to ``figure`` when that is set.
     """
-    output_dir = Path(output_dir)
+    from ...flags import as_bool
+
+    output_dir, retrain = Path(output_dir), as_bool(retrain, "retrain")
     rows, tables = [], {}
     for spec in split_noise_specs(noise):
         root = output_dir / noise_slug(spec)

@@ -3,7 +3,7 @@
 Each ``build_<dataset>`` reads the dataset's own metadata, applies the dataset's selection rules
 (counted by reason), maps its terms through the shared table (:mod:`.harmonise`), applies the
 scheme, splits by patient and returns ``(datalist, summary)``. :func:`build_datalist` writes both
-and prints the summary. The rules are those of the paper (README, "Real datasets").
+and prints the summary. The rules are those of the paper (bundle/docs/real_datasets.md).
 """
 
 from __future__ import annotations

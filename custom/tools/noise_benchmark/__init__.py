@@ -60,7 +60,7 @@ def noise_benchmark(
 ) -> Path:
     """Train and test every method on the synthetic set; write tables and figures to ``output``.
 
-    See the module docstring for what a run is and README "Results" for the default matrix.
+    See the module docstring for what a run is and bundle/docs/results.md for the default matrix.
     ``quick`` runs the same matrix on the tiny ``quick`` regime with one seed, the first noise
     model only, no short regime and two betas: a check of the whole pipeline in minutes.
     ``command_line`` is the command as typed, for ``results.md`` (default: rebuilt from the arguments).

@@ -58,7 +58,7 @@ class Regime:
 
 #: The regimes. ``memorisation``: few training images and many epochs, so that plain BCE goes on
 #: fitting the noisy training labels (its training BCE falls from 3.2 after 4 epochs to 1.1-1.2
-#: after 20; README "Results" says how far that gets); ``short``: four times the images, three
+#: after 20; bundle/docs/results.md says how far that gets); ``short``: four times the images, three
 #: epochs (under-fitted); ``quick``: a check of the whole pipeline. Sizes are set by the time
 #: budget of the full benchmark (40 min measured on two CPU cores; the budget is an hour).
 REGIMES: dict[str, Regime] = {
