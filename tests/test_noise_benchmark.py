@@ -10,25 +10,65 @@ from custom.tools import noise_benchmark as nb
 from custom.tools.synthetic import split_noise_specs
 from custom.tools.training import train_parser
 
-TINY = {"tiny": nb.Regime(num_training=64, num_validation=48, num_test=64, max_epochs=3)}
+TINY = {"tiny": nb.Regime(num_training=64, num_validation=48, num_test=64, num_test_shifted=64, max_epochs=3, batch_size=32,
+                           learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=2)}
 
 
 def test_plan_reuses_runs_between_parts_and_checks_methods():
-    plan = nb.build_plan(["report", "symmetric:0.2"], ["bce", "logit_adjusted_bce", "nvum_epoch"], seeds=2, ablation_seeds=1, betas=[0.1, 0.9])
-    assert len(plan["main"]) == 6 and len(plan["stress"]) == 3 and len(plan["short"]) == 3
-    assert {r.noise for r in plan["stress"]} == {"symmetric:0.2"} and {r.regime for r in plan["short"] + plan["stress"]} == {"short"}
-    assert {r.regime for r in plan["main"] + plan["ablation"] + plan["beta"]} == {"memorisation"}
+    plan = nb.build_plan("report", ["bce", "logit_adjusted_bce", "nvum"], seeds=2, clean_seeds=2, stress_noise=["symmetric:0.2"],
+                         stress_methods=["bce", "nvum_no_prior"], ablation_seeds=1, order_seeds=2, betas=[0.5, 0.9])
+    assert len(plan["main"]) == 6 and {r.regime for runs in plan.values() for r in runs} == {"cpu"}
+    assert [(r.noise, r.method) for r in plan["clean"]] == [("none", "bce")] * 2 + [("none", "nvum")] * 2
+    assert {r.noise for r in plan["stress"]} == {"symmetric:0.2"} and not any(r.curve for r in plan["stress"])
     main = {r.name for r in plan["main"]}
-    # ablation rows that are main runs are reused; the two new ones are evaluated at best/last only
-    new = [r for r in plan["ablation"] if r.name not in main]
-    assert [r.method for r in new] == ["prior_on_reg"] and not any(r.curve for r in new)
-    # beta 0.9 is the default momentum: the main nvum_epoch run of seed 0
-    assert [r.beta for r in plan["beta"]] == [0.1, None] and plan["beta"][1].name in main
+    # rows that are main runs are reused; the others are evaluated at best/last only
+    assert [r.method for r in plan["ablation"] if r.name not in main] == ["prior_on_reg", "prior_on_bce_and_reg"]
+    assert [r.method for r in plan["order"] if r.name not in main] == ["nvum_epoch_end"] * 2
+    # beta 0.9 is the default momentum: the main nvum run of seed 0
+    assert [r.beta for r in plan["beta"]] == [0.5, None] and plan["beta"][1].name in main
     runs = nb.unique_runs(plan)
-    assert len(runs) == len({r.name for r in runs}) == 6 + 3 + 3 + 1 + 1
+    assert len(runs) == len({r.name for r in runs}) == 6 + 4 + 2 + 2 + 2 + 1
     assert [r.curve for r in runs] == sorted((r.curve for r in runs), reverse=True)
     with pytest.raises(ValueError, match="unknown method"):
-        nb.build_plan(["report"], ["bce", "mixup"])
+        nb.build_plan("report", ["bce", "mixup"])
+
+
+def test_the_benchmark_network_is_a_network_def_override_that_trains():
+    """The CIFAR-style ResNet of the benchmark is MONAI's, selected by overriding network_def of train.json."""
+    import torch
+    from monai.networks.nets import ResNet
+
+    overrides = nb.REGIMES["cpu"].overrides()
+    assert overrides["network_def"]["name"] == "ResNet"
+    net = train_parser({**overrides, "num_classes": 14}).get_parsed_content("network_def")
+    assert isinstance(net, ResNet) and net.architecture["conv1_t_stride"] == 1 and net.architecture["no_max_pool"]
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), torch.zeros(4, 14))
+    loss.backward()
+    optimizer.step()
+    assert net(x).shape == (4, 14)
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # one step moved every weight
+
+
+def test_wrong_labels_fitted_on_a_hand_made_example():
+    from custom.tools.noise_benchmark.fitting import predicted_positive, wrong_labels_fitted
+
+    # one class, 6 images; noisy labels: images 0, 1 positive (prevalence 2/6: the top-2 scores are called positive)
+    noisy = np.array([[1], [1], [0], [0], [0], [0]])
+    clean = np.array([[1], [0], [1], [0], [0], [0]])  # image 1: false positive; image 2: missed positive
+    scores = np.array([[5.0], [4.0], [-1.0], [0.0], [-2.0], [-3.0]])  # ranks images 0 and 1 on top: sides with both wrong labels
+    assert predicted_positive(scores, noisy)[:, 0].tolist() == [True, True, False, False, False, False]
+    fit = wrong_labels_fitted(scores, noisy, clean)
+    assert (fit["all"], fit["false_positive"], fit["missed"]) == (1.0, 1.0, 1.0) and fit["n_wrong"] == 2
+    clean_ranking = np.array([[5.0], [-4.0], [3.0], [0.0], [-2.0], [-3.0]])  # the truth's ranking: image 2 up, image 1 down
+    fit = wrong_labels_fitted(clean_ranking, noisy, clean)
+    assert (fit["all"], fit["false_positive"], fit["missed"]) == (0.0, 0.0, 0.0)
+    half = np.array([[3.0], [5.0], [4.0], [0.0], [-2.0], [-3.0]])  # top 2: the false positive (fitted) and the missed one (not)
+    fit = wrong_labels_fitted(half, noisy, clean)
+    assert (fit["all"], fit["false_positive"], fit["missed"]) == (0.5, 1.0, 0.0)
+    assert np.isnan(wrong_labels_fitted(scores, noisy, noisy)["all"])  # no wrong label: nothing to fit
 
 
 def test_command_line_lists_keep_bomd_parameters_together():
@@ -41,13 +81,13 @@ def test_command_line_lists_keep_bomd_parameters_together():
 def test_methods_are_overrides_of_existing_train_config_ids():
     config = train_parser()
     for method in nb.METHODS:
-        for key in nb.Run("report", "short", method, 0, beta=0.5).overrides():
+        for key in nb.Run("report", "cpu", method, 0, beta=0.5).overrides():
             assert key in config, (method, key)
 
 
 @pytest.fixture(scope="module")
 def tiny_runs():
-    run = nb.Run("report", "tiny", "nvum_epoch", seed=1)
+    run = nb.Run("report", "tiny", "nvum", seed=1)
     curve = nb.train_run(run, TINY)
     again = nb.train_run(run, TINY)
     cheap = nb.train_run(dataclasses.replace(run, curve=False), TINY)
@@ -62,10 +102,15 @@ def test_a_run_records_every_epoch_and_selects_on_noisy_validation(tiny_runs):
     assert curve["best"]["epoch"] == 1 + int(np.argmax(vals))  # first epoch of the best noisy-validation AUC
     assert curve["best"]["test"] == history[curve["best"]["epoch"] - 1]["test"]
     assert curve["last"]["test"] == history[-1]["test"]
-    for row in history:
-        assert set(row["test"]) == {"test", "test_shifted"} and all(0.0 <= v <= 1.0 for v in row["test"].values())
-        assert row["train_reg"] < 0  # the NVUM loss ran (REG is <= 0 and the memory is non-zero after epoch 1)
+    for row in history:  # measured every 2 epochs, at every new best noisy-validation epoch and at the last one
+        assert ("test" in row) == (row["epoch"] % 2 == 0 or row["epoch"] == 3 or row["val"] > max(vals[: row["epoch"] - 1], default=-1))
+        if "test" in row:
+            assert set(row["test"]) == {"test", "test_shifted"} and all(0.0 <= v <= 1.0 for v in row["test"].values())
+            assert 0.0 <= row["fitted"]["all"] <= 1.0 and row["fitted"]["n_wrong"] > 0
+        assert row["train_reg"] < 0
+    assert curve["last"]["fitted"] == history[-1]["fitted"]
     assert curve["overrides"]["nvum#loss"] == "nvum" and curve["overrides"]["datalist#num_training"] == 64
+    assert curve["overrides"]["network_def"]["name"] == "ResNet" and curve["overrides"]["nvum#update_before_loss"] is True
 
 
 def test_runs_are_deterministic_and_best_last_evaluation_matches_the_curve(tiny_runs):
@@ -80,19 +125,22 @@ def test_runs_are_deterministic_and_best_last_evaluation_matches_the_curve(tiny_
     assert all("test" not in row for row in cheap["history"])
 
 
-def _record(run, val, test, shifted):
-    history = [{"epoch": i + 1, "val": v, "test": {"test": t, "test_shifted": s}} for i, (v, t, s) in enumerate(zip(val, test, shifted))]
+def _record(run, val, test, shifted, fitted=0.5):
+    history = [{"epoch": i + 1, "val": v, "test": {"test": t, "test_shifted": s},
+                "fitted": {"all": fitted, "false_positive": fitted, "missed": fitted, "n_wrong": 10}}
+               for i, (v, t, s) in enumerate(zip(val, test, shifted))]
     best = int(np.argmax(val))
-    return {"name": run.name, "history": history, "seconds": 1.0, "best": {"epoch": best + 1, "val": val[best], "test": history[best]["test"]}, "last": {"epoch": len(val), "val": val[-1], "test": history[-1]["test"]}}
+    return {"name": run.name, "curve": True, "history": history, "seconds": 1.0, "left_out": {"test": ["Hernia"], "test_shifted": []},
+            "best": history[best], "last": history[-1]}
 
 
 def test_tables_report_selected_last_and_drop_as_mean_and_std_over_seeds(tmp_path):
-    runs = [nb.Run("report", "memorisation", m, s) for m in ("bce", "nvum_epoch") for s in range(2)]
+    runs = [nb.Run("report", "cpu", m, s) for m in ("bce", "nvum") for s in range(2)]
     records = {
-        runs[0].name: _record(runs[0], [0.6, 0.7, 0.65], [0.70, 0.80, 0.74], [0.60, 0.70, 0.66]),
-        runs[1].name: _record(runs[1], [0.6, 0.72, 0.7], [0.72, 0.82, 0.76], [0.62, 0.72, 0.62]),
-        runs[2].name: _record(runs[2], [0.6, 0.7, 0.71], [0.70, 0.80, 0.81], [0.60, 0.70, 0.71]),
-        runs[3].name: _record(runs[3], [0.6, 0.7, 0.72], [0.72, 0.80, 0.79], [0.60, 0.70, 0.73]),
+        runs[0].name: _record(runs[0], [0.6, 0.7, 0.65], [0.70, 0.80, 0.74], [0.60, 0.70, 0.66], fitted=0.8),
+        runs[1].name: _record(runs[1], [0.6, 0.72, 0.7], [0.72, 0.82, 0.76], [0.62, 0.72, 0.62], fitted=0.9),
+        runs[2].name: _record(runs[2], [0.6, 0.7, 0.71], [0.70, 0.80, 0.81], [0.60, 0.70, 0.71], fitted=0.3),
+        runs[3].name: _record(runs[3], [0.6, 0.7, 0.72], [0.72, 0.80, 0.79], [0.60, 0.70, 0.73], fitted=0.4),
     }
     rows = nb.results_table(runs, records)
     bce, nvum = rows
@@ -102,13 +150,21 @@ def test_tables_report_selected_last_and_drop_as_mean_and_std_over_seeds(tmp_pat
     md = nb.main_markdown(rows)
     assert f"81.0 ± {math.sqrt(2):.1f}" in md  # bce selected: mean 81, sample std sqrt(2)
     assert "7.0 ± 4.2" in md  # bce shifted drop: 4 and 10
+    assert bce["fitted_last"] == pytest.approx([80.0, 90.0]) and nvum["fitted_last"] == pytest.approx([30.0, 40.0])
     gaps = nb.gaps_markdown(runs, records)
-    assert "| nvum_epoch | 2 | -1.0 ± 2.8 |" in gaps  # (81 - 80, 79 - 82)
-    plan = {"main": runs, "stress": [], "short": [], "ablation": [runs[0], runs[2]], "beta": [runs[2]]}
-    path = nb.write_outputs(plan, records, tmp_path, {"memorisation": nb.REGIMES["memorisation"]}, command="python -m custom.cli noise_benchmark --quick")
+    # paired differences (81 - 80, 79 - 82): mean -1, sample std 2*sqrt(2), t(0.975, 1 dof) = 12.706
+    half = 12.706 * 2 * math.sqrt(2) / math.sqrt(2)
+    assert f"| `nvum` | 2 | -1.0 [{-1 - half:+.1f}, {-1 + half:+.1f}] |" in gaps
+    targets = {t["target"]: t for t in nb.evaluate_targets({"main": runs}, records)}
+    fit = targets["at the last epoch NVUM has fitted at most half as many wrong training labels as BCE"]
+    assert fit["met"] and "NVUM 35% of the wrong labels, BCE 85%" in fit["measured"]
+    assert not targets["NVUM at least 2 points above BCE (selected, in-distribution), 95% interval above 0"]["met"]
+    plan = {"main": runs, "ablation": [runs[0], runs[2]], "beta": [runs[2]]}
+    path = nb.write_outputs(plan, records, tmp_path, {"cpu": nb.REGIMES["cpu"]}, command="python -m custom.cli noise_benchmark --quick")
     text = path.read_text()
-    assert "| BCE only | `bce` | 1 |" in text and "| 0.9 | 1 |" in text and "--quick" in text
-    assert (tmp_path / "curve_report_memorisation.png").stat().st_size > 1000
+    assert "| BCE only | `bce` | 1 |" in text and "| 0.9 | 1 |" in text and "--quick" in text and "## Targets" in text
+    assert "- `cpu`, `test`: Hernia" in text
+    assert (tmp_path / "curve_report_cpu.png").stat().st_size > 1000
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 1 + 4
 
 

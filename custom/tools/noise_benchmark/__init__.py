@@ -1,18 +1,20 @@
 """Synthetic noisy-label benchmark (``python -m custom.cli noise_benchmark``): NVUM against its baselines, trained through the bundle.
 
 ``python -m custom.cli noise_benchmark`` trains every method of a run matrix on the synthetic
-chest X-ray set (:mod:`custom.tools.synthetic`) and records, after every epoch, the mean AUC over the
-13 diseases on the *noisy* validation split (model selection) and on the two *clean* test
-splits (``test``: in-distribution, ``test_shifted``: PadChest-like prevalence and image style).
+chest X-ray set (:mod:`custom.tools.synthetic`) and records, epoch by epoch, the mean AUC over the
+diseases on the *noisy* validation split (model selection) and on the two *clean* test splits
+(``test``: in-distribution, ``test_shifted``: PadChest-like prevalence and image style), and the
+share of the wrong training labels the network has fitted (:mod:`.fitting`).
 
 Every run is the bundle's own training job: ``bundle/configs/train.json`` is read with MONAI's
 ``ConfigParser``, the method is a handful of overrides of its ids (:data:`METHODS`), and the
 trainer, evaluator, loss, memory, memory updater and EMA teacher are the ones the config builds.
-The benchmark only changes what is not part of the method: smaller data (the regime), MLflow
+The benchmark only changes what is not part of the method: the data and the recipe (the regime:
+sizes, epochs, learning-rate schedule, and a network that sees 32 px patterns), MLflow
 and the per-epoch resume checkpoint off, the per-iteration progress bar and per-epoch lines off
 (the best ``model.pt`` is still saved, in a temporary folder), and one
 handler added that evaluates the network the config validates (the EMA teacher where there is
-one) on the clean test splits (:class:`CleanTestAUC`).
+one) on the clean test splits and the training images (:class:`CleanTestAUC`).
 
 Model selection uses the noisy validation labels only: "best" is the epoch of the best noisy
 validation mean AUC (the checkpoint the bundle saves as ``model.pt``); "last" is the final epoch;
@@ -26,55 +28,60 @@ folder, and the tables and figures are built from those files.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 
+from ...flags import as_bool
 from ..synthetic import split_noise_specs
 from .clean_test import CleanTestAUC
 from .compare import COMPARED, compare_results
-from .methods import (ABLATION_ROWS, DEFAULT_BETA, DEFAULT_METHODS, METHODS, REGIMES, Regime, Run, build_plan,
-                      dataset_params, split_list, unique_runs)
+from .methods import (ABLATION_ROWS, DEFAULT_BETA, DEFAULT_METHODS, METHODS, NETWORKS, REGIMES, STRESS_NOISE, Regime, Run,
+                      build_plan, dataset_params, split_list, unique_runs)
 from .report import curve_figure, write_outputs
 from .runner import run_matrix, train_run
-from .tables import gaps_markdown, main_markdown, results_table, run_metrics
+from .tables import gaps_markdown, main_markdown, paired_gaps, results_table, run_metrics
+from .targets import evaluate_targets
 
 
-def noise_benchmark(
-    noise="report,symmetric:0.2,symmetric:0.4",
-    methods=DEFAULT_METHODS,
-    seeds: int = 3,
-    output: str = "results/noise_benchmark",
-    quick: bool = False,
-    stress_seeds: int = 1,
-    short_seeds: int = 1,
-    ablation_seeds: int = 1,
-    betas="0.1,0.5,0.9",
-    beta_seeds: int = 1,
-    short: bool = True,
-    workers: int = 2,
-    data_seed: int = 0,
-    resume: bool = False,
-    command_line: str | None = None,
-) -> Path:
+def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int = 5, output: str = "results/noise_benchmark",
+                    quick: bool = False, clean_seeds: int = 3, stress_noise=STRESS_NOISE, stress_seeds: int = 1,
+                    ablation_seeds: int = 1, order_seeds: int = 3, betas="0.5,0.9", beta_seeds: int = 1, gpu="auto",
+                    gpu_seeds: int = 3, workers: int = 2, data_seed: int = 0, resume: bool = False,
+                    command_line: str | None = None) -> Path:
     """Train and test every method on the synthetic set; write tables and figures to ``output``.
 
-    See the module docstring for what a run is and bundle/docs/results.md for the default matrix.
-    ``quick`` runs the same matrix on the tiny ``quick`` regime with one seed, the first noise
-    model only, no short regime and two betas: a check of the whole pipeline in minutes.
-    ``command_line`` is the command as typed, for ``results.md`` (default: rebuilt from the arguments).
-    """
-    from ...flags import as_bool
+    Args:
+        noise: the headline noise model (``report``: report-mining noise).
+        methods: the methods of the main table (see :data:`METHODS`).
+        seeds: seeds of every main-table method.
+        output: the output folder (``results.md``, ``results.csv``, ``runs/``, figures).
+        quick: the main table and the clean row on the tiny ``quick`` regime, one seed, nothing
+            else: a check of the whole pipeline in minutes.
+        clean_seeds: seeds of the clean-label rows (BCE and NVUM on ``noise none``).
+        stress_noise: the stress rows' noise models (BCE, NVUM, NVUM without the prior).
+        stress_seeds, ablation_seeds, order_seeds, beta_seeds: seeds of those parts (0 leaves a part out).
+        betas: memory momentum values of the beta sweep.
+        gpu: ``auto`` adds the DenseNet121 matrix (``gpu`` regime) when CUDA is available;
+            ``true`` requires it, ``false`` leaves it out.
+        gpu_seeds: seeds of the GPU matrix.
+        workers: processes, one thread each (one per CPU core).
+        data_seed: the synthetic set's seed.
+        resume: reuse finished runs of an interrupted command (same settings only).
+        command_line: the command as typed, for ``results.md`` (default: rebuilt from the arguments).
 
+    See the module docstring for what a run is and bundle/docs/results.md for the default matrix.
+    """
     start = time.perf_counter()
-    quick, short, resume = as_bool(quick, "quick"), as_bool(short, "short"), as_bool(resume, "resume")
-    noise_list, method_list = split_noise_specs(noise), split_list(methods)
-    beta_list = split_list(betas, float)
+    quick, resume = as_bool(quick, "quick"), as_bool(resume, "resume")
+    (head,), method_list = split_noise_specs(noise)[:1], split_list(methods)
     if quick:
-        plan = build_plan(noise_list[:1], method_list, seeds=1, regime="quick", short_regime=None, ablation_seeds=1, betas=[beta_list[0], DEFAULT_BETA] if beta_list else [], beta_seeds=1)
+        plan = build_plan(head, method_list, seeds=1, regime="quick", clean_seeds=1, stress_noise=(), ablation_seeds=0,
+                          order_seeds=0, betas=(), beta_seeds=0)
     else:
-        plan = build_plan(noise_list, method_list, int(seeds), "memorisation", "short" if short else None, int(stress_seeds), int(short_seeds), int(ablation_seeds), beta_list, int(beta_seeds))
+        plan = build_plan(head, method_list, int(seeds), "cpu", int(clean_seeds), split_noise_specs(stress_noise) if stress_noise else (),
+                          stress_seeds=int(stress_seeds), ablation_seeds=int(ablation_seeds), order_seeds=int(order_seeds),
+                          betas=split_list(betas, float), beta_seeds=int(beta_seeds))
+        plan["gpu"] = _gpu_part(head, method_list, gpu, int(gpu_seeds))
     runs = unique_runs(plan)
     counts = ", ".join(f"{part} {len(r)}" for part, r in plan.items() if r)
     print(f"noise benchmark: {len(runs)} runs ({counts}; shared runs counted once in the total), {workers} worker(s)", flush=True)
@@ -84,6 +91,21 @@ def noise_benchmark(
     print(path.read_text())
     print(f"written to {Path(output)} ({(time.perf_counter() - start) / 60:.1f} min)")
     return path
+
+
+def _gpu_part(noise: str, methods, gpu, seeds: int) -> list[Run]:
+    """The DenseNet121 runs of the ``gpu`` regime, when asked for and CUDA is available."""
+    import torch
+
+    wanted = str(gpu).strip().lower()
+    if wanted in ("false", "0", "no", "off") or seeds < 1:
+        return []
+    if not torch.cuda.is_available():
+        if wanted in ("true", "1", "yes", "on"):
+            raise RuntimeError("--gpu true: the GPU matrix (DenseNet121 at 64 px) needs CUDA, which is not available here")
+        print("no CUDA device: the GPU matrix (DenseNet121 at 64 px) is left out", flush=True)
+        return []
+    return [Run(noise, "gpu", m, s) for m in methods for s in range(seeds)]
 
 
 def _command_args(locals_: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""The noise benchmark's matrix: methods (overrides of train.json ids), regimes, runs, and the plan.
+"""The noise benchmark's matrix: methods and regimes (overrides of train.json ids), runs, and the plan.
 
 See :mod:`custom.tools.noise_benchmark` for what the benchmark does.
 """
@@ -11,60 +11,110 @@ from typing import Sequence
 
 from ..synthetic import noise_slug
 
-#: Methods: overrides of train.json ids (every other id keeps its train.json value).
+#: Methods: overrides of the ``nvum`` settings of train.json (every other id keeps its value).
+#: Each method spells out its memory update order and teacher, so a change of train.json's
+#: defaults does not change what a row of the benchmark measures.
 METHODS: dict[str, dict] = {
     # plain BCE (CheXNet-style), BCE summed over classes
     "bce": {"nvum#loss": "bce"},
     # BCE on z + log(pi) at train time (= the paper's "prior on BCE" ablation row)
     "logit_adjusted_bce": {"nvum#loss": "logit_adjusted_bce"},
-    # plain BCE, validated and tested through an EMA teacher (decay 0.99)
-    "bce_ema": {"nvum#loss": "bce", "nvum#use_teacher": True},
-    # NVUM as in the paper: dot REG, memory updated once per epoch
-    "nvum_epoch": {"nvum#loss": "nvum", "nvum#memory_schedule": "epoch"},
-    # NVUM as in the authors' code: per-iteration update from an EMA teacher, elementwise REG,
-    # memory mixing, clamping of p
-    "nvum_iteration": {"nvum#loss": "nvum", "nvum#memory_schedule": "iteration", "nvum#use_teacher": True, "nvum#reg": "elementwise", "nvum#mix_memory": True, "nvum#reg_clamp": 1e-4},
+    # plain BCE, validated and tested through an EMA teacher whose half-life is one epoch
+    "bce_ema": {"nvum#loss": "bce", "nvum#use_teacher": True, "nvum#teacher_halflife_epochs": 1.0},
+    # NVUM as in the paper: dot REG, each memory row updated when its batch is visited, before the loss (eq. 3)
+    "nvum": {"nvum#loss": "nvum", "nvum#memory_schedule": "epoch", "nvum#update_before_loss": True},
+    # the same with every row updated at the end of the epoch (epoch k reads the memory of epoch k - 1)
+    "nvum_epoch_end": {"nvum#loss": "nvum", "nvum#memory_schedule": "epoch", "nvum#update_before_loss": False},
+    # NVUM as in the authors' code: memory updated before the loss from an EMA teacher (half-life one
+    # epoch), elementwise REG, memory mixing, clamping of p
+    "nvum_iteration": {"nvum#loss": "nvum", "nvum#memory_schedule": "iteration", "nvum#update_before_loss": True,
+                       "nvum#use_teacher": True, "nvum#teacher_halflife_epochs": 1.0, "nvum#reg": "elementwise",
+                       "nvum#mix_memory": True, "nvum#reg_clamp": 1e-4},
+    # NVUM without the class prior (the memory stores plain logits; paper's appendix)
+    "nvum_no_prior": {"nvum#loss": "nvum", "nvum#update_before_loss": True, "nvum#unbiased_memory": False},
     # ablation: memory without the prior, prior added to the logits inside REG
-    "prior_on_reg": {"nvum#loss": "nvum", "nvum#unbiased_memory": False, "nvum#prior_in_reg": True},
+    "prior_on_reg": {"nvum#loss": "nvum", "nvum#update_before_loss": True, "nvum#unbiased_memory": False,
+                     "nvum#prior_in_reg": True},
     # ablation: memory without the prior, prior inside both BCE and REG
-    "prior_on_bce_and_reg": {"nvum#loss": "nvum", "nvum#unbiased_memory": False, "nvum#prior_in_bce": True, "nvum#prior_in_reg": True},
+    "prior_on_bce_and_reg": {"nvum#loss": "nvum", "nvum#update_before_loss": True, "nvum#unbiased_memory": False,
+                             "nvum#prior_in_bce": True, "nvum#prior_in_reg": True},
 }
 
-#: The paper's ablation rows (Fig. 2, left): label -> method. The paper's fifth row, the prior in
-#: both BCE and REG, is the method ``prior_on_bce_and_reg`` (left out of the default table for time).
+#: The paper's ablation rows (Fig. 2, left): label -> method.
 ABLATION_ROWS = {
     "BCE only": "bce",
     "prior on BCE only": "logit_adjusted_bce",
     "prior on REG only": "prior_on_reg",
-    "NVUM (prior in the memory)": "nvum_epoch",
+    "prior on BCE and REG": "prior_on_bce_and_reg",
+    "NVUM (prior in the memory)": "nvum",
+}
+
+#: Networks a regime trains (``network_def`` overrides); ``None`` keeps train.json's DenseNet121.
+NETWORKS: dict[str, dict | None] = {
+    # a CIFAR-style ResNet from MONAI (3x3 stride-1 stem, no max-pool, basic blocks), narrowed for the CPU:
+    # it keeps the 32 px resolution in its first stage, where the synthetic patterns are 1-4 px wide
+    "resnet_cifar": {"_target_": "custom.build_network", "name": "ResNet", "num_classes": "@num_classes",
+                     "block": "basic", "layers": [1, 1, 1, 1], "block_inplanes": [16, 32, 64, 128], "spatial_dims": 2,
+                     "n_input_channels": 3, "conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True},
+    "densenet121": None,
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Regime:
-    """Data size and length of a run.
+    """The data and the recipe of a run (everything but the method).
 
     Args:
         num_training, num_validation: sizes of the noisy splits.
-        num_test: size of each clean test split (in-distribution and shifted).
-        max_epochs: training epochs (learning rate x0.1 at 70% and 90% of them, as train.json).
+        num_test, num_test_shifted: sizes of the clean test splits (in-distribution, shifted).
+        max_epochs, batch_size, learning_rate: the recipe (Adam).
+        schedule: ``"cosine"`` (learning rate annealed to 0 over the epochs, per epoch) or
+            ``"step"`` (train.json's x0.1 at 70% and 90% of the epochs).
+        network: a key of :data:`NETWORKS`.
+        image_size: image height and width.
+        eval_every: evaluate the clean test splits and the fitted wrong labels every this many
+            epochs (and always at a new best noisy-validation epoch and at the last epoch).
+        device: ``"cpu"`` or ``"cuda"`` (a ``cuda`` regime runs only where CUDA is available).
     """
 
     num_training: int
     num_validation: int
     num_test: int
+    num_test_shifted: int
     max_epochs: int
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    schedule: str = "step"
+    network: str = "densenet121"
+    image_size: int = 32
+    eval_every: int = 1
+    device: str = "cpu"
+
+    def overrides(self) -> dict:
+        """The train.json overrides of the recipe."""
+        out = {"max_epochs": self.max_epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+               "image_size": self.image_size}
+        if NETWORKS[self.network] is not None:
+            out["network_def"] = NETWORKS[self.network]
+        if self.schedule == "cosine":
+            out["lr_scheduler"] = {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
+                                   "T_max": "@max_epochs"}
+        elif self.schedule != "step":
+            raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; expected 'cosine' or 'step'")
+        return out
 
 
-#: The regimes. ``memorisation``: few training images and many epochs, so that plain BCE goes on
-#: fitting the noisy training labels (its training BCE falls from 3.2 after 4 epochs to 1.1-1.2
-#: after 20; bundle/docs/results.md says how far that gets); ``short``: four times the images, three
-#: epochs (under-fitted); ``quick``: a check of the whole pipeline. Sizes are set by the time
-#: budget of the full benchmark (40 min measured on two CPU cores; the budget is an hour).
+#: The regimes. ``cpu``: the headline, chosen on training signals and noisy validation only (see
+#: bundle/docs/results.md); ``quick``: a check of the whole pipeline in minutes; ``gpu``: DenseNet121
+#: at 64 px, run only where CUDA is available.
 REGIMES: dict[str, Regime] = {
-    "memorisation": Regime(num_training=500, num_validation=300, num_test=500, max_epochs=20),
-    "short": Regime(num_training=2000, num_validation=300, num_test=500, max_epochs=3),
-    "quick": Regime(num_training=512, num_validation=256, num_test=256, max_epochs=3),
+    "cpu": Regime(num_training=2000, num_validation=1000, num_test=5000, num_test_shifted=5000, max_epochs=36,
+                  batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=2),
+    "quick": Regime(num_training=512, num_validation=256, num_test=512, num_test_shifted=512, max_epochs=4,
+                    batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=2),
+    "gpu": Regime(num_training=8000, num_validation=2000, num_test=5000, num_test_shifted=5000, max_epochs=30,
+                  batch_size=64, learning_rate=1e-3, schedule="cosine", network="densenet121", image_size=64,
+                  device="cuda"),
 }
 
 
@@ -77,7 +127,7 @@ class Run:
     method: str
     seed: int
     beta: float | None = None  # memory momentum override (beta sweep)
-    curve: bool = True  # evaluate the clean test splits after every epoch (else at best and last only)
+    curve: bool = True  # evaluate the clean test splits during training (else at best and last only)
     extra: tuple = ()  # further ((config id, value), ...) overrides, e.g. (("learning_rate", 3e-4),)
 
     @property
@@ -86,10 +136,12 @@ class Run:
         extra = "".join(f"_{k.replace('#', '-')}{v:g}" if isinstance(v, float) else f"_{k.replace('#', '-')}{v}" for k, v in self.extra)
         return f"{noise_slug(self.noise)}_{self.regime}_{self.method}{beta}{extra}_seed{self.seed}"
 
-    def overrides(self) -> dict:
+    def overrides(self, regimes: dict[str, Regime] | None = None) -> dict:
+        """The train.json overrides of the run: its regime's recipe, its method, beta and extras."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(METHODS)}")
-        out = dict(METHODS[self.method])
+        out = (regimes or REGIMES)[self.regime].overrides()
+        out.update(METHODS[self.method])
         if self.beta is not None:
             out["nvum#memory_momentum"] = float(self.beta)
         out.update(dict(self.extra))
@@ -97,22 +149,25 @@ class Run:
 
 
 def dataset_params(noise: str, regime: Regime, data_seed: int = 0) -> dict:
-    """Parameters of the synthetic set of a (noise, regime) pair (``custom.synthetic_datalist``)."""
+    """Parameters of the synthetic set of a (noise, regime) pair (``custom.tools.synthetic.synthetic_datalist``)."""
     return {
         "seed": data_seed,
         "num_training": regime.num_training,
         "num_validation": regime.num_validation,
         "num_test": regime.num_test,
-        "num_test_shifted": regime.num_test,
-        "image_size": 32,
+        "num_test_shifted": regime.num_test_shifted,
+        "image_size": regime.image_size,
         "noise": noise,
     }
 
 
 #: the methods of the main table, in order.
-DEFAULT_METHODS = "bce,logit_adjusted_bce,bce_ema,nvum_epoch,nvum_iteration"
-#: the memory momentum of train.json (runs with this beta are the plain nvum_epoch runs).
+DEFAULT_METHODS = "bce,logit_adjusted_bce,bce_ema,nvum,nvum_iteration"
+#: the memory momentum of train.json (runs with this beta are the plain ``nvum`` runs).
 DEFAULT_BETA = 0.9
+#: the stress rows: noise models other than the headline's, and the methods run on them.
+STRESS_NOISE = "symmetric:0.2,symmetric:0.4,bomd:0.2,0.2"
+STRESS_METHODS = ("bce", "nvum", "nvum_no_prior")
 
 
 def split_list(value, cast=str) -> list:
@@ -128,39 +183,43 @@ def split_list(value, cast=str) -> list:
     return [cast(v) for v in items]
 
 
-def build_plan(noise: Sequence[str], methods: Sequence[str], seeds: int = 3, regime: str = "memorisation", short_regime: str | None = "short", stress_seeds: int = 1, short_seeds: int = 1, ablation_seeds: int = 1, betas: Sequence[float] = (0.1, 0.5, 0.9), beta_seeds: int = 1, stress_regime: str | None = None) -> dict[str, list[Run]]:
+def build_plan(noise: str, methods: Sequence[str], seeds: int = 5, regime: str = "cpu", clean_seeds: int = 3,
+               stress_noise: Sequence[str] = (), stress_methods: Sequence[str] = STRESS_METHODS, stress_seeds: int = 1,
+               ablation_seeds: int = 1, order_seeds: int = 0, betas: Sequence[float] = (0.5, 0.9),
+               beta_seeds: int = 1) -> dict[str, list[Run]]:
     """The runs of each part of the benchmark (a run shared by two parts is listed in both).
 
     Parts:
-        ``main``: the first noise model, ``regime``, every method, ``seeds`` seeds, with curves.
-        ``stress``: the other noise models, ``stress_regime`` (default: ``short_regime``, else
-        ``regime``), every method, ``stress_seeds`` seeds, with curves.
-        ``short``: the first noise model, ``short_regime``, every method, ``short_seeds`` seeds, with curves.
-        ``ablation``: the first noise model, ``regime``, the methods of :data:`ABLATION_ROWS`,
-        ``ablation_seeds`` seeds (runs of ``main`` reused).
-        ``beta``: the first noise model, ``regime``, ``nvum_epoch`` with each memory momentum,
-        ``beta_seeds`` seeds (beta = 0.9 is the ``main`` run).
+        ``main``: ``noise`` (the headline noise model), ``regime``, every method, ``seeds`` seeds, with curves.
+        ``clean``: clean labels (``noise none``), ``regime``, ``bce`` and ``nvum``, ``clean_seeds`` seeds:
+        the ceiling of the task.
+        ``stress``: each of ``stress_noise``, ``regime``, ``stress_methods``, ``stress_seeds`` seeds.
+        ``order``: the memory update order, ``nvum`` (before the loss) against ``nvum_epoch_end``,
+        ``order_seeds`` seeds (``main`` runs reused; 0: the ``main`` seeds when ``nvum_epoch_end``
+        is a main method, else none).
+        ``ablation``: ``noise``, ``regime``, the methods of :data:`ABLATION_ROWS`, ``ablation_seeds`` seeds.
+        ``beta``: ``noise``, ``regime``, ``nvum`` with each memory momentum, ``beta_seeds`` seeds.
+    Runs outside ``main`` and ``clean`` are evaluated at their selected and last epochs only
+    (no curve) unless they are ``main`` runs.
     """
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in list(methods) + list(stress_methods) if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected some of {sorted(METHODS)}")
-    if not noise:
-        raise ValueError("give at least one noise model (e.g. --noise report)")
     for b in betas:
         if not 0.0 <= b < 1.0:
             raise ValueError(f"memory momentum beta must be in [0, 1), got {b}")
-    head = noise[0]
-    plan = {"main": [Run(head, regime, m, s) for m in methods for s in range(seeds)]}
-    stress_regime = stress_regime or short_regime or regime
-    plan["stress"] = [Run(n, stress_regime, m, s) for n in noise[1:] for m in methods for s in range(stress_seeds)]
-    plan["short"] = [Run(head, short_regime, m, s) for m in methods for s in range(short_seeds)] if short_regime else []
+    plan = {"main": [Run(noise, regime, m, s) for m in methods for s in range(seeds)]}
     main = {r.name: r for r in plan["main"]}
 
     def reuse(run: Run) -> Run:
         return main.get(run.name, dataclasses.replace(run, curve=False))
 
-    plan["ablation"] = [reuse(Run(head, regime, m, s)) for m in ABLATION_ROWS.values() for s in range(ablation_seeds)]
-    plan["beta"] = [reuse(Run(head, regime, "nvum_epoch", s, None if math.isclose(b, DEFAULT_BETA) else float(b))) for b in betas for s in range(beta_seeds)]
+    plan["clean"] = [Run("none", regime, m, s) for m in ("bce", "nvum") for s in range(clean_seeds)]
+    plan["stress"] = [reuse(Run(n, regime, m, s)) for n in stress_noise for m in stress_methods for s in range(stress_seeds)]
+    plan["order"] = [reuse(Run(noise, regime, m, s)) for m in ("nvum", "nvum_epoch_end") for s in range(order_seeds)]
+    plan["ablation"] = [reuse(Run(noise, regime, m, s)) for m in ABLATION_ROWS.values() for s in range(ablation_seeds)]
+    plan["beta"] = [reuse(Run(noise, regime, "nvum", s, None if math.isclose(b, DEFAULT_BETA) else float(b)))
+                    for b in betas for s in range(beta_seeds)]
     return plan
 
 

@@ -1,4 +1,4 @@
-"""The noise benchmark's outputs: ``results.md``, ``results.csv`` and the AUC-per-epoch figures."""
+"""The noise benchmark's outputs: ``results.md``, ``results.csv`` and the per-epoch figures."""
 
 from __future__ import annotations
 
@@ -10,34 +10,65 @@ import numpy as np
 
 from ..synthetic import noise_slug
 from .methods import Regime, Run, unique_runs
-from .tables import _groups, ablation_markdown, beta_markdown, gaps_markdown, main_markdown, results_table, run_metrics
+from .tables import (_groups, ablation_markdown, beta_markdown, gaps_markdown, main_markdown, order_markdown, results_table,
+                     run_metrics)
+from .targets import evaluate_targets, targets_markdown
+
+#: the panels of a curve figure: (history key, title, y label).
+PANELS = (("val", "noisy validation", "mean AUC over the diseases (points)"),
+          ("test", "clean test (in-distribution)", "mean AUC over the diseases (points)"),
+          ("test_shifted", "clean test (shifted)", "mean AUC over the diseases (points)"),
+          ("fitted", "wrong training labels fitted", "share of the wrong labels (%)"))
+
+
+def _series(record: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values) of one run's measured epochs for a panel."""
+    epochs, values = [], []
+    for row in record["history"]:
+        if key == "val":
+            value = row["val"]
+        elif key == "fitted":
+            value = (row.get("fitted") or {}).get("all")
+        else:
+            value = (row.get("test") or {}).get(key)
+        if value is not None:
+            epochs.append(row["epoch"])
+            values.append(100 * value)
+    return np.array(epochs), np.array(values)
 
 
 def curve_figure(runs: Sequence[Run], records: dict[str, dict], path, title: str = "") -> Path:
-    """AUC per epoch of every method (mean over seeds, band: min-max): noisy validation, clean test, clean shifted test."""
+    """Per epoch, every method (mean over seeds, band: min-max): noisy-validation AUC, clean-test AUC
+    on both splits, and the share of the wrong training labels the network has fitted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    panels = [("val", "noisy validation"), ("test", "clean test (in-distribution)"), ("test_shifted", "clean test (shifted)")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=90, sharex=True)
+    panels = [p for p in PANELS if any(len(_series(records[r.name], p[0])[0]) for r in runs)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), dpi=90, sharex=True, squeeze=False)
     colours = plt.get_cmap("tab10").colors
     for i, ((noise, regime, method, beta), group) in enumerate(_groups(runs).items()):
-        for ax, (key, name) in zip(axes, panels):
-            curves = np.array([[100 * (row[key] if key == "val" else row["test"][key]) for row in records[r.name]["history"]] for r in group])
-            epochs = np.arange(1, curves.shape[1] + 1)
+        for ax, (key, name, ylabel) in zip(axes[0], panels):
+            series = [_series(records[r.name], key) for r in group]
+            epochs = series[0][0]
+            if not len(epochs) or any(not np.array_equal(s[0], epochs) for s in series):
+                epochs, curves = series[0][0], np.array([series[0][1]])  # seeds measured at other epochs: the first seed
+            else:
+                curves = np.array([s[1] for s in series])
+            if not len(epochs):
+                continue
             ax.plot(epochs, curves.mean(axis=0), color=colours[i % 10], lw=1.5, label=method)
-            if len(group) > 1:
+            if len(curves) > 1:
                 ax.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=colours[i % 10], alpha=0.15, lw=0)
             ax.set_title(name, fontsize=10)
-    for ax in axes:
+            ax.set_ylabel(ylabel, fontsize=8)
+    for ax in axes[0]:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean AUC over 13 diseases (points)")
-    axes[0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -51,11 +82,28 @@ def _regime_text(regimes: dict[str, Regime], names) -> str:
     parts = []
     for name in names:
         r = regimes[name]
-        parts.append(f"`{name}`: {r.num_training} training / {r.num_validation} validation images (noisy), {r.num_test} + {r.num_test} clean test images (in-distribution + shifted), {r.max_epochs} epochs")
+        parts.append(f"`{name}`: {r.num_training} training / {r.num_validation} validation images (noisy), {r.num_test} + "
+                     f"{r.num_test_shifted} clean test images (in-distribution + shifted), {r.image_size} px, network "
+                     f"`{r.network}`, Adam {r.learning_rate:g} ({r.schedule} schedule), batch {r.batch_size}, {r.max_epochs} epochs"
+                     f"{f', clean tests measured every {r.eval_every} epochs' if r.eval_every > 1 else ''}")
     return "; ".join(parts)
 
 
-def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, regimes: dict[str, Regime], command: str = "", wall_seconds: float | None = None) -> Path:
+def _left_out_text(records: dict, runs: Sequence[Run]) -> list[str]:
+    """The diseases each test split leaves out of its mean (fewer than the minimum of positives)."""
+    seen = {}
+    for r in runs:
+        for split, names in (records[r.name].get("left_out") or {}).items():
+            seen.setdefault((r.regime, split), names)
+    return [f"- `{regime}`, `{split}`: " + (", ".join(names) if names else "none") for (regime, split), names in seen.items()]
+
+
+PARTS = (("main", "Main table"), ("clean", "Clean labels: the ceiling"), ("stress", "Other noise models (stress rows)"),
+         ("gpu", "DenseNet121 at 64 px (GPU matrix)"))
+
+
+def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, regimes: dict[str, Regime], command: str = "",
+                  wall_seconds: float | None = None) -> Path:
     """Write ``results.md``, ``results.csv`` (one row per run) and the curve figures; returns ``results.md``."""
     import pandas as pd
 
@@ -68,42 +116,54 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
         rows.append({**dataclasses.asdict(run), "name": run.name, **run_metrics(rec), "seconds": rec["seconds"], "cpu_seconds": rec.get("cpu_seconds")})
     pd.DataFrame(rows).to_csv(output / "results.csv", index=False)
 
+    cpu = sum(records[r.name].get("cpu_seconds", float("nan")) for r in used) / 60
     text = ["# Synthetic noisy-label benchmark", ""]
     if command:
         text += ["Command:", "", f"    {command}", ""]
     regimes_used = sorted({r.regime for r in used}, key=list(regimes).index)
     text += [
         f"Regimes: {_regime_text(regimes, regimes_used)}.",
-        "AUC is the mean over the 13 diseases (No Finding excluded), in points (x100), mean ± std over seeds (one value: one seed).",
-        "`selected`: the epoch with the best mean AUC on the *noisy* validation split (the checkpoint the bundle keeps); `last`: the final epoch;",
-        "`drop`: best clean-test AUC over the epochs minus the last epoch's (the memorisation signature; curve runs only).",
-        f"{len(used)} runs; {sum(records[r.name].get('cpu_seconds', float('nan')) for r in used) / 60:.1f} min of CPU time (one thread per run), {sum(records[r.name]['seconds'] for r in used) / 60:.1f} min of run wall time"
+        "",
+        "AUC is the mean over the diseases (No Finding excluded) with at least 10 positives in the test split, in points (x100); "
+        "mean ± std over seeds (one value: one seed). `selected`: the epoch with the best mean AUC on the *noisy* validation "
+        "split (the checkpoint the bundle keeps); `last`: the final epoch; `drop`: best clean-test AUC over the measured "
+        "epochs minus the last epoch's (the memorisation signature; curve runs only). *Wrong labels fitted*: the share of "
+        "the training labels that differ from the truth which the network's prediction sides with (per class, the images "
+        "ranked in the top noisy-prevalence share are called positive; custom/tools/noise_benchmark/fitting.py).",
+        "",
+        "Diseases left out of the mean (fewer than 10 positives in the split):",
+        "",
+        *_left_out_text(records, used),
+        "",
+        f"{len(used)} runs; {cpu:.1f} min of CPU time (one thread per run), "
+        f"{sum(records[r.name]['seconds'] for r in used) / 60:.1f} min of run wall time"
         + (f", {wall_seconds / 60:.1f} min wall for the command" if wall_seconds else "") + ".",
         "",
     ]
-    figures = []
-    for part, title in (("main", "Main table"), ("stress", "Other noise models (stress rows)"), ("short", "Short regime")):
+    if plan.get("main"):
+        text += ["## Targets", "", targets_markdown(evaluate_targets(plan, records)), ""]
+    for part, title in PARTS:
         runs = plan.get(part) or []
         if not runs:
             continue
-        regime = runs[0].regime
-        text += [f"## {title} ({regime} regime)", "", main_markdown(results_table(runs, records)), ""]
-        if part in ("main", "short"):
+        text += [f"## {title} (`{runs[0].regime}` regime)", "", main_markdown(results_table(runs, records)), ""]
+        if part in ("main", "gpu"):
             gaps = gaps_markdown(runs, records)
             if gaps:
-                text += ["Difference to plain BCE, paired by seed (points):", "", gaps, ""]
+                text += ["Difference to plain BCE, paired by seed (points; mean [95% t-interval over the seeds]):", "", gaps, ""]
         for (noise, reg), group in _by_noise_regime(runs).items():
             if all(r.curve for r in group):
                 name = f"curve_{noise_slug(noise)}_{reg}.png"
                 curve_figure(group, records, output / name, title=f"{noise} noise, {reg} regime")
-                figures.append(name)
-                text += [f"![AUC per epoch, {noise} noise, {reg} regime]({name})", ""]
+                text += [f"![Per epoch, {noise} noise, {reg} regime]({name})", ""]
+    if plan.get("order"):
+        text += ["## Memory update order (judged on noisy validation)", "", order_markdown(plan["order"], records), ""]
     if plan.get("ablation"):
         text += ["## Ablation: where the class prior goes (paper, Fig. 2 left)", "", ablation_markdown(plan["ablation"], records), ""]
     if plan.get("beta"):
-        text += ["## Memory momentum beta (paper, Fig. 2 right; `nvum_epoch`)", "", beta_markdown(plan["beta"], records), ""]
+        text += ["## Memory momentum beta (paper, Fig. 2 right; `nvum`)", "", beta_markdown(plan["beta"], records), ""]
     path = output / "results.md"
-    path.write_text("\n".join(text))
+    path.write_text("\n".join(text) + "\n")
     return path
 
 

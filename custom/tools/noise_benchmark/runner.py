@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..training import TRAIN_CONFIG, train_through_bundle
-from .clean_test import CleanTestAUC, _test_sets
+from .clean_test import CleanTestAUC, _test_sets, _training_set
 from .methods import REGIMES, Regime, Run, dataset_params
 
 
@@ -33,9 +33,9 @@ def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, 
     overrides = {
         "mlflow": False,
         "seed": int(run.seed),
-        "max_epochs": regime.max_epochs,
+        "device": regime.device,
         **{f"datalist#{k}": v for k, v in dataset_params(run.noise, regime, data_seed).items()},
-        **run.overrides(),
+        **run.overrides(regimes),
     }
     trackers = []
 
@@ -47,6 +47,8 @@ def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, 
             test_sets=_test_sets(parser, datalist),
             classes=datalist.classes,
             every_epoch=run.curve,
+            eval_every=regime.eval_every,
+            train_set=_training_set(parser, datalist),
         )
         tracker.attach(trainer)
         trackers.append(tracker)
@@ -66,6 +68,7 @@ def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, 
         "history": tracker.history,
         "best": tracker.best,
         "last": tracker.last,
+        "left_out": tracker.left_out,
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu_start,
         "threads": used_threads,
@@ -84,7 +87,9 @@ def _summary_line(record: dict) -> str:
     best, last = record["best"], record["last"]
     splits = list(last["test"])
     fmt = lambda d: " ".join(f"{s} {d['test'][s]:.4f}" for s in splits)  # noqa: E731
-    return f"{record['name']}: best (epoch {best['epoch']}, val {best['val']:.4f}) {fmt(best)} | last {fmt(last)} | {record['seconds']:.0f} s"
+    fitted = f" | wrong labels fitted {last['fitted']['all']:.2f}" if "fitted" in last else ""
+    return (f"{record['name']}: best (epoch {best['epoch']}, val {best['val']:.4f}) {fmt(best)} | last {fmt(last)}{fitted} | "
+            f"{record['seconds']:.0f} s")
 
 
 def run_matrix(runs: Sequence[Run], output, regimes: dict[str, Regime] | None = None, workers: int = 2, data_seed: int = 0, resume: bool = False) -> list[dict]:

@@ -1,4 +1,5 @@
-"""The noise benchmark's tables: AUC points per run, mean ± std over seeds, paired gaps to BCE, Markdown."""
+"""The noise benchmark's tables: AUC points per run, mean ± std over seeds, paired gaps to BCE with
+95% intervals, the targets, Markdown."""
 
 from __future__ import annotations
 
@@ -11,27 +12,58 @@ from ...evaluation.tables import markdown_table
 from .methods import ABLATION_ROWS, DEFAULT_BETA, Run
 
 SPLITS = ("test", "test_shifted")
+#: the columns of a main-table row (AUC points, except the epochs and the fitted shares in %).
+ROW_KEYS = ("selected_test", "selected_test_shifted", "last_test", "last_test_shifted", "drop_test", "drop_test_shifted",
+            "selected_epoch", "val_selected", "fitted_last")
+#: the four AUC figures a method is compared on.
+COMPARED_KEYS = ("selected_test", "selected_test_shifted", "last_test", "last_test_shifted")
 
 
 def run_metrics(record: dict) -> dict:
-    """AUC points (x100) of one run: selected (noisy-validation best) and last epoch per split,
-    the peak over epochs and ``drop`` = peak - last (curve runs only), and the selected epoch."""
+    """The figures of one run: AUC points (x100) at the selected (noisy-validation best) and last
+    epoch per split, the peak over the measured epochs and ``drop`` = peak - last (curve runs only),
+    the selected epoch, and the share of wrong training labels fitted (%, :mod:`.fitting`) at the
+    selected and last epochs (``fitted_*``; with its false-positive and missed-positive parts)."""
     out = {"selected_epoch": record["best"]["epoch"], "val_selected": 100 * record["best"]["val"], "val_last": 100 * record["last"]["val"]}
     for split in SPLITS:
         out[f"selected_{split}"] = 100 * record["best"]["test"][split]
         out[f"last_{split}"] = 100 * record["last"]["test"][split]
         curve = [row["test"][split] for row in record["history"] if "test" in row]
-        if len(curve) == len(record["history"]):
+        if record.get("curve", True) and len(curve) > 2:
             out[f"peak_{split}"] = 100 * max(curve)
             out[f"drop_{split}"] = out[f"peak_{split}"] - out[f"last_{split}"]
+    for when in ("selected", "last"):
+        fitted = record["best" if when == "selected" else "last"].get("fitted")
+        if fitted:
+            for part in ("all", "false_positive", "missed"):
+                key = f"fitted_{when}" if part == "all" else f"fitted_{part}_{when}"
+                out[key] = 100 * fitted[part] if fitted[part] is not None else float("nan")
     return out
 
 
+def _clean(values) -> list[float]:
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
 def _mean_std(values) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    values = _clean(values)
     if not values:
         return float("nan"), float("nan")
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t interval of the mean: ``(mean, low, high)`` (NaN bounds for one value)."""
+    from scipy import stats
+
+    values = _clean(values)
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
 
 
 def _pm(values, digits: int = 1) -> str:
@@ -39,6 +71,13 @@ def _pm(values, digits: int = 1) -> str:
     if math.isnan(mean):
         return "-"
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _ci(values, digits: int = 1) -> str:
+    mean, low, high = mean_interval(values)
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:+.{digits}f}" if math.isnan(low) else f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def _groups(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
@@ -50,36 +89,64 @@ def _groups(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
 
 
 def results_table(runs: Sequence[Run], records: dict[str, dict]) -> list[dict]:
-    """One row per (noise, regime, method): mean ± std over seeds of the AUC points."""
+    """One row per (noise, regime, method): the values over seeds of :data:`ROW_KEYS`."""
     rows = []
     for (noise, regime, method, beta), group in _groups(runs).items():
         metrics = [run_metrics(records[r.name]) for r in group]
         row = {"noise": noise, "regime": regime, "method": method, "seeds": len(group)}
-        for key in ("selected_test", "selected_test_shifted", "last_test", "last_test_shifted", "drop_test", "drop_test_shifted", "selected_epoch", "val_selected"):
+        for key in ROW_KEYS:
             row[key] = [m.get(key, float("nan")) for m in metrics]
         rows.append(row)
     return rows
 
 
 def main_markdown(rows: list[dict]) -> str:
-    header = ["noise", "method", "seeds", "selected: test", "selected: shifted", "last: test", "last: shifted", "drop: test", "drop: shifted", "selected epoch"]
-    body = [
-        [r["noise"], r["method"], r["seeds"], _pm(r["selected_test"]), _pm(r["selected_test_shifted"]), _pm(r["last_test"]), _pm(r["last_test_shifted"]), _pm(r["drop_test"]), _pm(r["drop_test_shifted"]), _pm(r["selected_epoch"], 0)]
-        for r in rows
-    ]
+    header = ["noise", "method", "seeds", "selected: test", "selected: shifted", "last: test", "last: shifted", "drop: test",
+              "drop: shifted", "selected epoch", "wrong labels fitted, last (%)"]
+    body = [[r["noise"], f"`{r['method']}`", r["seeds"], *(_pm(r[k]) for k in ROW_KEYS[:6]), _pm(r["selected_epoch"], 0),
+             _pm(r["fitted_last"], 0)] for r in rows]
     return markdown_table(header, body, align="first-left")
+
+
+def paired_gaps(runs: Sequence[Run], records: dict[str, dict], baseline: str = "bce", keys=COMPARED_KEYS) -> dict:
+    """Per method, the differences to ``baseline`` on the seeds both ran: ``{method: {key: [diff per seed]}}``."""
+    groups = _groups(runs)
+    base = next((g for (n, rg, m, b), g in groups.items() if m == baseline and b is None), None)
+    if base is None:
+        return {}
+    base_metrics = {r.seed: run_metrics(records[r.name]) for r in base}
+    out = {}
+    for (n, rg, method, b), group in groups.items():
+        if method == baseline or b is not None:
+            continue
+        metrics = {r.seed: run_metrics(records[r.name]) for r in group}
+        seeds = sorted(set(metrics) & set(base_metrics))
+        out[method] = {k: [metrics[s].get(k, float("nan")) - base_metrics[s].get(k, float("nan")) for s in seeds] for k in keys}
+        out[method]["seeds"] = seeds
+    return out
+
+
+def gaps_markdown(runs: Sequence[Run], records: dict[str, dict], baseline: str = "bce") -> str:
+    """Difference of each method to ``baseline`` (AUC points), paired by seed: mean [95% t-interval]."""
+    gaps = paired_gaps(runs, records, baseline)
+    if not gaps:
+        return ""
+    body = [[f"`{m}`", len(g["seeds"])] + [_ci(g[k]) for k in COMPARED_KEYS] for m, g in gaps.items()]
+    return markdown_table(["method", "paired seeds", f"selected: test - `{baseline}`", "selected: shifted", "last: test",
+                           "last: shifted"], body, align="first-left")
 
 
 def ablation_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
     by_method = _groups(runs)
     body = []
     for label, method in ABLATION_ROWS.items():
-        group = next((g for (n, rg, m, b), g in by_method.items() if m == method), None)
+        group = next((g for (n, rg, m, b), g in by_method.items() if m == method and b is None), None)
         if not group:
             continue
         metrics = [run_metrics(records[r.name]) for r in group]
-        body.append([label, f"`{method}`", len(group)] + [_pm([m[k] for m in metrics]) for k in ("selected_test", "selected_test_shifted", "last_test", "last_test_shifted")])
-    return markdown_table(["row", "method", "seeds", "selected: test", "selected: shifted", "last: test", "last: shifted"], body, align="first-left")
+        body.append([label, f"`{method}`", len(group)] + [_pm([m[k] for m in metrics]) for k in ("val_selected",) + COMPARED_KEYS])
+    return markdown_table(["row", "method", "seeds", "selected: noisy val", "selected: test", "selected: shifted", "last: test",
+                           "last: shifted"], body, align="first-left")
 
 
 def beta_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
@@ -87,23 +154,17 @@ def beta_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
     for (n, rg, m, beta), group in sorted(_groups(runs).items(), key=lambda kv: kv[0][3] if kv[0][3] is not None else DEFAULT_BETA):
         metrics = [run_metrics(records[r.name]) for r in group]
         b = beta if beta is not None else DEFAULT_BETA
-        body.append([f"{b:g}", len(group)] + [_pm([x[k] for x in metrics]) for k in ("selected_test", "selected_test_shifted", "last_test", "last_test_shifted")])
-    return markdown_table(["beta", "seeds", "selected: test", "selected: shifted", "last: test", "last: shifted"], body, align="first-left")
+        body.append([f"{b:g}", len(group)] + [_pm([x[k] for x in metrics]) for k in ("val_selected",) + COMPARED_KEYS])
+    return markdown_table(["beta", "seeds", "selected: noisy val", "selected: test", "selected: shifted", "last: test",
+                           "last: shifted"], body, align="first-left")
 
 
-def gaps_markdown(runs: Sequence[Run], records: dict[str, dict], baseline: str = "bce") -> str:
-    """Difference of each method to ``baseline`` (AUC points, mean ± std over the paired seeds)."""
-    groups = _groups(runs)
-    base = next((g for (n, rg, m, b), g in groups.items() if m == baseline), None)
-    if base is None:
-        return ""
-    base_metrics = {r.seed: run_metrics(records[r.name]) for r in base}
+def order_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
+    """The memory update order, judged on noisy validation (mean ± std over seeds; clean test for reference)."""
     body = []
-    for (n, rg, method, b), group in groups.items():
-        if method == baseline:
-            continue
-        metrics = {r.seed: run_metrics(records[r.name]) for r in group}
-        seeds = sorted(set(metrics) & set(base_metrics))
-        cells = [_pm([metrics[s][k] - base_metrics[s][k] for s in seeds]) for k in ("selected_test", "selected_test_shifted", "last_test", "last_test_shifted")]
-        body.append([method, len(seeds)] + cells)
-    return markdown_table(["method", "paired seeds", f"selected: test - {baseline}", "selected: shifted", "last: test", "last: shifted"], body, align="first-left")
+    for (n, rg, method, b), group in _groups(runs).items():
+        metrics = [run_metrics(records[r.name]) for r in group]
+        body.append([f"`{method}`", len(group)] + [_pm([x.get(k, float("nan")) for x in metrics])
+                                                    for k in ("val_selected", "val_last", "selected_test", "last_test", "fitted_last")])
+    return markdown_table(["method", "seeds", "noisy val: selected", "noisy val: last", "test: selected", "test: last",
+                           "wrong labels fitted, last (%)"], body, align="first-left")
