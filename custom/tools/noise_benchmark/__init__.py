@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ...flags import as_bool
 from ..synthetic import split_noise_specs
-from .clean_test import CleanTestAUC
+from .recorder import CleanTestAUC
 from .compare import COMPARED, compare_results
 from .methods import (ABLATION_ROWS, DEFAULT_BETA, DEFAULT_METHODS, METHODS, NETWORKS, REGIMES, STRESS_NOISE, Regime, Run,
                       build_plan, dataset_params, split_list, unique_runs)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..training import TRAIN_CONFIG, train_through_bundle
-from .clean_test import CleanTestAUC, _test_sets, _training_set
+from .recorder import CleanTestAUC, _test_sets, _training_set
 from .methods import REGIMES, Regime, Run, dataset_params
 
 

@@ -34,7 +34,7 @@ def evaluate_targets(plan: dict, records: dict) -> list[dict]:
     ceiling = _values(clean, records, "bce", "selected_test")
     if ceiling:
         m = _mean(ceiling)
-        add("clean-label BCE reaches at least 90 mean clean-test AUC", f"{m:.1f} (selected epoch, {len(ceiling)} seeds; last epoch "
+        add("clean-label BCE reaches at least 90 mean clean-test AUC", f"{m:.1f} (selected epoch, {len(ceiling)} seed{'s' if len(ceiling) > 1 else ''}; last epoch "
             f"{_mean(_values(clean, records, 'bce', 'last_test')):.1f})", m >= 90)
     for split, name in (("test", "in-distribution"), ("test_shifted", "shifted")):
         drop = _values(main, records, "bce", f"drop_{split}")
