@@ -15,8 +15,10 @@ The deployable bundle is a folder ``<name>/`` (zipped) holding::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -36,6 +38,21 @@ EXPORT_TOLERANCE = 1e-5
 _CODE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
 #: the parts of ``custom`` that are not runtime code: the deployable bundle and the MLflow model leave them out.
 TOOLS = ("tools", "cli.py")
+
+
+@contextlib.contextmanager
+def quiet_monai_scripts():
+    """MONAI's bundle scripts log an input summary and an "ok" line for every call; for the calls made
+    here (export, offline checks) that is noise: only their warnings and errors are shown."""
+    loggers = [logging.getLogger(name) for name in ("monai.bundle.scripts", "monai.apps.utils")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def code_dir() -> Path:
@@ -82,7 +99,8 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         fmt = meta["network_data_format"]
         in_key, out_key = next(iter(fmt["inputs"])), next(iter(fmt["outputs"]))
     except (KeyError, StopIteration, TypeError):
-        raise ValueError(f"{config_dir / 'metadata.json'}: 'network_data_format' needs one input and one output") from None
+        raise ValueError(f"{config_dir / 'metadata.json'}: 'network_data_format' needs one input and one output"
+                         ) from None
     for key in ("classes", "image_size", "network_def"):
         if key not in inference:
             raise ValueError(f"{config_dir / 'inference.json'} has no '{key}' entry")
@@ -92,7 +110,8 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
     if record.get("image_size") is not None:
         inference["image_size"] = int(record["image_size"])
     if record.get("network"):
-        inference["network_def"] = {"_target_": "custom.build_network", **record["network"], "num_classes": "@num_classes"}
+        inference["network_def"] = {"_target_": "custom.build_network", **record["network"],
+                                    "num_classes": "@num_classes"}
     out = meta["network_data_format"]["outputs"][out_key]
     out["num_channels"] = len(inference["classes"])
     out["spatial_shape"] = [len(inference["classes"])]
@@ -124,8 +143,9 @@ def verify_bundle(config_dir, schema=None) -> None:
 
     config_dir = Path(config_dir)
     meta, inference = str(config_dir / "metadata.json"), str(config_dir / "inference.json")
-    verify_metadata(meta_file=meta, filepath=str(schema or schema_file(config_dir)))
-    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=inference, device="cpu")
+    with quiet_monai_scripts():
+        verify_metadata(meta_file=meta, filepath=str(schema or schema_file(config_dir)))
+        verify_net_in_out(net_id="network_def", meta_file=meta, config_file=inference, device="cpu")
 
 
 def export_torchscript(checkpoint, output, config_dir) -> Path:
@@ -142,13 +162,14 @@ def export_torchscript(checkpoint, output, config_dir) -> Path:
     config_dir, output = Path(config_dir), Path(output)
     load_weights(_network_def(config_dir), checkpoint)  # clear errors for a missing or mismatching file
     output.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(output),
-        ckpt_file=str(checkpoint),
-        meta_file=str(config_dir / "metadata.json"),
-        config_file=str(config_dir / "inference.json"),
-    )
+    with quiet_monai_scripts():
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(output),
+            ckpt_file=str(checkpoint),
+            meta_file=str(config_dir / "metadata.json"),
+            config_file=str(config_dir / "inference.json"),
+        )
     return output
 
 
@@ -173,7 +194,8 @@ def _inputs(config_dir, images: Sequence | None, batch_size: int, seed: int) -> 
 
 
 @torch.no_grad()
-def torchscript_difference(model_ts, checkpoint, config_dir, images: Sequence | None = None, batch_size: int = 4, seed: int = 0) -> float:
+def torchscript_difference(model_ts, checkpoint, config_dir, images: Sequence | None = None, batch_size: int = 4,
+                           seed: int = 0) -> float:
     """Largest absolute difference between the logits of the TorchScript model and of the checkpoint.
 
     Args:
@@ -247,13 +269,15 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
     shutil.copy2(schema, folder / "docs" / schema.name)
     if (source / "scripts").is_dir():
         _copy_tree(source / "scripts", folder / "scripts")
-    shutil.copytree(code_dir(), folder / "custom", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", *TOOLS))
+    shutil.copytree(code_dir(), folder / "custom",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", *TOOLS))
 
     models_dir = Path(models_dir)
     model_ts = export_torchscript(checkpoint, models_dir / "model.ts", folder / "configs")
     diff = torchscript_difference(model_ts, checkpoint, folder / "configs", check_images)
     if not diff <= EXPORT_TOLERANCE:
-        raise ValueError(f"TorchScript export {model_ts} differs from {checkpoint} by {diff:.3g} (> {EXPORT_TOLERANCE})")
+        raise ValueError(f"TorchScript export {model_ts} differs from {checkpoint} by {diff:.3g} "
+                         f"(> {EXPORT_TOLERANCE})")
     verify_bundle(folder / "configs", folder / "docs" / schema.name)
     (folder / "models").mkdir()
     shutil.copy2(model_ts, folder / "models" / "model.ts")

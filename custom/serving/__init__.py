@@ -1,4 +1,4 @@
 """Inference: the bundle's network loaders, the inference config's components, the MLflow pyfunc model."""
 
-from .inference import ProbabilityWriter, list_inputs
+from .inference import InferenceDataset, ProbabilityWriter, list_inputs
 from .loaders import BundleNetwork, TorchScriptRunner, load_inference_network
