@@ -312,25 +312,28 @@ def register(**options):
 
 @cli.command(options_from="custom.tools.noise_benchmark:noise_benchmark", hidden=("command_line",))
 def noise_benchmark(**options):
-    """Train and test NVUM and its baselines on synthetic noisy labels; write the tables and figures (40+ min).
+    """Train and test NVUM and its baselines on synthetic noisy labels; write the tables and figures (about an hour).
 
-    bundle/docs/results.md explains the matrix of runs and the tables.
+    bundle/docs/results.md explains the matrix of runs, the tables and the targets.
 
     Args:
-        noise: noise models, comma-separated; the first is the headline, the others stress rows.
-        methods: methods to compare, comma-separated.
-        seeds: seeds of the headline runs.
+        noise: the headline noise model (report: report-mining noise).
+        methods: methods of the main table, comma-separated.
+        seeds: seeds of every main-table method.
         output: folder of the results.
-        quick: the same matrix on a tiny regime with one seed: a check of the whole pipeline in minutes.
-        stress_seeds: seeds of the stress rows.
-        short_seeds: seeds of the short-regime runs.
-        ablation_seeds: seeds of the ablation rows.
+        quick: the main table and the clean row on a tiny regime with one seed: a check of the whole pipeline in minutes.
+        clean_seeds: seeds of the clean-label rows (the ceiling).
+        stress_noise: noise models of the stress rows, comma-separated.
+        stress_seeds: seeds of the stress rows (0 leaves them out).
+        ablation_seeds: seeds of the ablation rows (0 leaves them out).
+        order_seeds: seeds of the memory-update-order comparison (0 leaves it out).
         betas: memory momentums of the beta rows, comma-separated.
-        beta_seeds: seeds of the beta rows.
-        short: run the short regime too.
-        workers: runs trained at a time (one thread each).
+        beta_seeds: seeds of the beta rows (0 leaves them out).
+        gpu: auto adds the DenseNet121 matrix when CUDA is available; true requires it, false leaves it out.
+        gpu_seeds: seeds of the GPU matrix.
+        workers: processes, one thread each.
         data_seed: seed of the synthetic data.
-        resume: reuse the finished runs of the output folder.
+        resume: reuse the finished runs of an interrupted command.
 
     Example:
         python -m custom.cli noise_benchmark --quick
