@@ -84,7 +84,7 @@ def test_training_writes_best_and_resume_checkpoints_with_the_memory(trained):
     assert {"model", "memory", "optimizer", "lr_scheduler", "trainer", "memory_updater"} <= set(state)
     values = state["memory"]["values"]
     assert values.shape == (TINY["datalist#num_training"], 14) and values.dtype == torch.float32
-    # after 2 epoch-end updates every row is (1 - 0.9^2) of the way to its targets: no row is still zero
+    # after 2 epochs every row has had 2 updates (1 - 0.9^2 of the way to its targets): no row is still zero
     assert (values.abs().sum(dim=1) > 0).all()
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"] == 2 * 96 // 32
 
