@@ -87,6 +87,10 @@ def test_training_registers_a_pyfunc_model_that_predicts_as_inference_json(deplo
     assert run.info.status == "FINISHED" and run.data.params["loss"] == "nvum"  # the training run itself
     assert "bundle/nvum_cxr_classification.zip" in {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
     assert "test/test_test.csv" in {a.path for a in client.list_artifacts(run.info.run_id, "test")}
+    with zipfile.ZipFile(deployed["root"] / "models" / "nvum_cxr_classification.zip") as zf:  # this model's test AUCs
+        metrics = json.loads(zf.read("nvum_cxr_classification/configs/metadata.json"))["eval_metrics"]
+    assert set(metrics) == {"mean_auc_diseases_test", "mean_auc_diseases_test_shifted"}
+    assert metrics["mean_auc_diseases_test"] == round(run.data.metrics["test_test_mean_auc"], 4)
 
     with use_tracking_uri(deployed["uri"]):
         model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}")
@@ -134,27 +138,36 @@ def _extract(zip_path, dest):
     return names
 
 
-def test_bundle_zip_runs_inference_json_from_anywhere_with_the_torchscript_model(deployed, tmp_path):
+def test_bundle_zip_runs_inference_json_from_inside_its_folder_with_either_model_file(deployed, tmp_path):
     names = _extract(deployed["root"] / "models" / "nvum_cxr_classification.zip", tmp_path)
     top = "nvum_cxr_classification/"
-    for f in ("configs/metadata.json", "configs/inference.json", "models/model.ts", "docs/README.md", "custom/__init__.py",
-              "custom/nvum/memory.py", "custom/serving/pyfunc.py", "scripts/deploy_app.py"):
+    for f in ("LICENSE", "large_files.yml", "configs/metadata.json", "configs/inference.json", "configs/train.json",
+              "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf", "configs/datasets/nih.json",
+              "models/model.pt", "models/model.json", "models/model.ts", "docs/README.md", "docs/data_license.txt",
+              "custom/__init__.py", "custom/nvum/memory.py", "custom/serving/pyfunc.py", "scripts/deploy_app.py"):
         assert top + f in names, f
-    assert not any(n.endswith(".pt") or "__pycache__" in n for n in names)
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert not any(n.startswith(top + "custom/tools/") or n == top + "custom/cli.py" for n in names)  # runtime code only
     bundle = tmp_path / "nvum_cxr_classification"
-    assert "%" not in (bundle / "configs" / "inference.json").read_text()  # the shared parts are included, not referenced
+    for config in ("inference.json", "train.json", "evaluate.json", "multi_gpu_train.json", "datasets/nih.json"):
+        text = (bundle / "configs" / config).read_text()
+        assert "common.json" not in text and "custom.tools" not in text, config  # includes written in; no tool named
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     probe = "import importlib.util, custom; print(custom.__file__, importlib.util.find_spec('custom.tools'))"
     found = subprocess.run([sys.executable, "-c", probe], cwd=bundle, env=env, capture_output=True, text=True, timeout=120)
     assert found.returncode == 0 and found.stdout.split() == [str(bundle / "custom" / "__init__.py"), "None"], found.stderr[-2000:]
-    out = tmp_path / "probs.csv"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--bundle_root", ".", "--input_path", str(deployed["images"]), "--output_file", str(out)]
-    proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    table = pd.read_csv(out)
-    assert [Path(p).name for p in table["image"]] == list(deployed["probs"].index)
-    assert np.abs(table.iloc[:, 1:].to_numpy() - deployed["probs"].to_numpy()).max() < TOL
+    for removed in ((), ("model.pt", "model.json")):  # the weights first, then the TorchScript model alone
+        for name in removed:
+            (bundle / "models" / name).unlink()
+        out = tmp_path / f"probs{len(removed)}.csv"
+        # no --bundle_root: the deployable configs default to the folder they are run from, as model-zoo cards do
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+               "--input_path", str(deployed["images"]), "--output_file", str(out)]
+        proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        table = pd.read_csv(out)
+        assert [Path(p).name for p in table["image"]] == list(deployed["probs"].index)
+        assert np.abs(table.iloc[:, 1:].to_numpy() - deployed["probs"].to_numpy()).max() < TOL
 
 
 def _free_port():

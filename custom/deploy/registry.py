@@ -18,11 +18,14 @@ RUNTIME_PACKAGES = ("torch", "monai", "pytorch-ignite", "mlflow", "numpy", "pand
 
 
 def runtime_requirements() -> list[str]:
-    """``pip`` pins of the served model's dependencies, from the installed versions (local tags such as ``+cpu`` dropped)."""
+    """``pip`` pins of the served model's dependencies, from the installed versions (local tags such as ``+cpu``
+    dropped)."""
     return [f"{pkg}=={importlib_metadata.version(pkg).split('+')[0]}" for pkg in RUNTIME_PACKAGES]
 
 
-def log_pyfunc_model(deployable: Deployable, example_images: Sequence, registered_model_name: str | None = DEFAULT_MODEL_NAME, tracking_uri: str | None = None, run_id: str | None = None, experiment_name: str = "nvum", name: str = "model"):
+def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
+                     registered_model_name: str | None = DEFAULT_MODEL_NAME, tracking_uri: str | None = None,
+                     run_id: str | None = None, experiment_name: str = "nvum", name: str = "model"):
     """Log the bundle as an MLflow pyfunc model (:class:`custom.serving.ChestXrayClassifier`) and register it.
 
     The model's artifacts are the TorchScript file and the deployable ``inference.json``; the
@@ -52,7 +55,8 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence, registere
         example_images = _example_pngs(deployable.folder / "examples", inference["image_size"])
     example = pd.DataFrame({IMAGE_COLUMN: [Path(p).read_bytes() for p in example_images]})
     artifacts = {"model": str(deployable.model_ts), "inference_config": str(deployable.config_dir / "inference.json")}
-    signature = ModelSignature(Schema([ColSpec("binary", IMAGE_COLUMN)]), Schema([ColSpec("double", str(c)) for c in inference["classes"]]))
+    signature = ModelSignature(Schema([ColSpec("binary", IMAGE_COLUMN)]),
+                               Schema([ColSpec("double", str(c)) for c in inference["classes"]]))
 
     with use_tracking_uri(tracking_uri or mlflow.get_tracking_uri()):
         experiment_id = None
@@ -117,6 +121,17 @@ def _example_pngs(folder: Path, image_size: int, count: int = 2, seed: int = 0) 
     return paths
 
 
+def eval_metrics(test_report) -> dict[str, float]:
+    """``{"mean_auc_diseases_<test set>": AUC}`` from a test report's results (empty without results)."""
+    results = getattr(test_report, "results", None) or {}
+    out = {}
+    for name, table in results.items():
+        value = float(table.iloc[-1]["auc"])  # the last row is the mean over the diseases
+        if value == value:  # not NaN
+            out[f"mean_auc_diseases_{name}"] = round(value, 4)
+    return out
+
+
 class ModelRegistrar:
     """Final step of the training workflow: deploy the best checkpoint inside the training's MLflow run.
 
@@ -132,6 +147,8 @@ class ModelRegistrar:
         record: the run's :class:`~custom.training.RunRecord` (classes, input size, network).
         example_images: image files for the MLflow input example (the first two are used).
         registered_model_name: name in the registry; ``null``/empty logs the model unregistered.
+        test_report: the workflow's :class:`~custom.evaluation.TestReport`; its mean AUCs over the
+            diseases become the deployable metadata's ``eval_metrics`` (``mean_auc_diseases_<test set>``).
         bundle_dir: source bundle folder (default: the repository's ``bundle/``).
         bundle_name: folder name inside the zip.
         enabled: false skips export and registration and only ends the tracker's run
@@ -139,8 +156,8 @@ class ModelRegistrar:
     """
 
     def __init__(self, tracker, checkpoint, models_dir, record=None, example_images: Sequence = (),
-                 registered_model_name: str | None = DEFAULT_MODEL_NAME, bundle_dir=None, bundle_name: str = BUNDLE_NAME,
-                 enabled: bool = True):
+                 registered_model_name: str | None = DEFAULT_MODEL_NAME, bundle_dir=None,
+                 bundle_name: str = BUNDLE_NAME, enabled: bool = True, test_report=None):
         from ..flags import as_bool
 
         self.tracker, self.checkpoint, self.models_dir = tracker, checkpoint, models_dir
@@ -149,6 +166,7 @@ class ModelRegistrar:
         self.example_images = list(example_images)[:2]
         self.registered_model_name = registered_model_name or None
         self.bundle_dir, self.bundle_name = bundle_dir, bundle_name
+        self.test_report = test_report
         self.version = None
 
     def run(self):
@@ -165,11 +183,13 @@ class ModelRegistrar:
         run_id = self.tracker.run_id
         try:
             with tempfile.TemporaryDirectory() as staging:
-                built = build_bundle(self.checkpoint, self.models_dir, staging, self.bundle_dir, self.record, self.bundle_name,
-                                     self.example_images)
-                print(f"exported {built.model_ts} (largest logit difference to the checkpoint {built.max_difference:.2g}); bundle {built.zip}", flush=True)
+                built = build_bundle(self.checkpoint, self.models_dir, staging, self.bundle_dir, self.record,
+                                     self.bundle_name, self.example_images, eval_metrics(self.test_report))
+                print(f"exported {built.model_ts} (largest logit difference to the checkpoint "
+                      f"{built.max_difference:.2g}); bundle {built.zip}", flush=True)
                 self.tracker.log_file(built.zip, "bundle")
-                self.version = log_pyfunc_model(built, self.example_images, self.registered_model_name, self.tracker.client.tracking_uri, run_id)
+                self.version = log_pyfunc_model(built, self.example_images, self.registered_model_name,
+                                                self.tracker.client.tracking_uri, run_id)
         except BaseException:
             self.tracker.run_finish_status = "FAILED"  # the run ends below, marked as failed
             raise
@@ -177,6 +197,7 @@ class ModelRegistrar:
             self.tracker.finish()
         if self.registered_model_name:
             uri = f"models:/{self.version.name}/{self.version.version}"
-            print(f"registered {uri} (run {run_id}); serve it with: MLFLOW_TRACKING_URI={self.tracker.client.tracking_uri} "
+            print(f"registered {uri} (run {run_id}); serve it with: "
+                  f"MLFLOW_TRACKING_URI={self.tracker.client.tracking_uri} "
                   f"mlflow models serve -m {uri} --env-manager local -h 127.0.0.1 -p 5001", flush=True)
         return self.version
