@@ -23,7 +23,7 @@ from .flags import as_bool
 from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indices
 from .networks import build_network, load_pretrained, load_weights
 from .nvum import BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUMMemory, build_loss, class_prior, log1m_sigmoid
-from .serving import BundleNetwork, ProbabilityWriter, list_inputs, load_inference_network
+from .serving import BundleNetwork, HeatmapWriter, ProbabilityWriter, list_inputs, load_inference_network
 from .training import (CheckpointSaver, CheckpointWriteError, EpochSeeder, EpochSummary, HandlerGroup, LossAverages,
                        MLflowTracker, NonFiniteLossError, NVUMTrainer, PrepareImageBatch, ProgressBar, ResumeLoader,
                        RunRecord, TrainingCheckpointSaver, ValidationState, default_tracking_uri, distributed, memory_format)
