@@ -20,7 +20,7 @@ from .noise import apply_noise, measure_noise, parse_noise
 from .render import STYLES, render_images
 
 #: Bump when a change alters the generated data; it is part of the cache key.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SPLITS = ("training", "validation", "test", "test_shifted")
 NOISY_SPLITS = ("training", "validation")
