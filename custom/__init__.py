@@ -15,8 +15,8 @@ live in :mod:`custom.tools`; they import the runtime part, never the other way r
 are not shipped with the deployable bundle.
 """
 
-from .data import (ChestXrayToTensord, DataList, DataListError, LoadImageChestXrayd, RandResizedCropd, open_datalist,
-                   real_datalist)
+from .data import (ChestXrayDicomReader, ChestXrayToTensord, DataList, DataListError, LoadImageChestXrayd, RandResizedCropd,
+                   open_datalist, real_datalist)
 from .deploy import ModelRegistrar
 from .evaluation import MultiLabelAUC, TestReport, mean_auc, per_class_auc, predict
 from .flags import as_bool

@@ -296,10 +296,10 @@ def test_torchscript_export_matches_the_checkpoint_and_runs_as_the_deploy_operat
     pre = parser.get_parsed_content("preprocessing")
     pre.transforms = tuple(t for t in pre.transforms if not any(d in type(t).__name__ for d in ("LoadImage", "SaveImage")))
     post = parser.get_parsed_content("postprocessing")
-    paths = io.list_pngs(deployed["images"])
+    paths = io.list_images(deployed["images"])
     batch = []
     for path in paths:
-        array, image_meta = io.load_png(path)
+        array, image_meta = io.load_image(path)
         batch.append(pre({"image": MetaTensor(torch.as_tensor(array), meta=image_meta)})["image"])
     batch = torch.stack(batch)
     scripted = torch.jit.load(str(model_ts), map_location="cpu").eval()
@@ -329,7 +329,7 @@ def test_deploy_png_loader_reads_as_inference_json(tmp_path, mode):
     parser.read_config(str(CONFIGS / "inference.json"))
     loader = parser.get_parsed_content("preprocessing").transforms[0]
     expected = np.asarray(loader({"image": str(path)})["image"])
-    array, meta = io.load_png(path)
+    array, meta = io.load_image(path)
     assert array.shape == expected.shape == ((3 if mode == "RGB" else 1), 20, 24)
     assert array.dtype == expected.dtype and np.array_equal(array, expected)
     assert Path(meta["filename_or_obj"]).name == "x.png"
@@ -351,11 +351,11 @@ def test_deploy_output_handling_names_each_probability_and_rejects_bad_outputs(t
         io.format_probabilities(np.array([2.3, -1.0, 0.5]), channel_def)  # logits: no sigmoid applied
     path = io.write_results({"a.png": out}, tmp_path / "out")
     assert json.loads(path.read_text()) == {"a.png": out}
-    with pytest.raises(ValueError, match="not a PNG file"):
+    with pytest.raises(ValueError, match="neither a PNG nor a DICOM file"):
         (tmp_path / "fake.png").write_bytes(b"\xff\xd8\xff\xe0 not a png")
-        io.load_png(tmp_path / "fake.png")
-    with pytest.raises(FileNotFoundError, match="no PNG file found"):
-        io.list_pngs(tmp_path / "out")
+        io.load_image(tmp_path / "fake.png")
+    with pytest.raises(FileNotFoundError, match="no PNG or DICOM file found"):
+        io.list_images(tmp_path / "out")
     # the SDK-dependent application module is valid Python (the SDK is not installed here)
     compile((ROOT / "bundle" / "scripts" / "deploy_app.py").read_text(), "deploy_app.py", "exec")
 

@@ -181,8 +181,17 @@ class LoadImageChestXrayd(LoadImaged):
 
 
 def check_image(path) -> str | None:
-    """Fully decode an image file with Pillow; ``None`` when it is readable, else the reason."""
+    """Fully decode an image file with Pillow (DICOM: pydicom); ``None`` when it is readable, else the reason."""
     from PIL import Image
+
+    from .dicom import is_dicom, read_dicom
+
+    if is_dicom(path):
+        try:
+            read_dicom(path)
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        return None
 
     try:
         with Image.open(path) as im:

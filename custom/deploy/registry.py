@@ -14,7 +14,8 @@ from .export import BUNDLE_NAME, Deployable, _read_json, build_bundle
 #: default name of the model in the MLflow registry.
 DEFAULT_MODEL_NAME = "nvum-chestxray"
 #: distributions the served model needs, pinned to the installed versions.
-RUNTIME_PACKAGES = ("torch", "monai", "pytorch-ignite", "mlflow", "numpy", "pandas", "pillow", "scikit-learn", "tqdm")
+RUNTIME_PACKAGES = ("torch", "monai", "pytorch-ignite", "mlflow", "numpy", "pandas", "pillow", "scikit-learn", "tqdm",
+                    "pydicom")
 
 
 def runtime_requirements() -> list[str]:

@@ -1,7 +1,7 @@
 """The MLflow pyfunc model of the bundle: encoded images in, per-class probabilities out.
 
 The served model takes a table with one column, ``image``, of MLflow type ``binary``: the bytes
-of a PNG or JPEG file, or of a NumPy ``.npy`` file holding a pixel array (``(H, W)`` grey or
+of a PNG, JPEG or DICOM file, or of a NumPy ``.npy`` file holding a pixel array (``(H, W)`` grey or
 ``(C, H, W)`` with C in 1, 3, 4). In Python pass ``bytes``; over REST send them base64-encoded
 (MLflow decodes binary columns), e.g. ``{"dataframe_split": {"columns": ["image"], "data":
 [["iVBORw0KGgo..."]]}}``. File paths are deliberately not accepted: a served model must not read
@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.dicom import is_dicom, read_dicom
 from .loaders import TorchScriptRunner
 
 #: the input column of the pyfunc model.
@@ -36,8 +37,9 @@ def decode_image(data, name: str = "image") -> np.ndarray:
     """Decode one encoded image into a channel-first array, as the bundle's ``LoadImaged`` does.
 
     Args:
-        data: bytes of a PNG/JPEG (any mode PIL reads: grey, 16-bit grey, RGB, RGBA) or of a
-            ``.npy`` file; a base64 ``str`` of either is accepted too.
+        data: bytes of a PNG/JPEG (any mode PIL reads: grey, 16-bit grey, RGB, RGBA), of a DICOM
+            file (read by :func:`custom.data.dicom.read_dicom`: display intensities in [0, 1]) or
+            of a ``.npy`` file; a base64 ``str`` of any is accepted too.
         name: how to call the input in error messages (e.g. ``row 3``).
 
     Returns:
@@ -56,6 +58,8 @@ def decode_image(data, name: str = "image") -> np.ndarray:
         data = bytes(data)
     if not isinstance(data, bytes):
         raise TypeError(f"{name}: expected the bytes of a PNG, JPEG or .npy file, got {type(data).__name__}")
+    if is_dicom(data):
+        return read_dicom(data, name)[0]
     if data.startswith(NPY_MAGIC):
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
