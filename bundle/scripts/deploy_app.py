@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from monai.deploy.conditions import CountCondition
-from monai.deploy.core import AppContext, Application, Image, Operator, OperatorSpec
+from monai.deploy.core import Application, Image, Operator, OperatorSpec
 from monai.deploy.core.io_type import IOType
 from monai.deploy.operators.monai_bundle_inference_operator import (BundleConfigNames, IOMapping,
                                                                     MonaiBundleInferenceOperator)
@@ -97,7 +97,8 @@ class NVUMChestXrayApp(Application):
     """Image loader -> the bundle's inference (TorchScript model with embedded configs) -> JSON writer."""
 
     def compose(self):
-        app_context = AppContext({})  # input, output and model paths from -i/-o/-m or the HOLOSCAN_* variables
+        # input, output and model paths from -i/-o/-m, else the HOLOSCAN_* variables (AppContext({}) reads only these)
+        app_context = Application.init_app_context(self.argv)
         files = list_images(app_context.input_path)
         loader = ImageLoaderOperator(self, CountCondition(self, len(files)), files=files, name="image_loader")
         infer = MultiLabelBundleInferenceOperator(
