@@ -88,7 +88,7 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
     record("training workflow ids present", properties)
 
     def datalist():
-        dl = parser.get_parsed_content("datalist")
+        dl = parser.get_parsed_content("data")  # train.json opens its datalist (a component or a path) as data
         if not isinstance(dl, (DataList, DataListWithTests)):
             raise TypeError(f"'datalist' must build a custom.DataList (or a data list with test lists), got {type(dl).__name__}")
         state["datalist"] = dl
