@@ -8,13 +8,16 @@ The runtime part, what the configs name at run time, is organised by concern:
 - :mod:`custom.evaluation`: AUC metrics and test reports;
 - :mod:`custom.serving`: network loaders, inference components, the MLflow pyfunc model;
 - :mod:`custom.deploy`: TorchScript export, bundle zip and MLflow registration at the end of training;
-- :mod:`custom.networks`, :mod:`custom.labels`, :mod:`custom.flags`: networks and weights, class vocabularies, config flags.
+- :mod:`custom.networks`, :mod:`custom.labels`, :mod:`custom.flags`: networks and weights, class vocabularies,
+  config flags;
+- :mod:`custom.console`: what a command prints when it fails (the project's message on the last line), noise filters.
 
 The tools (synthetic data, data-list builders, audit, benchmarks, pre-flight check, command line)
 live in :mod:`custom.tools`; they import the runtime part, never the other way round, and they
 are not shipped with the deployable bundle.
 """
 
+from .console import filter_third_party_noise, install_excepthook
 from .data import (ChestXrayDicomReader, ChestXrayToTensord, DataList, DataListError, LoadImageChestXrayd, RandResizedCropd,
                    open_datalist, real_datalist)
 from .deploy import ModelRegistrar
@@ -22,8 +25,13 @@ from .evaluation import MultiLabelAUC, TestReport, mean_auc, per_class_auc, pred
 from .flags import as_bool
 from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indices
 from .networks import build_network, load_pretrained, load_weights
-from .nvum import BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUMMemory, build_loss, class_prior, log1m_sigmoid
-from .serving import BundleNetwork, HeatmapWriter, ProbabilityWriter, list_inputs, load_inference_network
+from .nvum import (BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUMMemory, build_loss, class_prior,
+                   log1m_sigmoid)
+from .serving import BundleNetwork, HeatmapWriter, InferenceDataset, ProbabilityWriter, list_inputs, load_inference_network
 from .training import (CheckpointSaver, CheckpointWriteError, EpochSeeder, EpochSummary, HandlerGroup, LossAverages,
                        MLflowTracker, NonFiniteLossError, NVUMTrainer, PrepareImageBatch, ProgressBar, ResumeLoader,
-                       RunRecord, TrainingCheckpointSaver, ValidationState, default_tracking_uri, distributed, memory_format)
+                       RunRecord, RunSummary, TrainingCheckpointSaver, ValidationState, default_tracking_uri,
+                       distributed, memory_format)
+
+filter_third_party_noise()
+install_excepthook()  # only under `python -m monai.bundle` (custom.cli installs it itself)

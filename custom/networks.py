@@ -1,4 +1,5 @@
-"""Networks: building one from its definition, and loading weights from local files (checkpoints, pretrained weights)."""
+"""Networks: building one from its definition, and loading weights from local files (checkpoints, pretrained
+weights)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,21 @@ def read_checkpoint(path, kind: str = "checkpoint", hint: str = ""):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read {kind} {path}: {e}") from None
+        raise ValueError(f"cannot read {kind} {path}: {_load_error(e)}") from None
+
+
+def _load_error(exc: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, without PyTorch's advice to load it with
+    ``weights_only=False`` (which would let the file run code: this bundle never does that)."""
+    text = str(exc)
+    if "Weights only load failed" not in text:
+        return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (f"it holds a pickled Python object ({found.group(1)}), not only tensors; weights are read with "
+                "weights_only=True so that a file can never run code: save a state dict "
+                "(torch.save(model.state_dict(), path))")
+    return "not a PyTorch weights file (or a corrupt one): it cannot be read with weights_only=True"
 
 
 def read_state_dict(path, key: str = "model") -> dict:
@@ -118,19 +133,29 @@ def load_pretrained(network: torch.nn.Module, path=None) -> torch.nn.Module:
     state = {_torchvision_to_monai(k): v for k, v in read_state_dict(path).items()}
     own = network.state_dict()
     head = [k for k in own if HEAD_PATTERN.match(k) and (k not in state or state[k].shape != own[k].shape)]
+    in_file = {k: tuple(state[k].shape) if k in state else None for k in head}
     for k in head:
         state[k] = own[k]
     _check_match(path, own, state)
     network.load_state_dict(state)
+    if head:
+        shapes = ", ".join(f"{k} {tuple(own[k].shape)} (file: {in_file[k] or 'absent'})" for k in head)
+        message = (f"pretrained weights {path}: the classification head does not fit this network's classes and is "
+                   f"initialised afresh ({shapes}); every other layer is loaded")
+        print(message, flush=True)
     return network
 
 
 def _check_match(path, own: dict, state: dict) -> None:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        lines = [f"weights in {path} do not match the network:"]
+        counts = [f"{len(v)} {what}" for v, what in ((missing, "missing key(s)"), (unexpected, "unexpected key(s)"),
+                                                     (shapes, "shape mismatch(es)")) if v]
+        lines = [f"weights in {path} do not match the network ({', '.join(counts)}), e.g. "
+                 f"{(shapes or missing or unexpected)[0]}"]
         if missing:
             lines.append(f"  {len(missing)} missing key(s), e.g. {missing[:3]}")
         if unexpected:

@@ -15,7 +15,7 @@ from conftest import CONFIGS, ROOT
 
 from custom.data import DataList, DataListError
 from custom.networks import load_pretrained, read_state_dict
-from custom.tools.preflight import check
+from custom.tools.preflight import DATALIST, IDS, IMAGES, POSITIVES, check
 from custom.data.transforms import ImageReadError, LoadImageChestXrayd, check_image
 
 CLASSES = ["A", "B", "No Finding"]
@@ -87,7 +87,8 @@ def test_skip_policy_drops_unreadable_images_and_reindexes_the_memory_rows(tmp_p
         DataList(path, on_bad_image="ignore")
 
 
-@pytest.mark.parametrize("classes, message", [([], "non-empty list"), (["A", "A", "B"], r"\['A'\] listed more than once"), (["A", ""], "non-empty list")])
+@pytest.mark.parametrize("classes, message", [([], "non-empty list"), (["A", "A", "B"], r"\['A'\] listed more than"),
+                                              (["A", ""], "non-empty list")])
 def test_bad_class_names_are_refused(tmp_path, classes, message):
     path = tmp_path / "l.json"
     path.write_text(json.dumps({"classes": classes, "training": [], "validation": []}))
@@ -110,6 +111,19 @@ def test_pretrained_weights_with_wrong_keys_or_shapes_are_named(tmp_path):
     torch.save(state, tmp_path / "good.pt")
     loaded = load_pretrained(DenseNet121(spatial_dims=2, in_channels=3, out_channels=3), tmp_path / "good.pt")
     torch.testing.assert_close(loaded.state_dict()["features.conv0.weight"], state["features.conv0.weight"])
+
+
+def test_a_classification_head_initialised_afresh_is_said(tmp_path, capsys):
+    imagenet = DenseNet121(spatial_dims=2, in_channels=3, out_channels=1000).state_dict()
+    torch.save(imagenet, tmp_path / "imagenet.pt")
+    net = load_pretrained(DenseNet121(spatial_dims=2, in_channels=3, out_channels=3), tmp_path / "imagenet.pt")
+    out = capsys.readouterr().out
+    assert (f"pretrained weights {tmp_path / 'imagenet.pt'}: the classification head does not fit this network's "
+            "classes and is initialised afresh (class_layers.out.weight (3, 1024) (file: (1000, 1024)), "
+            "class_layers.out.bias (3,) (file: (1000,)))") in out
+    torch.testing.assert_close(net.state_dict()["features.conv0.weight"], imagenet["features.conv0.weight"])
+    load_pretrained(DenseNet121(spatial_dims=2, in_channels=3, out_channels=1000), tmp_path / "imagenet.pt")
+    assert "initialised afresh" not in capsys.readouterr().out  # a head that fits is loaded, and nothing is said
 
 
 class _Payload:
@@ -149,17 +163,89 @@ def test_preflight_check_passes_a_good_setup_and_names_a_corrupt_image(tmp_path,
     assert "[FAIL] every image exists and decodes" in out and "validation_1.png" in out
 
 
-def test_preflight_check_command_exits_nonzero_on_a_bad_label_row(tmp_path):
+def test_preflight_check_command_reports_every_problem_in_one_run(tmp_path):
     path = _list(tmp_path)
     doc = json.loads(path.read_text())
     doc["training"][4]["label"] = [1, 0]  # one value short
     path.write_text(json.dumps(doc))
+    (tmp_path / "img/training_1.png").unlink()  # a missing image and a corrupt one: both in this one run
+    _truncate(tmp_path / "img/validation_2.png")
     cmd = [sys.executable, "-m", "custom.cli", "check", "--config_file", str(CONFIGS / "train.json"),
            "--bundle_root", str(tmp_path / "b"), "--mlflow", "false",
            "--datalist", json.dumps({"_target_": "custom.DataList", "path": str(path)})]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "split 'training', row 4" in out.stdout and "length 2, expected 3" in out.stdout
+    lines = out.stdout.splitlines()
+    row = "split 'training', row 4 (img/training_4.png): 'label' has length 2, expected 3 (one per class)"
+    assert f"[FAIL] {DATALIST}: data list {path}: {row}" in lines
+    assert f"[ ok ] {IDS}" in lines  # a data-list problem is not blamed on the config ids
+    first = f"[FAIL] {IMAGES}: 2 image(s) of data list {path} are missing or unreadable"
+    images = next(i for i, line in enumerate(lines) if line.startswith(first))
+    assert lines[images + 1].strip() == f"{tmp_path / 'img/training_1.png'} (split 'training', row 1): file not found"
+    assert lines[images + 2].strip().startswith(f"{tmp_path / 'img/validation_2.png'} (split 'validation', row 2): ")
+    assert lines[-1].startswith("3/8 checks passed; failed: ")
+
+
+def _check_and_train(tmp_path, path, **datalist):
+    """What `check` prints for a data list, and what the training workflow does with it (its objects built)."""
+    import warnings
+
+    overrides = dict(_tiny_overrides(tmp_path, path),
+                     datalist={"_target_": "custom.DataList", "path": str(path), **datalist})
+    status = check(str(CONFIGS / "train.json"), **overrides)
+    from custom.tools.training import train_parser
+
+    parser = train_parser(overrides)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            parser.get_parsed_content("loss")  # builds the data list and the class prior, as training does first
+            parser.get_parsed_content("train#dataset")  # reads every training image
+            parser.get_parsed_content("validate#dataset")
+            training = None
+        except Exception as e:
+            training = e
+    return status, training, [str(w.message) for w in caught]
+
+
+def test_check_and_training_agree_on_errors_and_warnings(tmp_path, capsys):
+    from custom.console import message, project_exception
+
+    path = _list(tmp_path)
+    doc = json.loads(path.read_text())
+    for item in doc["training"]:
+        item["label"][1] = 0  # class B has no training positive: a warning for both
+    path.write_text(json.dumps(doc))
+    status, training, warned = _check_and_train(tmp_path, path)
+    out = capsys.readouterr().out
+    assert status == 0 and training is None
+    assert f"[warn] {POSITIVES}: classes without a positive training label" in out and "['B']" in out
+    assert any("classes without positive training labels" in w and "['B']" in w for w in warned)
+    # an unreadable image with on_bad_image='skip': skipped by training, a warning of check
+    _truncate(tmp_path / "img/training_3.png")
+    status, training, warned = _check_and_train(tmp_path, path, on_bad_image="skip")
+    out = capsys.readouterr().out
+    assert status == 0 and training is None
+    assert f"[warn] {IMAGES}: 1 image(s) of data list {path} is missing or unreadable and will be skipped" in out
+    # without it: an error for both
+    status, training, _ = _check_and_train(tmp_path, path)
+    out = capsys.readouterr().out
+    assert status == 1 and f"[FAIL] {IMAGES}: 1 image(s)" in out
+    assert message(project_exception(training)).startswith(f"cannot read image {tmp_path / 'img/training_3.png'}")
+    # the same image in training and validation: an error for both, naming both places
+    doc["validation"][0]["image"] = doc["training"][5]["image"]
+    path.write_text(json.dumps(doc))
+    status, training, _ = _check_and_train(tmp_path, path)
+    out = capsys.readouterr().out
+    both = "split 'validation', row 0: image img/training_5.png is also in split 'training', row 5"
+    assert status == 1 and f"[FAIL] {DATALIST}: data list {path}: {both}" in out
+    assert both in message(project_exception(training))
+    # a data list that is not JSON: said so, by the data-list check
+    path.write_text("{not json")
+    status, training, _ = _check_and_train(tmp_path, path)
+    out = capsys.readouterr().out
+    assert status == 1 and f"[FAIL] {DATALIST}: data list {path} is not valid JSON" in out and f"[ ok ] {IDS}" in out
+    assert message(project_exception(training)).startswith(f"data list {path} is not valid JSON")
 
 
 def test_nan_loss_stops_training_naming_epoch_iteration_and_indices():
@@ -175,9 +261,11 @@ def test_nan_loss_stops_training_naming_epoch_iteration_and_indices():
             value = value * float("nan")
         return {"loss": value, "bce": value.detach(), "reg": torch.zeros(())}
 
-    batches = [{"image": torch.randn(2, 1, 2, 2), "label": torch.ones(2, 3), "index": torch.tensor([2 * i, 2 * i + 1])} for i in range(3)]
+    batches = [{"image": torch.randn(2, 1, 2, 2), "label": torch.ones(2, 3),
+                "index": torch.tensor([2 * i, 2 * i + 1])} for i in range(3)]
     trainer = NVUMTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=batches, network=net,
-                          optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=loss, decollate=False)  # fmt: skip
+                          optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=loss,
+                          decollate=False)  # fmt: skip
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, iteration 2 .*dataset indices of the batch: \[2, 3\]"):
         trainer.run()
 
@@ -189,4 +277,5 @@ def test_resume_refuses_a_checkpoint_trained_on_other_classes():
     saved = RunRecord(["A", "C", "No Finding"], 10, "old.json").state_dict()
     with pytest.raises(DataListError, match=r"unknown to the checkpoint: \['B'\]; missing: \['C'\]"):
         here.check(saved, "ckpt.pt")
-    here.check(RunRecord(["A", "B", "No Finding"], 10, "old.json").state_dict(), "ckpt.pt")  # same classes and size: fine
+    here.check(RunRecord(["A", "B", "No Finding"], 10, "old.json").state_dict(),
+               "ckpt.pt")  # same classes and size: fine

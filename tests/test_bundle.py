@@ -10,7 +10,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS
 
 TINY = {
     "datalist#num_training": 96,
@@ -60,7 +60,8 @@ def trained(tmp_path_factory):
 
 
 def test_train_config_has_monai_train_properties(tmp_path):
-    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, **{"datalist#root": str(tmp_path / "data")}, **TINY)
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False,
+                   **{"datalist#root": str(tmp_path / "data")}, **TINY)
     wf.initialize()
     assert wf.check_properties() in (None, [])
 
@@ -109,13 +110,34 @@ def test_training_writes_test_tables_and_an_mlflow_run(trained):
     assert "test/test_test.csv" in artifacts
 
 
-def test_evaluate_config_reproduces_the_training_test_table(trained):
+def test_evaluate_config_reproduces_the_training_test_table(trained, capsys):
     root = trained["root"]
     before = pd.read_csv(root / "eval" / "test_test.csv")
-    wf = _workflow(["train.json", "evaluate.json"], "eval", bundle_root=str(root), output_dir=str(root / "eval2"), mlflow=False, **{"datalist#root": str(trained["data"])}, **TINY)
+    wf = _workflow(["train.json", "evaluate.json"], "eval", bundle_root=str(root), output_dir=str(root / "eval2"),
+                   mlflow=False, **{"datalist#root": str(trained["data"])}, **TINY)
     _run(wf)
     after = pd.read_csv(root / "eval2" / "test_test.csv")
     assert np.allclose(before["auc"], after["auc"], equal_nan=True)
+    out = capsys.readouterr().out
+    assert f"evaluating checkpoint {(root / 'models' / 'model.pt').resolve()} (written " in out  # the weights loaded
+    written = out.split("\nwritten:\n", 1)[1].splitlines()  # and, last, where each file it wrote is
+    expected = [str((root / "eval2" / f"test_{s}{e}").resolve())
+                for s in ("test", "test_shifted") for e in (".csv", ".md", "_roc.png")]
+    assert [line.split()[-1] for line in written] == expected
+
+
+def test_training_ends_by_listing_every_file_it_wrote(trained):
+    root, files = trained["root"], dict(trained["wf"].parser.get_parsed_content("run_summary").files())
+    models, eval_dir = (root / "models").resolve(), (root / "eval").resolve()
+    assert files["best network"] == str(models / "model.pt") and files["its run record"] == str(models / "model.json")
+    assert files["resume checkpoint (audit it)"] == str(models / "checkpoint_epoch=2.pt")
+    assert files["test table 'test_shifted'"] == str(eval_dir / "test_test_shifted.csv")
+    assert files["ROC figure 'test'"] == str(eval_dir / "test_test_roc.png")
+    assert files["TorchScript model"] == str(models / "model.ts")
+    assert files["deployable bundle"] == str(models / "nvum_cxr_classification.zip")
+    assert files["registered MLflow model"] == "models:/nvum-chestxray/1"
+    assert files["MLflow run"].endswith(f"in sqlite:///{eval_dir}/mlruns.db")
+    assert all(Path(path).is_file() for what, path in files.items() if not what.startswith(("MLflow", "registered")))
 
 
 def test_inference_config_writes_probabilities_for_a_folder_of_images(trained, tmp_path):
@@ -125,10 +147,12 @@ def test_inference_config_writes_probabilities_for_a_folder_of_images(trained, t
     for p in images:
         (folder / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "probs.csv"
-    wf = _workflow(["inference.json"], "infer", bundle_root=str(trained["root"]), input_path=str(folder), output_file=str(out))
+    wf = _workflow(["inference.json"], "infer", bundle_root=str(trained["root"]), input_path=str(folder),
+                   output_file=str(out))
     _run(wf)
     table = pd.read_csv(out)
-    assert len(table) == 5 and list(table.columns)[1:] == json.loads((CONFIGS / "inference.json").read_text())["classes"]
+    assert len(table) == 5
+    assert list(table.columns)[1:] == json.loads((CONFIGS / "inference.json").read_text())["classes"]
     probs = table.iloc[:, 1:].to_numpy()
     assert ((probs > 0) & (probs < 1)).all()
     # the probabilities are those of the trained network on the same images
@@ -138,27 +162,62 @@ def test_inference_config_writes_probabilities_for_a_folder_of_images(trained, t
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    net = load_weights(DenseNet121(spatial_dims=2, in_channels=3, out_channels=14), trained["root"] / "models" / "model.pt")
+    net = load_weights(DenseNet121(spatial_dims=2, in_channels=3, out_channels=14),
+                       trained["root"] / "models" / "model.pt")
     logits = predict(net, [{"image": str(folder / p.name)} for p in images], parser.get_parsed_content("preprocessing"))
     assert np.allclose(torch.sigmoid(torch.as_tensor(logits)).numpy(), probs, atol=1e-5)
 
 
+def test_inference_skips_unreadable_images_with_their_reason_and_can_be_strict(trained, tmp_path, capsys):
+    from custom.console import exception_chain
+    from custom.data.transforms import ImageReadError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in sorted((trained["data"] / "test").glob("*.png"))[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "cut.png").write_bytes((folder / p.name).read_bytes()[:60])  # a header and no pixels
+    (folder / "page.png").write_text("<html>404</html>")
+    out = tmp_path / "out" / "probs.csv"
+    common = dict(bundle_root=str(trained["root"]), input_path=str(folder), output_file=str(out))
+    _run(_workflow(["inference.json"], "infer", **common))
+    table = pd.read_csv(out)
+    assert [Path(p).name for p in table["image"]] == sorted(p.name for p in folder.glob("0*.png"))  # the readable ones
+    errors = pd.read_csv(out.parent / "errors.csv")
+    assert list(errors["image"]) == [str(folder / "cut.png"), str(folder / "page.png")]
+    assert errors["reason"].str.startswith(("corrupt or truncated", "not an image file Pillow can read")).all()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    errors_file = out.parent / "errors.csv"
+    assert last == f"wrote probabilities of 3 image(s) to {out}; 2 skipped, unreadable (see {errors_file})"
+    with pytest.raises(Exception) as err:  # --strict true: the first unreadable image stops the run
+        _run(_workflow(["inference.json"], "infer", strict=True, **common))
+    assert any(isinstance(e, ImageReadError) for e in exception_chain(err.value))
+    assert f"cannot read image {folder / 'cut.png'}: corrupt or truncated" in _messages(err.value)
+    for name in ("cut.png", "page.png"):
+        (folder / name).unlink()
+    _run(_workflow(["inference.json"], "infer", **common))
+    assert len(pd.read_csv(out)) == 3 and not (out.parent / "errors.csv").exists()  # no stale errors file
+
+
 def test_plain_bce_is_one_override_and_leaves_the_memory_at_zero(tmp_path):
-    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, **{"nvum#loss": "bce", "datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False,
+                   **{"nvum#loss": "bce", "datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
     _run(wf)
     assert wf.parser.get_parsed_content("memory").values.abs().sum() == 0
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
 def test_iteration_schedule_with_ema_teacher_trains_and_checkpoints_the_teacher(tmp_path):
-    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow="false", **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1),
-                   **{"nvum#memory_schedule": "iteration", "nvum#use_teacher": "true", "nvum#reg": "elementwise", "nvum#mix_memory": "true", "nvum#reg_clamp": 1e-4})
+    authors = {"nvum#memory_schedule": "iteration", "nvum#use_teacher": "true", "nvum#reg": "elementwise",
+               "nvum#mix_memory": "true", "nvum#reg_clamp": 1e-4}
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow="false",
+                   **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1), **authors)
     _run(wf)
     teacher = wf.parser.get_parsed_content("teacher")
     loss = wf.parser.get_parsed_content("loss")
     assert teacher.enabled and loss.mix_memory and loss.clamp == 1e-4  # command-line strings parsed as flags
     assert not wf.parser.get_parsed_content("mlflow_tracker").enabled
-    assert not (Path.cwd() / "mlruns.db").exists() and not (Path.cwd() / "mlruns").exists()  # tracking off writes no store
+    assert not (Path.cwd() / "mlruns.db").exists() and not (Path.cwd() / "mlruns").exists()  # tracking off: no store
     (ckpt,) = (tmp_path / "models").glob("checkpoint_epoch=*.pt")
     state = torch.load(ckpt, weights_only=True)
     assert state["teacher"].keys() == teacher.model.state_dict().keys()
@@ -171,9 +230,11 @@ def test_iteration_schedule_with_ema_teacher_trains_and_checkpoints_the_teacher(
 
 def test_missing_dataset_folder_names_the_path(tmp_path):
     datalist = tmp_path / "list.json"
-    datalist.write_text(json.dumps({"classes": ["A", "No Finding"], "training": [{"image": "a.png", "label": [1, 0]}], "validation": [{"image": "b.png", "label": [0, 1]}]}))
+    datalist.write_text(json.dumps({"classes": ["A", "No Finding"], "training": [{"image": "a.png", "label": [1, 0]}],
+                                    "validation": [{"image": "b.png", "label": [0, 1]}]}))
     missing = tmp_path / "no_such_folder"
-    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, datalist={"_target_": "custom.DataList", "path": str(datalist), "dataset_dir": str(missing)})
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False,
+                   datalist={"_target_": "custom.DataList", "path": str(datalist), "dataset_dir": str(missing)})
     wf.initialize()
     with pytest.raises(Exception) as err:
         wf.run()
@@ -181,7 +242,9 @@ def test_missing_dataset_folder_names_the_path(tmp_path):
 
 
 def test_missing_pretrained_weights_names_the_path(tmp_path):
-    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, pretrained_weights=str(tmp_path / "imagenet.pt"), **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False,
+                   pretrained_weights=str(tmp_path / "imagenet.pt"), **{"datalist#root": str(tmp_path / "data")},
+                   **dict(TINY, max_epochs=1))
     wf.initialize()
     with pytest.raises(Exception) as err:
         wf.run()
@@ -241,7 +304,8 @@ def test_inference_rebuilds_the_recorded_network_and_refuses_another_input_size(
               "conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True}
     data = tmp_path / "data"
     overrides = {"datalist#root": str(data), **dict(TINY, max_epochs=1), "image_size": 24, "network_def": resnet}
-    _run(_workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, test_and_deploy=False, **overrides))
+    _run(_workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False, test_and_deploy=False,
+                   **overrides))
     assert json.loads((tmp_path / "models" / "model.json").read_text())["network"]["name"] == "ResNet"
     images = tmp_path / "images"
     images.mkdir()
@@ -261,7 +325,8 @@ def test_test_and_deploy_switch_leaves_only_the_trained_checkpoints(tmp_path):
     _run(wf)
     assert (tmp_path / "models" / "model.pt").is_file()
     assert not list((tmp_path / "eval").glob("test_*"))
-    assert not (tmp_path / "models" / "model.ts").exists() and not (tmp_path / "models" / "nvum_cxr_classification.zip").exists()
+    assert not (tmp_path / "models" / "model.ts").exists()
+    assert not (tmp_path / "models" / "nvum_cxr_classification.zip").exists()
     mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "eval" / "mlruns.db"))
     (run,) = mlflow.search_runs(experiment_names=["nvum"], output_format="list")
     assert run.info.status == "FINISHED" and "val_mean_auc" in run.data.metrics  # the training run is still tracked

@@ -6,12 +6,16 @@ A data list is JSON (optionally gzipped) in MONAI's decathlon-like style::
      "training":   [{"image": "relative/path.png", "label": [0, 1, ...], "patient": "id"}, ...],
      "validation": [...], "test": [...], "<other test split>": [...]}
 
-Image paths are relative to ``dataset_dir``. Every item handed to a dataset carries its position
-in its split as ``index``: that is the row of the NVUM memory for training images.
+Image paths are relative to ``dataset_dir`` and must stay inside it (absolute paths only with
+``allow_absolute_paths``); an image is listed once in the whole list (two splits sharing an image
+would leak it). Every item handed to a dataset carries its position in its split as ``index``:
+that is the row of the NVUM memory for training images.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import gzip
 import json
 import logging
@@ -31,6 +35,32 @@ ITEM_KEYS = {"image", "label", "patient", "clean_label"}
 REQUIRED_ITEM_KEYS = {"image", "label"}
 #: top-level keys that are not splits.
 META_KEYS = {"classes", "generator", "summary", "scheme", "source"}
+#: most problems (rows, images) listed in one error message.
+MAX_LISTED = 50
+
+# True while `check` builds a data list: it reports all of the list's problems and every bad image itself
+_PREFLIGHT = contextvars.ContextVar("nvum_datalist_preflight", default=False)
+
+
+@contextlib.contextmanager
+def preflight_mode():
+    """Inside the block, data lists are built for the pre-flight check: their problems (bad rows,
+    paths, duplicates, leaked patients, empty splits) are kept in :attr:`DataList.problems` instead
+    of stopping, and their images are not looked at (``check_images``, ``verify_images`` and
+    ``on_bad_image`` are recorded, not applied), so that ``check`` can report every problem of the
+    list and then every missing and unreadable image (:meth:`DataList.bad_images`) in one run."""
+    token = _PREFLIGHT.set(True)
+    try:
+        yield
+    finally:
+        _PREFLIGHT.reset(token)
+
+
+def listing(first: str, lines: list[str], limit: int | None = MAX_LISTED) -> str:
+    """An error message: ``first`` (a self-contained line), then ``lines`` indented, at most ``limit``."""
+    shown = lines if limit is None else lines[:limit]
+    more = [f"... and {len(lines) - len(shown)} more"] if len(shown) < len(lines) else []
+    return "\n  ".join([first, *shown, *more])
 
 
 class DataListError(ValueError):
@@ -65,20 +95,27 @@ class DataList:
             ``"skip"``: such items are dropped from their split before anything is built on it
             (the memory has a row per *kept* training image), and their number and names are
             logged and kept in :attr:`skipped`.
+        allow_absolute_paths: accept absolute image paths (default: refused, like relative paths
+            that leave ``dataset_dir`` with ``..``, which are always refused).
 
     Raises:
-        FileNotFoundError: missing data list, dataset folder or images (the first few are named).
+        FileNotFoundError: missing data list, dataset folder or images (all named, with their count).
         DataListError: unknown keys, wrong label lengths, non-binary labels, empty splits,
-            duplicate images or a patient in two splits.
+            an image listed twice (in one split or in two), image paths outside ``dataset_dir``,
+            or a patient in two splits; every such problem of the list is named in one message.
     """
 
     def __init__(
         self, path, dataset_dir=None, required_splits=("training", "validation"), check_images: bool = True,
-        verify_images: bool = False, on_bad_image: str = "error",
+        verify_images: bool = False, on_bad_image: str = "error", allow_absolute_paths: bool = False,
     ):  # fmt: skip
+        from ..flags import as_bool
+
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         self.path = Path(path)
+        self.on_bad_image = on_bad_image
+        self.allow_absolute_paths = as_bool(allow_absolute_paths, "allow_absolute_paths")
         self.skipped: list[tuple[str, str, str]] = []  # (split, image, reason)
         raw = read_json(self.path)
         if not isinstance(raw, dict) or "classes" not in raw:
@@ -86,25 +123,39 @@ class DataList:
         self.classes = list(raw["classes"])
         bad = [c for c in self.classes if not isinstance(c, str) or not c.strip()]
         if not self.classes or bad:
-            raise DataListError(f"data list {self.path}: 'classes' must be a non-empty list of class names, got {raw['classes']}")
+            raise DataListError(f"data list {self.path}: 'classes' must be a non-empty list of class names, got "
+                                f"{raw['classes']}")
         twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
         if twice:
             raise DataListError(f"data list {self.path}: class name(s) {twice} listed more than once in 'classes'")
         self.meta = {k: raw[k] for k in META_KEYS if k in raw}
         self.dataset_dir = Path(dataset_dir) if dataset_dir not in (None, "") else self.path.parent
         if not self.dataset_dir.is_dir():
-            raise FileNotFoundError(f"dataset folder not found: {self.dataset_dir} (set 'dataset_dir' to the folder holding the images)")
+            raise FileNotFoundError(f"dataset folder not found: {self.dataset_dir} (set 'dataset_dir' to the folder "
+                                    "holding the images)")
         self._splits = {k: v for k, v in raw.items() if k not in META_KEYS}
+        problems: list[str] = []
+        seen: dict[str, tuple[str, int]] = {}  # normalised image path -> (split, row), over all splits
         for name, items in self._splits.items():
-            self._validate_split(name, items)
-        self._check_patients()
+            problems += self._validate_split(name, items, seen)
+        problems += self._patient_problems()
+        problems += [f"no items in required split '{name}'" for name in required_splits if not self._splits.get(name)]
+        self.problems = problems
+        if _PREFLIGHT.get():
+            return
+        if problems:
+            raise DataListError(self.problems_message())
         if on_bad_image == "skip" or verify_images:
             self.verify_images(skip=on_bad_image == "skip")
         elif check_images:
             self._check_images()
-        for name in required_splits:
-            if not self._splits.get(name):
-                raise DataListError(f"data list {self.path} has no items in required split '{name}'")
+
+    def problems_message(self) -> str:
+        """The error for :attr:`problems`: the first on the first line with their count, then the others."""
+        first = f"data list {self.path}: {self.problems[0]}"
+        if len(self.problems) > 1:
+            first += f" (and {len(self.problems) - 1} more problem(s), listed below)"
+        return listing(first, self.problems[1:])
 
     @property
     def splits(self) -> list[str]:
@@ -125,7 +176,8 @@ class DataList:
         """
         out = []
         for i, item in enumerate(self._get(split)):
-            d = {"image": str(self.dataset_dir / item["image"]), "label": np.asarray(item["label"], dtype=np.float32), "index": i}
+            d = {"image": str(self.dataset_dir / item["image"]), "label": np.asarray(item["label"], dtype=np.float32),
+                 "index": i}
             if "patient" in item:
                 d["patient"] = str(item["patient"])
             out.append(d)
@@ -146,72 +198,143 @@ class DataList:
             raise KeyError(f"data list {self.path} has no split '{split}'; it has {self.splits}")
         return self._splits[split]
 
-    def _validate_split(self, name: str, items) -> None:
+    def _validate_split(self, name: str, items, seen: dict) -> list[str]:
+        """Problems of one split, as ``split '<name>', row <r> (<image>): <what>`` lines."""
         if not isinstance(items, list):
-            raise DataListError(f"data list {self.path}: '{name}' must be a list of items, or one of the keys {sorted(META_KEYS)}")
+            return [f"'{name}' must be a list of items, or one of the keys {sorted(META_KEYS)}"]
         n_classes = len(self.classes)
-        seen = {}
+        problems = []
         for row, item in enumerate(items):
-            where = f"data list {self.path}, split '{name}', row {row}"
+            where = f"split '{name}', row {row}"
             if not isinstance(item, dict):
-                raise DataListError(f"{where}: an item must be an object with keys {sorted(REQUIRED_ITEM_KEYS)}")
+                problems.append(f"{where}: an item must be an object with keys {sorted(REQUIRED_ITEM_KEYS)}")
+                continue
             unknown = set(item) - ITEM_KEYS
             if unknown:
-                raise DataListError(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(ITEM_KEYS)}")
+                problems.append(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(ITEM_KEYS)}")
             missing = REQUIRED_ITEM_KEYS - set(item)
             if missing:
-                raise DataListError(f"{where}: missing key(s) {sorted(missing)}")
+                problems.append(f"{where}: missing key(s) {sorted(missing)}")
+                continue
+            image = item["image"]
+            path_problem = self._path_problem(image)
+            if path_problem:
+                problems.append(f"{where}: {path_problem}")
+                continue
             for key in ("label", "clean_label"):
                 if key in item:
                     value = item[key]
                     if not isinstance(value, list) or len(value) != n_classes:
                         length = len(value) if isinstance(value, list) else type(value).__name__
-                        raise DataListError(f"{where} ({item['image']}): '{key}' has length {length}, expected {n_classes} (one per class)")
-                    if any(v not in (0, 1) for v in value):
-                        raise DataListError(f"{where} ({item['image']}): '{key}' must hold only 0/1 values, got {value}")
-            if item["image"] in seen:
-                raise DataListError(f"{where}: image {item['image']} is listed twice (also row {seen[item['image']]})")
-            seen[item["image"]] = row
+                        problems.append(f"{where} ({image}): '{key}' has length {length}, expected {n_classes} (one "
+                                        "per class)")
+                    elif any(v not in (0, 1) for v in value):
+                        problems.append(f"{where} ({image}): '{key}' must hold only 0/1 values, got {value}")
+            key = os.path.normpath(image)
+            if key in seen:
+                other_split, other_row = seen[key]
+                if other_split == name:
+                    problems.append(f"{where}: image {image} is listed twice (also row {other_row})")
+                else:
+                    problems.append(f"{where}: image {image} is also in split '{other_split}', row {other_row}; an "
+                                    "image in two splits leaks what the network trained on into what it is judged on")
+            else:
+                seen[key] = (name, row)
+        return problems
 
-    def _check_patients(self) -> None:
+    def _path_problem(self, image) -> str | None:
+        """Why an item's ``image`` is not a path inside ``dataset_dir`` (``None`` when it is)."""
+        if not isinstance(image, str) or not image.strip():
+            return f"'image' must be a non-empty path relative to dataset_dir, got {image!r}"
+        if os.path.isabs(image):
+            if self.allow_absolute_paths:
+                return None
+            return (f"image path {image} is absolute; image paths are relative to dataset_dir ({self.dataset_dir}) "
+                    "(set 'allow_absolute_paths': true in the custom.DataList to accept absolute paths)")
+        normalised = os.path.normpath(image)
+        if normalised == os.pardir or normalised.startswith(os.pardir + os.sep):
+            return f"image path {image} leaves dataset_dir ({self.dataset_dir}); paths must stay inside it"
+        return None
+
+    def _patient_problems(self) -> list[str]:
         where = defaultdict(set)
         for split, items in self._splits.items():
-            for item in items:
-                if "patient" in item:
+            for item in items if isinstance(items, list) else ():
+                if isinstance(item, dict) and "patient" in item:
                     where[str(item["patient"])].add(split)
         leaked = {p: sorted(s) for p, s in where.items() if len(s) > 1}
-        if leaked:
-            example = ", ".join(f"{p} in {s}" for p, s in list(leaked.items())[:5])
-            raise DataListError(f"data list {self.path}: {len(leaked)} patient(s) appear in more than one split: {example}")
+        if not leaked:
+            return []
+        example = ", ".join(f"{p} in {s}" for p, s in list(leaked.items())[:5])
+        return [f"{len(leaked)} patient(s) appear in more than one split: {example}"]
 
     def _check_images(self) -> None:
-        missing = [self.dataset_dir / item["image"] for items in self._splits.values() for item in items if not (self.dataset_dir / item["image"]).is_file()]
+        """Every image file exists (one ``stat`` each); all missing ones are named, with their count."""
+        missing = [(split, row, self.dataset_dir / item["image"]) for split, items in self._splits.items()
+                   for row, item in enumerate(items) if not (self.dataset_dir / item["image"]).is_file()]
         if missing:
-            shown = "\n  ".join(str(p) for p in missing[:5])
-            raise FileNotFoundError(f"{len(missing)} image(s) of data list {self.path} not found, e.g.\n  {shown}")
+            raise FileNotFoundError(self._bad_images_message([(s, r, p, "file not found") for s, r, p in missing],
+                                                             "not found"))
 
+    def _image_jobs(self) -> list[tuple[str, int, Path]]:
+        """``(split, row, path)`` of every item with an image path (all items, unless :attr:`problems` name some)."""
+        return [(split, row, self.dataset_dir / item["image"])
+                for split, items in self._splits.items() if isinstance(items, list)
+                for row, item in enumerate(items)
+                if isinstance(item, dict) and isinstance(item.get("image"), str) and item["image"]]
 
-    def verify_images(self, skip: bool = False) -> None:
-        """Decode every image once; stop naming the bad ones, or drop them with ``skip`` (see ``on_bad_image``)."""
+    @property
+    def num_images(self) -> int:
+        """The number of images of all splits."""
+        return len(self._image_jobs())
+
+    def bad_images(self) -> list[tuple[str, int, Path, str]]:
+        """Decode every image once (Pillow, in threads, with a progress bar for large lists).
+
+        Returns:
+            ``(split, row, path, reason)`` of every missing or unreadable image, in list order.
+        """
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm.auto import tqdm
 
         from .transforms import check_image
 
-        jobs = [(split, item["image"]) for split, items in self._splits.items() for item in items]
+        jobs = self._image_jobs()
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            reasons = list(tqdm(pool.map(lambda job: check_image(self.dataset_dir / job[1]), jobs), total=len(jobs),
-                                desc="checking images", unit="img", disable=len(jobs) < 2000, mininterval=2))  # fmt: skip
-        bad = [(split, image, why) for (split, image), why in zip(jobs, reasons) if why is not None]
+            reasons = list(tqdm(pool.map(lambda job: check_image(job[2]), jobs), total=len(jobs),
+                                desc="checking images", unit="img", disable=len(jobs) < 2000, mininterval=2))
+        return [(split, row, path, why) for (split, row, path), why in zip(jobs, reasons) if why is not None]
+
+    def _bad_images_message(self, bad, what: str = "missing or unreadable", limit: int | None = MAX_LISTED) -> str:
+        return bad_images_message(self.path, self.dataset_dir, bad, self.num_images, what, limit)
+
+    def verify_images(self, skip: bool = False) -> None:
+        """Decode every image once; stop naming the bad ones, or drop them with ``skip`` (see ``on_bad_image``)."""
+        bad = self.bad_images()
         if not bad:
             return
-        shown = "\n  ".join(f"{self.dataset_dir / image} ({split}): {why}" for split, image, why in bad[:10])
         if not skip:
-            raise FileNotFoundError(f"{len(bad)} image(s) of data list {self.path} are missing or unreadable, e.g.\n  {shown}")
-        drop = {(split, image) for split, image, _ in bad}
+            raise FileNotFoundError(self._bad_images_message(bad))
+        self.skipped = [(split, self._splits[split][row]["image"], why) for split, row, _, why in bad]
+        drop = {(split, row) for split, row, _, _ in bad}
         for split in self._splits:
-            self._splits[split] = [item for item in self._splits[split] if (split, item["image"]) not in drop]
-        self.skipped = bad
-        logger.warning("skipped %d missing or unreadable image(s) of data list %s (on_bad_image='skip'):\n  %s%s",
-                       len(bad), self.path, shown, "\n  ..." if len(bad) > 10 else "")  # fmt: skip
+            self._splits[split] = [item for row, item in enumerate(self._splits[split]) if (split, row) not in drop]
+        logger.warning("%s", self._bad_images_message(bad, "missing or unreadable and skipped (on_bad_image='skip')"))
+
+
+def bad_images_message(path, dataset_dir, bad, total: int, what: str = "missing or unreadable",
+                       limit: int | None = MAX_LISTED) -> str:
+    """The error of :meth:`DataList.verify_images`: the count and the first bad image on the first line, then every one.
+
+    Args:
+        bad: ``(split, row, path, reason)`` tuples.
+        total: the number of images of the list (to say so when none is found: a wrong ``dataset_dir``).
+    """
+    split, row, image, why = bad[0]
+    verb = "is" if len(bad) == 1 else "are"
+    first = f"{len(bad)} image(s) of data list {path} {verb} {what}; the first: {image} (split '{split}', row {row})"
+    first += f": {why}"
+    if len(bad) == total and all(w == "file not found" for *_, w in bad):
+        first += f" (none of the {total} images is in dataset_dir {dataset_dir}: is it the right folder?)"
+    return listing(first, [f"{image} (split '{split}', row {row}): {why}" for split, row, image, why in bad], limit)

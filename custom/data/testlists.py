@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .datalist import DataList, DataListError
+from .datalist import DataList, DataListError, bad_images_message
 
 
 class DataListWithTests:
@@ -32,7 +32,8 @@ class DataListWithTests:
             training list, a split name used twice, or a test patient that is in the training split.
     """
 
-    def __init__(self, datalist: DataList, test_lists: Mapping[str, Mapping | DataList] | None = None, check_images: bool = True):
+    def __init__(self, datalist: DataList, test_lists: Mapping[str, Mapping | DataList] | None = None,
+                 check_images: bool = True):
         self._base = datalist
         self._extra: dict[str, tuple[DataList, str]] = {}
         training_patients = self._patients(datalist, "training") if "training" in datalist.splits else set()
@@ -42,19 +43,40 @@ class DataListWithTests:
             else:
                 path, folder = spec.get("path"), spec.get("dataset_dir")
                 if not path or not folder:
-                    print(f"test list '{name}' skipped: set its data list and image folder to evaluate on it", flush=True)
+                    print(f"test list '{name}' skipped: set its data list and image folder to evaluate on it",
+                          flush=True)
                     continue
                 test = DataList(path, folder, required_splits=(), check_images=check_images)
             if list(test.classes) != list(datalist.classes):
-                raise DataListError(f"test list '{name}' ({test.path}) has classes {test.classes}, the training list {datalist.path} has {datalist.classes}: build both with the same --scheme")
+                raise DataListError(f"test list '{name}' ({test.path}) has classes {test.classes}, the training list "
+                                    f"{datalist.path} has {datalist.classes}: build both with the same --scheme")
             for split in test.test_splits:
                 key = name if split == "test" else f"{name}_{split}"
                 if key in datalist.splits or key in self._extra:
                     raise DataListError(f"test list '{name}' ({test.path}): split name '{key}' is already used")
                 leaked = training_patients & self._patients(test, split)
                 if leaked:
-                    raise DataListError(f"test list '{name}' ({test.path}): {len(leaked)} patient(s) of split '{split}' are in the training split of {datalist.path}, e.g. {sorted(leaked)[:5]}")
+                    raise DataListError(f"test list '{name}' ({test.path}): {len(leaked)} patient(s) of split "
+                                        f"'{split}' are in the training split of {datalist.path}, "
+                                        f"e.g. {sorted(leaked)[:5]}")
                 self._extra[key] = (test, split)
+
+    @property
+    def problems(self) -> list[str]:
+        """Problems of the training list and of the test lists (see :func:`custom.data.datalist.preflight_mode`)."""
+        out = list(self._base.problems)
+        for key, (test, inner) in self._extra.items():
+            out += [f"test list '{key}' ({test.path}): {p}" for p in test.problems]
+        return out
+
+    def problems_message(self) -> str:
+        from .datalist import listing
+
+        problems = self.problems
+        first = f"data list {self.path}: {problems[0]}"
+        if len(problems) > 1:
+            first += f" (and {len(problems) - 1} more problem(s), listed below)"
+        return listing(first, problems[1:])
 
     @staticmethod
     def _patients(datalist: DataList, split: str) -> set[str]:
@@ -105,14 +127,35 @@ class DataListWithTests:
     def __len__(self) -> int:
         return len(self._base)
 
-    def verify_images(self) -> None:
-        """Decode every image of the training list and of every test list (see :meth:`custom.data.DataList.verify_images`)."""
-        self._base.verify_images()
+    @property
+    def num_images(self) -> int:
+        """The number of images of the training list and of every test list."""
+        return self._base.num_images + sum(t.num_images for t in {id(t): t for t, _ in self._extra.values()}.values())
+
+    def bad_images(self) -> list[tuple[str, int, Path, str]]:
+        """Every missing or unreadable image of the training list and of every test list
+        (see :meth:`custom.data.DataList.bad_images`; a test list's splits carry their name here)."""
+        bad = self._base.bad_images()
         for test in {id(t): t for t, _ in self._extra.values()}.values():
-            test.verify_images()
+            names = {inner: key for key, (t, inner) in self._extra.items() if t is test}
+            bad += [(names.get(split, f"{test.path.name}:{split}"), row, path, why) for split, row, path,
+                    why in test.bad_images()]
+        return bad
+
+    def verify_images(self, skip: bool = False) -> None:
+        """Decode every image of the training list and of every test list; stop naming all bad ones."""
+        if skip:
+            self._base.verify_images(skip=True)
+            for test in {id(t): t for t, _ in self._extra.values()}.values():
+                test.verify_images(skip=True)
+            return
+        bad = self.bad_images()
+        if bad:
+            raise FileNotFoundError(bad_images_message(self.path, self._base.dataset_dir, bad, self.num_images))
 
 
-def real_datalist(path, dataset_dir, test_lists: Mapping[str, Mapping] | None = None, check_images: bool = True) -> DataListWithTests:
+def real_datalist(path, dataset_dir, test_lists: Mapping[str, Mapping] | None = None,
+                  check_images: bool = True) -> DataListWithTests:
     """The data list of a real dataset with its test lists, as the dataset overlays build it.
 
     Args:
@@ -124,4 +167,5 @@ def real_datalist(path, dataset_dir, test_lists: Mapping[str, Mapping] | None = 
     if dataset_dir in (None, ""):
         raise ValueError(f"set 'dataset_dir' to the folder holding the images of {path} "
                          "(e.g. --dataset_dir /data/nih/images); the data list holds paths relative to it")
-    return DataListWithTests(DataList(path, dataset_dir, check_images=check_images), test_lists, check_images=check_images)
+    return DataListWithTests(DataList(path, dataset_dir, check_images=check_images), test_lists,
+                             check_images=check_images)

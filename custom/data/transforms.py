@@ -44,9 +44,13 @@ class ChestXrayToTensor(Transform):
 
     def __call__(self, img):
         meta = img.meta if isinstance(img, MetaTensor) else None
-        x = torch.as_tensor(np.asarray(img) if not isinstance(img, torch.Tensor) else img.as_tensor() if isinstance(img, MetaTensor) else img)
+        if isinstance(img, MetaTensor):
+            x = img.as_tensor()
+        else:
+            x = img if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img))
         if x.ndim != 3 or x.shape[0] not in (1, 2, 3, 4):
-            raise ValueError(f"expected a channel-first grey, grey+alpha, RGB or RGBA image, got shape {tuple(x.shape)}")
+            raise ValueError("expected a channel-first grey, grey+alpha, RGB or RGBA image, "
+                             f"got shape {tuple(x.shape)}")
         if x.shape[0] == 2:
             x = x[:1]  # grey + alpha
         elif x.shape[0] >= 3:
@@ -56,7 +60,8 @@ class ChestXrayToTensor(Transform):
         if x.shape[0] == 3:
             x = x.mean(dim=0, keepdim=True)
         if tuple(x.shape[1:]) != (self.size, self.size):
-            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)[0]
+            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
+                              antialias=True)[0]
         x = (x.clamp(0, 1).expand(3, -1, -1) - self.mean) / self.std
         return MetaTensor(x, meta=meta) if meta is not None else x
 
@@ -110,7 +115,8 @@ class RandResizedCropd(RandomizableTransform, MapTransform):
         prob: probability of cropping an image at all.
     """
 
-    def __init__(self, keys: KeysCollection, scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3), prob: float = 1.0, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, scale: Sequence[float] = (0.2, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), prob: float = 1.0, allow_missing_keys: bool = False):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         if not 0 < scale[0] <= scale[1] <= 1:
@@ -154,22 +160,33 @@ class RandResizedCropd(RandomizableTransform, MapTransform):
             box = box or self.crop_box(height, width)
             top, left, h, w = box
             crop = x[..., top : top + h, left : left + w].float()
-            out = F.interpolate(crop[None], size=(height, width), mode="bilinear", align_corners=False, antialias=h > height or w > width)[0]
+            out = F.interpolate(crop[None], size=(height, width), mode="bilinear", align_corners=False,
+                                antialias=h > height or w > width)[0]
             d[key] = MetaTensor(out, meta=meta) if meta is not None else out
         return d
 class ImageReadError(RuntimeError):
-    """An image file that cannot be read (missing, truncated, corrupt, unknown format); names the file."""
+    """An image file that cannot be read (missing, truncated, corrupt, too large, unknown format).
+
+    The message is ``cannot read image <path>: <reason>``; ``path`` and ``reason`` are kept as attributes.
+    """
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 class LoadImageChestXrayd(LoadImaged):
-    """MONAI's ``LoadImaged`` whose read errors name the file.
+    """MONAI's ``LoadImaged`` whose read errors name the file and give Pillow's reason.
 
     (Its name keeps ``LoadImage`` in it: MONAI Deploy's bundle operator drops the transforms whose
     class name contains ``LoadImage`` from the preprocessing it runs on images it has loaded itself.)
 
-    MONAI reports a failing transform as ``applying transform <LoadImaged>`` and leaves the file
-    name to its debug log; with this class the error (in the exception chain) is
-    ``cannot read image /path/x.png: <reason>``. Takes the same arguments as ``LoadImaged``.
+    MONAI reports a failing transform as ``applying transform <LoadImaged>``, leaves the file name to
+    its debug log, and reports a file its reader cannot open as "cannot find a suitable reader" with
+    advice to install reader libraries; with this class the error (in the exception chain) is
+    :class:`ImageReadError`, ``cannot read image /path/x.png: <reason>``, the reason being what
+    Pillow says about the file (:func:`check_image`: not found, truncated, not an image, too large to
+    decode safely, ...). Takes the same arguments as ``LoadImaged``.
     """
 
     def __call__(self, data, reader=None):
@@ -177,20 +194,30 @@ class LoadImageChestXrayd(LoadImaged):
             return super().__call__(data, reader)
         except Exception as e:
             paths = [str(data[k]) for k in self.key_iterator(dict(data))]
-            raise ImageReadError(f"cannot read image {', '.join(paths)}: {type(e).__name__}: {e}") from e
+            reasons = [check_image(p) for p in paths]
+            reason = "; ".join(r for r in reasons if r) or _first_line(e)
+            raise ImageReadError(", ".join(paths), reason) from e
+
+
+def _first_line(exc: BaseException) -> str:
+    """The innermost exception of a chain, as ``Type: first line of its message``."""
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def check_image(path) -> str | None:
     """Fully decode an image file with Pillow (DICOM: pydicom); ``None`` when it is readable, else the reason."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     from .dicom import is_dicom, read_dicom
 
     if is_dicom(path):
         try:
             read_dicom(path)
-        except Exception as e:
-            return f"{type(e).__name__}: {e}"
+        except Exception as e:  # DicomReadError names the file and the reason; pydicom may raise others
+            return str(e) if type(e).__name__ == "DicomReadError" else f"{type(e).__name__}: {e}"
         return None
 
     try:
@@ -200,6 +227,14 @@ def check_image(path) -> str | None:
                 return "empty image"
     except FileNotFoundError:
         return "file not found"
-    except Exception as e:  # truncated, corrupt or not an image
+    except IsADirectoryError:
+        return "a folder, not an image file"
+    except Image.DecompressionBombError as e:
+        return f"too large to decode safely (Pillow refuses a possible decompression bomb): {e}"
+    except UnidentifiedImageError:
+        return "not an image file Pillow can read (expected PNG or JPEG)"
+    except OSError as e:  # truncated or corrupt data
+        return f"corrupt or truncated image data ({e})"
+    except Exception as e:  # anything else Pillow raises on bad data
         return f"{type(e).__name__}: {e}"
     return None

@@ -19,8 +19,10 @@ Every config runs from the extracted folder with ``bundle_root`` "." (the defaul
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -42,6 +44,21 @@ _CODE_PATTERNS = ("__pycache__", "*.pyc", "*.pyo")
 _CODE_IGNORE = shutil.ignore_patterns(*_CODE_PATTERNS)
 #: the parts of ``custom`` that are not runtime code: the deployable bundle and the MLflow model leave them out.
 TOOLS = ("tools", "cli.py")
+
+
+@contextlib.contextmanager
+def quiet_monai_scripts():
+    """MONAI's bundle scripts log an input summary and an "ok" line for every call; for the calls made
+    here (export, offline checks) that is noise: only their warnings and errors are shown."""
+    loggers = [logging.getLogger(name) for name in ("monai.bundle.scripts", "monai.apps.utils")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def code_dir() -> Path:
@@ -82,8 +99,8 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         fmt = meta["network_data_format"]
         in_key, out_key = next(iter(fmt["inputs"])), next(iter(fmt["outputs"]))
     except (KeyError, StopIteration, TypeError):
-        raise ValueError(f"{config_dir / 'metadata.json'}: 'network_data_format' needs one input and one output") \
-            from None
+        raise ValueError(f"{config_dir / 'metadata.json'}: 'network_data_format' needs one input and one output"
+                         ) from None
     for key in ("classes", "image_size", "network_def"):
         if key not in inference:
             raise ValueError(f"{config_dir / 'inference.json'} has no '{key}' entry")
@@ -125,8 +142,9 @@ def verify_bundle(config_dir, schema=None) -> None:
 
     config_dir = Path(config_dir)
     meta, inference = str(config_dir / "metadata.json"), str(config_dir / "inference.json")
-    verify_metadata(meta_file=meta, filepath=str(schema or schema_file(config_dir)))
-    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=inference, device="cpu")
+    with quiet_monai_scripts():
+        verify_metadata(meta_file=meta, filepath=str(schema or schema_file(config_dir)))
+        verify_net_in_out(net_id="network_def", meta_file=meta, config_file=inference, device="cpu")
 
 
 def export_torchscript(checkpoint, output, config_dir) -> Path:
@@ -143,13 +161,14 @@ def export_torchscript(checkpoint, output, config_dir) -> Path:
     config_dir, output = Path(config_dir), Path(output)
     load_weights(_network_def(config_dir), checkpoint)  # clear errors for a missing or mismatching file
     output.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(output),
-        ckpt_file=str(checkpoint),
-        meta_file=str(config_dir / "metadata.json"),
-        config_file=str(config_dir / "inference.json"),
-    )
+    with quiet_monai_scripts():
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(output),
+            ckpt_file=str(checkpoint),
+            meta_file=str(config_dir / "metadata.json"),
+            config_file=str(config_dir / "inference.json"),
+        )
     return output
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from importlib import metadata as importlib_metadata
@@ -19,8 +20,8 @@ RUNTIME_PACKAGES = ("torch", "monai", "pytorch-ignite", "mlflow", "numpy", "pand
 
 
 def runtime_requirements() -> list[str]:
-    """``pip`` pins of the served model's dependencies, from the installed versions (local tags such as ``+cpu``
-    dropped)."""
+    """``pip`` pins of the served model's dependencies, from the installed versions (local tags such as
+    ``+cpu`` dropped)."""
     return [f"{pkg}=={importlib_metadata.version(pkg).split('+')[0]}" for pkg in RUNTIME_PACKAGES]
 
 
@@ -32,7 +33,8 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     The model's artifacts are the TorchScript file and the deployable ``inference.json``; the
     ``custom`` package goes with it as ``code_paths``. The input example is the bytes of
     ``example_images`` (default: two random grey PNGs of the input size); the signature is one
-    ``binary`` input column ``image`` and one ``double`` output column per class.
+    ``string`` input column ``image`` (image bytes, base64-encoded over REST) and one ``double``
+    output column per class.
 
     Args:
         deployable: what :func:`build_bundle` returned.
@@ -56,14 +58,15 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
         example_images = _example_pngs(deployable.folder / "examples", inference["image_size"])
     example = pd.DataFrame({IMAGE_COLUMN: [Path(p).read_bytes() for p in example_images]})
     artifacts = {"model": str(deployable.model_ts), "inference_config": str(deployable.config_dir / "inference.json")}
-    signature = ModelSignature(Schema([ColSpec("binary", IMAGE_COLUMN)]),
+    # a string column: the model decodes the base64 text itself and says what is wrong with it (custom.serving.pyfunc)
+    signature = ModelSignature(Schema([ColSpec("string", IMAGE_COLUMN)]),
                                Schema([ColSpec("double", str(c)) for c in inference["classes"]]))
 
     with use_tracking_uri(tracking_uri or mlflow.get_tracking_uri()):
         experiment_id = None
         if run_id is None:
             experiment_id = _experiment_id(mlflow.MlflowClient(), experiment_name)
-        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id):
+        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id), _quiet_mlflow_logging():
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=ChestXrayClassifier(),
@@ -77,6 +80,36 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
         if not registered_model_name:
             return info
         return mlflow.MlflowClient().get_model_version(registered_model_name, str(info.registered_model_version))
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *starts: str):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+@contextlib.contextmanager
+def _quiet_mlflow_logging():
+    """Logging the model without MLflow's notice that a Python model object is pickled (the bundle
+    logs its own ``PythonModel`` class on purpose; loading it runs the bundle's code, which is shipped
+    with it) and without its download progress bars."""
+    drop = _DropMessages("Passing a Python object as `python_model`",
+                         "Validating input example against model signature")
+    logger = logging.getLogger("mlflow.pyfunc")
+    logger.addFilter(drop)
+    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+        if before is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
 
 
 @contextlib.contextmanager
@@ -169,6 +202,7 @@ class ModelRegistrar:
         self.bundle_dir, self.bundle_name = bundle_dir, bundle_name
         self.test_report = test_report
         self.version = None
+        self.written: list[tuple[str, object]] = []  # (what, path) of what it wrote, for custom.RunSummary
 
     def run(self):
         """Returns the registered ``ModelVersion`` (``None`` with tracking or the step off)."""
@@ -188,6 +222,7 @@ class ModelRegistrar:
                                      self.bundle_name, self.example_images, eval_metrics(self.test_report))
                 print(f"exported {built.model_ts} (largest logit difference to the checkpoint "
                       f"{built.max_difference:.2g}); bundle {built.zip}", flush=True)
+                self.written += [("TorchScript model", built.model_ts), ("deployable bundle", built.zip)]
                 self.tracker.log_file(built.zip, "bundle")
                 self.version = log_pyfunc_model(built, self.example_images, self.registered_model_name,
                                                 self.tracker.client.tracking_uri, run_id)
@@ -196,9 +231,11 @@ class ModelRegistrar:
             raise
         finally:
             self.tracker.finish()
+        self.written.append(("MLflow run", f"{run_id} in {self.tracker.client.tracking_uri}"))
         if self.registered_model_name:
             uri = f"models:/{self.version.name}/{self.version.version}"
+            self.written.append(("registered MLflow model", uri))
             print(f"registered {uri} (run {run_id}); serve it with: "
-                  f"MLFLOW_TRACKING_URI={self.tracker.client.tracking_uri} "
-                  f"mlflow models serve -m {uri} --env-manager local -h 127.0.0.1 -p 5001", flush=True)
+                  f"MLFLOW_TRACKING_URI={self.tracker.client.tracking_uri} mlflow models serve -m {uri} "
+                  "--env-manager local -h 127.0.0.1 -p 5001", flush=True)
         return self.version

@@ -1,4 +1,5 @@
-"""Test-set evaluation: per-class AUC with bootstrap confidence intervals and ROC figures, on one or more test sets, printed, saved and tracked."""
+"""Test-set evaluation: per-class AUC with bootstrap confidence intervals and ROC figures, on one or more test
+sets, printed, saved and tracked."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from ..flags import as_bool
 
 
 @torch.no_grad()
-def predict(network: torch.nn.Module, items: list[dict], transform, device="cpu", batch_size: int = 256, num_workers: int = 0, desc: str = "predict", amp: bool = False) -> np.ndarray:
+def predict(network: torch.nn.Module, items: list[dict], transform, device="cpu", batch_size: int = 256,
+            num_workers: int = 0, desc: str = "predict", amp: bool = False) -> np.ndarray:
     """Logits of ``network`` for data-list items.
 
     Returns:
@@ -36,7 +38,8 @@ def predict(network: torch.nn.Module, items: list[dict], transform, device="cpu"
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-def auc_table(aucs: np.ndarray, labels: np.ndarray, classes: Sequence[str], low=None, high=None, mean=None) -> pd.DataFrame:
+def auc_table(aucs: np.ndarray, labels: np.ndarray, classes: Sequence[str], low=None, high=None,
+              mean=None) -> pd.DataFrame:
     """Per-class AUC table: one row per class, then ``Mean (diseases)``.
 
     Columns: ``class``, ``positives``, ``auc`` and, when ``low``/``high`` are given, ``ci_low`` and
@@ -72,7 +75,8 @@ def auc_table(aucs: np.ndarray, labels: np.ndarray, classes: Sequence[str], low=
 MEAN_ROW = "Mean (diseases)"
 
 
-def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], table: pd.DataFrame, path, title: str = "") -> Path:
+def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], table: pd.DataFrame, path,
+               title: str = "") -> Path:
     """One PNG with the ROC curve of every class whose AUC is defined (matplotlib, Agg backend).
 
     The legend gives each class's AUC and bootstrap interval; No Finding is drawn dashed.
@@ -91,8 +95,9 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
             continue
         fpr, tpr, _ = roc_curve(column, scores[:, i])
         row = table.iloc[i]
-        ci = f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if "ci_low" in table and not np.isnan(row["ci_low"]) else ""
-        ax.plot(fpr, tpr, lw=1.2, color=colours[i % len(colours)], ls="--" if cls == NO_FINDING else "-", label=f"{cls} {row['auc']:.3f}{ci}")
+        ci = _interval(table, row)
+        ax.plot(fpr, tpr, lw=1.2, color=colours[i % len(colours)], ls="--" if cls == NO_FINDING else "-",
+                label=f"{cls} {row['auc']:.3f}{ci}")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.legend(fontsize=6.5, loc="lower right", title="class, AUC [95% CI]", title_fontsize=7)
@@ -145,14 +150,17 @@ def resolve_test_sets(test_lists, datalist: DataList | None = None) -> list[Test
         elif isinstance(entry, Mapping):
             unknown = set(entry) - {"path", "dataset_dir", "splits", "name"}
             if "path" not in entry or unknown:
-                raise ValueError(f"test list entry {dict(entry)} needs a 'path' and may only have 'dataset_dir', 'splits' and 'name'")
+                raise ValueError(f"test list entry {dict(entry)} needs a 'path' and may only have 'dataset_dir', "
+                                 "'splits' and 'name'")
             splits, name = entry.get("splits"), entry.get("name") or key
             entry = DataList(entry["path"], entry.get("dataset_dir"), required_splits=())
         if not isinstance(entry, DataList):
-            raise ValueError(f"test list entry must be a data list path, a dict with 'path' or a custom.DataList, got {type(entry).__name__}: {entry!r}")
+            raise ValueError("test list entry must be a data list path, a dict with 'path' or a custom.DataList, got "
+                             f"{type(entry).__name__}: {entry!r}")
         splits = list(splits) if splits else entry.test_splits
         if not splits:
-            raise ValueError(f"data list {entry.path} has no test split (a non-empty split other than training and validation)")
+            raise ValueError(f"data list {entry.path} has no test split (a non-empty split other than training and "
+                             "validation)")
         for split in splits:
             entry.labels(split)  # KeyError naming the file and split when missing
         if entry is datalist and name is None:
@@ -163,7 +171,8 @@ def resolve_test_sets(test_lists, datalist: DataList | None = None) -> list[Test
     names = [t.name for t in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"two test sets are named {dupes}: give the entries distinct names (a dict name -> entry, or 'name')")
+        raise ValueError(f"two test sets are named {dupes}: give the entries distinct names (a dict name -> entry, or "
+                         "'name')")
     return out
 
 
@@ -179,7 +188,8 @@ def _class_columns(test_classes: Sequence[str], model_classes: Sequence[str], wh
     """Output column of the network for every class of a test list (matched by name)."""
     missing = [c for c in test_classes if c not in model_classes]
     if missing:
-        raise ValueError(f"{where}: classes {missing} are not outputs of the model (its classes: {list(model_classes)})")
+        raise ValueError(f"{where}: classes {missing} are not outputs of the model "
+                         f"(its classes: {list(model_classes)})")
     return [list(model_classes).index(c) for c in test_classes]
 
 
@@ -213,7 +223,10 @@ class TestReport:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, network, datalist: DataList, transform, output_dir, checkpoint=None, splits=None, test_lists=None, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95, device="cpu", batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None, end_run: bool = True, enabled: bool = True):
+    def __init__(self, network, datalist: DataList, transform, output_dir, checkpoint=None, splits=None,
+                 test_lists=None, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95, device="cpu",
+                 batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None, end_run: bool = True,
+                 enabled: bool = True):
         self.network, self.datalist, self.transform = network, datalist, transform
         self.output_dir, self.checkpoint = Path(output_dir), checkpoint
         self.splits, self.test_lists = list(splits) if splits else None, test_lists
@@ -222,6 +235,7 @@ class TestReport:
         self.tracker, self.end_run = tracker, as_bool(end_run, "end_run")
         self.enabled = as_bool(enabled, "enabled")
         self.results: dict[str, pd.DataFrame] = {}
+        self.written: list[tuple[str, Path]] = []  # (what, path) of every file written, for custom.RunSummary
 
     def test_sets(self) -> list[TestSet]:
         if self.test_lists:
@@ -237,11 +251,13 @@ class TestReport:
         test_sets = self.test_sets()
         if self.checkpoint:
             load_weights(self.network, self.checkpoint)
+            print(f"evaluating checkpoint {_describe_checkpoint(self.checkpoint)}", flush=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for test in test_sets:
             columns = _class_columns(test.datalist.classes, self.datalist.classes, f"data list {test.datalist.path}")
             labels = test.datalist.labels(test.split)
-            logits = predict(self.network, test.datalist.items(test.split), self.transform, self.device, self.batch_size, self.num_workers, desc=f"test {test.name}", amp=self.amp)
+            logits = predict(self.network, test.datalist.items(test.split), self.transform, self.device,
+                             self.batch_size, self.num_workers, desc=f"test {test.name}", amp=self.amp)
             logits = logits[:, columns] if len(logits) else np.zeros(labels.shape, np.float32)
             table = self.table(logits, labels, test.datalist.classes)
             self.results[test.name] = table
@@ -253,13 +269,17 @@ class TestReport:
     def table(self, scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
         """Per-class AUC table of one test set, with intervals when ``num_resamples`` > 0."""
         if self.num_resamples <= 0 or len(labels) == 0:
-            return auc_table(per_class_auc(scores, labels) if len(labels) else np.full(len(classes), np.nan), labels, classes)
+            return auc_table(per_class_auc(scores, labels) if len(labels) else np.full(len(classes), np.nan), labels,
+                             classes)
         boot = bootstrap_auc(scores, labels, disease_indices(classes), self.num_resamples, self.seed, self.confidence)
-        return auc_table(boot["auc"], labels, classes, boot["low"], boot["high"], (boot["mean"], boot["mean_low"], boot["mean_high"]))
+        return auc_table(boot["auc"], labels, classes, boot["low"], boot["high"],
+                         (boot["mean"], boot["mean_low"], boot["mean_high"]))
 
     def _report(self, test: TestSet, table: pd.DataFrame, scores: np.ndarray, labels: np.ndarray) -> None:
         source = test.split if test.datalist is self.datalist else f"{test.datalist.path.name}, split '{test.split}'"
-        level = f"{self.confidence:.0%} bootstrap CI, {self.num_resamples} resamples, seed {self.seed}" if "ci_low" in table else "no CI"
+        level = "no CI"
+        if "ci_low" in table:
+            level = f"{self.confidence:.0%} bootstrap CI, {self.num_resamples} resamples, seed {self.seed}"
         title = f"Test AUC on '{test.name}' ({source}; {len(labels)} images; {level})"
         shown = _shown(table)
         print(f"\n{title}\n{shown.to_string(index=False)}\n", flush=True)
@@ -268,15 +288,42 @@ class TestReport:
         table.to_csv(csv, index=False)
         md.write_text(_markdown_report(title, shown))
         mean = table.iloc[-1]
-        ci = f" [{mean['ci_low']:.3f}, {mean['ci_high']:.3f}]" if "ci_low" in table and not np.isnan(mean["ci_low"]) else ""
-        roc_figure(scores, labels, test.datalist.classes, table, png, title=f"{test.name}: {len(labels)} images, mean AUC over diseases {_fmt(mean['auc'])}{ci}")
+        ci = _interval(table, mean)
+        roc_figure(scores, labels, test.datalist.classes, table, png,
+                   title=f"{test.name}: {len(labels)} images, mean AUC over diseases {_fmt(mean['auc'])}{ci}")
+        self.written += [(f"test table '{test.name}'", csv), (f"test table '{test.name}' (Markdown)", md),
+                         (f"ROC figure '{test.name}'", png)]
         if self.tracker is not None:
             values = {f"test_{test.name}_mean_auc": float(mean["auc"])}
             if "ci_low" in table:
-                values.update({f"test_{test.name}_mean_auc_ci_low": float(mean["ci_low"]), f"test_{test.name}_mean_auc_ci_high": float(mean["ci_high"])})
+                values.update({f"test_{test.name}_mean_auc_ci_low": float(mean["ci_low"]),
+                               f"test_{test.name}_mean_auc_ci_high": float(mean["ci_high"])})
             self.tracker.log_values({k: v for k, v in values.items() if not np.isnan(v)})
             for path in (csv, md, png):
                 self.tracker.log_file(path, "test")
+
+
+def _interval(table: pd.DataFrame, row) -> str:
+    """`` [low, high]`` of a table row, or nothing when the table has no intervals or the row's is undefined."""
+    return f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if "ci_low" in table and not np.isnan(row["ci_low"]) else ""
+
+
+def _describe_checkpoint(path) -> str:
+    """``<absolute path> (written <time>; <classes and input size of its run record>)``."""
+    import datetime
+    import json
+
+    path = Path(path)
+    parts = [f"written {datetime.datetime.fromtimestamp(path.stat().st_mtime):%Y-%m-%d %H:%M}"]
+    record = path.with_suffix(".json")
+    if record.is_file():
+        try:
+            info = json.loads(record.read_text())
+            parts.append(f"{len(info.get('classes') or [])} classes, {info.get('image_size')} px, data list "
+                         f"{info.get('datalist')}")
+        except (ValueError, AttributeError):
+            pass
+    return f"{path.resolve()} ({'; '.join(parts)})"
 
 
 def _fmt(v) -> str:
@@ -287,7 +334,8 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
     """The table as printed: AUC with its interval as text, the diseases, the mean, then No Finding."""
     out = pd.DataFrame({"class": table["class"], "positives": table["positives"], "auc": table["auc"].map(_fmt)})
     if "ci_low" in table:
-        out["95% CI"] = [("n/a" if np.isnan(lo) else f"{lo:.4f} - {hi:.4f}") for lo, hi in zip(table["ci_low"], table["ci_high"])]
+        out["95% CI"] = [("n/a" if np.isnan(lo) else f"{lo:.4f} - {hi:.4f}") for lo,
+                         hi in zip(table["ci_low"], table["ci_high"])]
     apart = table["class"] == NO_FINDING
     return pd.concat([out[~apart], out[apart]], ignore_index=True)
 

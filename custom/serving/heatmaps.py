@@ -27,6 +27,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .inference import READ_ERROR
 
 #: candidate layers per architecture (module-name patterns, shallow to deep).
 LAYER_PATTERNS = {"DenseNet": r"features\.denseblock\d+", "ResNet": r"layer\d+"}
@@ -168,7 +169,8 @@ class HeatmapWriter:
 
     Writes ``<output_dir>/<image name>_<class>.png`` and ``<output_dir>/heatmaps.csv`` (image, class,
     probability, layer, file). Reads the decollated evaluator output (``image``: the network input,
-    ``pred``: the probabilities). Does nothing unless ``enabled`` (``inference.json``'s ``heatmaps``).
+    ``pred``: the probabilities) and batch (images that could not be read are skipped). Does nothing
+    unless ``enabled`` (``inference.json``'s ``heatmaps``).
 
     Args:
         network: the inference network (:class:`custom.BundleNetwork` or a module).
@@ -235,7 +237,10 @@ class HeatmapWriter:
         if self.maps is None:
             self.maps = GradCAMMaps(self._network(), self.image_size, self.layer)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for item in engine.state.output:
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [{}] * len(engine.state.output)
+        for item, source in zip(engine.state.output, batch):
+            if isinstance(source, dict) and source.get(READ_ERROR):
+                continue  # an unreadable image (custom.InferenceDataset's placeholder): ProbabilityWriter lists it
             probs = torch.as_tensor(item["pred"]).float().flatten().cpu()
             chosen = self.named or probs.argsort(descending=True)[: self.top_k].tolist()
             image = item["image"]

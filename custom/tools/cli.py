@@ -1,121 +1,363 @@
 """Command-line jobs that are not bundle workflows: ``python -m custom.cli <command> [--flags]``.
 
-Commands:
-    audit            rank the training labels of a checkpoint by how likely they are wrong (NVUM memory).
-    audit_benchmark  train on the synthetic set at given noise levels and score the label rankings.
-    benchmark_step   training-step throughput of NVUM (both schedules) against plain BCE.
-    benchmark_loop   the bundle's training loop against a hand-written PyTorch loop.
-    benchmark_pipeline  the cached data pipeline against decoding and resizing every epoch.
-    benchmark_memory    NVUM memory bytes and update time for several N and batch sizes.
-    synthetic        generate (or find) the synthetic data set and print its data-list path.
-    build_datalist   build a data list of a real dataset (NIH, CheXpert, OpenI, PadChest, Google NIH test) from its metadata.
-    check            pre-flight check of a training config, its data list and files before training.
-    export           TorchScript model.ts and the deployable bundle zip from a checkpoint, checked offline.
-    register         export, then log the bundle and the pyfunc model to MLflow and register it.
-    noise_benchmark  NVUM against its baselines on synthetic noisy labels: tables and figures (bundle/docs/results.md).
-    noise_benchmark_compare  check that a rerun of the noise benchmark reproduces its numbers.
+Every public function decorated with ``@cli.command`` below is a command of that name; its help
+(``python -m custom.cli <command> --help``) is built from its signature and docstring by
+:mod:`custom.tools.commands`, and never runs anything. ``python -m custom.cli --help`` lists them.
 """
 
 from __future__ import annotations
 
 import sys
 
+from .commands import Registry
 
+cli = Registry("python -m custom.cli",
+               "Tools of the NVUM bundle that are not bundle workflows (bundle/docs/development.md).")
+
+TRAIN_OVERRIDES = ("overrides of train.json config ids, as `python -m monai.bundle run training` takes them, e.g. "
+                   "--max_epochs 3, --datalist#num_training 1500, "
+                   "--datalist \"{'_target_': 'custom.DataList', 'path': 'list.json'}\"")
+
+
+def _given(**options) -> dict:
+    """The options given on the command line (the others keep the implementation's defaults)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+@cli.command(options_from="custom.tools.synthetic:generate_synthetic")
 def synthetic(root: str | None = None, **params):
-    """Generate the synthetic set if needed (same parameters as ``custom.tools.synthetic.generate_synthetic``); print the data-list path."""
+    """Generate the synthetic chest X-ray set if it is not there yet, and print its data-list path.
+
+    The set is generated once per set of parameters into the cache (~/.cache/nvum/synthetic-<hash>,
+    or $NVUM_CACHE_DIR) and reused afterwards (bundle/docs/data.md).
+
+    Args:
+        root: the folder to write it to (default: the cache folder of these parameters).
+        seed: seed of everything generated (the set is a deterministic function of the parameters).
+        num_training: noisy training images.
+        num_validation: noisy validation images.
+        num_test: clean test images (same style as training).
+        num_test_shifted: clean test images of another style and PadChest's prevalences.
+        image_size: image height and width in pixels (16-512).
+        noise: noise model: report, symmetric:<rate>, bomd[:<ratio>,<p>] or none (bundle/docs/data.md).
+        progress: show a progress bar.
+
+    Example:
+        python -m custom.cli synthetic --noise symmetric:0.2 --num_training 1500
+    """
     from .synthetic import ensure_synthetic
 
     print(ensure_synthetic(root, **params))
 
 
+@cli.command(overrides=TRAIN_OVERRIDES)
 def check(config_file: str = "bundle/configs/train.json", **overrides) -> None:
-    """Pre-flight check of a training config and its data (see :mod:`custom.tools.preflight`); exit status 1 on failure."""
+    """Pre-flight check of a training config and its data before a long run; exit status 1 when a check fails.
+
+    Checks the config ids, the data list (every problem at once), that every image exists and
+    decodes (all bad ones listed with their count), the training positives of each class, that the
+    network and loss build, the pretrained weights, the checkpoint to resume from and the output
+    folders (bundle/docs/reliability.md). What stops training fails here; what training only warns
+    about is a warning here.
+
+    Args:
+        config_file: the training config, or a list of config files merged in order (a dataset overlay).
+
+    Example:
+        python -m custom.cli check --config_file bundle/configs/train.json --max_epochs 3
+    """
     from .preflight import main
 
     main(config_file, **overrides)
 
 
-def build_datalist(dataset: str, scheme: str, metadata: str, output: str, **options):
-    """Build a data list of a real dataset from its metadata; prints and saves a summary (bundle/docs/real_datasets.md).
+@cli.command()
+def build_datalist(dataset: str, scheme: str, metadata: str, output: str, strict: bool = False, quiet: bool = False,
+                   split_dir: str | None = None, seed: int | None = None, val_fraction: float | None = None,
+                   holdout: str | None = None, match: str | None = None, uncertain: str | None = None,
+                   views: str | None = None, tsne_views: str | None = None, dicom_views: str | None = None,
+                   image_dirs: bool | None = None, image_prefix: str | None = None, set_id: str | None = None):
+    """Build a data list of a real dataset (NIH, CheXpert, OpenI, PadChest, Google NIH relabel) from its metadata.
 
-    Options: --split_dir, --seed, --val_fraction, --holdout, --match paper|exact, --strict, --uncertain zeros|ones,
-    --views, --tsne_views, --dicom_views, --image_dirs, --image_prefix, --set_id (see custom.tools.datalists.build_datalist).
+    Prints a summary and saves it beside the list (bundle/docs/real_datasets.md). Options left
+    unset take the dataset's default.
+
+    Args:
+        dataset: nih, chexpert, openi, padchest or nih_google.
+        scheme: the class scheme, nih14 or chexpert8.
+        metadata: the dataset's metadata table (OpenI: the reports .tgz or XML folder).
+        output: the data list to write (.json or .json.gz); the summary goes beside it.
+        strict: stop when a source term is not in the dataset's published vocabulary.
+        quiet: do not print the summary.
+        split_dir: NIH: folder of train_val_list.txt and test_list.txt (default: next to the table).
+        seed: seed of the patient-wise split (default 0).
+        val_fraction: share of the images in validation when there is no official split.
+        holdout: data list(s) whose patients stay out of training (e.g. the Google relabel list).
+        match: paper (the paper's substring rules, default) or exact (exact terms only).
+        uncertain: CheXpert's uncertain (-1) labels: zeros (default) or ones.
+        views: OpenI: a table of image views.
+        tsne_views: OpenI: torchxrayvision's t-SNE view table.
+        dicom_views: OpenI: torchxrayvision's DICOM metadata table.
+        image_dirs: PadChest: image paths <ImageDir>/<ImageID>.
+        image_prefix: prefix of every image path.
+        set_id: Google relabel: the Set Id to keep (default test).
+
+    Example:
+        python -m custom.cli build_datalist --dataset nih --scheme nih14 --metadata /data/nih/Data_Entry_2017_v2020.csv
+            --split_dir /data/nih --output data_lists/nih_nih14.json.gz
     """
     from .datalists import BuildError, build_datalist as build
 
+    options = _given(split_dir=split_dir, seed=seed, val_fraction=val_fraction, holdout=holdout, match=match,
+                     uncertain=uncertain, views=views, tsne_views=tsne_views, dicom_views=dicom_views,
+                     image_dirs=image_dirs, image_prefix=image_prefix, set_id=set_id)
     try:
-        build(dataset, scheme, metadata, output, **options)
+        build(dataset, scheme, metadata, output, strict=strict, quiet=quiet, **options)
     except (BuildError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f"build_datalist: {e}") from None
 
 
-def benchmark_step(**kwargs):
-    """NVUM training-step throughput over plain BCE (see ``custom.tools.benchmarks.step``)."""
+@cli.command(options_from="custom.tools.benchmarks.step:step")
+def benchmark_step(**options):
+    """Training-step throughput of NVUM (both memory schedules) against plain BCE, side by side.
+
+    Args:
+        batch_size: images per step.
+        image_size: input height and width.
+        steps: steps per measurement.
+        repeats: measurements per method (the median is reported).
+        num_classes: outputs of the network.
+        seed: seed of the batches and the network.
+        device: cpu or cuda (default: the bundle's choice).
+        amp: mixed precision (default: on with CUDA).
+        channels_last: channels-last memory layout (default: on with CUDA).
+        output: JSON file of the results (empty: none).
+
+    Example:
+        python -m custom.cli benchmark_step --steps 10 --repeats 3
+    """
     from .benchmarks import step
 
-    step(**kwargs)
+    step(**options)
 
 
-def benchmark_loop(**kwargs):
-    """The bundle's training loop over a hand-written loop (see ``custom.tools.benchmarks.loop``)."""
+@cli.command(options_from="custom.tools.benchmarks.loop:loop")
+def benchmark_loop(**options):
+    """The bundle's training loop against a minimal hand-written PyTorch loop (same network, batches and loss).
+
+    Args:
+        batch_size: images per step.
+        image_size: input height and width.
+        steps: steps per epoch.
+        epochs: epochs per measurement.
+        repeats: measurements per loop (the median is reported).
+        num_classes: outputs of the network.
+        seed: seed of the batches and the network.
+        device: cpu or cuda (default: the bundle's choice).
+        amp: mixed precision (default: on with CUDA).
+        channels_last: channels-last memory layout (default: on with CUDA).
+        output: JSON file of the results (empty: none).
+
+    Example:
+        python -m custom.cli benchmark_loop --steps 5 --repeats 3
+    """
     from .benchmarks import loop
 
-    loop(**kwargs)
+    loop(**options)
 
 
-def benchmark_pipeline(**kwargs):
-    """Cached data pipeline over per-epoch decoding (see ``custom.tools.benchmarks.pipeline``)."""
+@cli.command(options_from="custom.tools.benchmarks.pipeline:pipeline")
+def benchmark_pipeline(**options):
+    """The cached data pipeline of train.json against decoding and resizing every image every epoch.
+
+    Args:
+        num_images: synthetic PNGs generated for it (once, into the data cache).
+        source_size: their height and width.
+        image_size: the training input size they are resized to.
+        batch_size: images per batch.
+        num_workers: data loader worker processes.
+        repeats: measurements per pipeline (the median is reported).
+        epochs: epochs the one-off cache build is folded into.
+        root: folder of the generated images (default: the data cache).
+        output: JSON file of the results (empty: none).
+
+    Example:
+        python -m custom.cli benchmark_pipeline --num_images 200 --repeats 2
+    """
     from .benchmarks import pipeline
 
-    pipeline(**kwargs)
+    pipeline(**options)
 
 
-def benchmark_memory(**kwargs):
-    """NVUM memory footprint and update time (see ``custom.tools.benchmarks.memory``)."""
+@cli.command(options_from="custom.tools.benchmarks.footprint:memory")
+def benchmark_memory(**options):
+    """NVUM memory bytes and update time for several numbers of training images and batch sizes.
+
+    Args:
+        sizes: numbers of training images N (comma-separated).
+        batch_sizes: batch sizes (comma-separated).
+        num_classes: classes C.
+        repeats: updates timed per (N, batch size).
+        threads: intra-op threads.
+        seed: seed of the memory and the batches.
+        output: JSON file of the results (empty: none).
+
+    Example:
+        python -m custom.cli benchmark_memory --sizes 1000,100000 --batch_sizes 64,256
+    """
     from .benchmarks import memory
 
-    memory(**kwargs)
+    memory(**options)
 
 
-def audit(checkpoint: str, datalist: str | None = None, output: str = "audit.csv", **kwargs):
-    """Rank every (training image, class) label by how likely it is wrong; see ``custom.tools.audit.audit``."""
+@cli.command(options_from="custom.tools.audit.audit:audit")
+def audit(checkpoint: str, **options):
+    """Rank every (training image, class) label of a training run by how likely it is wrong (NVUM memory).
+
+    The data list, its dataset_dir, the input size, the network and the memory settings are read
+    from the checkpoint's run record, so the checkpoint and an output file are all it needs
+    (bundle/docs/audit.md).
+
+    Args:
+        checkpoint: resume checkpoint of a training run (bundle/models/checkpoint_epoch=K.pt, not model.pt).
+        datalist: data list to audit (default: the one the run trained on, from its record).
+        output: ranked CSV, one row per (image, class), most suspicious first.
+        summary: per-class CSV (default: <output stem>_by_class.csv).
+        dataset_dir: folder of the data list's images (default: the run's).
+        model_weight: weight w of the final network's logits in the score's belief (1 - w) m + w z; 0: memory only.
+        batch_size: images per batch of the prediction pass over the training images.
+        device: device of the prediction pass (cpu, cuda).
+        ks: cut-offs of precision at k (comma-separated).
+        quiet: print nothing.
+
+    Example:
+        python -m custom.cli audit --checkpoint "bundle/models/checkpoint_epoch=6.pt" --output results/audit.csv
+    """
     from .audit import audit as run_audit
 
-    run_audit(checkpoint, datalist, output, **kwargs)
+    run_audit(checkpoint, **options)
 
 
-def audit_benchmark(noise: str = "symmetric:0.2,symmetric:0.4,report", output_dir: str = "results/audit_benchmark", **kwargs):
-    """Train at each synthetic noise level, audit, and score the rankings; see ``custom.tools.audit.audit_benchmark``."""
+@cli.command(options_from="custom.tools.audit.benchmark:audit_benchmark",
+             overrides=TRAIN_OVERRIDES + "; they apply to every training run of the benchmark")
+def audit_benchmark(**options):
+    """Train on the synthetic set at each noise level, audit the labels, and score the rankings (30+ min).
+
+    A finished training run with the same settings is reused (bundle/docs/audit.md).
+
+    Args:
+        noise: noise settings, comma-separated (symmetric:<rate>, report, bomd, none).
+        output_dir: folder of the runs, the tables and the figure.
+        figure: where the score figure is copied (empty: nowhere).
+        retrain: train again even when a finished run exists.
+        model_weight: weight of the final network's logits in the audit score (0: memory only).
+        ks: cut-offs of precision at k (comma-separated).
+
+    Example:
+        python -m custom.cli audit_benchmark --noise symmetric:0.4 --output_dir results/audit_long --max_epochs 15
+    """
     from .audit import audit_benchmark as run
 
-    run(noise, output_dir, **kwargs)
+    run(**options)
 
 
-def export(checkpoint="bundle/models/model.pt", **kwargs):
-    """``model.ts`` and the deployable zip from a checkpoint (see ``custom.tools.deploy.export_command``)."""
+@cli.command(options_from="custom.tools.deploy:export_command")
+def export(**options):
+    """TorchScript model.ts and the deployable bundle zip from a checkpoint, checked offline; no MLflow.
+
+    Classes, input size and network come from the run record beside the checkpoint (model.json)
+    (bundle/docs/deploy.md).
+
+    Args:
+        checkpoint: the trained weights.
+        models_dir: where model.ts and the zip are written (default: the checkpoint's folder).
+        bundle_dir: the source bundle folder (default: the repository's bundle/).
+        classes: class names, for weights without a run record (comma-separated).
+        image_size: input size, for weights without a run record.
+        name: folder name inside the zip.
+
+    Example:
+        python -m custom.cli export --checkpoint bundle/models/model.pt
+    """
     from .deploy import export_command
 
-    export_command(checkpoint, **kwargs)
+    export_command(**options)
 
 
-def register(checkpoint="bundle/models/model.pt", **kwargs):
-    """Export, log to MLflow and register a checkpoint (see ``custom.tools.deploy.register_command``)."""
+@cli.command(options_from="custom.tools.deploy:register_command")
+def register(**options):
+    """Export a checkpoint, log the bundle and the pyfunc model to MLflow in a new run, and register it.
+
+    For checkpoints trained with --mlflow false (bundle/docs/deploy.md).
+
+    Args:
+        checkpoint: the trained weights.
+        registered_model_name: the name in the MLflow registry.
+        tracking_uri: the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///bundle/eval/mlruns.db).
+        experiment_name: the MLflow experiment of the new run.
+        models_dir: where model.ts and the zip are written (default: the checkpoint's folder).
+        bundle_dir: the source bundle folder (default: the repository's bundle/).
+        classes: class names, for weights without a run record (comma-separated).
+        image_size: input size, for weights without a run record.
+        example_images: image files for the model's input example (comma-separated).
+        name: folder name inside the zip.
+
+    Example:
+        python -m custom.cli register --checkpoint bundle/models/model.pt --registered_model_name nvum-chestxray
+    """
     from .deploy import register_command
 
-    register_command(checkpoint, **kwargs)
+    register_command(**options)
 
 
-def noise_benchmark(**kwargs):
-    """Train and test NVUM and its baselines on synthetic noisy labels (see :mod:`custom.tools.noise_benchmark`)."""
+@cli.command(options_from="custom.tools.noise_benchmark:noise_benchmark", hidden=("command_line",))
+def noise_benchmark(**options):
+    """Train and test NVUM and its baselines on synthetic noisy labels; write the tables and figures (about an hour).
+
+    bundle/docs/results.md explains the matrix of runs, the tables and the targets.
+
+    Args:
+        noise: the headline noise model (report: report-mining noise).
+        methods: methods of the main table, comma-separated.
+        seeds: seeds of every main-table method.
+        output: folder of the results.
+        quick: the main table and the clean row on a tiny regime with one seed: a check of the whole pipeline in minutes.
+        clean_seeds: seeds of the clean-label rows (the ceiling).
+        stress_noise: noise models of the stress rows, comma-separated.
+        stress_seeds: seeds of the stress rows (0 leaves them out).
+        ablation_seeds: seeds of the ablation rows (0 leaves them out).
+        order_seeds: seeds of the memory-update-order comparison (0 leaves it out).
+        betas: memory momentums of the beta rows, comma-separated.
+        beta_seeds: seeds of the beta rows (0 leaves them out).
+        gpu: auto adds the DenseNet121 matrix when CUDA is available; true requires it, false leaves it out.
+        gpu_seeds: seeds of the GPU matrix.
+        workers: processes, one thread each.
+        data_seed: seed of the synthetic data.
+        resume: reuse the finished runs of an interrupted command.
+
+    Example:
+        python -m custom.cli noise_benchmark --quick
+    """
     import shlex
 
     from .noise_benchmark import noise_benchmark as run
 
-    run(**kwargs, command_line="python -m custom.cli " + shlex.join(sys.argv[1:]))
+    run(**options, command_line="python -m custom.cli " + shlex.join(sys.argv[1:]))
 
 
+@cli.command()
 def noise_benchmark_compare(first: str, second: str, tolerance: float = 0.5):
-    """Check that two runs of the noise benchmark agree within ``tolerance`` AUC points."""
+    """Check that two runs of the noise benchmark agree within a tolerance; exit status 1 when not.
+
+    Args:
+        first: output folder (or results.csv) of one run of noise_benchmark.
+        second: output folder (or results.csv) of the other run.
+        tolerance: allowed difference in AUC points.
+
+    Example:
+        python -m custom.cli noise_benchmark_compare --first bundle/docs/noise_benchmark
+            --second results/noise_benchmark_rerun
+    """
     from .noise_benchmark import compare_results
 
     try:
@@ -124,13 +366,15 @@ def noise_benchmark_compare(first: str, second: str, tolerance: float = 0.5):
         sys.exit(f"noise_benchmark_compare: {e}")
 
 
-def main():
-    import fire
-
-    # every public function of this module is a command
-    commands = {name: f for name, f in globals().items() if callable(f) and getattr(f, "__module__", None) == __name__ and not name.startswith("_") and name != "main"}
-    fire.Fire(commands)
+def main(argv: list[str] | None = None) -> None:
+    """Run ``python -m custom.cli`` with ``argv`` (default: the process's arguments)."""
+    status = cli.main(argv)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":
+    from ..console import install_excepthook
+
+    install_excepthook(force=True)
     main()

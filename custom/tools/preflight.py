@@ -3,23 +3,42 @@
 Run it before hours of training. It parses the config (with the same ``--key value`` overrides
 the bundle command takes) and checks, without training anything:
 
-- the config: every id MONAI's training workflow needs, and that the referenced objects build;
-- the data list: keys, label lengths and values, duplicate images, patients in two splits, class
-  names, and that **every image exists and decodes** (each file read once, with a progress bar);
+- the config: every id MONAI's training workflow needs is present (nothing is built for this);
+- the data list: keys, label lengths and values, images listed twice (in one split or in two),
+  image paths outside ``dataset_dir``, patients in two splits, class names: every problem of the
+  list in one message;
+- the images: **every image exists and decodes** (each file read once, with a progress bar);
+  all missing and all unreadable ones are listed, with their count;
+- the training positives of every class, the network and the loss (they build);
 - the pretrained weights file, when one is set: readable with ``weights_only`` and matching the
   network's keys and shapes;
 - the checkpoint to resume from, when ``resume`` is set: readable and trained on a data list of
   the same size and classes;
 - the output folders: writable.
 
-It prints one line per check and a summary, and exits with status 1 when any check fails.
+What stops training fails here, what training only warns about is a warning here (a class
+without a training positive; images that ``on_bad_image='skip'`` will drop; resuming under
+another seed). It prints one line per check (``[ ok ]``, ``[warn]``, ``[FAIL]`` or ``[skip]`` when a
+check needs what failed before), a summary, and exits with status 1 when any check fails.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+import warnings
 from pathlib import Path
+
+#: most bad images listed by the image check (all of them up to this number).
+MAX_IMAGES_LISTED = 1000
+
+
+class CheckWarning(Exception):
+    """Raised by a check that passes with a warning (training would go on, and say the same)."""
+
+
+class CheckSkipped(Exception):
+    """Raised by a check that cannot run because of an earlier failure (the message says which)."""
 
 
 def _parser(config_file, overrides: dict):
@@ -40,120 +59,199 @@ def _writable(folder) -> None:
         pass
 
 
-def _root_message(exc: BaseException) -> str:
-    """The message of the innermost cause (MONAI wraps component errors in generic ones)."""
-    while (exc.__cause__ or exc.__context__) is not None:
-        exc = exc.__cause__ or exc.__context__
-    return str(exc).strip() or type(exc).__name__
+def _message(exc: BaseException) -> str:
+    """The project's message of an error (MONAI wraps component errors in generic ones)."""
+    from ..console import message, project_exception
+
+    return message(project_exception(exc))
+
+
+class _Report:
+    """The checks' results, printed as they come."""
+
+    def __init__(self):
+        self.results: list[tuple[str, str, str]] = []  # (name, status, detail)
+
+    def _print(self, status: str, name: str, detail: str) -> None:
+        first, *rest = detail.splitlines() or [""]
+        print(f"[{status}] {name}{': ' + first if first else ''}", flush=True)
+        for line in rest:
+            print(f"         {line.strip()}", flush=True)
+
+    def run(self, name: str, fn, needs: tuple[str, ...] = ()) -> bool:
+        """Run one check; ``needs``: names of earlier checks it needs (it is skipped when one did not pass)."""
+        failed = [n for n, status, _ in self.results if n in needs and status not in ("ok", "warn")]
+        if failed:
+            self.results.append((name, "skip", ""))
+            self._print("skip", name, f"needs a passing '{failed[0]}'")
+            return False
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                detail = fn() or ""
+                status = "ok"
+            except CheckWarning as e:
+                detail, status = str(e), "warn"
+            except CheckSkipped as e:
+                detail, status = str(e), "skip"
+            except Exception as e:  # every failure is reported, none stops the other checks
+                detail, status = _message(e), "FAIL"
+        if status == "ok" and caught:  # what training would warn about (e.g. a floored class prior)
+            detail, status = "; ".join(dict.fromkeys(str(w.message) for w in caught)), "warn"
+        self.results.append((name, status, detail))
+        self._print({"ok": " ok ", "warn": "warn", "FAIL": "FAIL", "skip": "skip"}[status], name, detail)
+        return status in ("ok", "warn")
+
+    def summary(self) -> int:
+        failed = [name for name, status, _ in self.results if status == "FAIL"]
+        warned = [name for name, status, _ in self.results if status == "warn"]
+        skipped = [name for name, status, _ in self.results if status == "skip"]
+        passed = sum(status in ("ok", "warn") for _, status, _ in self.results)
+        text = f"\n{passed}/{len(self.results)} checks passed"
+        if warned:
+            text += f" ({len(warned)} with a warning: {', '.join(warned)})"
+        if failed:
+            text += f"; failed: {', '.join(failed)}"
+        if skipped:
+            text += f"; not run: {', '.join(skipped)}"
+        print(text, flush=True)
+        return 1 if failed else 0
+
+
+CONFIG = "config parses"
+IDS = "training workflow ids present"
+DATALIST = "data list valid (keys, labels, duplicates, paths, patient leakage)"
+IMAGES = "every image exists and decodes"
+POSITIVES = "training positives per class"
+PATIENTS = "patients per split (none shared)"
+BUILDS = "network and loss build"
+PRETRAINED = "pretrained weights match the network"
+RESUME = "checkpoint to resume from"
+OUTPUTS = "output folders writable"
 
 
 def check(config_file="bundle/configs/train.json", **overrides) -> int:
-    """Check a training config, its data and its files; print a report; return 0 if all pass, else 1."""
-    from ..data import DataList, DataListWithTests
+    """Check a training config, its data and its files; print a report; return 0 if none fails, else 1."""
+    from ..data.datalist import DataList, DataListError, preflight_mode
+    from ..data.testlists import DataListWithTests
     from ..training.checkpoints import find_checkpoint
 
-    results: list[tuple[str, bool, str]] = []
-
-    def record(name, fn):
-        try:
-            detail = fn()
-            results.append((name, True, detail or ""))
-            print(f"[ ok ] {name}{': ' + detail if detail else ''}", flush=True)
-            return True
-        except Exception as e:  # every failure is reported, none stops the other checks
-            msg = _root_message(e)
-            results.append((name, False, msg))
-            print(f"[FAIL] {name}: {msg}", flush=True)
-            return False
-
+    report = _Report()
     state: dict = {}
 
     def parse():
         state["parser"] = _parser(config_file, overrides)
         return f"{config_file}" + (f" with overrides {overrides}" if overrides else "")
 
-    if not record("config parses", parse):
-        return _summary(results)
+    if not report.run(CONFIG, parse):
+        return report.summary()
     parser = state["parser"]
 
     def properties():
-        from monai.bundle import ConfigWorkflow
+        from monai.bundle.properties import TrainProperties
+        from monai.utils import BundleProperty, BundlePropertyConfig
 
-        wf = ConfigWorkflow(config_file=config_file, workflow_type="train", **overrides)
-        wf.initialize()
-        missing = wf.check_properties()
+        missing = [p[BundlePropertyConfig.ID] for p in TrainProperties.values()
+                   if p.get(BundleProperty.REQUIRED, False) and p[BundlePropertyConfig.ID] not in parser]
         if missing:
-            raise KeyError(f"missing training workflow ids: {missing}")
+            raise KeyError(f"the config lacks id(s) MONAI's training workflow needs: {missing}")
+        return ""
 
-    record("training workflow ids present", properties)
+    report.run(IDS, properties)
 
     def datalist():
-        dl = parser.get_parsed_content("data")  # train.json opens its datalist (a component or a path) as data
+        with preflight_mode():  # every problem of the list, then every bad image, in this one run
+            dl = parser.get_parsed_content("data")  # train.json opens its datalist (a component or a path) as data
         if not isinstance(dl, (DataList, DataListWithTests)):
-            raise TypeError(f"'datalist' must build a custom.DataList (or a data list with test lists), got {type(dl).__name__}")
+            raise TypeError("'datalist' must build a custom.DataList (or a data list with test lists), got "
+                            f"{type(dl).__name__}")
         state["datalist"] = dl
+        if dl.problems:
+            raise DataListError(dl.problems_message())
         sizes = ", ".join(f"{s} {len(dl.items(s))}" for s in dl.splits)
         return f"{dl.path} ({len(dl.classes)} classes; {sizes})"
 
-    if record("data list valid (keys, labels, duplicates, patient leakage)", datalist):
+    report.run(DATALIST, datalist)
+
+    def images():
+        from ..data.datalist import bad_images_message
+
+        if "datalist" not in state:  # a list with bad rows is built, and its images are checked too
+            raise CheckSkipped("needs a data list that can be read")
         dl = state["datalist"]
+        total = dl.num_images
+        bad = dl.bad_images()
+        if not bad:
+            return f"all {total} images decode"
+        if getattr(dl, "on_bad_image", "error") == "skip":
+            what = "missing or unreadable and will be skipped (on_bad_image='skip')"
+            raise CheckWarning(bad_images_message(dl.path, dl.dataset_dir, bad, total, what, MAX_IMAGES_LISTED))
+        raise FileNotFoundError(bad_images_message(dl.path, dl.dataset_dir, bad, total, limit=MAX_IMAGES_LISTED))
 
-        def images():
-            dl.verify_images()
-            return f"all {sum(len(dl.items(s)) for s in dl.splits)} images decode"
+    report.run(IMAGES, images)
 
-        record("every image exists and decodes", images)
+    def positives():
+        dl = state["datalist"]
+        counts = dl.labels("training").sum(axis=0)
+        empty = [c for c, n in zip(dl.classes, counts) if n == 0]
+        text = ", ".join(f"{c} {int(n)}" for c, n in zip(dl.classes, counts))
+        if empty:
+            raise CheckWarning("classes without a positive training label (training goes on with their prior floored "
+                               f"to 0.5/N; their AUC is undefined): {empty}; counts: {text}")
+        return text
 
-        def positives():
-            labels = dl.labels("training")
-            counts = labels.sum(axis=0)
-            empty = [c for c, n in zip(dl.classes, counts) if n == 0]
-            text = ", ".join(f"{c} {int(n)}" for c, n in zip(dl.classes, counts))
-            if empty:
-                raise ValueError(f"classes without a positive training label (their prior is floored): {empty}; counts: {text}")
-            return text
+    report.run(POSITIVES, positives, needs=(DATALIST,))
 
-        record("training positives per class", positives)
+    def patients():
+        dl = state["datalist"]
+        per = {s: len({i["patient"] for i in dl.items(s) if "patient" in i}) for s in dl.splits}
+        return ", ".join(f"{s} {n}" for s, n in per.items())
 
-        def patients():
-            per = {s: len({i["patient"] for i in dl.items(s) if "patient" in i}) for s in dl.splits}
-            return ", ".join(f"{s} {n}" for s, n in per.items())
+    report.run(PATIENTS, patients, needs=(DATALIST,))
 
-        record("patients per split (none shared)", patients)
+    def builds():
+        network = parser.get_parsed_content("network_def")
+        with warnings.catch_warnings():  # the class-prior warning is the positives check's
+            warnings.filterwarnings("ignore", message="classes without positive training labels")
+            loss = parser.get_parsed_content("loss")
+        return f"{type(network).__name__}, {type(loss).__name__}"
+
+    report.run(BUILDS, builds, needs=(DATALIST,))
 
     weights = parser.get("pretrained_weights", "")
     if weights:
         def pretrained():
             from ..networks import load_pretrained
 
-            load_pretrained(parser.get_parsed_content("network_def"), weights)
+            load_pretrained(parser.get_parsed_content("network_def", lazy=False), weights)
             return str(weights)
 
-        record("pretrained weights match the network", pretrained)
+        report.run(PRETRAINED, pretrained)
 
     resume = parser.get("resume", False)
-
-    def ckpt_dir():
-        return str(parser.get_parsed_content("ckpt_dir"))
 
     if resume not in (None, False, "", "false", "False"):
         def resumable():
             from ..networks import read_checkpoint
+            from ..training.checkpoints import RunRecord
 
-            path = find_checkpoint(resume, ckpt_dir())
+            path = find_checkpoint(resume, str(parser.get_parsed_content("ckpt_dir")))
             ckpt = read_checkpoint(path)
-            if "datalist" in state and "run_record" in ckpt:
-                info = ckpt["run_record"]
+            trainer = ckpt.get("trainer") if isinstance(ckpt, dict) else None
+            if not isinstance(trainer, dict) or "run_record" not in ckpt:
+                raise ValueError(f"checkpoint {path} is not a training checkpoint of this bundle (it holds "
+                                 f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__})")
+            epoch = trainer["iteration"] // max(1, trainer["epoch_length"])
+            if "datalist" in state:
                 dl = state["datalist"]
-                if list(info["classes"]) != dl.classes or int(info["num_training"]) != len(dl):
-                    raise ValueError(
-                        f"checkpoint {path} was trained on {info['num_training']} images of {info['classes']}; "
-                        f"the data list has {len(dl)} of {dl.classes}"
-                    )
-            trainer = ckpt["trainer"]
-            return f"{path} (epoch {trainer['iteration'] // max(1, trainer['epoch_length'])})"
+                RunRecord(dl.classes, len(dl), dl).check(ckpt["run_record"], path)
+            seed, own = (ckpt["run_record"].get("recipe") or {}).get("seed"), parser.get_parsed_content("seed")
+            if seed is not None and seed != own:
+                raise CheckWarning(f"{path} (epoch {epoch}) was trained with seed {seed}, this run has seed {own}: "
+                                   "the rest of the run will not match an uninterrupted one")
+            return f"{path} (epoch {epoch})"
 
-        record("checkpoint to resume from", resumable)
+        report.run(RESUME, resumable)
 
     def outputs():
         folders = [parser.get_parsed_content(k) for k in ("ckpt_dir", "output_dir") if k in parser]
@@ -161,16 +259,9 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
             _writable(f)
         return ", ".join(str(f) for f in folders)
 
-    record("output folders writable", outputs)
-    return _summary(results)
-
-
-def _summary(results) -> int:
-    failed = [name for name, ok, _ in results if not ok]
-    print(f"\n{len(results) - len(failed)}/{len(results)} checks passed" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
-    return 1 if failed else 0
+    report.run(OUTPUTS, outputs)
+    return report.summary()
 
 
 def main(config_file="bundle/configs/train.json", **overrides) -> None:
     sys.exit(check(config_file, **overrides))
-

@@ -1,9 +1,10 @@
-"""The training workflow around the method: engine, checkpoints and resume, progress, tracking, multi-process training."""
+"""The training workflow around the method: engine, checkpoints and resume, progress, tracking, multi-process
+training."""
 
 from . import distributed
 from .checkpoints import (CheckpointSaver, CheckpointWriteError, EpochSeeder, ResumeLoader, RunRecord,
                           TrainingCheckpointSaver, ValidationState, find_checkpoint, read_record)
 from .engine import INDEX_KEY, NonFiniteLossError, NVUMTrainer
 from .performance import PrepareImageBatch, memory_format
-from .progress import EpochSummary, HandlerGroup, LossAverages, ProgressBar
+from .progress import EpochSummary, HandlerGroup, LossAverages, ProgressBar, RunSummary
 from .tracking import MLflowTracker, default_tracking_uri

@@ -16,7 +16,8 @@ from sklearn.metrics import roc_auc_score
 from ...data import DataList
 from ...networks import read_checkpoint as load_checkpoint_file
 from ..training import train_parser
-from .scores import _sigmoid, calibrate_logits, confident_learning, detection_metrics, loss_score, memory_logits, memory_score
+from .scores import (_sigmoid, calibrate_logits, confident_learning, detection_metrics, loss_score, memory_logits,
+                     memory_score)
 
 #: rankings written by :func:`audit`: column name -> label used in tables and figures.
 RANKINGS = {"score": "memory", "loss": "loss (final model)", "cl_margin": "confident-learning rule"}
@@ -47,15 +48,17 @@ def read_checkpoint(path) -> dict:
         raise ValueError(f"checkpoint {path} holds no network weights (key 'model')")
     record = ckpt.get("run_record")
     if not isinstance(record, dict) or not record.get("nvum") or not record.get("image_size"):
-        raise ValueError(f"checkpoint {path} holds no run record (key 'run_record'): it was written by an older version "
-                         "of the bundle; retrain to audit it")
+        raise ValueError(f"checkpoint {path} holds no run record (key 'run_record'): it was written by an older "
+                         "version of the bundle; retrain to audit it")
     memory = ckpt["memory"]
     values = memory["values"].float()
     if not bool(values.abs().sum() > 0):
-        raise ValueError(f"the NVUM memory in {path} is all zeros: it was never updated (a run with a loss that uses no memory, e.g. --nvum#loss bce)")
+        raise ValueError(f"the NVUM memory in {path} is all zeros: it was never updated (a run with a loss that uses "
+                         "no memory, e.g. --nvum#loss bce)")
     epochs = _completed_epochs(ckpt.get("trainer") or {})
     if epochs < 1:
-        raise ValueError(f"checkpoint {path} records no completed training epoch (key 'trainer'); the memory's scale is unknown")
+        raise ValueError(f"checkpoint {path} records no completed training epoch (key 'trainer'); the memory's scale "
+                         "is unknown")
     teacher = ckpt.get("teacher") or {}
     return {
         "values": values,
@@ -84,12 +87,14 @@ def _network(state: dict, record: dict, num_classes: int):
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"the checkpoint's network does not match its recorded definition {record.get('network')}: {e}") from None
+        raise ValueError(f"the checkpoint's network does not match its recorded definition {record.get('network')}: "
+                         f"{e}") from None
     return net
 
 
 def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_dir=None, model_weight: float = 0.0,
-          batch_size: int = 256, device: str = "cpu", ks: Sequence[int] = (100, 1000), quiet: bool = False) -> pd.DataFrame:
+          batch_size: int = 256, device: str = "cpu", ks: Sequence[int] = (100, 1000),
+          quiet: bool = False) -> pd.DataFrame:
     """Rank the training labels of ``datalist`` by how likely they are wrong (module docstring).
 
     What the run trained (data list, input size, network, memory momentum, ``unbiased``) is read
@@ -142,11 +147,18 @@ def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_d
     classes = dl.classes
 
     nvum = record["nvum"]
+    if not quiet:
+        network = (record.get("network") or {}).get("name", "the bundle's network")
+        source = "from the run record" if datalist is None else "given"
+        print(f"checkpoint {checkpoint}: {ckpt['epochs']} epoch(s) of {network} at {record['image_size']} px, "
+              f"memory momentum {nvum['memory_momentum']}; auditing data list {dl.path} (images in {dl.dataset_dir}; "
+              f"{source}): {n} training images x {c} classes", flush=True)
     m = memory_logits(ckpt["values"], ckpt["log_prior"], ckpt["epochs"], float(nvum["memory_momentum"]),
                       as_bool(nvum["unbiased_memory"], "unbiased_memory"))
     net = _network(ckpt["network"], record, c).to(device)
     transform = train_parser({"image_size": int(record["image_size"])}).get_parsed_content("preprocessing")
-    logits = predict(net, items, transform, device, batch_size, desc="audit: predicting training images").astype(np.float64)
+    logits = predict(net, items, transform, device, batch_size,
+                     desc="audit: predicting training images").astype(np.float64)
     probs = _sigmoid(logits)
     belief = calibrate_logits((1.0 - model_weight) * m + model_weight * logits, labels)
     cl = confident_learning(probs, labels)
@@ -173,7 +185,8 @@ def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_d
     table = table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
 
-    table.attrs.update({"labels": labels, "true_labels": clean, "memory_logits": m, "model_logits": logits, "belief": belief, "cl_margin": cl["margin"]})
+    table.attrs.update({"labels": labels, "true_labels": clean, "memory_logits": m, "model_logits": logits,
+                        "belief": belief, "cl_margin": cl["margin"]})
     output = Path(output)
     summary = Path(summary) if summary else output.with_name(output.stem + "_by_class.csv")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +201,8 @@ def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_d
         if clean is not None:
             for col, name in RANKINGS.items():
                 r = detection_metrics(table[col], table["wrong"], ks)
-                print(f"{name:26s} AUROC {r['auroc']:.4f}  " + "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k.startswith("precision")))
+                print(f"{name:26s} AUROC {r['auroc']:.4f}  " + "  ".join(f"{k} {v:.3f}" for k,
+                                                                         v in r.items() if k.startswith("precision")))
         print(f"\nwrote {output} and {summary}")
     return table
 
@@ -200,7 +214,8 @@ def _clean_labels(dl: DataList):
         return None
 
 
-def class_summary(table: pd.DataFrame, classes: Sequence[str], cl: dict, ks: Sequence[int] = (100, 1000)) -> pd.DataFrame:
+def class_summary(table: pd.DataFrame, classes: Sequence[str], cl: dict,
+                  ks: Sequence[int] = (100, 1000)) -> pd.DataFrame:
     """One row per class: given positives, mean scores, how many of the top-k labels of the ranking
     are in the class, what the confident-learning rule flags and, when true labels are known, the
     wrong labels and each ranking's AUROC within the class. ``table`` is sorted by score."""

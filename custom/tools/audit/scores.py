@@ -95,16 +95,16 @@ def calibrate_logits(logits, labels, tol: float = 1e-10) -> np.ndarray:
     negative (positive) logits. Only one offset per class changes: the order of the images within a
     class is kept.
     """
-    l = np.asarray(logits, dtype=np.float64)
+    z = np.asarray(logits, dtype=np.float64)
     target = np.asarray(labels, dtype=np.float64).mean(axis=0)
-    lo, hi = -60.0 - l.max(axis=0), 60.0 - l.min(axis=0)  # every probability ~0 at lo, ~1 at hi
+    lo, hi = -60.0 - z.max(axis=0), 60.0 - z.min(axis=0)  # every probability ~0 at lo, ~1 at hi
     for _ in range(100):
         mid = 0.5 * (lo + hi)
-        above = _sigmoid(l + mid).mean(axis=0) > target
+        above = _sigmoid(z + mid).mean(axis=0) > target
         hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
         if np.max(hi - lo) < tol:
             break
-    return l + 0.5 * (lo + hi)
+    return z + 0.5 * (lo + hi)
 
 
 def _sigmoid(x):
@@ -152,6 +152,10 @@ def detection_metrics(scores, wrong, ks: Sequence[int] = (100, 1000)) -> dict:
         dict: ``auroc``, ``precision@k`` for each k, ``precision@n_wrong``, ``n_wrong``, ``n``.
     """
     s = np.asarray(scores, dtype=np.float64).ravel()
+    finite = s[np.isfinite(s)]
+    low, high = (finite.min() - 1, finite.max() + 1) if finite.size else (-1.0, 1.0)
+    s = np.where(s == -np.inf, low,
+                 np.where(s == np.inf, high, s))  # the same order (e.g. -inf: never flagged), finite for AUROC
     w = np.asarray(wrong, dtype=bool).ravel()
     out = {"n": int(w.size), "n_wrong": int(w.sum())}
     out["auroc"] = float(roc_auc_score(w, s)) if 0 < w.sum() < w.size else float("nan")

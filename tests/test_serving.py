@@ -1,0 +1,111 @@
+"""Deployment pieces that need no trained model: the served model's input handling (what is not an image is
+refused as a bad request naming the row and the reason), the offline metadata checks, the registrar with
+tracking off."""
+
+import base64
+import io
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CONFIGS, ROOT
+
+from custom.serving.pyfunc import ChestXrayClassifier, decode_image, encode_array
+
+CLASSES = ["A", "B", "No Finding"]
+
+
+def _png(value=40, size=16) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_decoder_rejects_what_is_not_an_image_naming_the_row():
+    with pytest.raises(ValueError) as err:
+        decode_image("/etc/passwd", "row 2")
+    assert str(err.value) == ("row 2: expected the image's bytes (PNG, JPEG or .npy), base64-encoded, e.g. "
+                              "$(base64 -w0 image.png); got the text '/etc/passwd' (it looks like a file path: "
+                              "the served model does not read files)")
+    with pytest.raises(ValueError, match="row 0: not a readable PNG/JPEG image"):
+        decode_image(b"/etc/passwd", "row 0")
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        decode_image(encode_array(np.zeros((2, 5, 5))))
+    with pytest.raises(ValueError, match=r"row 1: the pixel array holds 2 NaN or infinite value\(s\)"):
+        decode_image(encode_array(np.array([[0.5, np.nan], [np.inf, 0.2]], np.float32)), "row 1")
+    # what is an image: bytes, base64 text (wrapped over lines as `base64` writes it without -w0), finite arrays
+    png = _png()
+    text = base64.b64encode(png).decode()
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+    assert np.array_equal(decode_image(wrapped), decode_image(png)) and decode_image(png).shape == (1, 16, 16)
+    assert decode_image(encode_array(np.full((4, 4), 0.5, np.float32))).shape == (1, 4, 4)
+
+
+@pytest.fixture
+def model():
+    """The pyfunc model with the bundle's preprocessing and a tiny network (what load_context builds, without files)."""
+    from monai.transforms import Compose
+
+    from custom.data.transforms import ChestXrayToTensord
+
+    m = ChestXrayClassifier()
+    m.classes = CLASSES
+    m.preprocess = Compose([ChestXrayToTensord(keys="image", size=8)])
+    m.postprocess = lambda d: {"pred": torch.sigmoid(d["pred"])}
+    torch.manual_seed(0)
+    m.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, len(CLASSES)))
+    return m
+
+
+def test_a_bad_row_makes_a_bad_request_that_names_every_bad_row(model):
+    from mlflow.exceptions import MlflowException
+
+    good = model.predict(None, pd.DataFrame({"image": [_png(), base64.b64encode(_png(200)).decode()]}))
+    assert list(good.columns) == CLASSES and good.shape == (2, 3) and ((good > 0) & (good < 1)).all().all()
+    nan = encode_array(np.full((8, 8), np.nan, np.float32))
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, pd.DataFrame({"image": [_png(), "/data/x.png", nan]}))
+    assert err.value.get_http_status_code() == 400 and err.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert err.value.message.startswith("row 1: expected the image's bytes (PNG, JPEG or .npy), base64-encoded")
+    assert "(and 1 more bad row(s): row 2: the pixel array holds 64 NaN or infinite value(s)" in err.value.message
+    with pytest.raises(MlflowException, match="the input needs a column 'image'") as err:
+        model.predict(None, pd.DataFrame({"path": ["x.png"]}))
+    assert err.value.get_http_status_code() == 400
+
+
+def test_metadata_and_network_checks_pass_offline_and_catch_a_bad_metadata(tmp_path, monkeypatch):
+    from custom.deploy.export import verify_bundle
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    verify_bundle(CONFIGS)  # the schema copy in bundle/docs, no download
+    broken = tmp_path / "configs"
+    broken.mkdir()
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    del meta["copyright"]
+    (broken / "metadata.json").write_text(json.dumps(meta))
+    (broken / "inference.json").write_text((CONFIGS / "inference.json").read_text())
+    with pytest.raises(ValueError, match="copyright"):
+        verify_bundle(broken, schema=ROOT / "bundle" / "docs" / "meta_schema_20240725.json")
+    (broken / "metadata.json").write_text((CONFIGS / "metadata.json").read_text().replace('"num_channels": 14',
+                                                                                          '"num_channels": 13'))
+    with pytest.raises(ValueError, match="output channel number"):
+        verify_bundle(broken, schema=ROOT / "bundle" / "docs" / "meta_schema_20240725.json")
+
+
+def test_registrar_does_nothing_with_tracking_off(tmp_path):
+    from custom.deploy.registry import ModelRegistrar
+    from custom.training.tracking import MLflowTracker
+
+    registrar = ModelRegistrar(MLflowTracker(enabled=False), tmp_path / "missing.pt", tmp_path / "models",
+                               example_images=[])
+    assert registrar.run() is None
+    assert not (tmp_path / "models").exists() and not (Path.cwd() / "mlruns.db").exists()
