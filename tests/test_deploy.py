@@ -204,7 +204,7 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
         from custom.serving.pyfunc import encode_array
 
         nan = base64.b64encode(encode_array(np.full((8, 8), np.nan, np.float32))).decode()
-        for row, expected in (([str(files[0])], "row 0: expected the image's bytes (PNG, JPEG or .npy), base64"),
+        for row, expected in (([str(files[0])], "row 0: expected the image's bytes (PNG, JPEG, DICOM or .npy), base64"),
                               ([base64.b64encode(b"not an image").decode()], "row 0: not a readable PNG/JPEG image"),
                               ([nan], "row 0: the pixel array holds 64 NaN or infinite value(s)")):
             with pytest.raises(urllib.error.HTTPError) as err:

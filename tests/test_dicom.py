@@ -217,6 +217,11 @@ def test_a_transfer_syntax_that_cannot_be_decoded_is_refused_naming_file_and_syn
         read_dicom(path)
     with pytest.raises(ValueError, match="row 0: transfer syntax JPEG Lossless"):
         decode_image(path.read_bytes(), "row 0")
+    shutil.copy(images["root"] / "png" / "img0.png", tmp_path / "img0.png")  # inference goes on, naming the file
+    table = _infer(images, tmp_path, tmp_path / "out" / "probabilities.csv")
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv")
+    assert list(table.index) == ["img0.png"] and [Path(p).name for p in errors["image"]] == ["lossless.dcm"]
+    assert errors["reason"][0].startswith("transfer syntax JPEG Lossless")
     with pytest.raises(DicomReadError, match="row 3: the DICOM file has no pixel data"):
         read_dicom(b"\0" * 128 + b"DICM" + b"\x02\x00", "row 3")
     plain = write_dicom(tmp_path / "plain.dcm", images["pixels"]["img0"].astype(np.int64))

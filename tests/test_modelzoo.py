@@ -82,6 +82,12 @@ def test_verify_bundle_checks_pass_on_the_zip_through_monai_functions(bundle_zip
     common = {"net_id": "network_def", "meta_file": str(bundle / "configs" / "metadata.json"),
               "config_file": str(bundle / "configs" / "inference.json"), "bundle_root": str(bundle)}
     verify_net_in_out(**common)
+    nih = ConfigParser()  # the real-data overlay's data lists travel with the bundle, relative to bundle_root
+    nih.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "datasets" / "nih.json")])
+    nih["bundle_root"] = str(bundle)
+    for key in ("datalist_file", "google_datalist"):
+        assert Path(nih.get_parsed_content(key)).parent == bundle / "data_lists", key
+        assert Path(nih.get_parsed_content(key)).is_file(), key
     ckpt_export(filepath=str(bundle / "models" / "verify_model.ts"), ckpt_file=str(bundle / "models" / "model.pt"),
                 **common)
     exported, provided = (torch.jit.load(str(bundle / "models" / n)) for n in ("verify_model.ts", "model.ts"))

@@ -71,7 +71,7 @@ def test_a_data_list_path_without_dataset_dir_reads_images_beside_it(tmp_path):
     from custom.data.sources import open_datalist
 
     path, images = _own_data(tmp_path)
-    with pytest.raises(FileNotFoundError, match="32 image\\(s\\) of data list .*my_list.json not found"):
+    with pytest.raises(FileNotFoundError, match="32 image\\(s\\) of data list .*my_list.json are not found"):
         open_datalist(path)  # the images are not beside the list: the message names the list
     moved = images / "my_list.json"
     moved.write_text(path.read_text())

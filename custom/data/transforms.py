@@ -211,13 +211,15 @@ def check_image(path) -> str | None:
     """Fully decode an image file with Pillow (DICOM: pydicom); ``None`` when it is readable, else the reason."""
     from PIL import Image, UnidentifiedImageError
 
-    from .dicom import is_dicom, read_dicom
+    from .dicom import DicomReadError, is_dicom, read_dicom
 
     if is_dicom(path):
         try:
             read_dicom(path)
-        except Exception as e:  # DicomReadError names the file and the reason; pydicom may raise others
-            return str(e) if type(e).__name__ == "DicomReadError" else f"{type(e).__name__}: {e}"
+        except DicomReadError as e:  # "<path>: <reason>": the caller names the file
+            return str(e).removeprefix(f"{path}: ")
+        except Exception as e:  # anything else pydicom raises on bad data
+            return f"{type(e).__name__}: {e}"
         return None
 
     try:
