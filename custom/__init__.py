@@ -18,7 +18,8 @@ are not shipped with the deployable bundle.
 """
 
 from .console import filter_third_party_noise, install_excepthook
-from .data import ChestXrayToTensord, DataList, DataListError, LoadImageChestXrayd, RandResizedCropd, real_datalist
+from .data import (ChestXrayDicomReader, ChestXrayToTensord, DataList, DataListError, LoadImageChestXrayd,
+                   RandResizedCropd, open_datalist, real_datalist)
 from .deploy import ModelRegistrar
 from .evaluation import MultiLabelAUC, TestReport, mean_auc, per_class_auc, predict
 from .flags import as_bool
@@ -26,7 +27,8 @@ from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indice
 from .networks import build_network, load_pretrained, load_weights
 from .nvum import (BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUMMemory, build_loss, class_prior,
                    log1m_sigmoid)
-from .serving import BundleNetwork, InferenceDataset, ProbabilityWriter, list_inputs, load_inference_network
+from .serving import (BundleNetwork, HeatmapWriter, InferenceDataset, ProbabilityWriter, list_inputs,
+                      load_inference_network)
 from .training import (CheckpointSaver, CheckpointWriteError, EpochSeeder, EpochSummary, HandlerGroup, LossAverages,
                        MLflowTracker, NonFiniteLossError, NVUMTrainer, PrepareImageBatch, ProgressBar, ResumeLoader,
                        RunRecord, RunSummary, TrainingCheckpointSaver, ValidationState, default_tracking_uri,

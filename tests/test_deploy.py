@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
-from PIL import Image
 
 from conftest import CONFIGS, ROOT
 
@@ -90,6 +89,10 @@ def test_training_registers_a_pyfunc_model_that_predicts_as_inference_json(deplo
     assert run.info.status == "FINISHED" and run.data.params["loss"] == "nvum"  # the training run itself
     assert "bundle/nvum_cxr_classification.zip" in {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
     assert "test/test_test.csv" in {a.path for a in client.list_artifacts(run.info.run_id, "test")}
+    with zipfile.ZipFile(deployed["root"] / "models" / "nvum_cxr_classification.zip") as zf:  # this model's test AUCs
+        metrics = json.loads(zf.read("nvum_cxr_classification/configs/metadata.json"))["eval_metrics"]
+    assert set(metrics) == {"mean_auc_diseases_test", "mean_auc_diseases_test_shifted"}
+    assert metrics["mean_auc_diseases_test"] == round(run.data.metrics["test_test_mean_auc"], 4)
 
     with use_tracking_uri(deployed["uri"]):
         model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}")
@@ -116,31 +119,39 @@ def _extract(zip_path, dest):
     return names
 
 
-def test_bundle_zip_runs_inference_json_from_anywhere_with_the_torchscript_model(deployed, tmp_path):
+def test_bundle_zip_runs_inference_json_from_inside_its_folder_with_either_model_file(deployed, tmp_path):
     names = _extract(deployed["root"] / "models" / "nvum_cxr_classification.zip", tmp_path)
     top = "nvum_cxr_classification/"
-    for f in ("configs/metadata.json", "configs/inference.json", "models/model.ts", "docs/README.md",
-              "custom/__init__.py",
-              "custom/nvum/memory.py", "custom/serving/pyfunc.py", "scripts/deploy_app.py"):
+    for f in ("LICENSE", "large_files.yml", "configs/metadata.json", "configs/inference.json", "configs/train.json",
+              "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf",
+              "configs/datasets/nih.json", "models/model.pt", "models/model.json", "models/model.ts", "docs/README.md",
+              "docs/data_license.txt", "custom/__init__.py", "custom/nvum/memory.py", "custom/serving/pyfunc.py",
+              "scripts/deploy_app.py", "scripts/monailabel_app/main.py"):
         assert top + f in names, f
-    assert not any(n.endswith(".pt") or "__pycache__" in n for n in names)
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert not any(n.startswith(top + "custom/tools/") or n == top + "custom/cli.py" for n in names)  # runtime only
     bundle = tmp_path / "nvum_cxr_classification"
-    assert "%" not in (bundle / "configs" / "inference.json").read_text()  # the shared parts written in
+    for config in ("inference.json", "train.json", "evaluate.json", "multi_gpu_train.json", "datasets/nih.json"):
+        text = (bundle / "configs" / config).read_text()
+        assert "common.json" not in text and "custom.tools" not in text, config  # includes written in; no tool named
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     probe = "import importlib.util, custom; print(custom.__file__, importlib.util.find_spec('custom.tools'))"
     found = subprocess.run([sys.executable, "-c", probe], cwd=bundle, env=env, capture_output=True, text=True,
                            timeout=120)
     assert found.returncode == 0 and found.stdout.split() == [str(bundle / "custom" / "__init__.py"),
                                                               "None"], found.stderr[-2000:]
-    out = tmp_path / "probs.csv"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--bundle_root",
-           ".", "--input_path", str(deployed["images"]), "--output_file", str(out)]
-    proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    table = pd.read_csv(out)
-    assert [Path(p).name for p in table["image"]] == list(deployed["probs"].index)
-    assert np.abs(table.iloc[:, 1:].to_numpy() - deployed["probs"].to_numpy()).max() < TOL
+    for removed in ((), ("model.pt", "model.json")):  # the weights first, then the TorchScript model alone
+        for name in removed:
+            (bundle / "models" / name).unlink()
+        out = tmp_path / f"probs{len(removed)}.csv"
+        # no --bundle_root: the deployable configs default to the folder they are run from, as model-zoo cards do
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+               "--input_path", str(deployed["images"]), "--output_file", str(out)]
+        proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        table = pd.read_csv(out)
+        assert [Path(p).name for p in table["image"]] == list(deployed["probs"].index)
+        assert np.abs(table.iloc[:, 1:].to_numpy() - deployed["probs"].to_numpy()).max() < TOL
 
 
 def _free_port():
@@ -193,7 +204,7 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
         from custom.serving.pyfunc import encode_array
 
         nan = base64.b64encode(encode_array(np.full((8, 8), np.nan, np.float32))).decode()
-        for row, expected in (([str(files[0])], "row 0: expected the image's bytes (PNG, JPEG or .npy), base64"),
+        for row, expected in (([str(files[0])], "row 0: expected the image's bytes (PNG, JPEG, DICOM or .npy), base64"),
                               ([base64.b64encode(b"not an image").decode()], "row 0: not a readable PNG/JPEG image"),
                               ([nan], "row 0: the pixel array holds 64 NaN or infinite value(s)")):
             with pytest.raises(urllib.error.HTTPError) as err:
@@ -282,10 +293,10 @@ def test_torchscript_export_matches_the_checkpoint_and_runs_as_the_deploy_operat
     pre.transforms = tuple(t for t in pre.transforms if not any(d in type(t).__name__ for d in ("LoadImage",
                                                                                                 "SaveImage")))
     post = parser.get_parsed_content("postprocessing")
-    paths = io.list_pngs(deployed["images"])
+    paths = io.list_images(deployed["images"])
     batch = []
     for path in paths:
-        array, image_meta = io.load_png(path)
+        array, image_meta = io.load_image(path)
         batch.append(pre({"image": MetaTensor(torch.as_tensor(array), meta=image_meta)})["image"])
     batch = torch.stack(batch)
     scripted = torch.jit.load(str(model_ts), map_location="cpu").eval()
@@ -300,51 +311,6 @@ def test_torchscript_export_matches_the_checkpoint_and_runs_as_the_deploy_operat
     assert np.abs(table.to_numpy() - deployed["probs"].to_numpy()).max() < TOL
 
 
-@pytest.mark.parametrize("mode", ["L", "I;16", "RGB"])
-def test_deploy_png_loader_reads_as_inference_json(tmp_path, mode):
-    io = _load_script("deploy_io")
-    rng = np.random.default_rng(0)
-    if mode == "RGB":
-        img = Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
-    elif mode == "I;16":
-        img = Image.fromarray(rng.integers(0, 65536, (20, 24), dtype=np.uint16))
-    else:
-        img = Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8))
-    path = tmp_path / "x.png"
-    img.save(path)
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    loader = parser.get_parsed_content("preprocessing").transforms[0]
-    expected = np.asarray(loader({"image": str(path)})["image"])
-    array, meta = io.load_png(path)
-    assert array.shape == expected.shape == ((3 if mode == "RGB" else 1), 20, 24)
-    assert array.dtype == expected.dtype and np.array_equal(array, expected)
-    assert Path(meta["filename_or_obj"]).name == "x.png"
-    # the served model's decoder reads the same pixels from the bytes
-    from custom.serving.pyfunc import decode_image
-
-    assert np.array_equal(decode_image(path.read_bytes()), expected)
-
-
-def test_deploy_output_handling_names_each_probability_and_rejects_bad_outputs(tmp_path):
-    io = _load_script("deploy_io")
-    channel_def = {"0": "Atelectasis", "1": "Effusion", "2": "No Finding"}
-    out = io.format_probabilities(torch.tensor([[0.9, 0.2, 0.05]]), channel_def)  # batch axis of 1 accepted
-    assert list(out) == ["Atelectasis", "Effusion", "No Finding"]
-    assert np.allclose(list(out.values()), [0.9, 0.2, 0.05])
-    with pytest.raises(ValueError, match="2 outputs but channel_def names 3"):
-        io.format_probabilities(np.array([0.1, 0.2]), channel_def)
-    with pytest.raises(ValueError, match="not probabilities"):
-        io.format_probabilities(np.array([2.3, -1.0, 0.5]), channel_def)  # logits: no sigmoid applied
-    path = io.write_results({"a.png": out}, tmp_path / "out")
-    assert json.loads(path.read_text()) == {"a.png": out}
-    with pytest.raises(ValueError, match="not a PNG file"):
-        (tmp_path / "fake.png").write_bytes(b"\xff\xd8\xff\xe0 not a png")
-        io.load_png(tmp_path / "fake.png")
-    with pytest.raises(FileNotFoundError, match="no PNG file found"):
-        io.list_pngs(tmp_path / "out")
-    # the SDK-dependent application module is valid Python (the SDK is not installed here)
-    compile((ROOT / "bundle" / "scripts" / "deploy_app.py").read_text(), "deploy_app.py", "exec")
 
 
 def test_inference_network_reads_the_first_model_file_that_exists_on_first_use(deployed, tmp_path):

@@ -30,7 +30,7 @@ def _png(value=40, size=16) -> bytes:
 def test_decoder_rejects_what_is_not_an_image_naming_the_row():
     with pytest.raises(ValueError) as err:
         decode_image("/etc/passwd", "row 2")
-    assert str(err.value) == ("row 2: expected the image's bytes (PNG, JPEG or .npy), base64-encoded, e.g. "
+    assert str(err.value) == ("row 2: expected the image's bytes (PNG, JPEG, DICOM or .npy), base64-encoded, e.g. "
                               "$(base64 -w0 image.png); got the text '/etc/passwd' (it looks like a file path: "
                               "the served model does not read files)")
     with pytest.raises(ValueError, match="row 0: not a readable PNG/JPEG image"):
@@ -72,7 +72,7 @@ def test_a_bad_row_makes_a_bad_request_that_names_every_bad_row(model):
     with pytest.raises(MlflowException) as err:
         model.predict(None, pd.DataFrame({"image": [_png(), "/data/x.png", nan]}))
     assert err.value.get_http_status_code() == 400 and err.value.error_code == "INVALID_PARAMETER_VALUE"
-    assert err.value.message.startswith("row 1: expected the image's bytes (PNG, JPEG or .npy), base64-encoded")
+    assert err.value.message.startswith("row 1: expected the image's bytes (PNG, JPEG, DICOM or .npy), base64-encoded")
     assert "(and 1 more bad row(s): row 2: the pixel array holds 64 NaN or infinite value(s)" in err.value.message
     with pytest.raises(MlflowException, match="the input needs a column 'image'") as err:
         model.predict(None, pd.DataFrame({"path": ["x.png"]}))

@@ -1,15 +1,15 @@
-"""MONAI Deploy example application: PNG chest X-rays in, per-class probabilities (JSON) out.
+"""MONAI Deploy example application: PNG or DICOM chest X-rays in, per-class probabilities (JSON) out.
 
 Needs the MONAI Deploy App SDK runtime (``pip install monai-deploy-app-sdk``, which brings
 Holoscan); it is not part of this project's ``requirements.txt``. The bundle's Python code
 (``custom``) must be importable, so run it from the folder that holds ``custom/`` -- the extracted
 deployable bundle (``nvum_cxr_classification/``) or the repository root::
 
-    python -m scripts.deploy_app -i <PNG file or folder> -o <output folder> -m models/model.ts
+    python -m scripts.deploy_app -i <PNG/DICOM file or folder> -o <output folder> -m models/model.ts
 
 The model is the bundle's TorchScript export (``models/model.ts``, with ``metadata.json`` and
 ``inference.json`` embedded); the SDK's bundle inference operator reads the preprocessing,
-inferer and postprocessing from it. Each PNG is loaded as ``inference.json`` loads it, and the
+inferer and postprocessing from it. Each image is loaded as ``inference.json`` loads it, and the
 results are written to ``<output folder>/probabilities.json`` as
 ``{image file name: {class name: probability}}``.
 """
@@ -21,15 +21,17 @@ from pathlib import Path
 
 import torch
 from monai.deploy.conditions import CountCondition
-from monai.deploy.core import AppContext, Application, Image, Operator, OperatorSpec
+from monai.deploy.core import Application, Image, Operator, OperatorSpec
 from monai.deploy.core.io_type import IOType
-from monai.deploy.operators.monai_bundle_inference_operator import BundleConfigNames, IOMapping, MonaiBundleInferenceOperator
+from monai.deploy.operators.monai_bundle_inference_operator import (BundleConfigNames, IOMapping,
+                                                                    MonaiBundleInferenceOperator)
 
-from .deploy_io import format_probabilities, list_pngs, load_png, write_results
+from .deploy_io import format_probabilities, list_images, load_image, write_results
 
 
-class PNGLoaderOperator(Operator):
-    """Emits one PNG image per call, as an SDK ``Image`` holding the channel-first array and MONAI's metadata.
+class ImageLoaderOperator(Operator):
+    """Emits one PNG or DICOM image per call, as an SDK ``Image`` holding the channel-first array and MONAI's
+    metadata.
 
     Named output: ``image``. Schedule it with ``CountCondition(app, len(files))``.
     """
@@ -44,7 +46,7 @@ class PNGLoaderOperator(Operator):
     def compute(self, op_input, op_output, context):
         path = self.files[self._next]
         self._next += 1
-        array, meta = load_png(path)
+        array, meta = load_image(path)
         op_output.emit(Image(array, metadata=meta), "image")
 
 
@@ -58,7 +60,8 @@ class MultiLabelBundleInferenceOperator(MonaiBundleInferenceOperator):
     """
 
     def predict(self, data, *args, **kwargs):
-        # with the JIT's graph optimisation on, the second call is slow too (see custom.serving.loaders.TorchScriptRunner)
+        # with the JIT's graph optimisation on, the second call is slow too
+        # (see custom.serving.loaders.TorchScriptRunner)
         with torch.jit.optimized_execution(False):
             return super().predict(data, *args, **kwargs)
 
@@ -91,12 +94,13 @@ class ProbabilityWriterOperator(Operator):
 
 
 class NVUMChestXrayApp(Application):
-    """PNG loader -> the bundle's inference (TorchScript model with embedded configs) -> JSON writer."""
+    """Image loader -> the bundle's inference (TorchScript model with embedded configs) -> JSON writer."""
 
     def compose(self):
-        app_context = AppContext({})  # input, output and model paths from -i/-o/-m or the HOLOSCAN_* variables
-        files = list_pngs(app_context.input_path)
-        loader = PNGLoaderOperator(self, CountCondition(self, len(files)), files=files, name="png_loader")
+        # input, output and model paths from -i/-o/-m, else the HOLOSCAN_* variables (AppContext({}) reads only these)
+        app_context = Application.init_app_context(self.argv)
+        files = list_images(app_context.input_path)
+        loader = ImageLoaderOperator(self, CountCondition(self, len(files)), files=files, name="image_loader")
         infer = MultiLabelBundleInferenceOperator(
             self,
             input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],

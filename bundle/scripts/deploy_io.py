@@ -1,8 +1,9 @@
 """Parts of the MONAI Deploy example application that do not need the App SDK.
 
-- :func:`list_pngs`, :func:`load_png`: the PNG loader. It reads a file exactly as the bundle's
-  ``inference.json`` does (MONAI ``LoadImage`` with ``PILReader``, no axis swap, channel first,
-  the file's own dtype), because the SDK's bundle operator drops the config's ``LoadImaged``.
+- :func:`list_images`, :func:`load_image`: the image loader (PNG and DICOM). It reads a file exactly
+  as the bundle's ``inference.json`` does (MONAI ``LoadImage`` with ``PILReader`` or the bundle's
+  DICOM reader, no axis swap, channel first, the file's own dtype), because the SDK's bundle
+  operator drops the config's ``LoadImaged``.
 - :func:`format_probabilities`: multi-label output handling. The SDK operator's stock handling of
   a ``"probabilities"`` output turns every value into a class index with ``int()`` (so every
   channel of a sigmoid output is labelled with class 0); this names each probability instead.
@@ -21,42 +22,55 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RESULTS_FILE = "probabilities.json"
 
 
-def list_pngs(input_path) -> list[Path]:
-    """The PNG file ``input_path``, or the PNG files of the folder ``input_path`` (recursively, sorted).
+def _is_dicom(path: Path) -> bool:
+    from custom.data.dicom import is_dicom
+
+    return is_dicom(path)
+
+
+def list_images(input_path) -> list[Path]:
+    """The image file ``input_path``, or the PNG and DICOM files of the folder ``input_path`` (recursively,
+    sorted; DICOM files by their ``.dcm``/``.dicom`` suffix or, without a suffix, by their marker).
 
     Raises:
-        FileNotFoundError: the path does not exist or the folder holds no PNG file.
+        FileNotFoundError: the path does not exist or the folder holds no PNG or DICOM file.
     """
     path = Path(input_path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"input not found: {path}")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == ".png")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix.lower() in (".png", ".dcm", ".dicom") or (
+        p.suffix == "" and p.name != "DICOMDIR" and _is_dicom(p))))
     if not files:
-        raise FileNotFoundError(f"no PNG file found under {path}")
+        raise FileNotFoundError(f"no PNG or DICOM file found under {path}")
     return files
 
 
-def load_png(path) -> tuple[np.ndarray, dict]:
-    """Read a PNG chest X-ray as ``inference.json`` does.
+def load_image(path) -> tuple[np.ndarray, dict]:
+    """Read a PNG or DICOM chest X-ray as ``inference.json`` does.
 
     Returns:
         ``(array, metadata)``: the channel-first ``(C, H, W)`` array (grey: C = 1) with the file's
-        dtype, and MONAI's metadata of the file (``filename_or_obj``, ``spatial_shape``, ...).
+        dtype (DICOM: float32 display intensities in [0, 1]), and MONAI's metadata of the file
+        (``filename_or_obj``, ``spatial_shape``, ...).
 
     Raises:
-        FileNotFoundError: missing file; ValueError: not a PNG file.
+        FileNotFoundError: missing file; ValueError: neither a PNG nor a DICOM file.
     """
     from monai.transforms import LoadImage
+
+    from custom.data.dicom import ChestXrayDicomReader
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     with open(path, "rb") as f:
-        if f.read(len(PNG_MAGIC)) != PNG_MAGIC:
-            raise ValueError(f"not a PNG file: {path}")
-    loader = LoadImage(reader="PILReader", reverse_indexing=False, image_only=True, ensure_channel_first=True, dtype=None)
+        png = f.read(len(PNG_MAGIC)) == PNG_MAGIC
+    if not png and not _is_dicom(path):
+        raise ValueError(f"neither a PNG nor a DICOM file: {path}")
+    reader = ChestXrayDicomReader() if not png else "PILReader"
+    loader = LoadImage(reader=reader, reverse_indexing=False, image_only=True, ensure_channel_first=True, dtype=None)
     image = loader(str(path))
     return np.asarray(image.array), dict(image.meta)
 
@@ -86,7 +100,8 @@ def format_probabilities(probabilities, channel_def: dict) -> dict[str, float]:
         raise ValueError(f"channel_def has no name for channel(s) {missing}")
     bad = [i for i, v in enumerate(values) if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
     if bad:
-        raise ValueError(f"output channel(s) {bad} are not probabilities in [0, 1] (values {values[bad].tolist()}); is the sigmoid in the postprocessing?")
+        raise ValueError(f"output channel(s) {bad} are not probabilities in [0, 1] (values {values[bad].tolist()}); "
+                         "is the sigmoid in the postprocessing?")
     return {str(channel_def[str(i)]): float(v) for i, v in enumerate(values)}
 
 

@@ -1,5 +1,7 @@
 """Data: data lists (reading, validation, test lists of other datasets) and image transforms."""
 
 from .datalist import DataList, DataListError, read_json
+from .dicom import ChestXrayDicomReader, DicomReadError, is_dicom, read_dicom
+from .sources import open_datalist
 from .testlists import DataListWithTests, real_datalist
 from .transforms import ChestXrayToTensord, ImageReadError, LoadImageChestXrayd, RandResizedCropd

@@ -208,8 +208,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_image(path) -> str | None:
-    """Fully decode an image file with Pillow; ``None`` when it is readable, else the reason."""
+    """Fully decode an image file with Pillow (DICOM: pydicom); ``None`` when it is readable, else the reason."""
     from PIL import Image, UnidentifiedImageError
+
+    from .dicom import DicomReadError, is_dicom, read_dicom
+
+    if is_dicom(path):
+        try:
+            read_dicom(path)
+        except DicomReadError as e:  # "<path>: <reason>": the caller names the file
+            return str(e).removeprefix(f"{path}: ")
+        except Exception as e:  # anything else pydicom raises on bad data
+            return f"{type(e).__name__}: {e}"
+        return None
 
     try:
         with Image.open(path) as im:

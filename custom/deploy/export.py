@@ -1,16 +1,20 @@
 """From a trained checkpoint to deployable artefacts: TorchScript export, offline bundle checks,
 and the deployable bundle zip.
 
-The deployable bundle is a folder ``<name>/`` (zipped) holding::
+The deployable bundle is a folder ``<name>/`` (zipped) laid out as a MONAI model-zoo bundle::
 
-    configs/inference.json, configs/metadata.json   the trained network's classes and input size
-    models/model.ts                                  TorchScript, metadata and inference config embedded
-    docs/README.md, docs/meta_schema_20240725.json   bundle card; the metadata schema (offline checks)
-    custom/                                          the Python code the configs import
-    scripts/                                         the MONAI Deploy example application
+    LICENSE, large_files.yml                         code licence; model files over 25 MB with sha256
+    configs/                                         inference.json, metadata.json (set to the run), train.json
+                                                     (trains on the user's data list), evaluate.json,
+                                                     multi_gpu_train.json, logging.conf, datasets/ (see layout.py)
+    models/model.pt, model.json, model.ts            weights, run record, TorchScript (configs embedded)
+    docs/                                            bundle card and pages, data_license.txt, metadata schema
+    custom/                                          the Python code the configs import (runtime part only)
+    scripts/                                         MONAI Deploy application, MONAI Label app
+    data_lists/                                      the data lists the dataset overlays name (where committed)
 
-``inference.json`` runs from the extracted folder with the TorchScript model alone:
-``cd <name> && python -m monai.bundle run --config_file configs/inference.json --bundle_root . --input_path <images>``.
+Every config runs from the extracted folder with ``bundle_root`` "." (the default) or set to the folder:
+``cd <name> && python -m monai.bundle run --config_file configs/inference.json --input_path <images>``.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ import torch
 from ..config import resolve_includes
 from ..networks import load_weights
 from ..serving.loaders import TorchScriptRunner
+from .layout import network_definition, read_json_file, write_configs, write_large_files, write_licences
 
 #: folder name of the deployable bundle (MONAI Label infers the task type "classification" from it).
 BUNDLE_NAME = "nvum_cxr_classification"
 #: largest allowed difference between the TorchScript model's and the checkpoint's logits.
 EXPORT_TOLERANCE = 1e-5
-_CODE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+_CODE_PATTERNS = ("__pycache__", "*.pyc", "*.pyo")
+_CODE_IGNORE = shutil.ignore_patterns(*_CODE_PATTERNS)
 #: the parts of ``custom`` that are not runtime code: the deployable bundle and the MLflow model leave them out.
 TOOLS = ("tools", "cli.py")
 
@@ -70,13 +76,7 @@ def default_bundle_dir() -> Path:
     raise FileNotFoundError(f"no bundle folder with configs/inference.json found next to {code_dir()}; pass bundle_dir")
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"bundle file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+_read_json = read_json_file
 
 
 def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
@@ -110,8 +110,7 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
     if record.get("image_size") is not None:
         inference["image_size"] = int(record["image_size"])
     if record.get("network"):
-        inference["network_def"] = {"_target_": "custom.build_network", **record["network"],
-                                    "num_classes": "@num_classes"}
+        inference["network_def"] = network_definition(record)
     out = meta["network_data_format"]["outputs"][out_key]
     out["num_channels"] = len(inference["classes"])
     out["spatial_shape"] = [len(inference["classes"])]
@@ -227,22 +226,28 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 
 def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict | None = None, name: str = BUNDLE_NAME,
-                 check_images: Sequence | None = None) -> Deployable:
+                 check_images: Sequence | None = None, eval_metrics: dict | None = None,
+                 weights_url: str | None = None) -> Deployable:
     """Export, check and pack the deployable bundle.
 
-    Steps: write the deployable configs (the classes, input size and network of the run),
-    export ``models_dir/model.ts`` with ``ckpt_export``, check it against the checkpoint
-    (largest logit difference <= 1e-5 on ``check_images`` or a random batch), run MONAI's
-    ``verify_metadata`` and ``verify_net_in_out`` offline, and zip the folder as
-    ``models_dir/<name>.zip``.
+    Steps: write the deployable configs (the classes, input size and network of the run; see
+    :mod:`custom.deploy.layout`), the licences, docs, code and scripts; export
+    ``models_dir/model.ts`` with ``ckpt_export``, check it against the checkpoint (largest logit
+    difference <= 1e-5 on ``check_images`` or a random batch), run MONAI's ``verify_metadata`` and
+    ``verify_net_in_out`` offline; put ``model.pt`` (with its run record ``model.json``) and
+    ``model.ts`` into ``models/``, list those over 25 MB in ``large_files.yml`` (sha256), and zip
+    the folder as ``models_dir/<name>.zip``.
 
     Args:
         checkpoint: the trained weights (``model.pt``).
         models_dir: where ``model.ts`` and ``<name>.zip`` are written.
         staging: an empty scratch folder; the unpacked bundle is assembled in ``staging/<name>``.
-        bundle_dir: source bundle folder (configs/, docs/, scripts/); default :func:`default_bundle_dir`.
+        bundle_dir: source bundle folder (configs/, docs/, scripts/, LICENSE); default :func:`default_bundle_dir`.
         record: what the run trained (classes, image size, network); default: the record written
             beside the checkpoint (``model.json``), else the configs' own settings.
+        eval_metrics: the metadata's ``eval_metrics`` for this model (e.g. its test AUCs); default:
+            the source metadata's (the figures of the default run).
+        weights_url: where the model files will be published (``large_files.yml``'s urls); default: empty.
 
     Raises:
         FileNotFoundError, ValueError: missing files, mismatching weights, failed checks.
@@ -255,11 +260,12 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
     folder = Path(staging) / name
     if folder.exists():
         shutil.rmtree(folder)
-    (folder / "configs").mkdir(parents=True)
+    folder.mkdir(parents=True)
     inference, meta = bundle_configs(source / "configs", record)
-    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=4) + "\n")
-    (folder / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
-    (folder / "docs").mkdir()
+    if eval_metrics:
+        meta["eval_metrics"] = {str(k): float(v) for k, v in eval_metrics.items()}
+    write_configs(source, folder, inference, meta, record)
+    write_licences(source, folder)
     readme = source / "docs" / "README.md"
     if not readme.is_file():
         raise FileNotFoundError(f"bundle file not found: {readme}")
@@ -269,8 +275,7 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
     shutil.copy2(schema, folder / "docs" / schema.name)
     if (source / "scripts").is_dir():
         _copy_tree(source / "scripts", folder / "scripts")
-    shutil.copytree(code_dir(), folder / "custom",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", *TOOLS))
+    shutil.copytree(code_dir(), folder / "custom", ignore=shutil.ignore_patterns(*_CODE_PATTERNS, *TOOLS))
 
     models_dir = Path(models_dir)
     model_ts = export_torchscript(checkpoint, models_dir / "model.ts", folder / "configs")
@@ -280,7 +285,11 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
                          f"(> {EXPORT_TOLERANCE})")
     verify_bundle(folder / "configs", folder / "docs" / schema.name)
     (folder / "models").mkdir()
+    shutil.copy2(checkpoint, folder / "models" / "model.pt")
+    if record:
+        (folder / "models" / "model.json").write_text(json.dumps(record, indent=2) + "\n")
     shutil.copy2(model_ts, folder / "models" / "model.ts")
+    write_large_files(folder, weights_url)
     archive = models_dir / f"{name}.zip"
     tmp = archive.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:

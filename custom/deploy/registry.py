@@ -15,7 +15,8 @@ from .export import BUNDLE_NAME, Deployable, _read_json, build_bundle
 #: default name of the model in the MLflow registry.
 DEFAULT_MODEL_NAME = "nvum-chestxray"
 #: distributions the served model needs, pinned to the installed versions.
-RUNTIME_PACKAGES = ("torch", "monai", "pytorch-ignite", "mlflow", "numpy", "pandas", "pillow", "scikit-learn", "tqdm")
+RUNTIME_PACKAGES = ("torch", "monai", "pytorch-ignite", "mlflow", "numpy", "pandas", "pillow", "scikit-learn", "tqdm",
+                    "pydicom")
 
 
 def runtime_requirements() -> list[str]:
@@ -154,6 +155,17 @@ def _example_pngs(folder: Path, image_size: int, count: int = 2, seed: int = 0) 
     return paths
 
 
+def eval_metrics(test_report) -> dict[str, float]:
+    """``{"mean_auc_diseases_<test set>": AUC}`` from a test report's results (empty without results)."""
+    results = getattr(test_report, "results", None) or {}
+    out = {}
+    for name, table in results.items():
+        value = float(table.iloc[-1]["auc"])  # the last row is the mean over the diseases
+        if value == value:  # not NaN
+            out[f"mean_auc_diseases_{name}"] = round(value, 4)
+    return out
+
+
 class ModelRegistrar:
     """Final step of the training workflow: deploy the best checkpoint inside the training's MLflow run.
 
@@ -169,6 +181,8 @@ class ModelRegistrar:
         record: the run's :class:`~custom.training.RunRecord` (classes, input size, network).
         example_images: image files for the MLflow input example (the first two are used).
         registered_model_name: name in the registry; ``null``/empty logs the model unregistered.
+        test_report: the workflow's :class:`~custom.evaluation.TestReport`; its mean AUCs over the
+            diseases become the deployable metadata's ``eval_metrics`` (``mean_auc_diseases_<test set>``).
         bundle_dir: source bundle folder (default: the repository's ``bundle/``).
         bundle_name: folder name inside the zip.
         enabled: false skips export and registration and only ends the tracker's run
@@ -177,7 +191,7 @@ class ModelRegistrar:
 
     def __init__(self, tracker, checkpoint, models_dir, record=None, example_images: Sequence = (),
                  registered_model_name: str | None = DEFAULT_MODEL_NAME, bundle_dir=None,
-                 bundle_name: str = BUNDLE_NAME, enabled: bool = True):
+                 bundle_name: str = BUNDLE_NAME, enabled: bool = True, test_report=None):
         from ..flags import as_bool
 
         self.tracker, self.checkpoint, self.models_dir = tracker, checkpoint, models_dir
@@ -186,6 +200,7 @@ class ModelRegistrar:
         self.example_images = list(example_images)[:2]
         self.registered_model_name = registered_model_name or None
         self.bundle_dir, self.bundle_name = bundle_dir, bundle_name
+        self.test_report = test_report
         self.version = None
         self.written: list[tuple[str, object]] = []  # (what, path) of what it wrote, for custom.RunSummary
 
@@ -204,7 +219,7 @@ class ModelRegistrar:
         try:
             with tempfile.TemporaryDirectory() as staging:
                 built = build_bundle(self.checkpoint, self.models_dir, staging, self.bundle_dir, self.record,
-                                     self.bundle_name, self.example_images)
+                                     self.bundle_name, self.example_images, eval_metrics(self.test_report))
                 print(f"exported {built.model_ts} (largest logit difference to the checkpoint "
                       f"{built.max_difference:.2g}); bundle {built.zip}", flush=True)
                 self.written += [("TorchScript model", built.model_ts), ("deployable bundle", built.zip)]

@@ -12,15 +12,17 @@ from ignite.engine import Engine, Events
 from monai.data import Dataset, MetaTensor
 
 from ..data.datalist import DataList
+from ..data.dicom import DICOM_SUFFIXES, is_dicom
 from ..flags import as_bool
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
 #: item key of :class:`InferenceDataset`: why the item's image could not be read ("" when it could).
 READ_ERROR = "read_error"
 
 
 def list_inputs(input_path, split: str = "test", dataset_dir=None) -> list[dict]:
-    """Items to predict: every PNG/JPEG under a folder, or one split of a data list.
+    """Items to predict: every PNG/JPEG/DICOM file under a folder (DICOM files without a suffix are found by
+    their marker; ``DICOMDIR`` is not an image), or one split of a data list.
 
     Args:
         input_path: a folder of images (searched recursively, sorted) or a data list file.
@@ -37,9 +39,10 @@ def list_inputs(input_path, split: str = "test", dataset_dir=None) -> list[dict]
     """
     path = Path(input_path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                       or (p.suffix == "" and p.name != "DICOMDIR" and p.is_file() and is_dicom(p)))
         if not files:
-            raise FileNotFoundError(f"no PNG or JPEG image found under {path}")
+            raise FileNotFoundError(f"no PNG, JPEG or DICOM image found under {path}")
         return [{"image": str(p)} for p in files]
     if path.is_file():
         datalist = DataList(path, dataset_dir, required_splits=(split,), check_images=False)

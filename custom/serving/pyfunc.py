@@ -1,9 +1,9 @@
 """The MLflow pyfunc model of the bundle: encoded images in, per-class probabilities out.
 
-The served model takes a table with one column, ``image``: the bytes of a PNG or JPEG file, or
-of a NumPy ``.npy`` file holding a pixel array (``(H, W)`` grey or ``(C, H, W)`` with C in 1, 3, 4;
-finite values only). Over REST send them base64-encoded, e.g. ``{"dataframe_split": {"columns":
-["image"], "data": [["iVBORw0KGgo..."]]}}``; in Python pass ``bytes`` (or the base64 text). The
+The served model takes a table with one column, ``image``: the bytes of a PNG, JPEG or DICOM
+file, or of a NumPy ``.npy`` file holding a pixel array (``(H, W)`` grey or ``(C, H, W)`` with C in
+1, 3, 4; finite values only). Over REST send them base64-encoded, e.g. ``{"dataframe_split":
+{"columns": ["image"], "data": [["iVBORw0KGgo..."]]}}``; in Python pass ``bytes`` (or the base64 text). The
 column's MLflow type is ``string`` (not ``binary``) so that the model itself decodes the base64 text
 and can say what is wrong with it: with ``binary`` MLflow decodes it before the model sees it and
 answers a file path with "Incorrect padding". File paths are deliberately not accepted: a served
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.dicom import is_dicom, read_dicom
 from .loaders import TorchScriptRunner
 
 #: the input column of the pyfunc model.
@@ -42,8 +43,9 @@ def decode_image(data, name: str = "image") -> np.ndarray:
     """Decode one encoded image into a channel-first array, as the bundle's ``LoadImaged`` does.
 
     Args:
-        data: bytes of a PNG/JPEG (any mode PIL reads: grey, 16-bit grey, RGB, RGBA) or of a
-            ``.npy`` file; a base64 ``str`` of either is accepted too.
+        data: bytes of a PNG/JPEG (any mode PIL reads: grey, 16-bit grey, RGB, RGBA), of a DICOM
+            file (read by :func:`custom.data.dicom.read_dicom`: display intensities in [0, 1]) or
+            of a ``.npy`` file; a base64 ``str`` of any is accepted too.
         name: how to call the input in error messages (e.g. ``row 3``).
 
     Returns:
@@ -63,12 +65,14 @@ def decode_image(data, name: str = "image") -> np.ndarray:
             hint = ""
             if _looks_like_path(text):
                 hint = " (it looks like a file path: the served model does not read files)"
-            raise ValueError(f"{name}: expected the image's bytes (PNG, JPEG or .npy), base64-encoded, e.g. "
+            raise ValueError(f"{name}: expected the image's bytes (PNG, JPEG, DICOM or .npy), base64-encoded, e.g. "
                              f"$(base64 -w0 image.png); got the text {shown!r}{hint}") from None
     if isinstance(data, (bytearray, memoryview, np.bytes_)):
         data = bytes(data)
     if not isinstance(data, bytes):
-        raise TypeError(f"{name}: expected the bytes of a PNG, JPEG or .npy file, got {type(data).__name__}")
+        raise TypeError(f"{name}: expected the bytes of a PNG, JPEG, DICOM or .npy file, got {type(data).__name__}")
+    if is_dicom(data):
+        return read_dicom(data, name)[0]
     if data.startswith(NPY_MAGIC):
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)

@@ -275,6 +275,7 @@ def export(**options):
         classes: class names, for weights without a run record (comma-separated).
         image_size: input size, for weights without a run record.
         name: folder name inside the zip.
+        weights_url: where model.pt and model.ts will be published (the urls of large_files.yml; default: empty).
 
     Example:
         python -m custom.cli export --checkpoint bundle/models/model.pt

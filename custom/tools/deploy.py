@@ -23,23 +23,25 @@ def _record(checkpoint, classes=None, image_size=None) -> dict | None:
 
 
 def export_command(checkpoint="bundle/models/model.pt", models_dir=None, bundle_dir=None, classes=None, image_size=None,
-                   name: str = BUNDLE_NAME) -> Deployable:
+                   name: str = BUNDLE_NAME, weights_url=None) -> Deployable:
     """``python -m custom.cli export``: ``model.ts`` and the deployable zip from a checkpoint, checked; no MLflow.
 
     The classes, input size and network are read from the run record beside the checkpoint
     (``model.json``, written by training); ``classes`` and ``image_size`` override them.
+    ``weights_url``: where ``model.pt`` and ``model.ts`` will be published (the urls of ``large_files.yml``).
     """
     models_dir = Path(models_dir) if models_dir else Path(checkpoint).parent
     with tempfile.TemporaryDirectory() as staging:
-        built = build_bundle(checkpoint, models_dir, staging, bundle_dir, _record(checkpoint, classes, image_size), name)
+        record = _record(checkpoint, classes, image_size)
+        built = build_bundle(checkpoint, models_dir, staging, bundle_dir, record, name, weights_url=weights_url)
     print(f"TorchScript model: {built.model_ts} (largest logit difference to {checkpoint}: {built.max_difference:.2g})")
     print(f"deployable bundle: {built.zip} (metadata and network checks passed)")
     return built
 
 
-def register_command(checkpoint="bundle/models/model.pt", registered_model_name: str = DEFAULT_MODEL_NAME, tracking_uri=None,
-                     experiment_name: str = "nvum", models_dir=None, bundle_dir=None, classes=None, image_size=None,
-                     example_images=None, name: str = BUNDLE_NAME):
+def register_command(checkpoint="bundle/models/model.pt", registered_model_name: str = DEFAULT_MODEL_NAME,
+                     tracking_uri=None, experiment_name: str = "nvum", models_dir=None, bundle_dir=None, classes=None,
+                     image_size=None, example_images=None, name: str = BUNDLE_NAME):
     """``python -m custom.cli register``: export, pack, log and register a checkpoint in a new MLflow run.
 
     For checkpoints trained with ``--mlflow false`` (the training workflow registers its model
@@ -55,8 +57,8 @@ def register_command(checkpoint="bundle/models/model.pt", registered_model_name:
     if isinstance(example_images, str):
         example_images = [example_images]
     with tempfile.TemporaryDirectory() as staging:
-        built = build_bundle(checkpoint, models_dir, staging, bundle_dir, _record(checkpoint, classes, image_size), name,
-                             example_images)
+        record = _record(checkpoint, classes, image_size)
+        built = build_bundle(checkpoint, models_dir, staging, bundle_dir, record, name, example_images)
         client = mlflow.MlflowClient(tracking_uri=uri)
         run = client.create_run(_experiment_id(client, experiment_name), run_name=f"register_{Path(checkpoint).name}")
         try:

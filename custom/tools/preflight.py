@@ -161,7 +161,7 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
 
     def datalist():
         with preflight_mode():  # every problem of the list, then every bad image, in this one run
-            dl = parser.get_parsed_content("datalist")
+            dl = parser.get_parsed_content("data")  # train.json opens its datalist (a component or a path) as data
         if not isinstance(dl, (DataList, DataListWithTests)):
             raise TypeError("'datalist' must build a custom.DataList (or a data list with test lists), got "
                             f"{type(dl).__name__}")

@@ -73,12 +73,13 @@ def train_through_bundle(overrides: dict | None = None, *, bundle_root, quiet: b
     from ..training import EpochSummary, ProgressBar, TrainingCheckpointSaver
 
     parser = train_parser({"bundle_root": str(bundle_root), "mlflow": False, **dict(overrides or {})}, config_file)
-    dropped = tuple(t for t, drop in ((ProgressBar, quiet), (EpochSummary, quiet), (TrainingCheckpointSaver, not resume_checkpoints)) if drop)
+    drops = ((ProgressBar, quiet), (EpochSummary, quiet), (TrainingCheckpointSaver, not resume_checkpoints))
+    dropped = tuple(t for t, drop in drops if drop)
     if dropped:
         parser["train#handlers"] = [h for h in parser["train#handlers"] if not _builds(parser, h, dropped)]
     set_determinism(seed=int(parser.get_parsed_content("seed")))
     try:
-        datalist = parser.get_parsed_content("datalist")
+        datalist = parser.get_parsed_content("data")
         trainer = parser.get_parsed_content("train#trainer")
         for handler in extra_handlers:
             handler.attach(trainer)

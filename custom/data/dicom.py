@@ -1,0 +1,198 @@
+"""DICOM chest X-rays: read with pydicom into display intensities in [0, 1], as a MONAI image reader.
+
+A DICOM radiograph stores detector values, not what a radiologist sees. :func:`read_dicom` turns
+them into the grey levels of the image as displayed, the same quantity a PNG export holds:
+
+1. the pixel data is decoded by pydicom (uncompressed, deflated, RLE Lossless natively; JPEG
+   Baseline/Extended 8-bit and JPEG 2000 through Pillow). Transfer syntaxes that need a decoder
+   not installed (JPEG Lossless, JPEG-LS, HTJ2K: gdcm or pylibjpeg plugins) are refused with a
+   message naming the file, the syntax and the packages that would decode it;
+2. the modality LUT or rescale slope/intercept is applied;
+3. the first VOI LUT, else the first window centre/width, is applied (pydicom's ``apply_voi_lut``);
+4. the result is scaled to [0, 1] by its output range: the VOI LUT's bit depth, else the range
+   of the stored bits (``BitsStored``, signed or not) after rescaling (what the window maps onto);
+5. ``MONOCHROME1`` images (bright = low values) are inverted.
+
+The output for a file whose pixels equal those of an 8-bit PNG is that PNG's ``pixels / 255``, so
+the network sees the same input (the bundle's ``ChestXrayToTensord`` takes floats in [0, 1] as they are).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from monai.data import ImageReader
+from monai.utils import ensure_tuple
+
+#: file name suffixes taken as DICOM without looking inside; other files are DICOM when they carry the marker.
+DICOM_SUFFIXES = (".dcm", ".dicom")
+#: the DICOM file marker: "DICM" after a 128-byte preamble.
+DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
+
+
+class DicomReadError(ValueError):
+    """A DICOM file that cannot be turned into an image; the message names the file and the reason."""
+
+
+def is_dicom(source) -> bool:
+    """Whether ``source`` (a path, or the bytes of a file) is a DICOM file (by its marker; for a missing
+    file, by its suffix)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4]) == DICOM_MAGIC
+    path = Path(source)
+    try:
+        with open(path, "rb") as f:
+            f.seek(DICOM_MAGIC_OFFSET)
+            return f.read(4) == DICOM_MAGIC
+    except OSError:
+        return path.suffix.lower() in DICOM_SUFFIXES
+
+
+def _decoder_problem(ds, name: str) -> str | None:
+    """Why the pixel data of ``ds`` cannot be decoded here (``None`` when it can)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed:
+        return None
+    try:  # pydicom 3
+        from pydicom.pixels.decoders.base import get_decoder
+
+        decoder = get_decoder(syntax)
+        if decoder.is_available:
+            return None
+        missing = "; ".join(decoder.missing_dependencies)
+    except ImportError:  # pydicom 2
+        import pydicom.config
+
+        handlers = [h for h in pydicom.config.pixel_data_handlers if h.supports_transfer_syntax(syntax)]
+        if any(h.is_available() for h in handlers):
+            return None
+        missing = ", ".join(getattr(h, "HANDLER_NAME", str(h)) for h in handlers) or "no handler"
+    return (
+        f"{name}: transfer syntax {syntax.name} ({syntax}) cannot be decoded here (needs one of: {missing}); "
+        "convert the file to an uncompressed, RLE, JPEG Baseline or JPEG 2000 DICOM, or to PNG"
+    )
+
+
+def _modality_range(ds) -> tuple[float, float]:
+    """The range of the values after the modality LUT or rescale: what a window maps onto (as pydicom does)."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(ds.BitsStored)
+    low, high = (
+        (0.0, 2.0**bits - 1)
+        if int(ds.get("PixelRepresentation", 0)) == 0
+        else (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
+    )
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+    return min(low, high), max(low, high)
+
+
+def _display_range(ds) -> tuple[float, float]:
+    """The output range of the VOI transform ``apply_voi_lut`` applies (LUT first, else window, else none)."""
+    if ds.get("VOILUTSequence"):
+        return 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    return _modality_range(ds)
+
+
+def _apply_luts(arr: np.ndarray, ds) -> np.ndarray:
+    try:  # pydicom 3
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom 2
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    arr = apply_modality_lut(arr, ds)
+    if ds.get("VOILUTSequence") or ("WindowCenter" in ds and "WindowWidth" in ds):
+        arr = apply_voi_lut(arr, ds, index=0, prefer_lut=True)
+    return np.asarray(arr, dtype=np.float64)
+
+
+def read_dicom(source, name: str | None = None) -> tuple[np.ndarray, dict]:
+    """Read a DICOM radiograph into display intensities (see the module docstring).
+
+    Args:
+        source: a file path, or the bytes of a file.
+        name: how to call the input in error messages (default: the path).
+
+    Returns:
+        ``(array, meta)``: ``(1, H, W)`` float32 in [0, 1] (``(3, H, W)`` for RGB data), and a metadata
+        dict (``spatial_shape``, ``original_channel_dim``, the photometric interpretation, bit depths,
+        the VOI transform applied).
+
+    Raises:
+        DicomReadError: not a DICOM file, no pixel data, several frames, an unsupported photometric
+            interpretation, or a transfer syntax that cannot be decoded here.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    name = name or ("DICOM bytes" if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+        )
+    except (InvalidDicomError, OSError, EOFError, ValueError) as e:
+        raise DicomReadError(f"{name}: not a readable DICOM file ({type(e).__name__}: {e})") from None
+    if "PixelData" not in ds:
+        raise DicomReadError(f"{name}: the DICOM file has no pixel data (a {ds.get('Modality', 'non-image')} object?)")
+    problem = _decoder_problem(ds, name)
+    if problem:
+        raise DicomReadError(problem)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DicomReadError(f"{name}: a DICOM file with {frames} frames; a radiograph has one")
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    try:
+        pixels = ds.pixel_array
+    except Exception as e:  # decoders raise many types
+        raise DicomReadError(
+            f"{name}: cannot decode the pixel data ({ds.file_meta.TransferSyntaxUID.name}): {type(e).__name__}: {e}"
+        ) from None
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        low, high = _display_range(ds)
+        values = (_apply_luts(pixels, ds) - low) / max(high - low, 1e-12)
+        values = np.clip(values, 0.0, 1.0)
+        if photometric == "MONOCHROME1":
+            values = 1.0 - values
+        array = values[None]
+    elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"):  # pydicom gives RGB
+        array = np.moveaxis(np.asarray(pixels, dtype=np.float64), -1, 0) / (2.0 ** int(ds.BitsStored) - 1)
+    else:
+        raise DicomReadError(
+            f"{name}: photometric interpretation {photometric or 'missing'} is not supported "
+            "(MONOCHROME1, MONOCHROME2 or RGB)"
+        )
+    meta = {
+        "spatial_shape": np.asarray(array.shape[1:]),
+        "original_channel_dim": 0,
+        "PhotometricInterpretation": photometric,
+        "BitsStored": int(ds.BitsStored),
+        "voi": "lut" if ds.get("VOILUTSequence") else "window" if "WindowCenter" in ds else "none",
+    }
+    return array.astype(np.float32), meta
+
+
+class ChestXrayDicomReader(ImageReader):
+    """MONAI image reader of DICOM radiographs (:func:`read_dicom`), for ``LoadImage``'s reader list.
+
+    Listed after ``PILReader`` in the bundle's ``load_image`` it is tried first; a file that is not
+    DICOM is left to the next reader at the cost of reading its first 132 bytes.
+    """
+
+    def verify_suffix(self, filename) -> bool:
+        return all(is_dicom(f) for f in ensure_tuple(filename))
+
+    def read(self, data, **kwargs):
+        files = ensure_tuple(data)
+        if len(files) != 1:
+            raise DicomReadError(f"one DICOM file per image, got {len(files)}: {files}")
+        if not is_dicom(files[0]):
+            raise DicomReadError(f"{files[0]} is not a DICOM file")
+        return read_dicom(files[0])
+
+    def get_data(self, img):
+        array, meta = img
+        return array, dict(meta)

@@ -1,0 +1,192 @@
+"""The files of the deployable bundle besides the model: configs, licences, data lists, ``large_files.yml``.
+
+The deployable bundle is laid out as a MONAI model-zoo bundle (``ci/verify_bundle.py`` checks it)::
+
+    LICENSE                          the code's licence
+    large_files.yml                  the model files over the model-zoo's 25 MB limit, with sha256
+    configs/inference.json           set to the run: classes, input size, network
+    configs/metadata.json            set to the run, with its test metrics when known
+    configs/train.json               trains on a data list of the user's (``dataset_dir``, ``datalist``)
+    configs/evaluate.json, multi_gpu_train.json, logging.conf
+    configs/datasets/<name>.json     the real-data overlays (NIH, CheXpert), their data lists in data_lists/
+    docs/README.md, docs/data_license.txt, ...
+
+Every config runs with ``bundle_root`` set to the bundle folder, and ``"."`` is the default, so
+``python -m monai.bundle run --config_file configs/inference.json`` works from inside the folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from ..config import resolve_includes
+
+#: what the code is licensed under (the model-zoo requires the file) and the datasets' terms.
+LICENSE_FILE, DATA_LICENSE_FILE = "LICENSE", "docs/data_license.txt"
+#: configs copied with only their ``%`` includes written in.
+PLAIN_CONFIGS = ("evaluate.json", "multi_gpu_train.json", "logging.conf")
+#: the deployable train.json's data: ``<dataset_dir>/datalist.json`` until the user says otherwise.
+DEPLOY_DATASET_DIR = "/workspace/data/chest_xray"
+DEPLOY_DATALIST = "$@dataset_dir + '/datalist.json'"
+#: folder of the data lists the dataset overlays name (repository root, or the bundle folder).
+DATA_LISTS = "data_lists"
+#: model-zoo's limit on one file; bigger ones are listed in large_files.yml.
+LARGE_FILE_BYTES = 25 * 1000 * 1000
+#: what the runtime must never name: the tools are not in the deployable bundle.
+TOOLS_MODULE = "custom.tools"
+
+
+def read_json_file(path: Path) -> dict:
+    """A JSON file's content; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"bundle file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=4) + "\n")
+
+
+def _read_config(config_dir: Path, name: str) -> dict:
+    """A config of ``config_dir`` with its ``%`` includes written in (paths relative to the repository root)."""
+    return resolve_includes(read_json_file(config_dir / name), config_dir.parent.parent)
+
+
+def _check_runtime_only(config: dict, where) -> None:
+    if TOOLS_MODULE in json.dumps(config):
+        raise ValueError(f"{where} names {TOOLS_MODULE}, which the deployable bundle does not carry")
+
+
+def network_definition(record: dict) -> dict:
+    """The ``network_def`` component of a recorded network (:class:`custom.training.RunRecord`'s ``network``)."""
+    return {"_target_": "custom.build_network", **record["network"], "num_classes": "@num_classes"}
+
+
+def deployable_train_config(config_dir, record: dict | None = None) -> dict:
+    """``train.json`` of the deployable bundle.
+
+    The repository's train.json defaults to the synthetic set, whose generator is a tool; the
+    deployable one trains on a data list of the user's: ``<dataset_dir>/datalist.json`` by default,
+    ``--datalist my_list.json --dataset_dir /data/nih`` or a dataset overlay otherwise. The network,
+    input size and ``nvum`` settings are those of the run (``record``) so that training from the
+    bundle trains what it holds; ``bundle_root`` is ``"."``.
+    """
+    config_dir = Path(config_dir)
+    train = _read_config(config_dir, "train.json")
+    train["bundle_root"] = "."
+    train["dataset_dir"] = DEPLOY_DATASET_DIR
+    train["datalist"] = DEPLOY_DATALIST
+    record = record or {}
+    if record.get("image_size") is not None:
+        train["image_size"] = int(record["image_size"])
+    if record.get("network"):
+        train["network_def"] = network_definition(record)
+    if isinstance(record.get("nvum"), dict) and isinstance(train.get("nvum"), dict):
+        train["nvum"].update({k: v for k, v in record["nvum"].items() if k in train["nvum"]})
+    _check_runtime_only(train, f"the deployable train.json made from {config_dir / 'train.json'}")
+    return train
+
+
+def deployable_overlay(config: dict) -> tuple[dict, list[str]]:
+    """A dataset overlay whose data-list paths (``data_lists/...``, relative to the repository root) are
+    made relative to ``bundle_root``; returns the overlay and the data-list file names it names."""
+    out, names = copy.deepcopy(config), []
+    for key, value in config.items():
+        if isinstance(value, str) and value.startswith(f"{DATA_LISTS}/"):
+            names.append(value[len(DATA_LISTS) + 1:])
+            out[key] = f"$@bundle_root + '/{value}'"
+    return out, names
+
+
+def write_configs(source_dir: Path, folder: Path, inference: dict, metadata: dict, record: dict | None) -> None:
+    """Write every config of the deployable bundle into ``folder/configs`` (and the overlays' data lists).
+
+    Args:
+        source_dir: the source bundle folder (the repository's ``bundle/`` or a deployable bundle).
+        folder: the deployable bundle folder being assembled.
+        inference, metadata: the deployable ``inference.json`` and ``metadata.json``.
+        record: the run's record (network, input size, ``nvum`` settings) for ``train.json``.
+    """
+    source, configs = Path(source_dir) / "configs", Path(folder) / "configs"
+    inference = dict(inference, bundle_root=".")
+    _check_runtime_only(inference, f"the deployable inference.json made from {source / 'inference.json'}")
+    write_json(configs / "inference.json", inference)
+    write_json(configs / "metadata.json", metadata)
+    write_json(configs / "train.json", deployable_train_config(source, record))
+    for name in PLAIN_CONFIGS:
+        if name.endswith(".json"):
+            config = _read_config(source, name)
+            _check_runtime_only(config, source / name)
+            write_json(configs / name, config)
+        else:
+            if not (source / name).is_file():
+                raise FileNotFoundError(f"bundle file not found: {source / name}")
+            shutil.copy2(source / name, configs / name)
+    for path in sorted((source / "datasets").glob("*.json")):
+        overlay = resolve_includes(read_json_file(path), source.parent.parent)
+        if TOOLS_MODULE in json.dumps(overlay):  # e.g. datasets/demo.json: the synthetic set is a tool
+            continue
+        overlay, names = deployable_overlay(overlay)
+        write_json(configs / "datasets" / path.name, overlay)
+        for name in names:  # the repository's data lists that exist (others are built by the user)
+            if (source.parent.parent / DATA_LISTS / name).is_file():
+                (folder / DATA_LISTS).mkdir(exist_ok=True)
+                shutil.copy2(source.parent.parent / DATA_LISTS / name, folder / DATA_LISTS / name)
+    if (source.parent / DATA_LISTS).is_dir():  # a deployable bundle as the source: its data lists
+        shutil.copytree(source.parent / DATA_LISTS, folder / DATA_LISTS, dirs_exist_ok=True)
+
+
+def write_licences(source_dir: Path, folder: Path) -> None:
+    """``LICENSE`` (the code) and ``docs/data_license.txt`` (the datasets' terms) of the source bundle."""
+    for name in (LICENSE_FILE, DATA_LICENSE_FILE):
+        path = Path(source_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"bundle file not found: {path} (the model-zoo requires {LICENSE_FILE}; "
+                                    f"{DATA_LICENSE_FILE} states the datasets' terms)")
+        (Path(folder) / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, Path(folder) / name)
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_large_files(folder: Path, url_base: str | None = None, limit: int = LARGE_FILE_BYTES) -> list[dict]:
+    """List the files of ``folder/models`` over ``limit`` bytes in ``folder/large_files.yml``, model-zoo style.
+
+    Each entry has ``path`` (relative to the bundle folder), ``url`` (``<url_base>/<file name>``, or
+    empty until the files are published somewhere), ``hash_val`` (sha256) and ``hash_type``. The
+    bundle zip carries the files themselves; the list lets a copy without them (a model-zoo pull
+    request, where no file may exceed 25 MB) be completed and checked (MONAI's ``download_url``
+    skips a file that exists with the right hash). Nothing is written when no file is that large.
+
+    Returns:
+        the entries written.
+    """
+    folder = Path(folder)
+    entries = []
+    for path in sorted(p for p in (folder / "models").glob("*") if p.is_file() and p.stat().st_size > limit):
+        url = f"{url_base.rstrip('/')}/{path.name}" if url_base else ""
+        entries.append({"path": path.relative_to(folder).as_posix(), "url": url, "hash_val": sha256(path),
+                        "hash_type": "sha256"})
+    if entries:
+        lines = ["# model files over the model-zoo's 25 MB file limit (the bundle zip carries them); url: where they",
+                 "# are published, empty until then", "large_files:"]
+        for e in entries:
+            lines += [f'- path: "{e["path"]}"', f'  url: "{e["url"]}"', f'  hash_val: "{e["hash_val"]}"',
+                      f'  hash_type: "{e["hash_type"]}"']
+        (folder / "large_files.yml").write_text("\n".join(lines) + "\n")
+    return entries
