@@ -141,7 +141,7 @@ def audit_benchmark(noise="symmetric:0.2,symmetric:0.4,report", output_dir="resu
             marker.write_text(json.dumps({**settings}, indent=1, default=str) + "\n")
         else:
             print(f"\n=== reusing the training run in {root} (noise {spec}) ===", flush=True)
-            datalist = train_parser({"datalist#noise": spec, **overrides}).get_parsed_content("datalist")
+            datalist = train_parser({"datalist#noise": spec, **overrides}).get_parsed_content("data")
         checkpoint = find_checkpoint(True, root / "models")
         table = audit(checkpoint, datalist, output=root / "audit.csv", model_weight=model_weight, ks=ks)
         tables[spec] = table

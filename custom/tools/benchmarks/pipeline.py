@@ -42,7 +42,7 @@ def pipeline(num_images: int = 1000, source_size: int = 256, image_size: int = 1
 
     path = ensure_synthetic(root, num_training=num_images, num_validation=16, num_test=16, num_test_shifted=16, image_size=source_size)
     parser = _bundle_training_data(path, image_size, batch_size, num_workers)
-    items = parser.get_parsed_content("datalist").items("training")
+    items = parser.get_parsed_content("data").items("training")
     naive = DataLoader(Dataset(items, parser.get_parsed_content("train#preprocessing")), batch_size=batch_size, shuffle=True, num_workers=num_workers)
     start = time.perf_counter()
     cache = parser.get_parsed_content("train#dataset")

@@ -40,7 +40,7 @@ def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, 
     trackers = []
 
     def attach_clean_test(parser, trainer):
-        datalist = parser.get_parsed_content("datalist")
+        datalist = parser.get_parsed_content("data")
         tracker = CleanTestAUC(
             network=parser.get_parsed_content("teacher").eval_network,
             evaluator=parser.get_parsed_content("validate#evaluator"),
