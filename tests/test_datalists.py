@@ -76,7 +76,9 @@ def test_nih_official_lists_are_found_next_to_the_metadata(tmp_path):
 
 def test_nih_without_official_lists_falls_back_to_a_seeded_patient_wise_split(tmp_path):
     holdout = tmp_path / "holdout.json"
-    holdout.write_text(json.dumps({"classes": NIH14_CLASSES, "test": [{"image": "x.png", "label": [0] * 14, "patient": "3"}]}))
+    holdout.write_text(
+        json.dumps({"classes": NIH14_CLASSES, "test": [{"image": "x.png", "label": [0] * 14, "patient": "3"}]})
+    )
     with pytest.warns(UserWarning, match="seeded patient-wise split"):
         dl, summary = build("nih", "nih14", NIH, seed=0, holdout=str(holdout))
     again, _ = quiet_build("nih", "nih14", NIH, seed=0, holdout=str(holdout))
@@ -129,7 +131,9 @@ def test_patients_in_two_official_lists_stop_the_build(tmp_path):
     lists.mkdir()
     (lists / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n")
     (lists / "test_list.txt").write_text("00000001_002.png\n")
-    with pytest.raises(BuildError, match=r"1 patient\(s\) appear in more than one split, e.g. 1 in \['training', 'validation'\]"):
+    with pytest.raises(
+        BuildError, match=r"1 patient\(s\) appear in more than one split, e.g. 1 in \['training', 'validation'\]"
+    ):
         build("nih", "nih14", NIH, split_dir=lists)
 
 
@@ -389,7 +393,9 @@ def _item(image, patient, n=14, positive=0):
 
 
 def test_test_lists_join_the_training_list_with_their_own_folders(tmp_path, capsys):
-    train = _list(tmp_path / "train.json", NIH14_CLASSES, {"training": [_item("a.png", "1")], "validation": [_item("b.png", "2")]})
+    train = _list(
+        tmp_path / "train.json", NIH14_CLASSES, {"training": [_item("a.png", "1")], "validation": [_item("b.png", "2")]}
+    )
     other = tmp_path / "other"
     other.mkdir()
     test = _list(other / "t.json", NIH14_CLASSES, {"test": [_item("c.png", "3")]})
@@ -398,14 +404,24 @@ def test_test_lists_join_the_training_list_with_their_own_folders(tmp_path, caps
         "padchest": {"path": "", "dataset_dir": ""},
     }, check_images=False)
     assert dl.test_splits == ["openi"] and len(dl) == 1 and dl.classes == NIH14_CLASSES
-    assert dl.items("openi")[0]["image"] == str(other / "c.png") and dl.items("training")[0]["image"] == str(tmp_path / "a.png")
+    assert dl.items("openi")[0]["image"] == str(other / "c.png") and dl.items("training")[0]["image"] == str(
+        tmp_path / "a.png"
+    )
     assert dl.labels("openi").shape == (1, 14) and "padchest" in capsys.readouterr().out
     leaking = _list(other / "leak.json", NIH14_CLASSES, {"test": [_item("d.png", "1")]})
     with pytest.raises(DataListError, match=r"1 patient\(s\) of split 'test' are in the training split"):
-        DataListWithTests(DataList(train, tmp_path, check_images=False), {"x": {"path": str(leaking), "dataset_dir": str(other)}}, check_images=False)
+        DataListWithTests(
+            DataList(train, tmp_path, check_images=False),
+            {"x": {"path": str(leaking), "dataset_dir": str(other)}},
+            check_images=False,
+        )
     wrong = _list(other / "wrong.json", CHEXPERT8_CLASSES, {"test": [_item("e.png", "9", n=8)]})
     with pytest.raises(DataListError, match="build both with the same --scheme"):
-        DataListWithTests(DataList(train, tmp_path, check_images=False), {"x": {"path": str(wrong), "dataset_dir": str(other)}}, check_images=False)
+        DataListWithTests(
+            DataList(train, tmp_path, check_images=False),
+            {"x": {"path": str(wrong), "dataset_dir": str(other)}},
+            check_images=False,
+        )
     with pytest.raises(ValueError, match="set 'dataset_dir'"):
         real_datalist(train, "")
 
@@ -444,7 +460,16 @@ def test_every_real_image_format_becomes_the_same_network_input(tmp_path):
     _png16(tmp_path / "stored12.png", np.round(grey * 4095))  # PadChest: 12 bits stored in a 16-bit PNG
     _png16(tmp_path / "stored10.png", np.round(grey * 1023))  # PadChest: 10 bits stored
     expected = (torch.as_tensor(grey, dtype=torch.float32) - 0.485) / 0.229
-    for name in ("grey.png", "rgba.png", "grey_alpha.png", "grey.jpg", "rgb.jpg", "full16.png", "stored12.png", "stored10.png"):
+    for name in (
+        "grey.png",
+        "rgba.png",
+        "grey_alpha.png",
+        "grey.jpg",
+        "rgb.jpg",
+        "full16.png",
+        "stored12.png",
+        "stored10.png",
+    ):
         out = convert(load({"image": str(tmp_path / name)}))["image"]
         assert out.shape == (3, 24, 24) and out.dtype == torch.float32, name
         tol = 0.05 if name.endswith(".jpg") else 0.02
@@ -482,7 +507,9 @@ def test_overlays_hold_the_paper_recipes():
     assert (nih["image_size"], nih["batch_size"], nih["max_epochs"], nih["learning_rate"]) == (512, 16, 30, 0.05)
     assert (cxp["image_size"], cxp["batch_size"], cxp["max_epochs"], cxp["learning_rate"]) == (224, 64, 40, 1e-4)
     for cfg in (nih, cxp):
-        assert cfg["lr_milestones"] == [0.7, 0.9] and cfg["optimizer#eps"] == 0.1 and cfg["optimizer#betas"] == [0.9, 0.99]
+        assert (
+            cfg["lr_milestones"] == [0.7, 0.9] and cfg["optimizer#eps"] == 0.1 and cfg["optimizer#betas"] == [0.9, 0.99]
+        )
         targets = [t["_target_"] if isinstance(t, dict) else t for t in cfg["train#preprocessing#transforms"]]
         assert "custom.RandResizedCropd" in targets and "RandFlipd" in targets
     assert "RandRotated" in [t["_target_"] for t in cxp["train#preprocessing#transforms"] if isinstance(t, dict)]
@@ -495,7 +522,11 @@ def _random_images(root, items, seed=0):
         path = root / item["image"]
         path.parent.mkdir(parents=True, exist_ok=True)
         pixels = rng.integers(0, 256, (40, 40), dtype=np.uint8)
-        image = Image.fromarray(np.dstack([pixels] * 3 + [np.full_like(pixels, 255)])) if i % 5 == 0 else Image.fromarray(pixels)
+        image = (
+            Image.fromarray(np.dstack([pixels] * 3 + [np.full_like(pixels, 255)]))
+            if i % 5 == 0
+            else Image.fromarray(pixels)
+        )
         image.save(path)
 
 
@@ -518,9 +549,21 @@ def test_nih_overlay_trains_on_a_slice_of_the_nih_list_with_only_dataset_dir_set
 
     sliced, g, images = _nih_slice_with_google_test(tmp_path, 16)
     files = [str(CONFIGS / "train.json"), str(CONFIGS / "datasets" / "nih.json")]
-    common = dict(config_file=files, meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"), workflow_type="train",
-                  bundle_root=str(tmp_path / "bundle"), datalist_file=str(tmp_path / "nih.json"), google_datalist=str(tmp_path / "google.json"),
-                  image_size=32, max_epochs=1, batch_size=16, eval_batch_size=32, num_workers=0, mlflow=False)
+    common = dict(
+        config_file=files,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="train",
+        bundle_root=str(tmp_path / "bundle"),
+        datalist_file=str(tmp_path / "nih.json"),
+        google_datalist=str(tmp_path / "google.json"),
+        image_size=32,
+        max_epochs=1,
+        batch_size=16,
+        eval_batch_size=32,
+        num_workers=0,
+        mlflow=False,
+    )
     wf = ConfigWorkflow(**common, dataset_dir=str(images))
     wf.initialize()
     optimizer = wf.parser.get_parsed_content("optimizer")
@@ -548,8 +591,13 @@ def test_preflight_check_accepts_a_dataset_overlay_and_decodes_its_test_list_ima
 
     sliced, g, images = _nih_slice_with_google_test(tmp_path, 8)
     files = [str(CONFIGS / "train.json"), str(CONFIGS / "datasets" / "nih.json")]
-    args = dict(bundle_root=str(tmp_path / "bundle"), datalist_file=str(tmp_path / "nih.json"), google_datalist=str(tmp_path / "google.json"),
-                dataset_dir=str(images), mlflow=False)
+    args = dict(
+        bundle_root=str(tmp_path / "bundle"),
+        datalist_file=str(tmp_path / "nih.json"),
+        google_datalist=str(tmp_path / "google.json"),
+        dataset_dir=str(images),
+        mlflow=False,
+    )
     check(files, **args)  # fails on "training positives per class" (8 images leave classes empty), not on the list
     out = capsys.readouterr().out
     assert "[ ok ] data list valid" in out and "[ ok ] every image exists and decodes: all 24 images decode" in out
@@ -585,8 +633,23 @@ def public_tables(request, tmp_path_factory):
     if not all((tables / name).is_file() for name in TABLES.values()):
         wheels = sorted(cache.glob("torchxrayvision-1.5.7-*.whl"))
         if not wheels:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-                   "--timeout", "15", "--retries", "1", "-q", "-d", str(cache), XRV]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "--timeout",
+                "15",
+                "--retries",
+                "1",
+                "-q",
+                "-d",
+                str(cache),
+                XRV,
+            ]
             try:
                 subprocess.run(cmd, check=True, capture_output=True, timeout=180)
             except (subprocess.SubprocessError, OSError) as e:

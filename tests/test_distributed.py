@@ -13,7 +13,9 @@ import torch.distributed as dist
 from conftest import ROOT
 from custom.training.distributed import CPUSyncBatchNorm, convert_batchnorm, first_unseen
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+)
 
 
 def test_first_unseen_keeps_the_first_occurrence_of_each_index_once_per_epoch():
@@ -75,7 +77,15 @@ TINY = {
     "mlflow": False,
     # random flips are drawn per process: off, so that both runs see the same images
     "train#preprocessing#transforms#3#prob": 0.0,
-    "network_def": {"_target_": "DenseNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 14, "init_features": 8, "growth_rate": 8, "block_config": [2, 2]},
+    "network_def": {
+        "_target_": "DenseNet",
+        "spatial_dims": 2,
+        "in_channels": 3,
+        "out_channels": 14,
+        "init_features": 8,
+        "growth_rate": 8,
+        "block_config": [2, 2],
+    },
 }
 
 
@@ -89,7 +99,15 @@ def test_torchrun_two_processes_keep_one_memory_equal_to_a_single_process_run(tm
     ensure_synthetic(data, seed=0, num_training=64, num_validation=33, num_test=32, num_test_shifted=32, image_size=32)
     runs = {
         "epoch": dict(TINY, **{"datalist#root": str(data)}),
-        "iteration_teacher": dict(TINY, **{"nvum#memory_schedule": "iteration", "nvum#use_teacher": True, "nvum#reg": "elementwise", "datalist#root": str(data)}),
+        "iteration_teacher": dict(
+            TINY,
+            **{
+                "nvum#memory_schedule": "iteration",
+                "nvum#use_teacher": True,
+                "nvum#reg": "elementwise",
+                "datalist#root": str(data),
+            },
+        ),
     }
     for who in ("ddp", "single"):
         (tmp_path / who).mkdir()
@@ -98,7 +116,16 @@ def test_torchrun_two_processes_keep_one_memory_equal_to_a_single_process_run(tm
     spec = tmp_path / "runs.json"
     spec.write_text(json.dumps(runs))
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "ddp"), str(spec)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "tests" / "ddp_worker.py"),
+        str(tmp_path / "ddp"),
+        str(spec),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 

@@ -86,7 +86,11 @@ def _write_list(folder, name, splits, classes=CLASSES, seed=0):
         items = []
         for i in range(n):
             label = [int(rng.random() < 0.5) for _ in classes]
-            value = 60 + 120 * (label[classes.index("Atelectasis")] if "Atelectasis" in classes else 0) + int(rng.integers(0, 60))
+            value = (
+                60
+                + 120 * (label[classes.index("Atelectasis")] if "Atelectasis" in classes else 0)
+                + int(rng.integers(0, 60))
+            )
             path = f"{name}_{split}_{i}.png"
             Image.fromarray(np.full((16, 16), value, np.uint8)).save(folder / path)
             items.append({"image": path, "label": label})
@@ -96,12 +100,22 @@ def _write_list(folder, name, splits, classes=CLASSES, seed=0):
 
 
 def test_test_sets_default_to_the_test_splits_and_name_other_lists(tmp_path):
-    train = DataList(_write_list(tmp_path / "a", "train", {"training": 4, "validation": 4, "test": 6, "test_shifted": 6}))
-    assert [(t.name, t.split) for t in resolve_test_sets(None, train)] == [("test", "test"), ("test_shifted", "test_shifted")]
+    train = DataList(
+        _write_list(tmp_path / "a", "train", {"training": 4, "validation": 4, "test": 6, "test_shifted": 6})
+    )
+    assert [(t.name, t.split) for t in resolve_test_sets(None, train)] == [
+        ("test", "test"),
+        ("test_shifted", "test_shifted"),
+    ]
     openi = _write_list(tmp_path / "b", "openi", {"test": 6})  # a test-only list
     pdc = _write_list(tmp_path / "c", "padchest", {"test": 5, "other": 5})
     sets = resolve_test_sets([train, str(openi), {"path": str(pdc), "splits": ["other"], "name": "pdc"}], train)
-    assert [(t.name, t.split) for t in sets] == [("test", "test"), ("test_shifted", "test_shifted"), ("openi", "test"), ("pdc", "other")]
+    assert [(t.name, t.split) for t in sets] == [
+        ("test", "test"),
+        ("test_shifted", "test_shifted"),
+        ("openi", "test"),
+        ("pdc", "other"),
+    ]
     sets = resolve_test_sets({"OPI": str(openi), "PDC": str(pdc)}, train)
     assert [t.name for t in sets] == ["OPI", "PDC_test", "PDC_other"]
     with pytest.raises(ValueError, match="named"):
@@ -133,10 +147,25 @@ def test_report_writes_tables_with_intervals_and_roc_figures_per_test_set(tmp_pa
     from monai.transforms import Compose, LoadImaged
 
     train = DataList(_write_list(tmp_path / "a", "train", {"training": 4, "validation": 4, "test": 40}))
-    subset = _write_list(tmp_path / "b", "openi", {"test": 30}, classes=["No Finding", "Atelectasis"], seed=1)  # other order, a subset
-    transform = Compose([LoadImaged("image", reader="PILReader", image_only=True, ensure_channel_first=True), ChestXrayToTensord("image", size=16)])
+    subset = _write_list(
+        tmp_path / "b", "openi", {"test": 30}, classes=["No Finding", "Atelectasis"], seed=1
+    )  # other order, a subset
+    transform = Compose(
+        [
+            LoadImaged("image", reader="PILReader", image_only=True, ensure_channel_first=True),
+            ChestXrayToTensord("image", size=16),
+        ]
+    )
     tracker = MLflowTracker(output_dir=str(tmp_path / "eval"), experiment_name="eval")
-    report = TestReport(_FirstChannel(3), train, transform, tmp_path / "eval", test_lists=[train, str(subset)], num_resamples=100, tracker=tracker)
+    report = TestReport(
+        _FirstChannel(3),
+        train,
+        transform,
+        tmp_path / "eval",
+        test_lists=[train, str(subset)],
+        num_resamples=100,
+        tracker=tracker,
+    )
     results = report.run()
     assert set(results) == {"test", "openi"}
     for name, datalist in (("test", train), ("openi", DataList(subset, required_splits=()))):
@@ -158,7 +187,12 @@ def test_report_writes_tables_with_intervals_and_roc_figures_per_test_set(tmp_pa
     mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "eval" / "mlruns.db"))
     (run,) = mlflow.search_runs(experiment_names=["eval"], output_format="list")
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "test")}
-    assert {"test/test_openi.csv", "test/test_openi.md", "test/test_openi_roc.png", "test/test_test_roc.png"} <= artifacts
+    assert {
+        "test/test_openi.csv",
+        "test/test_openi.md",
+        "test/test_openi_roc.png",
+        "test/test_test_roc.png",
+    } <= artifacts
     assert run.data.metrics["test_openi_mean_auc_ci_low"] <= run.data.metrics["test_openi_mean_auc"]
 
 
@@ -179,7 +213,9 @@ def test_evaluate_config_runs_several_test_lists_in_one_run(tmp_path):
 
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
-    torch.save(DenseNet121(spatial_dims=2, in_channels=3, out_channels=14).state_dict(), tmp_path / "models" / "model.pt")
+    torch.save(
+        DenseNet121(spatial_dims=2, in_channels=3, out_channels=14).state_dict(), tmp_path / "models" / "model.pt"
+    )
     other = _write_list(tmp_path / "other", "openi", {"test": 12}, classes=["Atelectasis", "Effusion", "No Finding"])
     wf = ConfigWorkflow(
         config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
@@ -189,7 +225,13 @@ def test_evaluate_config_runs_several_test_lists_in_one_run(tmp_path):
         mlflow=False,
         bootstrap_resamples=50,
         test_lists=["@datalist", {"path": str(other), "name": "OPI"}],
-        **{"datalist#root": str(tmp_path / "data"), "datalist#num_training": 32, "datalist#num_validation": 16, "datalist#num_test": 40, "datalist#num_test_shifted": 30},
+        **{
+            "datalist#root": str(tmp_path / "data"),
+            "datalist#num_training": 32,
+            "datalist#num_validation": 16,
+            "datalist#num_test": 40,
+            "datalist#num_test_shifted": 30,
+        },
     )
     wf.initialize()
     wf.run()

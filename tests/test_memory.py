@@ -194,8 +194,14 @@ def _first_epoch_with_spy(before_loss: bool, steps: int = 2, batch: int = 4, cla
         return nvum(logits, target, index)
 
     g = torch.Generator().manual_seed(1)
-    batches = [{"image": torch.randn(batch, 3, 2, 2, generator=g), "label": (torch.rand(batch, classes, generator=g) < 0.4).float(),
-                INDEX_KEY: torch.arange(i * batch, (i + 1) * batch)} for i in range(steps)]
+    batches = [
+        {
+            "image": torch.randn(batch, 3, 2, 2, generator=g),
+            "label": (torch.rand(batch, classes, generator=g) < 0.4).float(),
+            INDEX_KEY: torch.arange(i * batch, (i + 1) * batch),
+        }
+        for i in range(steps)
+    ]
     trainer = NVUMTrainer(device="cpu", max_epochs=1, train_data_loader=batches, network=net,
                           optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=loss, decollate=False,
                           train_handlers=[MemoryUpdater(memory, "epoch", before_loss=before_loss)])

@@ -10,13 +10,34 @@ from custom.tools import noise_benchmark as nb
 from custom.tools.synthetic import split_noise_specs
 from custom.tools.training import train_parser
 
-TINY = {"tiny": nb.Regime(num_training=64, num_validation=48, num_test=64, num_test_shifted=64, max_epochs=3, batch_size=32,
-                           learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=2)}
+TINY = {
+    "tiny": nb.Regime(
+        num_training=64,
+        num_validation=48,
+        num_test=64,
+        num_test_shifted=64,
+        max_epochs=3,
+        batch_size=32,
+        learning_rate=2e-3,
+        schedule="cosine",
+        network="resnet_cifar",
+        eval_every=2,
+    )
+}
 
 
 def test_plan_reuses_runs_between_parts_and_checks_methods():
-    plan = nb.build_plan("report", ["bce", "logit_adjusted_bce", "nvum"], seeds=2, clean_seeds=2, stress_noise=["symmetric:0.2"],
-                         stress_methods=["bce", "nvum_no_prior"], ablation_seeds=1, order_seeds=2, betas=[0.5, 0.9])
+    plan = nb.build_plan(
+        "report",
+        ["bce", "logit_adjusted_bce", "nvum"],
+        seeds=2,
+        clean_seeds=2,
+        stress_noise=["symmetric:0.2"],
+        stress_methods=["bce", "nvum_no_prior"],
+        ablation_seeds=1,
+        order_seeds=2,
+        betas=[0.5, 0.9],
+    )
     assert len(plan["main"]) == 6 and {r.regime for runs in plan.values() for r in runs} == {"cpu"}
     assert [(r.noise, r.method) for r in plan["clean"]] == [("none", "bce")] * 2 + [("none", "nvum")] * 2
     assert {r.noise for r in plan["stress"]} == {"symmetric:0.2"} and not any(r.curve for r in plan["stress"])
@@ -58,14 +79,20 @@ def test_wrong_labels_fitted_on_a_hand_made_example():
     # one class, 6 images; noisy labels: images 0, 1 positive (prevalence 2/6: the top-2 scores are called positive)
     noisy = np.array([[1], [1], [0], [0], [0], [0]])
     clean = np.array([[1], [0], [1], [0], [0], [0]])  # image 1: false positive; image 2: missed positive
-    scores = np.array([[5.0], [4.0], [-1.0], [0.0], [-2.0], [-3.0]])  # ranks images 0 and 1 on top: sides with both wrong labels
+    scores = np.array(
+        [[5.0], [4.0], [-1.0], [0.0], [-2.0], [-3.0]]
+    )  # ranks images 0 and 1 on top: sides with both wrong labels
     assert predicted_positive(scores, noisy)[:, 0].tolist() == [True, True, False, False, False, False]
     fit = wrong_labels_fitted(scores, noisy, clean)
     assert (fit["all"], fit["false_positive"], fit["missed"]) == (1.0, 1.0, 1.0) and fit["n_wrong"] == 2
-    clean_ranking = np.array([[5.0], [-4.0], [3.0], [0.0], [-2.0], [-3.0]])  # the truth's ranking: image 2 up, image 1 down
+    clean_ranking = np.array(
+        [[5.0], [-4.0], [3.0], [0.0], [-2.0], [-3.0]]
+    )  # the truth's ranking: image 2 up, image 1 down
     fit = wrong_labels_fitted(clean_ranking, noisy, clean)
     assert (fit["all"], fit["false_positive"], fit["missed"]) == (0.0, 0.0, 0.0)
-    half = np.array([[3.0], [5.0], [4.0], [0.0], [-2.0], [-3.0]])  # top 2: the false positive (fitted) and the missed one (not)
+    half = np.array(
+        [[3.0], [5.0], [4.0], [0.0], [-2.0], [-3.0]]
+    )  # top 2: the false positive (fitted) and the missed one (not)
     fit = wrong_labels_fitted(half, noisy, clean)
     assert (fit["all"], fit["false_positive"], fit["missed"]) == (0.5, 1.0, 0.0)
     assert np.isnan(wrong_labels_fitted(scores, noisy, noisy)["all"])  # no wrong label: nothing to fit
@@ -103,14 +130,18 @@ def test_a_run_records_every_epoch_and_selects_on_noisy_validation(tiny_runs):
     assert curve["best"]["test"] == history[curve["best"]["epoch"] - 1]["test"]
     assert curve["last"]["test"] == history[-1]["test"]
     for row in history:  # measured every 2 epochs, at every new best noisy-validation epoch and at the last one
-        assert ("test" in row) == (row["epoch"] % 2 == 0 or row["epoch"] == 3 or row["val"] > max(vals[: row["epoch"] - 1], default=-1))
+        assert ("test" in row) == (
+            row["epoch"] % 2 == 0 or row["epoch"] == 3 or row["val"] > max(vals[: row["epoch"] - 1], default=-1)
+        )
         if "test" in row:
             assert set(row["test"]) == {"test", "test_shifted"} and all(0.0 <= v <= 1.0 for v in row["test"].values())
             assert 0.0 <= row["fitted"]["all"] <= 1.0 and row["fitted"]["n_wrong"] > 0
         assert row["train_reg"] < 0
     assert curve["last"]["fitted"] == history[-1]["fitted"]
     assert curve["overrides"]["nvum#loss"] == "nvum" and curve["overrides"]["datalist#num_training"] == 64
-    assert curve["overrides"]["network_def"]["name"] == "ResNet" and curve["overrides"]["nvum#update_before_loss"] is True
+    assert (
+        curve["overrides"]["network_def"]["name"] == "ResNet" and curve["overrides"]["nvum#update_before_loss"] is True
+    )
 
 
 def test_runs_are_deterministic_and_best_last_evaluation_matches_the_curve(tiny_runs):
@@ -130,8 +161,15 @@ def _record(run, val, test, shifted, fitted=0.5):
                 "fitted": {"all": fitted, "false_positive": fitted, "missed": fitted, "n_wrong": 10}}
                for i, (v, t, s) in enumerate(zip(val, test, shifted))]
     best = int(np.argmax(val))
-    return {"name": run.name, "curve": True, "history": history, "seconds": 1.0, "left_out": {"test": ["Hernia"], "test_shifted": []},
-            "best": history[best], "last": history[-1]}
+    return {
+        "name": run.name,
+        "curve": True,
+        "history": history,
+        "seconds": 1.0,
+        "left_out": {"test": ["Hernia"], "test_shifted": []},
+        "best": history[best],
+        "last": history[-1],
+    }
 
 
 def test_tables_report_selected_last_and_drop_as_mean_and_std_over_seeds(tmp_path):
@@ -160,7 +198,9 @@ def test_tables_report_selected_last_and_drop_as_mean_and_std_over_seeds(tmp_pat
     assert fit["met"] and "NVUM 35% of the wrong labels, BCE 85%" in fit["measured"]
     assert not targets["NVUM at least 2 points above BCE (selected, in-distribution), 95% interval above 0"]["met"]
     plan = {"main": runs, "ablation": [runs[0], runs[2]], "beta": [runs[2]]}
-    path = nb.write_outputs(plan, records, tmp_path, {"cpu": nb.REGIMES["cpu"]}, command="python -m custom.cli noise_benchmark --quick")
+    path = nb.write_outputs(
+        plan, records, tmp_path, {"cpu": nb.REGIMES["cpu"]}, command="python -m custom.cli noise_benchmark --quick"
+    )
     text = path.read_text()
     assert "| BCE only | `bce` | 1 |" in text and "| 0.9 | 1 |" in text and "--quick" in text and "## Targets" in text
     assert "- `cpu`, `test`: Hernia" in text
@@ -173,7 +213,9 @@ def test_compare_results_reports_the_largest_auc_difference_and_refuses_other_ru
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    rows = [{"name": f"run{i}", "selected_test": 60.0 + i, "last_test": 61.0, "drop_test": float("nan")} for i in range(3)]
+    rows = [
+        {"name": f"run{i}", "selected_test": 60.0 + i, "last_test": 61.0, "drop_test": float("nan")} for i in range(3)
+    ]
     pd.DataFrame(rows).to_csv(a / "results.csv", index=False)
     rows[2]["last_test"] = 61.3  # a rerun that moved one number by 0.3 points
     pd.DataFrame(rows[::-1]).to_csv(b / "results.csv", index=False)  # row order does not matter

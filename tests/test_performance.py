@@ -18,7 +18,9 @@ from custom.training.performance import PrepareImageBatch, memory_format
 def test_prepare_batch_stores_images_channels_last_and_leaves_labels_alone():
     batch = {"image": torch.randn(2, 3, 4, 5), "label": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}
     image, label = PrepareImageBatch(channels_last="true")(batch, torch.device("cpu"))
-    assert image.is_contiguous(memory_format=torch.channels_last) and not batch["image"].is_contiguous(memory_format=torch.channels_last)
+    assert image.is_contiguous(memory_format=torch.channels_last) and not batch["image"].is_contiguous(
+        memory_format=torch.channels_last
+    )
     assert torch.equal(image, batch["image"]) and torch.equal(label, batch["label"])
     image, _ = PrepareImageBatch(channels_last=False)(batch, torch.device("cpu"))
     assert image.is_contiguous()
@@ -35,7 +37,9 @@ def test_train_config_switches_amp_and_channels_last(flag):
     net = parser.get_parsed_content("network")
     on = flag == "true"
     assert net.features.conv0.weight.is_contiguous(memory_format=torch.channels_last) == on
-    assert parser.get_parsed_content("prepare_batch").memory_format == (torch.channels_last if on else torch.contiguous_format)
+    assert parser.get_parsed_content("prepare_batch").memory_format == (
+        torch.channels_last if on else torch.contiguous_format
+    )
     # the command-line string "false" must switch mixed precision off, not on
     assert parser.get_parsed_content("train#trainer#amp") is on
     assert parser.get_parsed_content("validate#evaluator#amp") is on
@@ -44,7 +48,9 @@ def test_train_config_switches_amp_and_channels_last(flag):
 def test_loss_and_memory_stay_float32_under_mixed_precision():
     """AMP on the CPU (bfloat16 autocast): the logits are low precision, the loss and memory are not."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5)
+    )
     memory = NVUMMemory(8, torch.full((5,), 0.2))
     seen = {}
 
@@ -58,11 +64,26 @@ def test_loss_and_memory_stay_float32_under_mixed_precision():
             seen["loss"] = out["loss"].dtype
             return out
 
-    batches = [{"image": torch.randn(4, 3, 8, 8), "label": (torch.rand(4, 5) < 0.3).float(), "index": torch.arange(i * 4, i * 4 + 4)} for i in range(2)]
+    batches = [
+        {
+            "image": torch.randn(4, 3, 8, 8),
+            "label": (torch.rand(4, 5) < 0.3).float(),
+            "index": torch.arange(i * 4, i * 4 + 4),
+        }
+        for i in range(2)
+    ]
     trainer = NVUMTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=batches, network=net, optimizer=torch.optim.SGD(net.parameters(), 0.1),
-        loss_function=Spy(build_loss("nvum", memory)), decollate=False, amp=True, amp_kwargs={"dtype": torch.bfloat16},
-        prepare_batch=PrepareImageBatch(channels_last=True), train_handlers=[MemoryUpdater(memory, "iteration")],
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=batches,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 0.1),
+        loss_function=Spy(build_loss("nvum", memory)),
+        decollate=False,
+        amp=True,
+        amp_kwargs={"dtype": torch.bfloat16},
+        prepare_batch=PrepareImageBatch(channels_last=True),
+        train_handlers=[MemoryUpdater(memory, "iteration")],
     )
     trainer.scaler = None  # bfloat16 needs no gradient scaling (MONAI's scaler is a CUDA one)
     trainer.run()
@@ -77,10 +98,17 @@ def test_training_cache_holds_resized_images_and_the_augmentation_leaves_it_inta
     random transforms never write into the cached tensors."""
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    parser.update({
-        "datalist#root": str(tmp_path / "data"), "datalist#num_training": 12, "datalist#num_validation": 4,
-        "datalist#num_test": 4, "datalist#num_test_shifted": 4, "random_affine_prob": 1.0, "train#preprocessing#transforms#3#prob": 1.0,
-    })
+    parser.update(
+        {
+            "datalist#root": str(tmp_path / "data"),
+            "datalist#num_training": 12,
+            "datalist#num_validation": 4,
+            "datalist#num_test": 4,
+            "datalist#num_test_shifted": 4,
+            "random_affine_prob": 1.0,
+            "train#preprocessing#transforms#3#prob": 1.0,
+        }
+    )
     dataset = parser.get_parsed_content("train#dataset")
     assert dataset.copy_cache is False
     cached = dataset._cache[0]["image"]

@@ -14,7 +14,13 @@ from ignite.engine import Engine
 
 from conftest import CONFIGS, ROOT
 
-from custom.training.checkpoints import CheckpointWriteError, EpochSeeder, TrainingCheckpointSaver, epoch_seed, find_checkpoint
+from custom.training.checkpoints import (
+    CheckpointWriteError,
+    EpochSeeder,
+    TrainingCheckpointSaver,
+    epoch_seed,
+    find_checkpoint,
+)
 from custom.data import DataListError
 
 TINY = [
@@ -70,8 +76,12 @@ def runs(tmp_path_factory):
     overrides = {"bundle_root": str(tmp / "crash"), "datalist#root": str(data)}
     overrides.update({TINY[i].lstrip("-"): _value(TINY[i + 1]) for i in range(0, len(TINY), 2)})
     script = tmp / "killer.py"
-    script.write_text(KILLER.format(root=str(ROOT), config=str(CONFIGS / "train.json"), overrides=overrides, kill_at=EPOCH_LENGTH + 2))
-    killed = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=_env(tmp), capture_output=True, text=True, timeout=600)
+    script.write_text(
+        KILLER.format(root=str(ROOT), config=str(CONFIGS / "train.json"), overrides=overrides, kill_at=EPOCH_LENGTH + 2)
+    )
+    killed = subprocess.run(
+        [sys.executable, str(script)], cwd=ROOT, env=_env(tmp), capture_output=True, text=True, timeout=600
+    )
     # ... and resumed with the README's command
     resumed = _train(tmp, tmp / "crash", data, "--resume", "true")
     return {"tmp": tmp, "data": data, "full": full, "killed": killed, "resumed": resumed}
@@ -111,7 +121,8 @@ def test_resume_with_a_data_list_of_another_size_is_refused(runs):
     ckpt = find_checkpoint(True, runs["tmp"] / "full" / "models")
     wf = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"), workflow_type="train", bundle_root=str(runs["tmp"] / "other"),
-        resume=str(ckpt), mlflow=False, max_epochs=4, **{"datalist#root": str(runs["data"]) + "-128", "datalist#num_training": 128},
+        resume=str(ckpt), mlflow=False, max_epochs=4,
+        **{"datalist#root": str(runs["data"]) + "-128", "datalist#num_training": 128},
         **{"datalist#num_validation": 64, "datalist#num_test": 32, "datalist#num_test_shifted": 32, "batch_size": 32},
     )  # fmt: skip
     wf.initialize()
@@ -157,7 +168,9 @@ def test_epoch_seeder_makes_each_epoch_a_function_of_seed_and_epoch():
 def test_failed_checkpoint_write_names_the_path_and_keeps_the_previous_one(tmp_path, monkeypatch):
     net = torch.nn.Linear(2, 2)
     engine = Engine(lambda e, b: net.weight.data.add_(1.0))
-    saver = TrainingCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1, n_saved=1, epoch_level=True)
+    saver = TrainingCheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1, n_saved=1, epoch_level=True
+    )
     saver.attach(engine)
     engine.run([0], max_epochs=1)
     first = tmp_path / "checkpoint_epoch=1.pt"
@@ -188,7 +201,13 @@ def test_best_model_file_survives_a_better_epoch(tmp_path):
         e.state.metrics["auc"] = next(scores)
 
     engine.state.metrics = {}
-    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True, key_metric_name="auc", key_metric_filename="model.pt")
+    saver = CheckpointSaver(
+        save_dir=str(tmp_path),
+        save_dict={"model": net},
+        save_key_metric=True,
+        key_metric_name="auc",
+        key_metric_filename="model.pt",
+    )
     saver.attach(engine)
     engine.run([0], max_epochs=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

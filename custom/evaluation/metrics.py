@@ -94,7 +94,9 @@ def bootstrap_indices(num_samples: int, num_resamples: int = 1000, seed: int = 0
         replacement (``numpy.random.default_rng(seed)``).
     """
     if num_samples < 1 or num_resamples < 1:
-        raise ValueError(f"bootstrap needs at least one item and one resample, got {num_samples} items, {num_resamples} resamples")
+        raise ValueError(
+            f"bootstrap needs at least one item and one resample, got {num_samples} items, {num_resamples} resamples"
+        )
     return np.random.default_rng(seed).integers(0, num_samples, size=(num_resamples, num_samples))
 
 
@@ -124,7 +126,9 @@ def weighted_auc(scores, labels, weights) -> np.ndarray:
     if weights.ndim != 2 or weights.shape[1] != scores.shape[0]:
         raise ValueError(f"weights {weights.shape} must be (resamples, {scores.shape[0]})")
     integer = np.issubdtype(weights.dtype, np.integer)
-    weights = weights.astype(np.int64 if integer and weights.max(initial=0) > 2**15 else np.int32 if integer else np.float64)
+    weights = weights.astype(
+        np.int64 if integer and weights.max(initial=0) > 2**15 else np.int32 if integer else np.float64
+    )
     out = np.full((weights.shape[0], scores.shape[1]), np.nan)
     for c in range(scores.shape[1]):
         order = np.argsort(scores[:, c], kind="stable")
@@ -144,7 +148,15 @@ def weighted_auc(scores, labels, weights) -> np.ndarray:
     return out
 
 
-def bootstrap_auc(scores, labels, mean_over: Sequence[int] | None = None, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95, indices=None) -> dict:
+def bootstrap_auc(
+    scores,
+    labels,
+    mean_over: Sequence[int] | None = None,
+    num_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    indices=None,
+) -> dict:
     """Per-class AUC with percentile bootstrap confidence intervals, and the same for a mean.
 
     The items (images) are resampled with replacement, the same resample for every class, so

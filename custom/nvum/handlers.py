@@ -39,15 +39,25 @@ class EMATeacher:
         halflife_epochs: when set, replaces ``decay`` as above (with the trainer's epoch length).
     """
 
-    def __init__(self, network: torch.nn.Module, decay: float = 0.99, enabled: bool = True, include_buffers: bool = True,
-                 halflife_epochs: float | None = None):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        decay: float = 0.99,
+        enabled: bool = True,
+        include_buffers: bool = True,
+        halflife_epochs: float | None = None,
+    ):
         self.student = network
         self.enabled = as_bool(enabled, "use_teacher")
         self.decay = float(decay)
         self.halflife_epochs = float(halflife_epochs) if halflife_epochs not in (None, "", "null") else None
         if self.halflife_epochs is not None and not self.halflife_epochs > 0:
             raise ValueError(f"teacher_halflife_epochs must be positive, got {halflife_epochs}")
-        self._ema = EMAHandler(network, momentum=1.0 - self.decay, handle_buffers="update" if include_buffers else "copy") if self.enabled else None
+        self._ema = (
+            EMAHandler(network, momentum=1.0 - self.decay, handle_buffers="update" if include_buffers else "copy")
+            if self.enabled
+            else None
+        )
 
     @property
     def model(self) -> torch.nn.Module | None:
@@ -107,8 +117,14 @@ class MemoryUpdater:
         before_loss: update each row when its batch is visited, before the loss (see above).
     """
 
-    def __init__(self, memory: NVUMMemory, schedule: str = "epoch", teacher: EMATeacher | None = None, enabled: bool = True,
-                 before_loss: bool = False):
+    def __init__(
+        self,
+        memory: NVUMMemory,
+        schedule: str = "epoch",
+        teacher: EMATeacher | None = None,
+        enabled: bool = True,
+        before_loss: bool = False,
+    ):
         if schedule not in SCHEDULES:
             raise ValueError(f"memory schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.memory, self.schedule, self.teacher, self.enabled = memory, schedule, teacher, as_bool(enabled)
@@ -137,7 +153,9 @@ class MemoryUpdater:
     def _collect(self, engine: Engine) -> None:
         if self._pending is None:
             self._reset()
-        index, logits = self._gather(engine, engine.state.output[INDEX_KEY], engine.state.output[Keys.PRED].detach().float())
+        index, logits = self._gather(
+            engine, engine.state.output[INDEX_KEY], engine.state.output[Keys.PRED].detach().float()
+        )
         index = self.memory._check_index(index)
         self._pending[index] = logits.to(self._pending.device)
         self._seen[index] = True

@@ -70,7 +70,9 @@ class BCELoss(nn.Module):
         """(B, C) float32 logits and labels -> (B,) BCE per image of ``logits + log_prior`` (when given)."""
         if log_prior is not None:
             logits = logits + log_prior
-        return _reduce_classes(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), self.class_reduction)
+        return _reduce_classes(
+            F.binary_cross_entropy_with_logits(logits, target, reduction="none"), self.class_reduction
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, index=None) -> dict[str, torch.Tensor]:
         logits, target = _check(logits, target)

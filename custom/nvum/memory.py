@@ -112,7 +112,10 @@ class NVUMMemory(nn.Module):
         if self.unbiased:
             target = target - self.log_prior
         if target.shape != (index.numel(), self.num_classes):
-            raise ValueError(f"logits of shape {tuple(logits.shape)} do not match {index.numel()} indices x {self.num_classes} classes")
+            raise ValueError(
+                f"logits of shape {tuple(logits.shape)} do not match {index.numel()} indices x "
+                f"{self.num_classes} classes"
+            )
         self.values[index] = self.momentum * self.values[index] + (1.0 - self.momentum) * target
 
     def _check_index(self, index) -> torch.Tensor:
@@ -125,4 +128,5 @@ class NVUMMemory(nn.Module):
         return index
 
     def extra_repr(self) -> str:
-        return f"num_samples={self.num_samples}, num_classes={self.num_classes}, momentum={self.momentum}, unbiased={self.unbiased}"
+        return (f"num_samples={self.num_samples}, num_classes={self.num_classes}, momentum={self.momentum}, "
+                f"unbiased={self.unbiased}")

@@ -34,7 +34,9 @@ class BundleNetwork(torch.nn.Module):
         ValueError: (on first use) the record names other classes or another input size.
     """
 
-    def __init__(self, network_def: torch.nn.Module, model_files: Sequence, device="cpu", classes=None, image_size=None):
+    def __init__(
+        self, network_def: torch.nn.Module, model_files: Sequence, device="cpu", classes=None, image_size=None
+    ):
         super().__init__()
         self._network_def = [network_def]  # a list: not registered as a submodule until loaded
         self.model_files = [Path(p) for p in ([model_files] if isinstance(model_files, (str, Path)) else model_files)]
@@ -49,7 +51,9 @@ class BundleNetwork(torch.nn.Module):
         if self.network is None:
             found = [p for p in self.model_files if p.is_file()]
             if not found:
-                raise FileNotFoundError("no model found; none of these files exists: " + ", ".join(str(p) for p in self.model_files))
+                raise FileNotFoundError(
+                    "no model found; none of these files exists: " + ", ".join(str(p) for p in self.model_files)
+                )
             self.model_file = found[0]
             self.network = load_inference_network(self._recorded_network(), self.model_file, self.device)
         return self.network
@@ -63,11 +67,15 @@ class BundleNetwork(torch.nn.Module):
 
         record = read_record(self.model_file)
         if self.classes is not None and record.get("classes") and list(record["classes"]) != self.classes:
-            raise ValueError(f"{self.model_file} was trained on classes {record['classes']} (see {record_file}), but the "
-                             f"inference config has {self.classes}: pass --classes \"{record['classes']}\"")
+            raise ValueError(
+                f"{self.model_file} was trained on classes {record['classes']} (see {record_file}), but the "
+                f"inference config has {self.classes}: pass --classes \"{record['classes']}\""
+            )
         if self.image_size is not None and record.get("image_size") and int(record["image_size"]) != self.image_size:
-            raise ValueError(f"{self.model_file} was trained on {record['image_size']} px images (see {record_file}), but "
-                             f"the inference config resizes to {self.image_size} px: pass --image_size {record['image_size']}")
+            raise ValueError(
+                f"{self.model_file} was trained on {record['image_size']} px images (see {record_file}), but "
+                f"the inference config resizes to {self.image_size} px: pass --image_size {record['image_size']}"
+            )
         if not record.get("network"):
             return self._network_def[0]
         from ..networks import network_from_record

@@ -322,7 +322,7 @@ def noise_benchmark(**options):
         methods: methods of the main table, comma-separated.
         seeds: seeds of every main-table method.
         output: folder of the results.
-        quick: the main table and the clean row on a tiny regime with one seed: a check of the whole pipeline in minutes.
+        quick: the main table and the clean row on a tiny regime with one seed: a check of the pipeline in minutes.
         clean_seeds: seeds of the clean-label rows (the ceiling).
         stress_noise: noise models of the stress rows, comma-separated.
         stress_seeds: seeds of the stress rows (0 leaves them out).

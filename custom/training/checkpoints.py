@@ -172,7 +172,10 @@ class ValidationState:
         return getattr(self.best_saver, "_key_metric_checkpoint", None)
 
     def state_dict(self) -> dict:
-        state = {"best_metric": float(self.evaluator.state.best_metric), "best_metric_epoch": int(self.evaluator.state.best_metric_epoch)}
+        state = {
+            "best_metric": float(self.evaluator.state.best_metric),
+            "best_metric_epoch": int(self.evaluator.state.best_metric_epoch),
+        }
         if self._checkpoint() is not None:
             state["saved"] = [[float(p), str(f)] for p, f in self._checkpoint().state_dict()["_saved"]]
         return state
@@ -299,7 +302,11 @@ def find_checkpoint(resume, ckpt_dir) -> Path | None:
     if resume is True or str(resume).strip().lower() in ("true", "1", "yes", "latest"):
         folder = Path(ckpt_dir)
         found = sorted(
-            ((int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))),
+            (
+                (int(m.group(1)), p)
+                for p in folder.glob("checkpoint_epoch=*.pt")
+                if (m := CHECKPOINT_PATTERN.search(p.name))
+            ),
         )
         if not found:
             raise FileNotFoundError(f"--resume: no training checkpoint (checkpoint_epoch=K.pt) in {folder.resolve()}")
@@ -347,7 +354,10 @@ class ResumeLoader:
         checkpoint = read_checkpoint(self.path)
         missing = [k for k in self.load_dict if k not in checkpoint]
         if missing:
-            raise KeyError(f"checkpoint {self.path} has no {missing} (it holds {sorted(checkpoint)}); is it a training checkpoint of this bundle?")
+            raise KeyError(
+                f"checkpoint {self.path} has no {missing} (it holds {sorted(checkpoint)}); is it a training "
+                f"checkpoint of this bundle?"
+            )
         record = self.load_dict.get("run_record")
         if isinstance(record, RunRecord):
             record.check(checkpoint["run_record"], self.path)

@@ -119,7 +119,9 @@ def train_sampler(dataset, seed: int = 0):
     ``seed + epoch``), padded with repeats of its first indices to a multiple of the world size."""
     from monai.data import DistributedSampler
 
-    return DistributedSampler(dataset, even_divisible=True, num_replicas=world_size(), rank=rank(), shuffle=True, seed=int(seed))
+    return DistributedSampler(
+        dataset, even_divisible=True, num_replicas=world_size(), rank=rank(), shuffle=True, seed=int(seed)
+    )
 
 
 def eval_sampler(dataset):
@@ -320,7 +322,9 @@ def convert_batchnorm(module: nn.Module, enabled: bool = True, device=None) -> n
 def _to_cpu_sync(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
-        out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        out = CPUSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             out.weight = module.weight
             out.bias = module.bias

@@ -37,7 +37,9 @@ class NVUMTrainer(SupervisedTrainer):
             raise ValueError("Must provide batch data for current iteration.")
         if INDEX_KEY not in batchdata:
             raise KeyError(f"the batch has no '{INDEX_KEY}' key: build the dataset items with custom.DataList.items()")
-        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[
+            :2
+        ]
         index = torch.as_tensor(batchdata[INDEX_KEY]).long().to(engine.state.device)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, INDEX_KEY: index}
 

@@ -57,9 +57,17 @@ def benchmark_metrics(table: pd.DataFrame, ks: Sequence[int] = (100, 1000)) -> l
     rows = []
     for name, s in benchmark_scores(table).items():
         r = detection_metrics(s, wrong, ks)
-        rows.append({"ranking": name, "auroc": r["auroc"], "auroc_class_mean": _group_auroc(s, wrong, [np.ones(len(y), bool)]),
-                     "auroc_within_label": _group_auroc(s, wrong, [y == 1, y == 0]),
-                     **{k: v for k, v in r.items() if k.startswith("precision")}, "n_wrong": r["n_wrong"], "n": r["n"]})
+        rows.append(
+            {
+                "ranking": name,
+                "auroc": r["auroc"],
+                "auroc_class_mean": _group_auroc(s, wrong, [np.ones(len(y), bool)]),
+                "auroc_within_label": _group_auroc(s, wrong, [y == 1, y == 0]),
+                **{k: v for k, v in r.items() if k.startswith("precision")},
+                "n_wrong": r["n_wrong"],
+                "n": r["n"],
+            }
+        )
     return rows
 
 
@@ -107,7 +115,15 @@ def plot_score_distributions(tables: dict, path, max_points: int | None = None) 
     return path
 
 
-def audit_benchmark(noise="symmetric:0.2,symmetric:0.4,report", output_dir="results/audit_benchmark", figure="bundle/docs/figures/audit_scores.png", retrain: bool = False, model_weight: float = 0.0, ks: Sequence[int] = (100, 1000), **overrides) -> pd.DataFrame:
+def audit_benchmark(
+    noise="symmetric:0.2,symmetric:0.4,report",
+    output_dir="results/audit_benchmark",
+    figure="bundle/docs/figures/audit_scores.png",
+    retrain: bool = False,
+    model_weight: float = 0.0,
+    ks: Sequence[int] = (100, 1000),
+    **overrides,
+) -> pd.DataFrame:
     """Train on the synthetic set at each noise setting, audit the training labels, and score the rankings.
 
     For each noise spec: trains the bundle (train.json with ``--datalist#noise SPEC``, MLflow off,
@@ -150,11 +166,16 @@ def audit_benchmark(noise="symmetric:0.2,symmetric:0.4,report", output_dir="resu
     output_dir.mkdir(parents=True, exist_ok=True)
     result.to_csv(output_dir / "audit_benchmark.csv", index=False, float_format="%.4f")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    (output_dir / "audit_benchmark.md").write_text(markdown_table(result.columns, result.itertuples(index=False), fmt=fmt) + "\n")
+    (output_dir / "audit_benchmark.md").write_text(
+        markdown_table(result.columns, result.itertuples(index=False), fmt=fmt) + "\n"
+    )
     png = plot_score_distributions(tables, output_dir / "audit_scores.png")
     if figure:
         Path(figure).parent.mkdir(parents=True, exist_ok=True)
         Path(figure).write_bytes(png.read_bytes())
     print(f"\n{result.to_string(index=False, float_format=lambda v: f'{v:.3f}')}\n")
-    print(f"wrote {output_dir / 'audit_benchmark.csv'}, {output_dir / 'audit_benchmark.md'} and {png}" + (f" (copied to {figure})" if figure else ""))
+    print(
+        f"wrote {output_dir / 'audit_benchmark.csv'}, {output_dir / 'audit_benchmark.md'} and {png}"
+        + (f" (copied to {figure})" if figure else "")
+    )
     return result

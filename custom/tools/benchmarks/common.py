@@ -16,7 +16,9 @@ def environment() -> dict:
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})",
     }
 
 
@@ -43,7 +45,9 @@ class Settings:
         cuda = torch.cuda.is_available()
         self.device = torch.device(device if device is not None else ("cuda:0" if cuda else "cpu"))
         self.amp = as_bool(amp, "amp") if amp is not None else self.device.type == "cuda"
-        self.channels_last = as_bool(channels_last, "channels_last") if channels_last is not None else self.device.type == "cuda"
+        self.channels_last = (
+            as_bool(channels_last, "channels_last") if channels_last is not None else self.device.type == "cuda"
+        )
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
     def sync(self) -> None:
@@ -54,13 +58,17 @@ class Settings:
         return {"device_used": str(self.device), "amp": self.amp, "channels_last": self.channels_last}
 
 
-def random_batches(steps: int, batch_size: int, image_size: int, num_classes: int, seed: int, settings: Settings | None = None) -> list[dict]:
+def random_batches(
+    steps: int, batch_size: int, image_size: int, num_classes: int, seed: int, settings: Settings | None = None
+) -> list[dict]:
     """Random batches, already on the benchmark's device (data loading is not measured)."""
     settings = settings or Settings("cpu", False, False)
     g = torch.Generator().manual_seed(seed)
     return [
         {
-            "image": torch.randn(batch_size, 3, image_size, image_size, generator=g).to(settings.device).contiguous(memory_format=settings.memory_format),
+            "image": torch.randn(batch_size, 3, image_size, image_size, generator=g)
+            .to(settings.device)
+            .contiguous(memory_format=settings.memory_format),
             "label": (torch.rand(batch_size, num_classes, generator=g) < 0.1).float().to(settings.device),
             "index": torch.arange(i * batch_size, (i + 1) * batch_size, device=settings.device),
         }

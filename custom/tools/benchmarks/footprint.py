@@ -7,7 +7,15 @@ import torch
 from ...nvum import NVUMMemory
 from .common import environment, median_time, write
 
-def memory(sizes=(1_000, 10_000, 100_000, 1_000_000), batch_sizes=(16, 64, 256, 1024, 4096), num_classes: int = 14, repeats: int = 200, threads: int = 1, seed: int = 0, output: str | None = "results/benchmark_memory.json") -> dict:
+def memory(
+    sizes=(1_000, 10_000, 100_000, 1_000_000),
+    batch_sizes=(16, 64, 256, 1024, 4096),
+    num_classes: int = 14,
+    repeats: int = 200,
+    threads: int = 1,
+    seed: int = 0,
+    output: str | None = "results/benchmark_memory.json",
+) -> dict:
     """Bytes of the NVUM memory and the time of one update, for several N and batch sizes.
 
     The memory is one N x C float32 buffer, so it must take exactly N x C x 4 bytes. One update
@@ -46,8 +54,15 @@ def _memory(sizes, batch_sizes, num_classes, repeats, seed, output) -> dict:
         print(f"N={n:>9,d}: {nbytes:>11,d} bytes (N x C x 4 = {n * num_classes * 4:,d}); update of B rows: "
               + ", ".join(f"B={b} {t * 1e6:.0f}us" for b, t in table[n].items()), flush=True)
     # time per row from the largest batch, and the spread over N at each batch size
-    spread = {b: max(table[n][b] for n in sizes if b in table[n]) / min(table[n][b] for n in sizes if b in table[n]) for b in batch_sizes}
-    per_row_us = {n: 1e6 * (table[n][max(table[n])] - table[n][min(table[n])]) / (max(table[n]) - min(table[n])) for n in sizes if len(table[n]) > 1}
+    spread = {
+        b: max(table[n][b] for n in sizes if b in table[n]) / min(table[n][b] for n in sizes if b in table[n])
+        for b in batch_sizes
+    }
+    per_row_us = {
+        n: 1e6 * (table[n][max(table[n])] - table[n][min(table[n])]) / (max(table[n]) - min(table[n]))
+        for n in sizes
+        if len(table[n]) > 1
+    }
     result = {
         "benchmark": "memory", "num_classes": num_classes, "repeats": repeats, **environment(),
         "footprint": {str(n): v for n, v in footprint.items()},

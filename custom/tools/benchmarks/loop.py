@@ -18,7 +18,9 @@ def _nvum_parts(num_samples: int, num_classes: int, seed: int, settings: Setting
     return net, memory, build_loss("nvum", memory), optimizer, scheduler
 
 
-def _run_bundle_loop(batches, epochs: int, num_samples: int, num_classes: int, seed: int, settings: Settings, tiny: bool = False):
+def _run_bundle_loop(
+    batches, epochs: int, num_samples: int, num_classes: int, seed: int, settings: Settings, tiny: bool = False
+):
     """The training loop of ``train.json``: NVUMTrainer with its training handlers (validation,
     checkpoints and MLflow left out: they are not part of the loop's cost per step)."""
     from monai.handlers import LrScheduleHandler
@@ -39,8 +41,16 @@ def _run_bundle_loop(batches, epochs: int, num_samples: int, num_classes: int, s
         EpochSummary(max_epochs=epochs),
     ]
     trainer = NVUMTrainer(
-        device=settings.device, max_epochs=epochs, train_data_loader=batches, network=net, optimizer=optimizer, loss_function=loss,
-        decollate=False, amp=settings.amp, prepare_batch=PrepareImageBatch(settings.channels_last), train_handlers=handlers,
+        device=settings.device,
+        max_epochs=epochs,
+        train_data_loader=batches,
+        network=net,
+        optimizer=optimizer,
+        loss_function=loss,
+        decollate=False,
+        amp=settings.amp,
+        prepare_batch=PrepareImageBatch(settings.channels_last),
+        train_handlers=handlers,
     )
     settings.sync()
     start = time.perf_counter()
@@ -49,7 +59,9 @@ def _run_bundle_loop(batches, epochs: int, num_samples: int, num_classes: int, s
     return time.perf_counter() - start, memory.values.cpu()
 
 
-def _run_plain_loop(batches, epochs: int, num_samples: int, num_classes: int, seed: int, settings: Settings, tiny: bool = False):
+def _run_plain_loop(
+    batches, epochs: int, num_samples: int, num_classes: int, seed: int, settings: Settings, tiny: bool = False
+):
     """The same training written as a bare PyTorch loop: forward (under autocast with AMP),
     NVUM loss in float32, backward (scaled with AMP), step, logits collected for the
     end-of-epoch memory update, learning-rate schedule per epoch."""
@@ -78,7 +90,19 @@ def _run_plain_loop(batches, epochs: int, num_samples: int, num_classes: int, se
     return time.perf_counter() - start, memory.values.cpu()
 
 
-def loop(batch_size: int = 64, image_size: int = 32, steps: int = 10, epochs: int = 2, repeats: int = 5, num_classes: int = 14, seed: int = 0, device=None, amp=None, channels_last=None, output: str | None = "results/benchmark_loop.json") -> dict:
+def loop(
+    batch_size: int = 64,
+    image_size: int = 32,
+    steps: int = 10,
+    epochs: int = 2,
+    repeats: int = 5,
+    num_classes: int = 14,
+    seed: int = 0,
+    device=None,
+    amp=None,
+    channels_last=None,
+    output: str | None = "results/benchmark_loop.json",
+) -> dict:
     """Throughput of the bundle's training loop over a minimal hand-written loop, side by side.
 
     Both train the same DenseNet121 (same initial weights) with Adam and the NVUM loss (paper
@@ -106,10 +130,21 @@ def loop(batch_size: int = 64, image_size: int = 32, steps: int = 10, epochs: in
     step_ms = 1e3 * batch_size / median["plain"]
     implied = step_ms / (step_ms + overhead["bundle"] - overhead["plain"])
     result = {
-        "benchmark": "loop", "batch_size": batch_size, "image_size": image_size, "steps": steps, "epochs": epochs, "repeats": repeats, **environment(), **settings.describe(),
-        "images_per_s": median, "ratio_bundle_to_plain": median["bundle"] / median["plain"],
-        "max_memory_difference": difference, "all_images_per_s": rates,
-        "overhead_ms_per_step_tiny_network": overhead, "plain_step_ms": step_ms, "ratio_implied_by_overhead": implied,
+        "benchmark": "loop",
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "steps": steps,
+        "epochs": epochs,
+        "repeats": repeats,
+        **environment(),
+        **settings.describe(),
+        "images_per_s": median,
+        "ratio_bundle_to_plain": median["bundle"] / median["plain"],
+        "max_memory_difference": difference,
+        "all_images_per_s": rates,
+        "overhead_ms_per_step_tiny_network": overhead,
+        "plain_step_ms": step_ms,
+        "ratio_implied_by_overhead": implied,
     }
     print("\nloop      images/s")
     for name in runners:
@@ -117,8 +152,11 @@ def loop(batch_size: int = 64, image_size: int = 32, steps: int = 10, epochs: in
     verdict = "meets" if result["ratio_bundle_to_plain"] >= 0.95 else "misses"
     print(f"bundle / plain = {result['ratio_bundle_to_plain']:.3f} ({verdict} the >= 0.95 target); "
           f"largest difference between the two final memories: {difference:.2e}")
-    print(f"loop cost per step with a negligible network (median): plain {overhead['plain']:.2f} ms, bundle {overhead['bundle']:.2f} ms; "
-          f"against the {step_ms:.0f} ms step measured above this implies bundle / plain = {implied:.4f}")
+    print(
+        f"loop cost per step with a negligible network (median): plain {overhead['plain']:.2f} ms, bundle "
+        f"{overhead['bundle']:.2f} ms; "
+        f"against the {step_ms:.0f} ms step measured above this implies bundle / plain = {implied:.4f}"
+    )
     write(result, output)
     return result
 

@@ -24,7 +24,17 @@ def _epoch(loader) -> float:
     return time.perf_counter() - start
 
 
-def pipeline(num_images: int = 1000, source_size: int = 256, image_size: int = 128, batch_size: int = 64, num_workers: int = 0, repeats: int = 3, epochs: int = 6, root: str | None = None, output: str | None = "results/benchmark_pipeline.json") -> dict:
+def pipeline(
+    num_images: int = 1000,
+    source_size: int = 256,
+    image_size: int = 128,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    repeats: int = 3,
+    epochs: int = 6,
+    root: str | None = None,
+    output: str | None = "results/benchmark_pipeline.json",
+) -> dict:
     """Epoch throughput of the bundle's cached pipeline over decoding and resizing every epoch.
 
     Synthetic PNGs of ``source_size`` pixels (generated once into the data cache) are turned into
@@ -40,10 +50,17 @@ def pipeline(num_images: int = 1000, source_size: int = 256, image_size: int = 1
 
     from ..synthetic import ensure_synthetic
 
-    path = ensure_synthetic(root, num_training=num_images, num_validation=16, num_test=16, num_test_shifted=16, image_size=source_size)
+    path = ensure_synthetic(
+        root, num_training=num_images, num_validation=16, num_test=16, num_test_shifted=16, image_size=source_size
+    )
     parser = _bundle_training_data(path, image_size, batch_size, num_workers)
     items = parser.get_parsed_content("data").items("training")
-    naive = DataLoader(Dataset(items, parser.get_parsed_content("train#preprocessing")), batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    naive = DataLoader(
+        Dataset(items, parser.get_parsed_content("train#preprocessing")),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+    )
     start = time.perf_counter()
     cache = parser.get_parsed_content("train#dataset")
     build = time.perf_counter() - start
@@ -61,17 +78,32 @@ def pipeline(num_images: int = 1000, source_size: int = 256, image_size: int = 1
     rate = {k: len(items) / v for k, v in median.items()}
     total_naive, total_cached = epochs * median["naive"], build + epochs * median["cached"]
     result = {
-        "benchmark": "pipeline", "num_images": len(items), "source_size": source_size, "image_size": image_size, "batch_size": batch_size,
-        "num_workers": num_workers, "repeats": repeats, **environment(),
-        "images_per_s": rate, "ratio_cached_to_naive": rate["cached"] / rate["naive"],
-        "cache_build_s": build, "epochs": epochs, f"ratio_{epochs}_epochs_with_build": total_naive / total_cached,
+        "benchmark": "pipeline",
+        "num_images": len(items),
+        "source_size": source_size,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "repeats": repeats,
+        **environment(),
+        "images_per_s": rate,
+        "ratio_cached_to_naive": rate["cached"] / rate["naive"],
+        "cache_build_s": build,
+        "epochs": epochs,
+        f"ratio_{epochs}_epochs_with_build": total_naive / total_cached,
         "all_epoch_s": seconds,
     }
-    print(f"\npipeline   images/s   ({len(items)} PNGs {source_size}px -> {image_size}px, batch {batch_size}, {num_workers} workers)")
+    print(
+        f"\npipeline   images/s   ({len(items)} PNGs {source_size}px -> {image_size}px, batch {batch_size}, "
+        f"{num_workers} workers)"
+    )
     for name in ("naive", "cached"):
         print(f"{name:8s} {rate[name]:10.1f}")
     verdict = "meets" if result["ratio_cached_to_naive"] >= 3 else "misses"
-    print(f"cached / naive = {result['ratio_cached_to_naive']:.2f} per epoch ({verdict} the >= 3 target); cache built in {build:.1f}s, "
-          f"{epochs} epochs including the build: {result[f'ratio_{epochs}_epochs_with_build']:.2f}x")
+    print(
+        f"cached / naive = {result['ratio_cached_to_naive']:.2f} per epoch ({verdict} the >= 3 target); cache "
+        f"built in {build:.1f}s, "
+        f"{epochs} epochs including the build: {result[f'ratio_{epochs}_epochs_with_build']:.2f}x"
+    )
     write(result, output)
     return result

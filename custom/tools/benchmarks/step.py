@@ -12,7 +12,9 @@ from .common import Settings, environment, network_and_memory, order, random_bat
 STEP_METHODS = ("bce", "nvum_epoch", "nvum_iteration")
 
 
-def _step_trainer(method: str, batches, num_samples: int, num_classes: int, seed: int, settings: Settings, tiny: bool = False):
+def _step_trainer(
+    method: str, batches, num_samples: int, num_classes: int, seed: int, settings: Settings, tiny: bool = False
+):
     from ...training import NVUMTrainer
     from ...nvum import EMATeacher, MemoryUpdater
     from ...nvum import build_loss
@@ -21,7 +23,9 @@ def _step_trainer(method: str, batches, num_samples: int, num_classes: int, seed
     net, memory = network_and_memory(num_samples, num_classes, seed, settings, tiny)
     loss = build_loss("bce" if method == "bce" else "nvum", memory)
     teacher = EMATeacher(net, enabled=method == "nvum_iteration")
-    updater = MemoryUpdater(memory, "iteration" if method == "nvum_iteration" else "epoch", teacher, enabled=method != "bce")
+    updater = MemoryUpdater(
+        memory, "iteration" if method == "nvum_iteration" else "epoch", teacher, enabled=method != "bce"
+    )
     return NVUMTrainer(
         device=settings.device,
         max_epochs=1,
@@ -36,7 +40,18 @@ def _step_trainer(method: str, batches, num_samples: int, num_classes: int, seed
     )
 
 
-def step(batch_size: int = 64, image_size: int = 32, steps: int = 20, repeats: int = 5, num_classes: int = 14, seed: int = 0, device=None, amp=None, channels_last=None, output: str | None = "results/benchmark_step.json") -> dict:
+def step(
+    batch_size: int = 64,
+    image_size: int = 32,
+    steps: int = 20,
+    repeats: int = 5,
+    num_classes: int = 14,
+    seed: int = 0,
+    device=None,
+    amp=None,
+    channels_last=None,
+    output: str | None = "results/benchmark_step.json",
+) -> dict:
     """Training-step throughput of NVUM relative to plain BCE, measured side by side.
 
     Every method trains the same DenseNet121 on the same random batches through the bundle's
@@ -70,21 +85,36 @@ def step(batch_size: int = 64, image_size: int = 32, steps: int = 20, repeats: i
     step_ms = 1e3 * batch_size / base
     implied = step_ms / (step_ms + extra["nvum_epoch"] - extra["bce"])
     result = {
-        "benchmark": "step", "batch_size": batch_size, "image_size": image_size, "steps": steps, "repeats": repeats, **environment(), **settings.describe(),
+        "benchmark": "step",
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "steps": steps,
+        "repeats": repeats,
+        **environment(),
+        **settings.describe(),
         "images_per_s": {m: statistics.median(v) for m, v in rates.items()},
         "ratio_to_bce": {m: statistics.median(v) / base for m, v in rates.items()},
         "all_images_per_s": rates,
-        "ms_per_step_tiny_network": extra, "bce_step_ms": step_ms, "nvum_epoch_ratio_implied_by_extra_cost": implied,
+        "ms_per_step_tiny_network": extra,
+        "bce_step_ms": step_ms,
+        "nvum_epoch_ratio_implied_by_extra_cost": implied,
     }
-    print(f"\nmethod           images/s   ratio to BCE   ({settings.device}, amp {settings.amp}, channels-last {settings.channels_last}, {image_size}px, batch {batch_size})")
+    print(
+        f"\nmethod           images/s   ratio to BCE   ({settings.device}, amp {settings.amp}, channels-last "
+        f"{settings.channels_last}, {image_size}px, batch {batch_size})"
+    )
     for m in STEP_METHODS:
         print(f"{m:15s} {result['images_per_s'][m]:9.1f}   {result['ratio_to_bce'][m]:.3f}")
     verdict = "meets" if result["ratio_to_bce"]["nvum_epoch"] >= 0.97 else "misses"
     print(f"nvum_epoch / bce = {result['ratio_to_bce']['nvum_epoch']:.3f} ({verdict} the >= 0.97 target)")
-    print("cost per step with a negligible network (median, ms): " + ", ".join(f"{m} {t:.2f}" for m, t in extra.items())
-          + f"; NVUM's extra {extra['nvum_epoch'] - extra['bce']:.2f} ms against the {step_ms:.0f} ms BCE step above implies "
-          f"nvum_epoch / bce = {implied:.4f} (the iteration schedule's extra cost is mostly the teacher's forward pass, "
-          "which a negligible network does not show)")
+    print(
+        "cost per step with a negligible network (median, ms): "
+        + ", ".join(f"{m} {t:.2f}" for m, t in extra.items())
+        + f"; NVUM's extra {extra['nvum_epoch'] - extra['bce']:.2f} ms against the {step_ms:.0f} ms BCE step "
+          f"above implies "
+        f"nvum_epoch / bce = {implied:.4f} (the iteration schedule's extra cost is mostly the teacher's forward pass, "
+        "which a negligible network does not show)"
+    )
     write(result, output)
     return result
 

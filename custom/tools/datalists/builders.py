@@ -58,7 +58,9 @@ def nih_official_lists(metadata, split_dir=None) -> tuple[Path, Path] | None:
         paths = tuple(folder / n for n in NIH_SPLIT_FILES)
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"official NIH split file(s) not found: {missing} (--split_dir must hold {list(NIH_SPLIT_FILES)})")
+            raise FileNotFoundError(
+                f"official NIH split file(s) not found: {missing} (--split_dir must hold {list(NIH_SPLIT_FILES)})"
+            )
         return paths
     paths = tuple(Path(metadata).parent / n for n in NIH_SPLIT_FILES)
     return paths if all(p.is_file() for p in paths) else None
@@ -77,11 +79,16 @@ def build_nih(metadata, scheme: str = "nih14", split_dir=None, seed: int = 0, va
     frame = read_table(metadata, ["Image Index", "Finding Labels", "Patient ID"], usecols=())
     rows_read = len(frame)
     dropped = Dropped()
-    data = pd.DataFrame({
-        "name": frame["Image Index"].astype(str).str.strip(),
-        "patient": frame["Patient ID"].astype(str).str.strip(),
-        "terms": frame["Finding Labels"].fillna("").astype(str).map(lambda s: [t.strip() for t in s.split("|") if t.strip()]),
-    })
+    data = pd.DataFrame(
+        {
+            "name": frame["Image Index"].astype(str).str.strip(),
+            "patient": frame["Patient ID"].astype(str).str.strip(),
+            "terms": frame["Finding Labels"]
+            .fillna("")
+            .astype(str)
+            .map(lambda s: [t.strip() for t in s.split("|") if t.strip()]),
+        }
+    )
     empty = data["terms"].map(len) == 0
     if empty.any():
         raise BuildError(f"{metadata}: empty 'Finding Labels' in data row(s) {list(np.flatnonzero(empty)[:5] + 1)}")
@@ -106,7 +113,9 @@ def build_nih(metadata, scheme: str = "nih14", split_dir=None, seed: int = 0, va
         method = f"official lists {official[0].name} -> training, {official[1].name} -> validation"
         leaked = held & set(data.loc[data["split"] == "training", "patient"])
         if leaked:
-            raise BuildError(f"{len(leaked)} holdout patient(s) are in the official training list, e.g. {sorted(leaked)[:5]}")
+            raise BuildError(
+                f"{len(leaked)} holdout patient(s) are in the official training list, e.g. {sorted(leaked)[:5]}"
+            )
     else:
         warnings.warn(
             f"official NIH split files {list(NIH_SPLIT_FILES)} not found next to {metadata} and no --split_dir given: "
@@ -114,13 +123,24 @@ def build_nih(metadata, scheme: str = "nih14", split_dir=None, seed: int = 0, va
             stacklevel=2,
         )
         data["split"] = patient_split(data["patient"], val_fraction, seed, held)
-        method = f"seeded patient-wise fallback (official lists not given): seed {seed}, {val_fraction} of the images in validation"
+        method = (f"seeded patient-wise fallback (official lists not given): seed {seed}, {val_fraction} of the "
+                  f"images in validation")
         if held:
-            method += f", {len(held & set(data['patient']))} patients of {', '.join(Path(h).name for h in _as_list(holdout))} kept in validation"
+            method += (f", {len(held & set(data['patient']))} patients of "
+                       f"{', '.join(Path(h).name for h in _as_list(holdout))} kept in validation")
     positives, unmapped = positives_from_terms(data["terms"], "nih")
     labelled = apply_scheme(data, positives, "nih", scheme, dropped)
     info = {"metadata": Path(metadata).name, "split_method": method, "seed": seed if official is None else None}
-    return assemble(labelled, dataset="nih", scheme=scheme, match=None, info=info, dropped=dropped, rows_read=rows_read, unmapped=unmapped)
+    return assemble(
+        labelled,
+        dataset="nih",
+        scheme=scheme,
+        match=None,
+        info=info,
+        dropped=dropped,
+        rows_read=rows_read,
+        unmapped=unmapped,
+    )
 
 
 # ---------------------------------------------------------------- CheXpert
@@ -129,8 +149,16 @@ CHEXPERT_META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 _PATIENT = re.compile(r"(patient\d+)")
 
 
-def build_chexpert(metadata, scheme: str = "chexpert8", seed: int = 0, val_fraction: float = 0.1, uncertain: str = "zeros",
-                   holdout=None, image_prefix: str = "", **_) -> tuple[dict, dict]:
+def build_chexpert(
+    metadata,
+    scheme: str = "chexpert8",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    uncertain: str = "zeros",
+    holdout=None,
+    image_prefix: str = "",
+    **_,
+) -> tuple[dict, dict]:
     """CheXpert (``train.csv``): frontal images, Age != 0, blank -> 0, uncertain (-1) -> 0
     (``uncertain="ones"``: -> 1), images positive for a class outside the scheme dropped, images with
     no positive label dropped, 90/10 patient-wise split (``val_fraction`` of the images in validation).
@@ -149,7 +177,10 @@ def build_chexpert(metadata, scheme: str = "chexpert8", seed: int = 0, val_fract
     bad = ~(values.isin([0, 1, -1]) | frame[label_columns].isna())
     if bad.any().any():
         r, c = np.argwhere(bad.to_numpy())[0]
-        raise BuildError(f"{metadata}: data row {r + 1}, column '{label_columns[c]}': value {frame.iloc[r][label_columns[c]]!r} is not 1, 0, -1 or blank")
+        raise BuildError(
+            f"{metadata}: data row {r + 1}, column '{label_columns[c]}': value "
+            f"{frame.iloc[r][label_columns[c]]!r} is not 1, 0, -1 or blank"
+        )
     patients = frame["Path"].astype(str).str.extract(_PATIENT, expand=False)
     if patients.isna().any():
         r = int(np.flatnonzero(patients.isna())[0])
@@ -165,7 +196,16 @@ def build_chexpert(metadata, scheme: str = "chexpert8", seed: int = 0, val_fract
     labelled = apply_scheme(data, positives, "chexpert", scheme, dropped)
     info = {"metadata": Path(metadata).name, "uncertain": uncertain, "seed": seed,
             "split_method": f"seeded patient-wise: seed {seed}, {val_fraction} of the images in validation"}
-    return assemble(labelled, dataset="chexpert", scheme=scheme, match=None, info=info, dropped=dropped, rows_read=rows_read, unmapped=unmapped)
+    return assemble(
+        labelled,
+        dataset="chexpert",
+        scheme=scheme,
+        match=None,
+        info=info,
+        dropped=dropped,
+        rows_read=rows_read,
+        unmapped=unmapped,
+    )
 
 
 # ---------------------------------------------------------------- Google relabelled NIH test set
@@ -173,7 +213,9 @@ def build_chexpert(metadata, scheme: str = "chexpert8", seed: int = 0, val_fract
 GOOGLE_COLUMNS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 
 
-def build_nih_google(metadata, scheme: str = "nih14", set_id: str = "test", image_prefix: str = "", **_) -> tuple[dict, dict]:
+def build_nih_google(
+    metadata, scheme: str = "nih14", set_id: str = "test", image_prefix: str = "", **_
+) -> tuple[dict, dict]:
     """Google's radiologist relabel of NIH images (``google2019_nih-chest-xray-labels.csv``), the
     ``Set Id == "test"`` rows: YES -> 1; "Nodule or mass" -> Mass and Nodule; Pneumothorax and
     Fracture as given. A clean test set with partial labels: no image is dropped, and the scheme
@@ -186,20 +228,42 @@ def build_nih_google(metadata, scheme: str = "nih14", set_id: str = "test", imag
     bad = ~values.isin(["YES", "NO"])
     if bad.any().any():
         r, c = np.argwhere(bad.to_numpy())[0]
-        raise BuildError(f"{metadata}: data row {r + 1}, column '{GOOGLE_COLUMNS[c]}': value {frame.iloc[r][GOOGLE_COLUMNS[c]]!r} is not YES or NO")
+        raise BuildError(
+            f"{metadata}: data row {r + 1}, column '{GOOGLE_COLUMNS[c]}': value "
+            f"{frame.iloc[r][GOOGLE_COLUMNS[c]]!r} is not YES or NO"
+        )
     data = pd.DataFrame({"image": image_prefix + frame["Image Index"].astype(str).str.strip(),
                          "patient": frame["Patient ID"].astype(str).str.strip(), "split": "test"})
-    data = dropped.keep(data, frame["Set Id"].astype(str).str.strip().eq(set_id).to_numpy(), f"Set Id is not '{set_id}'")
+    data = dropped.keep(
+        data, frame["Set Id"].astype(str).str.strip().eq(set_id).to_numpy(), f"Set Id is not '{set_id}'"
+    )
     positives, unmapped = positives_from_columns(values.loc[data.index].eq("YES"), "google")
     labelled_classes = [c for c in harmonise.scheme_classes(scheme) if c in harmonise.vocabulary("google")]
-    labelled = apply_scheme(data, positives, "google", scheme, dropped, drop_out_of_scheme=False, require_positive=False)
+    labelled = apply_scheme(
+        data, positives, "google", scheme, dropped, drop_out_of_scheme=False, require_positive=False
+    )
     info = {"metadata": Path(metadata).name, "split_method": f"all rows with Set Id '{set_id}' -> test"}
-    return assemble(labelled, dataset="nih_google", scheme=scheme, match=None, info=info, dropped=dropped, rows_read=rows_read,
-                    unmapped=unmapped, labelled_classes=labelled_classes)
+    return assemble(
+        labelled,
+        dataset="nih_google",
+        scheme=scheme,
+        match=None,
+        info=info,
+        dropped=dropped,
+        rows_read=rows_read,
+        unmapped=unmapped,
+        labelled_classes=labelled_classes,
+    )
 
 # ---------------------------------------------------------------- entry point
 
-BUILDERS = {"nih": build_nih, "chexpert": build_chexpert, "openi": build_openi, "padchest": build_padchest, "nih_google": build_nih_google}
+BUILDERS = {
+    "nih": build_nih,
+    "chexpert": build_chexpert,
+    "openi": build_openi,
+    "padchest": build_padchest,
+    "nih_google": build_nih_google,
+}
 
 
 def build(dataset: str, scheme: str, metadata, **options) -> tuple[dict, dict]:
@@ -207,14 +271,18 @@ def build(dataset: str, scheme: str, metadata, **options) -> tuple[dict, dict]:
     if dataset not in BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(BUILDERS)}")
     if scheme not in DATASET_SCHEMES[dataset]:
-        raise ValueError(f"dataset {dataset!r} can be built for scheme(s) {list(DATASET_SCHEMES[dataset])}, not {scheme!r}")
+        raise ValueError(
+            f"dataset {dataset!r} can be built for scheme(s) {list(DATASET_SCHEMES[dataset])}, not {scheme!r}"
+        )
     match = options.get("match", "paper")
     if match not in harmonise.MATCH_MODES:
         raise ValueError(f"unknown match mode {match!r}; expected one of {harmonise.MATCH_MODES}")
     return BUILDERS[dataset](metadata, scheme=scheme, **options)
 
 
-def build_datalist(dataset: str, scheme: str, metadata, output, strict: bool = False, quiet: bool = False, **options) -> Path:
+def build_datalist(
+    dataset: str, scheme: str, metadata, output, strict: bool = False, quiet: bool = False, **options
+) -> Path:
     """Build, check, write and summarise a data list of a real dataset.
 
     Args:

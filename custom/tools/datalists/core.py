@@ -123,8 +123,13 @@ def positives_from_columns(positive: pd.DataFrame, source: str) -> tuple[pd.Data
         label columns the table does not know).
     """
     table = harmonise.synonyms(source)
-    out = pd.DataFrame({c: positive.reindex(columns=[s for s in syns if s in positive.columns], fill_value=False).any(axis=1)
-                        for c, syns in table.items()}, index=positive.index)
+    out = pd.DataFrame(
+        {
+            c: positive.reindex(columns=[s for s in syns if s in positive.columns], fill_value=False).any(axis=1)
+            for c, syns in table.items()
+        },
+        index=positive.index,
+    )
     known = {s for syns in table.values() for s in syns}
     unmapped = Counter({c: int(positive[c].sum()) for c in positive.columns if c not in known and positive[c].any()})
     return out, unmapped
@@ -184,8 +189,14 @@ def apply_scheme(frame: pd.DataFrame, positives: pd.DataFrame, source: str, sche
 
 def other_match(labelled: Labelled, match: str) -> dict:
     """Images and positives per class the other match mode gives (printed beside the build's)."""
-    matrix = np.asarray(labelled.frame["label"].tolist(), dtype=np.int64).reshape(len(labelled.frame), len(labelled.classes))
-    return {"match": match, "images": int(len(matrix)), "positives": {c: int(v) for c, v in zip(labelled.classes, matrix.sum(axis=0))}}
+    matrix = np.asarray(labelled.frame["label"].tolist(), dtype=np.int64).reshape(
+        len(labelled.frame), len(labelled.classes)
+    )
+    return {
+        "match": match,
+        "images": int(len(matrix)),
+        "positives": {c: int(v) for c, v in zip(labelled.classes, matrix.sum(axis=0))},
+    }
 
 
 def patient_split(patients: pd.Series, val_fraction: float, seed: int, holdout: Iterable[str] = ()) -> pd.Series:
@@ -240,7 +251,9 @@ def check_unique_images(frame: pd.DataFrame, where: str) -> None:
     dup = frame["image"].duplicated(keep=False)
     if dup.any():
         shown = frame.loc[dup, "image"].drop_duplicates().head(5).tolist()
-        raise BuildError(f"{where}: {int(frame.loc[dup, 'image'].nunique())} image(s) listed more than once, e.g. {shown}")
+        raise BuildError(
+            f"{where}: {int(frame.loc[dup, 'image'].nunique())} image(s) listed more than once, e.g. {shown}"
+        )
 
 
 def check_patients(frame: pd.DataFrame, where: str) -> None:
@@ -285,7 +298,9 @@ def assemble(labelled: Labelled, *, dataset: str, scheme: str, match: str | None
         summary["labelled_classes"] = list(labelled_classes)
     for split in SPLITS:
         part = frame[frame["split"] == split]
-        datalist[split] = [{"image": i, "label": lab, "patient": p} for i, lab, p in zip(part["image"], part["label"], part["patient"])]
+        datalist[split] = [
+            {"image": i, "label": lab, "patient": p} for i, lab, p in zip(part["image"], part["label"], part["patient"])
+        ]
         summary["images"][split] = int(len(part))
         summary["patients"][split] = int(part["patient"].nunique())
         matrix = np.asarray(part["label"].tolist(), dtype=np.int64).reshape(len(part), len(classes))
@@ -300,7 +315,9 @@ def write_json(obj: dict, path) -> Path:
     """Write ``obj`` as JSON (gzipped, byte-reproducible, when the name ends in ``.gz``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, separators=(",", ":") if path.suffix == ".gz" else (",", ": "), indent=None if path.suffix == ".gz" else 1)
+    text = json.dumps(
+        obj, separators=(",", ":") if path.suffix == ".gz" else (",", ": "), indent=None if path.suffix == ".gz" else 1
+    )
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".gz":
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as f:
@@ -324,7 +341,10 @@ def summary_path(output) -> Path:
 
 def format_summary(summary: dict, max_terms: int = 15) -> str:
     """Human-readable summary of a build."""
-    lines = [f"data list: {summary['dataset']} / {summary['scheme']}" + (f" / match {summary['match']}" if summary.get("match") else "")]
+    lines = [
+        f"data list: {summary['dataset']} / {summary['scheme']}"
+        + (f" / match {summary['match']}" if summary.get("match") else "")
+    ]
     if summary.get("split_method"):
         lines.append(f"split: {summary['split_method']}")
     lines.append(f"rows read: {summary['rows_read']:,}")
@@ -332,9 +352,16 @@ def format_summary(summary: dict, max_terms: int = 15) -> str:
         lines.append("dropped:")
         lines += [f"  {n:>8,}  {reason}" for reason, n in summary["dropped"].items()]
     if summary["dropped_out_of_scheme_by_class"]:
-        lines.append("  out-of-scheme positives among them: " + ", ".join(f"{c} {n:,}" for c, n in summary["dropped_out_of_scheme_by_class"].items()))
+        lines.append(
+            "  out-of-scheme positives among them: "
+            + ", ".join(f"{c} {n:,}" for c, n in summary["dropped_out_of_scheme_by_class"].items())
+        )
     present = [s for s in SPLITS if summary["images"][s]]
-    lines.append("images:   " + ", ".join(f"{s} {summary['images'][s]:,}" for s in present) + f"  (total {summary['images']['total']:,})")
+    lines.append(
+        "images:   "
+        + ", ".join(f"{s} {summary['images'][s]:,}" for s in present)
+        + f"  (total {summary['images']['total']:,})"
+    )
     lines.append("patients: " + ", ".join(f"{s} {summary['patients'][s]:,}" for s in present))
     classes = list(summary["positives"]["training" if summary["images"]["training"] else present[0]]) if present else []
     if classes:
@@ -348,7 +375,10 @@ def format_summary(summary: dict, max_terms: int = 15) -> str:
     terms = summary["unmapped_terms"]
     if terms:
         unknown = [t for t, v in terms.items() if not v["known"]]
-        lines.append(f"terms mapped to no class: {len(terms)} distinct" + (f", {len(unknown)} not in the dataset's published vocabulary: {unknown[:10]}" if unknown else ""))
+        lines.append(
+            f"terms mapped to no class: {len(terms)} distinct"
+            + (f", {len(unknown)} not in the dataset's published vocabulary: {unknown[:10]}" if unknown else "")
+        )
         shown = list(terms.items())[:max_terms]
         lines += [f"  {v['rows']:>8,}  {t!r}" + ("" if v["known"] else "  (unknown)") for t, v in shown]
         if len(terms) > max_terms:
@@ -356,6 +386,13 @@ def format_summary(summary: dict, max_terms: int = 15) -> str:
     if summary.get("other_match"):
         om = summary["other_match"]
         split = "test" if summary["images"]["test"] else "training"
-        diff = [f"{c} {summary['positives'][split][c]:,} -> {n:,}" for c, n in om["positives"].items() if n != summary["positives"][split].get(c)]
-        lines.append(f"with --match {om['match']}: {om['images']:,} images" + (f"; positives that differ: {', '.join(diff)}" if diff else "; same positives"))
+        diff = [
+            f"{c} {summary['positives'][split][c]:,} -> {n:,}"
+            for c, n in om["positives"].items()
+            if n != summary["positives"][split].get(c)
+        ]
+        lines.append(
+            f"with --match {om['match']}: {om['images']:,} images"
+            + (f"; positives that differ: {', '.join(diff)}" if diff else "; same positives")
+        )
     return "\n".join(lines)

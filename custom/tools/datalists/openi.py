@@ -47,7 +47,9 @@ def read_openi_reports(reports) -> tuple[pd.DataFrame, int]:
     if not total:
         raise BuildError(f"{reports}: no XML report found")
     rows, without = [], 0
-    for name, content in tqdm(docs, total=total, desc="OpenI reports", unit="report", mininterval=2.0, disable=None, leave=False):
+    for name, content in tqdm(
+        docs, total=total, desc="OpenI reports", unit="report", mininterval=2.0, disable=None, leave=False
+    ):
         try:
             root = ET.parse(io.BytesIO(content)).getroot()
         except ET.ParseError as e:
@@ -74,7 +76,9 @@ def _find_next_to(reports, stem: str) -> Path | None:
     return None
 
 
-def openi_views(data: pd.DataFrame, views=None, tsne_views=None, dicom_views=None, reports=None) -> tuple[pd.Series, str]:
+def openi_views(
+    data: pd.DataFrame, views=None, tsne_views=None, dicom_views=None, reports=None
+) -> tuple[pd.Series, str]:
     """``"frontal"`` / ``"lateral"`` / NaN for each OpenI image, and the rule used.
 
     With ``views`` (a table with ``imageid`` or ``filename`` and ``view`` or ``projection``
@@ -110,15 +114,20 @@ def openi_views(data: pd.DataFrame, views=None, tsne_views=None, dicom_views=Non
                          "or put those two files next to the reports")
     tsne = read_table(tsne_views, ["imageid", "tsne-view"])
     dicom = read_table(dicom_views, ["imageid", "View Position"], usecols=())
-    view = data["imageid"].map(pd.Series(norm(tsne["tsne-view"]).to_numpy(), index=tsne["imageid"].astype(str)).groupby(level=0).first())
+    view = data["imageid"].map(
+        pd.Series(norm(tsne["tsne-view"]).to_numpy(), index=tsne["imageid"].astype(str)).groupby(level=0).first()
+    )
     per_report = data.groupby("uid")["imageid"].transform("size")
     known = view.notna()
     partner = view.groupby(data["uid"]).transform(lambda s: s.dropna().iloc[0] if s.notna().sum() == 1 else np.nan)
     opposite = partner.map({"frontal": "lateral", "lateral": "frontal"})
     view = view.where(known, opposite.where(per_report == 2))
-    dicom_view = data["imageid"].map(pd.Series(norm(dicom["View Position"]).to_numpy(), index=dicom["imageid"].astype(str)).groupby(level=0).first())
+    dicom_view = data["imageid"].map(
+        pd.Series(norm(dicom["View Position"]).to_numpy(), index=dicom["imageid"].astype(str)).groupby(level=0).first()
+    )
     view = view.fillna(dicom_view)
-    rule = f"t-SNE view ({Path(tsne_views).name}), else opposite of the partner in a two-image report, else DICOM View Position ({Path(dicom_views).name})"
+    rule = (f"t-SNE view ({Path(tsne_views).name}), else opposite of the partner in a two-image report, else "
+            f"DICOM View Position ({Path(dicom_views).name})")
     return view, rule
 
 
@@ -147,7 +156,24 @@ def build_openi(metadata, scheme: str = "nih14", match: str = "paper", views=Non
     unmapped = count_unmapped(data["terms"], source)
     labelled = apply_scheme(data, _openi_positives(data, match), source, scheme, dropped)
     other = "exact" if match == "paper" else "paper"
-    other_result = other_match(apply_scheme(data, _openi_positives(data, other), harmonise.source_key("openi", other), scheme, Dropped()), other)
-    info = {"metadata": Path(metadata).name, "views": rule, "reports_without_images": without, "split_method": "all frontal images -> test"}
-    return assemble(labelled, dataset="openi", scheme=scheme, match=match, info=info, dropped=dropped, rows_read=rows_read,
-                    unmapped=unmapped, other_match=other_result)
+    other_result = other_match(
+        apply_scheme(data, _openi_positives(data, other), harmonise.source_key("openi", other), scheme, Dropped()),
+        other,
+    )
+    info = {
+        "metadata": Path(metadata).name,
+        "views": rule,
+        "reports_without_images": without,
+        "split_method": "all frontal images -> test",
+    }
+    return assemble(
+        labelled,
+        dataset="openi",
+        scheme=scheme,
+        match=match,
+        info=info,
+        dropped=dropped,
+        rows_read=rows_read,
+        unmapped=unmapped,
+        other_match=other_result,
+    )

@@ -26,7 +26,9 @@ def _parse_padchest_labels(labels: pd.Series, metadata) -> pd.Series:
         except (ValueError, SyntaxError):
             terms = None
         if not isinstance(terms, (list, tuple)) or not all(isinstance(t, str) for t in terms):
-            raise BuildError(f"{metadata}: data row {idx + 1}: 'Labels' {raw!r} is not a list of strings such as ['normal']")
+            raise BuildError(
+                f"{metadata}: data row {idx + 1}: 'Labels' {raw!r} is not a list of strings such as ['normal']"
+            )
         out.append(sorted({t.strip() for t in terms}))
     return pd.Series(out, index=labels.index, dtype=object)
 
@@ -37,7 +39,9 @@ def _padchest_positives(data: pd.DataFrame, match: str) -> pd.DataFrame:
     return positives_from_terms(data["terms"], "padchest_exact")[0]
 
 
-def build_padchest(metadata, scheme: str = "nih14", match: str = "paper", image_dirs: bool = False, image_prefix: str = "", **_) -> tuple[dict, dict]:
+def build_padchest(
+    metadata, scheme: str = "nih14", match: str = "paper", image_dirs: bool = False, image_prefix: str = "", **_
+) -> tuple[dict, dict]:
     """PadChest test set (``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv``).
 
     Rows kept, in this order: MethodProjection "Manual review of DICOM fields", MethodLabel
@@ -54,10 +58,20 @@ def build_padchest(metadata, scheme: str = "nih14", match: str = "paper", image_
     names = frame["ImageID"].astype(str).str.strip()
     if image_dirs:
         names = frame["ImageDir"].astype(str).str.replace(r"\.0$", "", regex=True) + "/" + names
-    data = pd.DataFrame({"image": image_prefix + names, "patient": frame["PatientID"].astype(str).str.strip(), "split": "test"})
-    data = dropped.keep(data, frame["MethodProjection"].eq("Manual review of DICOM fields").to_numpy(), "projection not manually reviewed (MethodProjection)")
-    data = dropped.keep(data, frame.loc[data.index, "MethodLabel"].eq("Physician").to_numpy(), "labels not by a physician (MethodLabel)")
-    data = dropped.keep(data, frame.loc[data.index, "Projection"].isin(["PA", "AP"]).to_numpy(), "projection not PA or AP")
+    data = pd.DataFrame(
+        {"image": image_prefix + names, "patient": frame["PatientID"].astype(str).str.strip(), "split": "test"}
+    )
+    data = dropped.keep(
+        data,
+        frame["MethodProjection"].eq("Manual review of DICOM fields").to_numpy(),
+        "projection not manually reviewed (MethodProjection)",
+    )
+    data = dropped.keep(
+        data, frame.loc[data.index, "MethodLabel"].eq("Physician").to_numpy(), "labels not by a physician (MethodLabel)"
+    )
+    data = dropped.keep(
+        data, frame.loc[data.index, "Projection"].isin(["PA", "AP"]).to_numpy(), "projection not PA or AP"
+    )
     data = dropped.keep(data, frame.loc[data.index, "Labels"].notna().to_numpy(), "Labels missing")
     data = dropped.keep(data, ~data["patient"].duplicated(keep="first").to_numpy(), "not the patient's first image")
     birth = pd.to_numeric(frame.loc[data.index, "PatientBirth"], errors="coerce")
@@ -71,7 +85,21 @@ def build_padchest(metadata, scheme: str = "nih14", match: str = "paper", image_
     unmapped = count_unmapped(data["terms"], source)
     labelled = apply_scheme(data, _padchest_positives(data, match), source, scheme, dropped)
     other = "exact" if match == "paper" else "paper"
-    other_result = other_match(apply_scheme(data, _padchest_positives(data, other), harmonise.source_key("padchest", other), scheme, Dropped()), other)
+    other_result = other_match(
+        apply_scheme(
+            data, _padchest_positives(data, other), harmonise.source_key("padchest", other), scheme, Dropped()
+        ),
+        other,
+    )
     info = {"metadata": Path(metadata).name, "split_method": "all selected rows -> test"}
-    return assemble(labelled, dataset="padchest", scheme=scheme, match=match, info=info, dropped=dropped, rows_read=rows_read,
-                    unmapped=unmapped, other_match=other_result)
+    return assemble(
+        labelled,
+        dataset="padchest",
+        scheme=scheme,
+        match=match,
+        info=info,
+        dropped=dropped,
+        rows_read=rows_read,
+        unmapped=unmapped,
+        other_match=other_result,
+    )

@@ -1,4 +1,4 @@
-"""Synthetic noisy-label benchmark (``python -m custom.cli noise_benchmark``): NVUM against its baselines, trained through the bundle.
+"""Synthetic noisy-label benchmark: NVUM against its baselines, trained through the bundle.
 
 ``python -m custom.cli noise_benchmark`` trains every method of a run matrix on the synthetic
 chest X-ray set (:mod:`custom.tools.synthetic`) and records, epoch by epoch, the mean AUC over the
@@ -35,19 +35,47 @@ from ...flags import as_bool
 from ..synthetic import split_noise_specs
 from .recorder import CleanTestAUC
 from .compare import COMPARED, compare_results
-from .methods import (ABLATION_ROWS, DEFAULT_BETA, DEFAULT_METHODS, METHODS, NETWORKS, REGIMES, STRESS_NOISE, Regime, Run,
-                      build_plan, dataset_params, split_list, unique_runs)
+from .methods import (
+    ABLATION_ROWS,
+    DEFAULT_BETA,
+    DEFAULT_METHODS,
+    METHODS,
+    NETWORKS,
+    REGIMES,
+    STRESS_NOISE,
+    Regime,
+    Run,
+    build_plan,
+    dataset_params,
+    split_list,
+    unique_runs,
+)
 from .report import curve_figure, write_outputs
 from .runner import run_matrix, train_run
 from .tables import gaps_markdown, main_markdown, paired_gaps, results_table, run_metrics
 from .targets import evaluate_targets
 
 
-def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int = 5, output: str = "results/noise_benchmark",
-                    quick: bool = False, clean_seeds: int = 3, stress_noise=STRESS_NOISE, stress_seeds: int = 1,
-                    ablation_seeds: int = 1, order_seeds: int = 3, betas="0.5,0.9", beta_seeds: int = 1, gpu="auto",
-                    gpu_seeds: int = 3, workers: int = 2, data_seed: int = 0, resume: bool = False,
-                    command_line: str | None = None) -> Path:
+def noise_benchmark(
+    noise: str = "report",
+    methods=DEFAULT_METHODS,
+    seeds: int = 5,
+    output: str = "results/noise_benchmark",
+    quick: bool = False,
+    clean_seeds: int = 3,
+    stress_noise=STRESS_NOISE,
+    stress_seeds: int = 1,
+    ablation_seeds: int = 1,
+    order_seeds: int = 3,
+    betas="0.5,0.9",
+    beta_seeds: int = 1,
+    gpu="auto",
+    gpu_seeds: int = 3,
+    workers: int = 2,
+    data_seed: int = 0,
+    resume: bool = False,
+    command_line: str | None = None,
+) -> Path:
     """Train and test every method on the synthetic set; write tables and figures to ``output``.
 
     Args:
@@ -78,15 +106,33 @@ def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int =
         plan = build_plan(head, method_list, seeds=1, regime="quick", clean_seeds=1, stress_noise=(), ablation_seeds=0,
                           order_seeds=0, betas=(), beta_seeds=0)
     else:
-        plan = build_plan(head, method_list, int(seeds), "cpu", int(clean_seeds), split_noise_specs(stress_noise) if stress_noise else (),
-                          stress_seeds=int(stress_seeds), ablation_seeds=int(ablation_seeds), order_seeds=int(order_seeds),
-                          betas=split_list(betas, float), beta_seeds=int(beta_seeds))
+        plan = build_plan(
+            head,
+            method_list,
+            int(seeds),
+            "cpu",
+            int(clean_seeds),
+            split_noise_specs(stress_noise) if stress_noise else (),
+            stress_seeds=int(stress_seeds),
+            ablation_seeds=int(ablation_seeds),
+            order_seeds=int(order_seeds),
+            betas=split_list(betas, float),
+            beta_seeds=int(beta_seeds),
+        )
         plan["gpu"] = _gpu_part(head, method_list, gpu, int(gpu_seeds))
     runs = unique_runs(plan)
     counts = ", ".join(f"{part} {len(r)}" for part, r in plan.items() if r)
-    print(f"noise benchmark: {len(runs)} runs ({counts}; shared runs counted once in the total), {workers} worker(s)", flush=True)
-    records = {r["name"]: r for r in run_matrix(runs, output, REGIMES, workers=int(workers), data_seed=int(data_seed), resume=resume)}
-    command = command_line or "python -m custom.cli noise_benchmark " + " ".join(_command_args(dict(noise=noise, methods=methods, seeds=seeds, output=output, quick=quick)))
+    print(
+        f"noise benchmark: {len(runs)} runs ({counts}; shared runs counted once in the total), {workers} worker(s)",
+        flush=True,
+    )
+    records = {
+        r["name"]: r
+        for r in run_matrix(runs, output, REGIMES, workers=int(workers), data_seed=int(data_seed), resume=resume)
+    }
+    command = command_line or "python -m custom.cli noise_benchmark " + " ".join(
+        _command_args(dict(noise=noise, methods=methods, seeds=seeds, output=output, quick=quick))
+    )
     path = write_outputs(plan, records, output, REGIMES, command=command, wall_seconds=time.perf_counter() - start)
     print(path.read_text())
     print(f"written to {Path(output)} ({(time.perf_counter() - start) / 60:.1f} min)")
@@ -102,7 +148,9 @@ def _gpu_part(noise: str, methods, gpu, seeds: int) -> list[Run]:
         return []
     if not torch.cuda.is_available():
         if wanted in ("true", "1", "yes", "on"):
-            raise RuntimeError("--gpu true: the GPU matrix (DenseNet121 at 64 px) needs CUDA, which is not available here")
+            raise RuntimeError(
+                "--gpu true: the GPU matrix (DenseNet121 at 64 px) needs CUDA, which is not available here"
+            )
         print("no CUDA device: the GPU matrix (DenseNet121 at 64 px) is left out", flush=True)
         return []
     return [Run(noise, "gpu", m, s) for m in methods for s in range(seeds)]

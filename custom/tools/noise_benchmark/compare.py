@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 
 #: the AUC columns of ``results.csv`` that a rerun must reproduce (points).
-COMPARED = ("selected_test", "selected_test_shifted", "last_test", "last_test_shifted", "drop_test", "drop_test_shifted", "val_selected")
+COMPARED = (
+    "selected_test",
+    "selected_test_shifted",
+    "last_test",
+    "last_test_shifted",
+    "drop_test",
+    "drop_test_shifted",
+    "val_selected",
+)
 
 
 def compare_results(first, second, tolerance: float = 0.5) -> float:
@@ -30,21 +38,32 @@ def compare_results(first, second, tolerance: float = 0.5) -> float:
         path = Path(where)
         path = path / "results.csv" if path.is_dir() else path
         if not path.is_file():
-            raise FileNotFoundError(f"no benchmark results at {path}: run `python -m custom.cli noise_benchmark --output {path.parent}` first")
+            raise FileNotFoundError(
+                f"no benchmark results at {path}: run `python -m custom.cli noise_benchmark --output "
+                f"{path.parent}` first"
+            )
         tables.append(pd.read_csv(path).set_index("name"))
     a, b = tables
     if set(a.index) != set(b.index):
-        raise ValueError(f"{first} and {second} hold different runs: only in the first {sorted(set(a.index) - set(b.index))[:5]}, only in the second {sorted(set(b.index) - set(a.index))[:5]}")
+        raise ValueError(
+            f"{first} and {second} hold different runs: only in the first "
+            f"{sorted(set(a.index) - set(b.index))[:5]}, only in the second {sorted(set(b.index) - set(a.index))[:5]}"
+        )
     b = b.loc[a.index]
     columns = [c for c in COMPARED if c in a.columns]
     diff = (a[columns] - b[columns]).abs()
     worst = float(np.nanmax(diff.to_numpy())) if diff.size else 0.0
     both_nan = a[columns].isna() == b[columns].isna()
     if not both_nan.all().all():
-        raise ValueError("a value is missing in one output only: " + ", ".join(f"{r}/{c}" for r, c in zip(*np.where(~both_nan.to_numpy()))))
+        raise ValueError(
+            "a value is missing in one output only: "
+            + ", ".join(f"{r}/{c}" for r, c in zip(*np.where(~both_nan.to_numpy())))
+        )
     print(f"{len(a)} runs, {len(columns)} AUC columns: largest difference {worst:.4f} points (tolerance {tolerance})")
     for column in columns:
-        print(f"  {column:24s} max |diff| {np.nanmax(diff[column].to_numpy()) if diff[column].notna().any() else 0.0:.4f}")
+        print(
+            f"  {column:24s} max |diff| {np.nanmax(diff[column].to_numpy()) if diff[column].notna().any() else 0.0:.4f}"
+        )
     if worst > tolerance:
         run, column = diff.stack().idxmax()
         raise ValueError(f"run {run}: {column} differs by {worst:.3f} AUC points (> {tolerance})")

@@ -133,7 +133,10 @@ class Run:
     @property
     def name(self) -> str:
         beta = f"_beta{self.beta:g}" if self.beta is not None else ""
-        extra = "".join(f"_{k.replace('#', '-')}{v:g}" if isinstance(v, float) else f"_{k.replace('#', '-')}{v}" for k, v in self.extra)
+        extra = "".join(
+            f"_{k.replace('#', '-')}{v:g}" if isinstance(v, float) else f"_{k.replace('#', '-')}{v}"
+            for k, v in self.extra
+        )
         return f"{noise_slug(self.noise)}_{self.regime}_{self.method}{beta}{extra}_seed{self.seed}"
 
     def overrides(self, regimes: dict[str, Regime] | None = None) -> dict:
@@ -215,7 +218,9 @@ def build_plan(noise: str, methods: Sequence[str], seeds: int = 5, regime: str =
         return main.get(run.name, dataclasses.replace(run, curve=False))
 
     plan["clean"] = [Run("none", regime, m, s) for m in ("bce", "nvum") for s in range(clean_seeds)]
-    plan["stress"] = [reuse(Run(n, regime, m, s)) for n in stress_noise for m in stress_methods for s in range(stress_seeds)]
+    plan["stress"] = [
+        reuse(Run(n, regime, m, s)) for n in stress_noise for m in stress_methods for s in range(stress_seeds)
+    ]
     plan["order"] = [reuse(Run(noise, regime, m, s)) for m in ("nvum", "nvum_epoch_end") for s in range(order_seeds)]
     plan["ablation"] = [reuse(Run(noise, regime, m, s)) for m in ABLATION_ROWS.values() for s in range(ablation_seeds)]
     plan["beta"] = [reuse(Run(noise, regime, "nvum", s, None if math.isclose(b, DEFAULT_BETA) else float(b)))

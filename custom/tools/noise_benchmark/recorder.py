@@ -39,8 +39,18 @@ class CleanTestAUC:
         min_positives: fewest positives for a disease to enter a test set's mean.
     """
 
-    def __init__(self, network, evaluator, test_sets: dict, classes: Sequence[str], every_epoch: bool = True, batch_size: int = 512,
-                 train_set=None, min_positives: int = 10, eval_every: int = 1):
+    def __init__(
+        self,
+        network,
+        evaluator,
+        test_sets: dict,
+        classes: Sequence[str],
+        every_epoch: bool = True,
+        batch_size: int = 512,
+        train_set=None,
+        min_positives: int = 10,
+        eval_every: int = 1,
+    ):
         import numpy as np
 
         self.network, self.evaluator = network, evaluator
@@ -49,7 +59,9 @@ class CleanTestAUC:
         self.train_set = train_set
         self.included = {name: [c for c in self.diseases if int(np.asarray(labels)[:, c].sum()) >= min_positives]
                          for name, (_, labels) in test_sets.items()}
-        self.left_out = {name: [classes[c] for c in self.diseases if c not in used] for name, used in self.included.items()}
+        self.left_out = {
+            name: [classes[c] for c in self.diseases if c not in used] for name, used in self.included.items()
+        }
         self.history: list[dict] = []
         self.best: dict | None = None
         self.last: dict | None = None
@@ -79,7 +91,9 @@ class CleanTestAUC:
         from .fitting import wrong_labels_fitted
 
         images, noisy, clean = self.train_set
-        return wrong_labels_fitted(self._logits(network if network is not None else self.network, images), noisy, clean, self.diseases)
+        return wrong_labels_fitted(
+            self._logits(network if network is not None else self.network, images), noisy, clean, self.diseases
+        )
 
     def _logits(self, net, images):
         """(N, C) float32 logits of ``net`` (in eval mode) on preprocessed images."""
@@ -89,7 +103,12 @@ class CleanTestAUC:
         net.eval()
         device = next(net.parameters()).device
         with torch.no_grad():
-            logits = torch.cat([net(images[i : i + self.batch_size].to(device)).float().cpu() for i in range(0, len(images), self.batch_size)])
+            logits = torch.cat(
+                [
+                    net(images[i : i + self.batch_size].to(device)).float().cpu()
+                    for i in range(0, len(images), self.batch_size)
+                ]
+            )
         net.train(was_training)
         return logits
 
@@ -145,14 +164,21 @@ def _preprocessed(parser, items):
 
 def _training_set(parser, datalist):
     """The training images (preprocessed as for validation) with their noisy and clean labels."""
-    return _preprocessed(parser, datalist.items("training")), datalist.labels("training"), datalist.labels("training", "clean_label")
+    return (
+        _preprocessed(parser, datalist.items("training")),
+        datalist.labels("training"),
+        datalist.labels("training", "clean_label"),
+    )
 
 
 def _test_sets(parser, datalist) -> dict:
     """Preprocessed clean test images and labels of every test split (cached per data list)."""
     key = str(datalist.path)
     if key not in _TEST_CACHE:
-        sets = {split: (_preprocessed(parser, datalist.items(split)), datalist.labels(split)) for split in datalist.test_splits}
+        sets = {
+            split: (_preprocessed(parser, datalist.items(split)), datalist.labels(split))
+            for split in datalist.test_splits
+        }
         _TEST_CACHE.clear()
         _TEST_CACHE[key] = sets
     return _TEST_CACHE[key]

@@ -10,8 +10,16 @@ import numpy as np
 
 from ..synthetic import noise_slug
 from .methods import Regime, Run, unique_runs
-from .tables import (_groups, ablation_markdown, beta_markdown, gaps_markdown, main_markdown, order_markdown, results_table,
-                     run_metrics)
+from .tables import (
+    _groups,
+    ablation_markdown,
+    beta_markdown,
+    gaps_markdown,
+    main_markdown,
+    order_markdown,
+    results_table,
+    run_metrics,
+)
 from .targets import evaluate_targets, targets_markdown
 
 #: the panels of a curve figure: (history key, title, y label).
@@ -54,7 +62,10 @@ def curve_figure(runs: Sequence[Run], records: dict[str, dict], path, title: str
             series = [_series(records[r.name], key) for r in group]
             epochs = series[0][0]
             if not len(epochs) or any(not np.array_equal(s[0], epochs) for s in series):
-                epochs, curves = series[0][0], np.array([series[0][1]])  # seeds measured at other epochs: the first seed
+                epochs, curves = (
+                    series[0][0],
+                    np.array([series[0][1]]),
+                )  # seeds measured at other epochs: the first seed
             else:
                 curves = np.array([s[1] for s in series])
             if not len(epochs):
@@ -82,10 +93,13 @@ def _regime_text(regimes: dict[str, Regime], names) -> str:
     parts = []
     for name in names:
         r = regimes[name]
-        parts.append(f"`{name}`: {r.num_training} training / {r.num_validation} validation images (noisy), {r.num_test} + "
-                     f"{r.num_test_shifted} clean test images (in-distribution + shifted), {r.image_size} px, network "
-                     f"`{r.network}`, Adam {r.learning_rate:g} ({r.schedule} schedule), batch {r.batch_size}, {r.max_epochs} epochs"
-                     f"{f', clean tests measured every {r.eval_every} epochs' if r.eval_every > 1 else ''}")
+        parts.append(
+            f"`{name}`: {r.num_training} training / {r.num_validation} validation images (noisy), {r.num_test} + "
+            f"{r.num_test_shifted} clean test images (in-distribution + shifted), {r.image_size} px, network "
+            f"`{r.network}`, Adam {r.learning_rate:g} ({r.schedule} schedule), batch {r.batch_size}, "
+            f"{r.max_epochs} epochs"
+            f"{f', clean tests measured every {r.eval_every} epochs' if r.eval_every > 1 else ''}"
+        )
     return "; ".join(parts)
 
 
@@ -95,15 +109,24 @@ def _left_out_text(records: dict, runs: Sequence[Run]) -> list[str]:
     for r in runs:
         for split, names in (records[r.name].get("left_out") or {}).items():
             seen.setdefault((r.regime, split), names)
-    return [f"- `{regime}`, `{split}`: " + (", ".join(names) if names else "none") for (regime, split), names in seen.items()]
+    return [
+        f"- `{regime}`, `{split}`: " + (", ".join(names) if names else "none")
+        for (regime, split), names in seen.items()
+    ]
 
 
 PARTS = (("main", "Main table"), ("clean", "Clean labels: the ceiling"), ("stress", "Other noise models (stress rows)"),
          ("gpu", "DenseNet121 at 64 px (GPU matrix)"))
 
 
-def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, regimes: dict[str, Regime], command: str = "",
-                  wall_seconds: float | None = None) -> Path:
+def write_outputs(
+    plan: dict[str, list[Run]],
+    records: dict[str, dict],
+    output,
+    regimes: dict[str, Regime],
+    command: str = "",
+    wall_seconds: float | None = None,
+) -> Path:
     """Write ``results.md``, ``results.csv`` (one row per run) and the curve figures; returns ``results.md``."""
     import pandas as pd
 
@@ -113,7 +136,15 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
     rows = []
     for run in used:
         rec = records[run.name]
-        rows.append({**dataclasses.asdict(run), "name": run.name, **run_metrics(rec), "seconds": rec["seconds"], "cpu_seconds": rec.get("cpu_seconds")})
+        rows.append(
+            {
+                **dataclasses.asdict(run),
+                "name": run.name,
+                **run_metrics(rec),
+                "seconds": rec["seconds"],
+                "cpu_seconds": rec.get("cpu_seconds"),
+            }
+        )
     pd.DataFrame(rows).to_csv(output / "results.csv", index=False)
 
     cpu = sum(records[r.name].get("cpu_seconds", float("nan")) for r in used) / 60
@@ -124,11 +155,16 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
     text += [
         f"Regimes: {_regime_text(regimes, regimes_used)}.",
         "",
-        "AUC is the mean over the diseases (No Finding excluded) with at least 10 positives in the test split, in points (x100); "
-        "mean ± std over seeds (one value: one seed). `selected`: the epoch with the best mean AUC on the *noisy* validation "
-        "split (the checkpoint the bundle keeps); `last`: the final epoch; `drop`: best clean-test AUC over the measured "
-        "epochs minus the last epoch's (the memorisation signature; curve runs only). *Wrong labels fitted*: the share of "
-        "the training labels that differ from the truth which the network's prediction sides with (per class, the images "
+        "AUC is the mean over the diseases (No Finding excluded) with at least 10 positives in the test split, "
+        "in points (x100); "
+        "mean ± std over seeds (one value: one seed). `selected`: the epoch with the best mean AUC on the "
+        "*noisy* validation "
+        "split (the checkpoint the bundle keeps); `last`: the final epoch; `drop`: best clean-test AUC over the "
+        "measured "
+        "epochs minus the last epoch's (the memorisation signature; curve runs only). *Wrong labels fitted*: "
+        "the share of "
+        "the training labels that differ from the truth which the network's prediction sides with (per class, "
+        "the images "
         "ranked in the top noisy-prevalence share are called positive; custom/tools/noise_benchmark/fitting.py).",
         "",
         "Diseases left out of the mean (fewer than 10 positives in the split):",
@@ -137,7 +173,8 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
         "",
         f"{len(used)} runs; {cpu:.1f} min of CPU time (one thread per run), "
         f"{sum(records[r.name]['seconds'] for r in used) / 60:.1f} min of run wall time"
-        + (f", {wall_seconds / 60:.1f} min wall for the command" if wall_seconds else "") + ".",
+        + (f", {wall_seconds / 60:.1f} min wall for the command" if wall_seconds else "")
+        + ".",
         "",
     ]
     if plan.get("main"):
@@ -150,7 +187,12 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
         if part in ("main", "gpu"):
             gaps = gaps_markdown(runs, records)
             if gaps:
-                text += ["Difference to plain BCE, paired by seed (points; mean [95% t-interval over the seeds]):", "", gaps, ""]
+                text += [
+                    "Difference to plain BCE, paired by seed (points; mean [95% t-interval over the seeds]):",
+                    "",
+                    gaps,
+                    "",
+                ]
         for (noise, reg), group in _by_noise_regime(runs).items():
             if all(r.curve for r in group):
                 name = f"curve_{noise_slug(noise)}_{reg}.png"
@@ -159,7 +201,12 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
     if plan.get("order"):
         text += ["## Memory update order (judged on noisy validation)", "", order_markdown(plan["order"], records), ""]
     if plan.get("ablation"):
-        text += ["## Ablation: where the class prior goes (paper, Fig. 2 left)", "", ablation_markdown(plan["ablation"], records), ""]
+        text += [
+            "## Ablation: where the class prior goes (paper, Fig. 2 left)",
+            "",
+            ablation_markdown(plan["ablation"], records),
+            "",
+        ]
     if plan.get("beta"):
         text += ["## Memory momentum beta (paper, Fig. 2 right; `nvum`)", "", beta_markdown(plan["beta"], records), ""]
     path = output / "results.md"

@@ -13,7 +13,14 @@ from .recorder import CleanTestAUC, _test_sets, _training_set
 from .methods import REGIMES, Regime, Run, dataset_params
 
 
-def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, data_seed: int = 0, threads: int | None = 1, config_file=TRAIN_CONFIG) -> dict:
+def train_run(
+    run: Run,
+    regimes: dict[str, Regime] | None = None,
+    workdir=None,
+    data_seed: int = 0,
+    threads: int | None = 1,
+    config_file=TRAIN_CONFIG,
+) -> dict:
     """Train one run of the matrix through ``train.json`` and return its record.
 
     Returns:
@@ -88,11 +95,21 @@ def _summary_line(record: dict) -> str:
     splits = list(last["test"])
     fmt = lambda d: " ".join(f"{s} {d['test'][s]:.4f}" for s in splits)  # noqa: E731
     fitted = f" | wrong labels fitted {last['fitted']['all']:.2f}" if "fitted" in last else ""
-    return (f"{record['name']}: best (epoch {best['epoch']}, val {best['val']:.4f}) {fmt(best)} | last {fmt(last)}{fitted} | "
-            f"{record['seconds']:.0f} s")
+    return (
+        f"{record['name']}: best (epoch {best['epoch']}, val {best['val']:.4f}) {fmt(best)} | last "
+        f"{fmt(last)}{fitted} | "
+        f"{record['seconds']:.0f} s"
+    )
 
 
-def run_matrix(runs: Sequence[Run], output, regimes: dict[str, Regime] | None = None, workers: int = 2, data_seed: int = 0, resume: bool = False) -> list[dict]:
+def run_matrix(
+    runs: Sequence[Run],
+    output,
+    regimes: dict[str, Regime] | None = None,
+    workers: int = 2,
+    data_seed: int = 0,
+    resume: bool = False,
+) -> list[dict]:
     """Train every run (``workers`` processes, one thread each), writing ``runs/<name>.json``.
 
     With ``resume`` a run whose file exists with the same settings is read, not trained again.
@@ -111,11 +128,17 @@ def run_matrix(runs: Sequence[Run], output, regimes: dict[str, Regime] | None = 
         if resume and path.is_file():
             record = json.loads(path.read_text())
             spec = json.loads(json.dumps(dataclasses.asdict(run)))
-            if {k: record.get(k) for k in spec} == spec and record.get("regime_params") == dataclasses.asdict(regimes[run.regime]) and record.get("data_seed") == data_seed:
+            if (
+                {k: record.get(k) for k in spec} == spec
+                and record.get("regime_params") == dataclasses.asdict(regimes[run.regime])
+                and record.get("data_seed") == data_seed
+            ):
                 records[run.name] = record
                 continue
         pending.append(run)
-    for noise, regime in sorted({(r.noise, r.regime) for r in pending}):  # generate the data once, before the workers start
+    for noise, regime in sorted(
+        {(r.noise, r.regime) for r in pending}
+    ):  # generate the data once, before the workers start
         ensure_synthetic(None, progress=False, **dataset_params(noise, regimes[regime], data_seed))
     bar = tqdm(total=len(runs), initial=len(records), desc="runs", unit="run", dynamic_ncols=True)
 

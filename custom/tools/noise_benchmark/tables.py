@@ -13,8 +13,17 @@ from .methods import ABLATION_ROWS, DEFAULT_BETA, Run
 
 SPLITS = ("test", "test_shifted")
 #: the columns of a main-table row (AUC points, except the epochs and the fitted shares in %).
-ROW_KEYS = ("selected_test", "selected_test_shifted", "last_test", "last_test_shifted", "drop_test", "drop_test_shifted",
-            "selected_epoch", "val_selected", "fitted_last")
+ROW_KEYS = (
+    "selected_test",
+    "selected_test_shifted",
+    "last_test",
+    "last_test_shifted",
+    "drop_test",
+    "drop_test_shifted",
+    "selected_epoch",
+    "val_selected",
+    "fitted_last",
+)
 #: the four AUC figures a method is compared on.
 COMPARED_KEYS = ("selected_test", "selected_test_shifted", "last_test", "last_test_shifted")
 
@@ -24,7 +33,11 @@ def run_metrics(record: dict) -> dict:
     epoch per split, the peak over the measured epochs and ``drop`` = peak - last (curve runs only),
     the selected epoch, and the share of wrong training labels fitted (%, :mod:`.fitting`) at the
     selected and last epochs (``fitted_*``; with its false-positive and missed-positive parts)."""
-    out = {"selected_epoch": record["best"]["epoch"], "val_selected": 100 * record["best"]["val"], "val_last": 100 * record["last"]["val"]}
+    out = {
+        "selected_epoch": record["best"]["epoch"],
+        "val_selected": 100 * record["best"]["val"],
+        "val_last": 100 * record["last"]["val"],
+    }
     for split in SPLITS:
         out[f"selected_{split}"] = 100 * record["best"]["test"][split]
         out[f"last_{split}"] = 100 * record["last"]["test"][split]
@@ -101,10 +114,30 @@ def results_table(runs: Sequence[Run], records: dict[str, dict]) -> list[dict]:
 
 
 def main_markdown(rows: list[dict]) -> str:
-    header = ["noise", "method", "seeds", "selected: test", "selected: shifted", "last: test", "last: shifted", "drop: test",
-              "drop: shifted", "selected epoch", "wrong labels fitted, last (%)"]
-    body = [[r["noise"], f"`{r['method']}`", r["seeds"], *(_pm(r[k]) for k in ROW_KEYS[:6]), _pm(r["selected_epoch"], 0),
-             _pm(r["fitted_last"], 0)] for r in rows]
+    header = [
+        "noise",
+        "method",
+        "seeds",
+        "selected: test",
+        "selected: shifted",
+        "last: test",
+        "last: shifted",
+        "drop: test",
+        "drop: shifted",
+        "selected epoch",
+        "wrong labels fitted, last (%)",
+    ]
+    body = [
+        [
+            r["noise"],
+            f"`{r['method']}`",
+            r["seeds"],
+            *(_pm(r[k]) for k in ROW_KEYS[:6]),
+            _pm(r["selected_epoch"], 0),
+            _pm(r["fitted_last"], 0),
+        ]
+        for r in rows
+    ]
     return markdown_table(header, body, align="first-left")
 
 
@@ -121,7 +154,9 @@ def paired_gaps(runs: Sequence[Run], records: dict[str, dict], baseline: str = "
             continue
         metrics = {r.seed: run_metrics(records[r.name]) for r in group}
         seeds = sorted(set(metrics) & set(base_metrics))
-        out[method] = {k: [metrics[s].get(k, float("nan")) - base_metrics[s].get(k, float("nan")) for s in seeds] for k in keys}
+        out[method] = {
+            k: [metrics[s].get(k, float("nan")) - base_metrics[s].get(k, float("nan")) for s in seeds] for k in keys
+        }
         out[method]["seeds"] = seeds
     return out
 
@@ -132,8 +167,18 @@ def gaps_markdown(runs: Sequence[Run], records: dict[str, dict], baseline: str =
     if not gaps:
         return ""
     body = [[f"`{m}`", len(g["seeds"])] + [_ci(g[k]) for k in COMPARED_KEYS] for m, g in gaps.items()]
-    return markdown_table(["method", "paired seeds", f"selected: test - `{baseline}`", "selected: shifted", "last: test",
-                           "last: shifted"], body, align="first-left")
+    return markdown_table(
+        [
+            "method",
+            "paired seeds",
+            f"selected: test - `{baseline}`",
+            "selected: shifted",
+            "last: test",
+            "last: shifted",
+        ],
+        body,
+        align="first-left",
+    )
 
 
 def ablation_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
@@ -144,14 +189,31 @@ def ablation_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
         if not group:
             continue
         metrics = [run_metrics(records[r.name]) for r in group]
-        body.append([label, f"`{method}`", len(group)] + [_pm([m[k] for m in metrics]) for k in ("val_selected",) + COMPARED_KEYS])
-    return markdown_table(["row", "method", "seeds", "selected: noisy val", "selected: test", "selected: shifted", "last: test",
-                           "last: shifted"], body, align="first-left")
+        body.append(
+            [label, f"`{method}`", len(group)]
+            + [_pm([m[k] for m in metrics]) for k in ("val_selected",) + COMPARED_KEYS]
+        )
+    return markdown_table(
+        [
+            "row",
+            "method",
+            "seeds",
+            "selected: noisy val",
+            "selected: test",
+            "selected: shifted",
+            "last: test",
+            "last: shifted",
+        ],
+        body,
+        align="first-left",
+    )
 
 
 def beta_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
     body = []
-    for (n, rg, m, beta), group in sorted(_groups(runs).items(), key=lambda kv: kv[0][3] if kv[0][3] is not None else DEFAULT_BETA):
+    for (n, rg, m, beta), group in sorted(
+        _groups(runs).items(), key=lambda kv: kv[0][3] if kv[0][3] is not None else DEFAULT_BETA
+    ):
         metrics = [run_metrics(records[r.name]) for r in group]
         b = beta if beta is not None else DEFAULT_BETA
         body.append([f"{b:g}", len(group)] + [_pm([x[k] for x in metrics]) for k in ("val_selected",) + COMPARED_KEYS])
@@ -164,7 +226,12 @@ def order_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
     body = []
     for (n, rg, method, b), group in _groups(runs).items():
         metrics = [run_metrics(records[r.name]) for r in group]
-        body.append([f"`{method}`", len(group)] + [_pm([x.get(k, float("nan")) for x in metrics])
-                                                    for k in ("val_selected", "val_last", "selected_test", "last_test", "fitted_last")])
+        body.append(
+            [f"`{method}`", len(group)]
+            + [
+                _pm([x.get(k, float("nan")) for x in metrics])
+                for k in ("val_selected", "val_last", "selected_test", "last_test", "fitted_last")
+            ]
+        )
     return markdown_table(["method", "seeds", "noisy val: selected", "noisy val: last", "test: selected", "test: last",
                            "wrong labels fitted, last (%)"], body, align="first-left")

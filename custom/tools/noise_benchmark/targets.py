@@ -34,8 +34,12 @@ def evaluate_targets(plan: dict, records: dict) -> list[dict]:
     ceiling = _values(clean, records, "bce", "selected_test")
     if ceiling:
         m = _mean(ceiling)
-        add("clean-label BCE reaches at least 90 mean clean-test AUC", f"{m:.1f} (selected epoch, {len(ceiling)} seed{'s' if len(ceiling) > 1 else ''}; last epoch "
-            f"{_mean(_values(clean, records, 'bce', 'last_test')):.1f})", m >= 90)
+        add(
+            "clean-label BCE reaches at least 90 mean clean-test AUC",
+            f"{m:.1f} (selected epoch, {len(ceiling)} seed{'s' if len(ceiling) > 1 else ''}; last epoch "
+            f"{_mean(_values(clean, records, 'bce', 'last_test')):.1f})",
+            m >= 90,
+        )
     for split, name in (("test", "in-distribution"), ("test_shifted", "shifted")):
         drop = _values(main, records, "bce", f"drop_{split}")
         if drop:
@@ -43,11 +47,19 @@ def evaluate_targets(plan: dict, records: dict) -> list[dict]:
             add(f"BCE's best-to-last drop at least 3 points ({name})", f"{m:.1f}", m >= 3 if split == "test" else None)
     gaps = paired_gaps(main, records, "bce")
     if NVUM in gaps:
-        for key, need, text in (("selected_test", 2, "selected, in-distribution"), ("selected_test_shifted", 2, "selected, shifted"),
-                                ("last_test", 3, "last epoch, in-distribution"), ("last_test_shifted", 3, "last epoch, shifted")):
+        for key, need, text in (
+            ("selected_test", 2, "selected, in-distribution"),
+            ("selected_test_shifted", 2, "selected, shifted"),
+            ("last_test", 3, "last epoch, in-distribution"),
+            ("last_test_shifted", 3, "last epoch, shifted"),
+        ):
             mean, low, high = mean_interval(gaps[NVUM][key])
             seeds = len(gaps[NVUM]["seeds"])
-            measured = f"{mean:+.1f} [{low:+.1f}, {high:+.1f}] over {seeds} paired seeds" if not math.isnan(low) else f"{mean:+.1f}"
+            measured = (
+                f"{mean:+.1f} [{low:+.1f}, {high:+.1f}] over {seeds} paired seeds"
+                if not math.isnan(low)
+                else f"{mean:+.1f}"
+            )
             add(f"NVUM at least {need} points above BCE ({text}), 95% interval above 0", measured,
                 bool(mean >= need and not math.isnan(low) and low > 0))
     for split, name in (("test", "in-distribution"), ("test_shifted", "shifted")):
@@ -62,7 +74,10 @@ def evaluate_targets(plan: dict, records: dict) -> list[dict]:
             f"NVUM {a:.0f}% of the wrong labels, BCE {b:.0f}% (ratio {a / b:.2f})", a <= 0.5 * b)
     for baseline in BASELINES:
         mine, theirs = _values(main, records, NVUM, "last_test"), _values(main, records, baseline, "last_test")
-        mine_sel, theirs_sel = _values(main, records, NVUM, "selected_test"), _values(main, records, baseline, "selected_test")
+        mine_sel, theirs_sel = (
+            _values(main, records, NVUM, "selected_test"),
+            _values(main, records, baseline, "selected_test"),
+        )
         if mine and theirs:
             d_sel, d_last = _mean(mine_sel) - _mean(theirs_sel), _mean(mine) - _mean(theirs)
             add(f"NVUM ahead of `{baseline}` (in-distribution)", f"{d_sel:+.1f} selected, {d_last:+.1f} last epoch",
@@ -72,4 +87,6 @@ def evaluate_targets(plan: dict, records: dict) -> list[dict]:
 
 def targets_markdown(rows: list[dict]) -> str:
     verdict = {True: "**met**", False: "**missed**", None: "(reported)"}
-    return markdown_table(["target", "measured", "verdict"], [[r["target"], r["measured"], verdict[r["met"]]] for r in rows])
+    return markdown_table(
+        ["target", "measured", "verdict"], [[r["target"], r["measured"], verdict[r["met"]]] for r in rows]
+    )

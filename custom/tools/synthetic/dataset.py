@@ -15,7 +15,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .labels import CLASSES, NUM_CLASSES, STATS_FILE, combo_table, load_label_stats, sample_clean_labels, shifted_combo_weights
+from .labels import (
+    CLASSES,
+    NUM_CLASSES,
+    STATS_FILE,
+    combo_table,
+    load_label_stats,
+    sample_clean_labels,
+    shifted_combo_weights,
+)
 from .noise import apply_noise, measure_noise, parse_noise
 from .render import STYLES, render_images
 
