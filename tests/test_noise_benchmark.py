@@ -22,6 +22,8 @@ TINY = {
         schedule="cosine",
         network="resnet_cifar",
         eval_every=2,
+        curve_size=40,
+        channels_last=True,
     )
 }
 
@@ -127,16 +129,15 @@ def test_a_run_records_every_epoch_and_selects_on_noisy_validation(tiny_runs):
     assert [row["epoch"] for row in history] == [1, 2, 3]
     vals = [row["val"] for row in history]
     assert curve["best"]["epoch"] == 1 + int(np.argmax(vals))  # first epoch of the best noisy-validation AUC
-    assert curve["best"]["test"] == history[curve["best"]["epoch"] - 1]["test"]
-    assert curve["last"]["test"] == history[-1]["test"]
-    for row in history:  # measured every 2 epochs, at every new best noisy-validation epoch and at the last one
-        assert ("test" in row) == (
-            row["epoch"] % 2 == 0 or row["epoch"] == 3 or row["val"] > max(vals[: row["epoch"] - 1], default=-1)
-        )
-        if "test" in row:
-            assert set(row["test"]) == {"test", "test_shifted"} and all(0.0 <= v <= 1.0 for v in row["test"].values())
+    for row in history:  # the curve (40 images of each test split) every 2 epochs and at the last one
+        assert ("curve" in row) == (row["epoch"] in (2, 3)) and ("fitted" in row) == ("curve" in row)
+        if "curve" in row:
+            assert set(row["curve"]) == {"test", "test_shifted"} and all(0.0 <= v <= 1.0 for v in row["curve"].values())
             assert 0.0 <= row["fitted"]["all"] <= 1.0 and row["fitted"]["n_wrong"] > 0
         assert row["train_reg"] < 0
+    # the selected and last figures are on the whole splits; at the last epoch the fitted share is the curve's
+    for when in ("best", "last"):
+        assert set(curve[when]["test"]) == {"test", "test_shifted"} and 0.0 <= curve[when]["fitted"]["all"] <= 1.0
     assert curve["last"]["fitted"] == history[-1]["fitted"]
     assert curve["overrides"]["nvum#loss"] == "nvum" and curve["overrides"]["datalist#num_training"] == 64
     assert (
@@ -144,32 +145,30 @@ def test_a_run_records_every_epoch_and_selects_on_noisy_validation(tiny_runs):
     )
 
 
-def test_runs_are_deterministic_and_best_last_evaluation_matches_the_curve(tiny_runs):
+def test_runs_are_deterministic_and_the_curve_does_not_change_the_selected_and_last_figures(tiny_runs):
     curve, again, cheap = tiny_runs
     assert [r["val"] for r in curve["history"]] == [r["val"] for r in again["history"]]
     assert curve["best"] == again["best"] and curve["last"] == again["last"]
-    # evaluating only the kept best weights and the final weights gives the curve's numbers
+    # a run without the curve trains the same network: the same selected and last figures
     assert cheap["best"]["epoch"] == curve["best"]["epoch"]
-    for split in ("test", "test_shifted"):
-        assert cheap["best"]["test"][split] == pytest.approx(curve["best"]["test"][split], abs=1e-9)
-        assert cheap["last"]["test"][split] == pytest.approx(curve["last"]["test"][split], abs=1e-9)
-    assert all("test" not in row for row in cheap["history"])
+    for when in ("best", "last"):
+        for split in ("test", "test_shifted"):
+            assert cheap[when]["test"][split] == pytest.approx(curve[when]["test"][split], abs=1e-9)
+    assert all("curve" not in row for row in cheap["history"])
 
 
 def _record(run, val, test, shifted, fitted=0.5):
-    history = [{"epoch": i + 1, "val": v, "test": {"test": t, "test_shifted": s},
-                "fitted": {"all": fitted, "false_positive": fitted, "missed": fitted, "n_wrong": 10}}
+    """A run whose curve and whole-split figures agree (as when the curve uses the whole splits)."""
+    fit = {"all": fitted, "false_positive": fitted, "missed": fitted, "n_wrong": 10}
+    history = [{"epoch": i + 1, "val": v, "curve": {"test": t, "test_shifted": s}, "fitted": fit}
                for i, (v, t, s) in enumerate(zip(val, test, shifted))]
     best = int(np.argmax(val))
-    return {
-        "name": run.name,
-        "curve": True,
-        "history": history,
-        "seconds": 1.0,
-        "left_out": {"test": ["Hernia"], "test_shifted": []},
-        "best": history[best],
-        "last": history[-1],
-    }
+
+    def at(i):
+        return {"epoch": i + 1, "val": val[i], "test": history[i]["curve"], "fitted": fit}
+
+    return {"name": run.name, "curve": True, "history": history, "seconds": 1.0,
+            "left_out": {"test": ["Hernia"], "test_shifted": []}, "best": at(best), "last": at(len(val) - 1)}
 
 
 def test_tables_report_selected_last_and_drop_as_mean_and_std_over_seeds(tmp_path):

@@ -72,8 +72,12 @@ class Regime:
             ``"step"`` (train.json's x0.1 at 70% and 90% of the epochs).
         network: a key of :data:`NETWORKS`.
         image_size: image height and width.
-        eval_every: evaluate the clean test splits and the fitted wrong labels every this many
-            epochs (and always at a new best noisy-validation epoch and at the last epoch).
+        eval_every: measure the curve (clean-test AUC on ``curve_size`` images of each test split,
+            and the wrong labels fitted) every this many epochs and at the last epoch.
+        curve_size: images of each test split in the curve (0: all); the selected and last
+            figures are always measured on the whole splits.
+        channels_last: store images and weights channels-last (1.3-1.5x faster training of the
+            ResNet on a CPU).
         device: ``"cpu"`` or ``"cuda"`` (a ``cuda`` regime runs only where CUDA is available).
     """
 
@@ -88,12 +92,14 @@ class Regime:
     network: str = "densenet121"
     image_size: int = 32
     eval_every: int = 1
+    curve_size: int = 0
+    channels_last: bool = False
     device: str = "cpu"
 
     def overrides(self) -> dict:
         """The train.json overrides of the recipe."""
         out = {"max_epochs": self.max_epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-               "image_size": self.image_size}
+               "image_size": self.image_size, "channels_last": self.channels_last}
         if NETWORKS[self.network] is not None:
             out["network_def"] = NETWORKS[self.network]
         if self.schedule == "cosine":
@@ -108,10 +114,12 @@ class Regime:
 #: bundle/docs/results.md); ``quick``: a check of the whole pipeline in minutes; ``gpu``: DenseNet121
 #: at 64 px, run only where CUDA is available.
 REGIMES: dict[str, Regime] = {
-    "cpu": Regime(num_training=2000, num_validation=1000, num_test=2000, num_test_shifted=2000, max_epochs=36,
-                  batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=3),
+    "cpu": Regime(num_training=2000, num_validation=1000, num_test=5000, num_test_shifted=5000, max_epochs=36,
+                  batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=2,
+                  curve_size=1000, channels_last=True),
     "quick": Regime(num_training=512, num_validation=256, num_test=512, num_test_shifted=512, max_epochs=4,
-                    batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=2),
+                    batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=2,
+                    channels_last=True),
     "gpu": Regime(num_training=8000, num_validation=2000, num_test=5000, num_test_shifted=5000, max_epochs=30,
                   batch_size=64, learning_rate=1e-3, schedule="cosine", network="densenet121", image_size=64,
                   device="cuda"),

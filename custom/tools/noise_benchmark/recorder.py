@@ -11,20 +11,20 @@ from ...labels import disease_indices
 
 
 class CleanTestAUC:
-    """Records noisy-validation and clean-test mean AUC of a training run, epoch by epoch.
+    """Records a training run epoch by epoch: noisy-validation AUC, clean-test AUC, wrong labels fitted.
 
     Attach it to the trainer after the validation handler. After every epoch it reads the
-    evaluator's key metric (noisy validation mean AUC) and, with ``every_epoch``, evaluates
-    ``network`` on each test set and, with ``train_set``, measures the share of wrong training
-    labels the network has fitted (:mod:`.fitting`), every ``eval_every`` epochs and at every
-    epoch that improves the validation metric (so the selected epoch is always measured) and at
-    the last one. Without ``every_epoch`` it keeps a copy of the weights of the epoch with the best
-    validation metric and evaluates that copy and the final weights once, when training completes
-    (cheaper, same numbers at those two epochs).
+    evaluator's key metric (noisy validation mean AUC) and keeps a copy of the weights of the best
+    one. With ``every_epoch`` (a *curve* run) it also measures, every ``eval_every`` epochs and at
+    the last one, the mean AUC on the first ``curve_size`` images of each test set (all of them
+    when ``curve_size`` is 0) and, with ``train_set``, the share of wrong training labels the
+    network has fitted (:mod:`.fitting`): the curve, from which the drop (peak minus last) is read.
+    When training completes, the kept best weights and the final weights are evaluated on the
+    whole test sets (the *selected* and *last* figures, at exactly those epochs) and on the
+    training set.
 
-    The mean AUC of a test set is over the diseases with at least ``min_positives`` positives
-    in it (No Finding excluded); the others are listed in :attr:`left_out` (their AUC rests on a
-    handful of images).
+    The mean AUC of a test set is over the diseases with at least ``min_positives`` positives in
+    the whole set (No Finding excluded); the others are listed in :attr:`left_out`.
 
     Args:
         network: the network that is validated (``@teacher.eval_network``).
@@ -32,11 +32,12 @@ class CleanTestAUC:
         test_sets: name -> ``(images, labels)``: a (N, 3, H, W) float tensor of preprocessed
             images and their (N, C) clean labels.
         classes: class names.
-        every_epoch: evaluate the test sets during training (the curve).
+        every_epoch: measure the curve during training.
         batch_size: inference batch size.
-        eval_every: with ``every_epoch``, the curve's step in epochs.
         train_set: optional ``(images, noisy_labels, clean_labels)`` of the training split.
         min_positives: fewest positives for a disease to enter a test set's mean.
+        eval_every: the curve's step in epochs.
+        curve_size: images of each test set in the curve (0: all).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class CleanTestAUC:
         train_set=None,
         min_positives: int = 10,
         eval_every: int = 1,
+        curve_size: int = 0,
     ):
         import numpy as np
 
@@ -62,6 +64,10 @@ class CleanTestAUC:
         self.left_out = {
             name: [classes[c] for c in self.diseases if c not in used] for name, used in self.included.items()
         }
+        n = int(curve_size)
+        self.curve_sets = {
+            name: (images[:n], labels[:n]) if n else (images, labels) for name, (images, labels) in test_sets.items()
+        }
         self.history: list[dict] = []
         self.best: dict | None = None
         self.last: dict | None = None
@@ -73,14 +79,14 @@ class CleanTestAUC:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
-    def evaluate(self, network=None) -> tuple[dict[str, float], dict[str, list]]:
+    def evaluate(self, network=None, sets: dict | None = None) -> tuple[dict[str, float], dict[str, list]]:
         """Mean disease AUC and per-class AUCs (NaN: undefined) of ``network`` (default: the
-        tracked one) on every test set."""
+        tracked one) on every test set (default: the whole sets)."""
         from ...evaluation.metrics import mean_auc, per_class_auc
 
         net = network if network is not None else self.network
         means, classes = {}, {}
-        for name, (images, labels) in self.test_sets.items():
+        for name, (images, labels) in (sets or self.test_sets).items():
             aucs = per_class_auc(self._logits(net, images), labels)
             means[name] = mean_auc(aucs, self.included[name])
             classes[name] = [None if math.isnan(a) else float(a) for a in aucs]
@@ -119,35 +125,31 @@ class CleanTestAUC:
         for key in ("train_loss", "train_bce", "train_reg"):
             if key in engine.state.metrics:
                 row[key] = float(engine.state.metrics[key])
-        improved = state.best_metric_epoch == epoch
-        measured = epoch % self.eval_every == 0 or improved or epoch == engine.state.max_epochs
-        if self.every_epoch and measured:
-            row["test"], row["test_classes"] = self.evaluate()
-            if self.train_set is not None:
-                row["fitted"] = self.fitted()
-            if improved:
-                self.best = {k: row[k] for k in ("epoch", "val", "test", "test_classes", "fitted") if k in row}
-        elif improved:
+        if state.best_metric_epoch == epoch:
             self._best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
             self.best = {"epoch": epoch, "val": row["val"]}
+        if self.every_epoch and (epoch % self.eval_every == 0 or epoch == engine.state.max_epochs):
+            row["curve"] = self.evaluate(sets=self.curve_sets)[0]
+            if self.train_set is not None:
+                row["fitted"] = self.fitted()
         self.history.append(row)
+
+    def _measure(self, network=None) -> dict:
+        out = dict(zip(("test", "test_classes"), self.evaluate(network)))
+        if self.train_set is not None:
+            out["fitted"] = self.fitted(network)
+        return out
 
     def _completed(self, engine) -> None:
         last = self.history[-1]
-        if self.every_epoch and "test" in last:
-            self.last = {k: last[k] for k in ("epoch", "val", "test", "test_classes", "fitted") if k in last}
-            return
-        self.last = {"epoch": last["epoch"], "val": last["val"]}
-        self.last["test"], self.last["test_classes"] = self.evaluate()
-        if self.train_set is not None:
-            self.last["fitted"] = self.fitted()
+        self.last = {"epoch": last["epoch"], "val": last["val"], **self._measure()}
         if self.best is not None and self._best_state is not None:
             if self.best["epoch"] == last["epoch"]:
-                self.best["test"], self.best["test_classes"] = self.last["test"], self.last["test_classes"]
+                self.best.update({k: v for k, v in self.last.items() if k not in ("epoch", "val")})
             else:
                 best_net = copy.deepcopy(self.network)
                 best_net.load_state_dict(self._best_state)
-                self.best["test"], self.best["test_classes"] = self.evaluate(best_net)
+                self.best.update(self._measure(best_net))
         self._best_state = None
 
 

@@ -38,7 +38,7 @@ def _series(record: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
         elif key == "fitted":
             value = (row.get("fitted") or {}).get("all")
         else:
-            value = (row.get("test") or {}).get(key)
+            value = (row.get("curve") or {}).get(key)
         if value is not None:
             epochs.append(row["epoch"])
             values.append(100 * value)

@@ -30,7 +30,8 @@ COMPARED_KEYS = ("selected_test", "selected_test_shifted", "last_test", "last_te
 
 def run_metrics(record: dict) -> dict:
     """The figures of one run: AUC points (x100) at the selected (noisy-validation best) and last
-    epoch per split, the peak over the measured epochs and ``drop`` = peak - last (curve runs only),
+    epoch per split (whole test splits), the peak of the curve and ``drop`` = peak - last on the
+    curve (curve runs only),
     the selected epoch, and the share of wrong training labels fitted (%, :mod:`.fitting`) at the
     selected and last epochs (``fitted_*``; with its false-positive and missed-positive parts)."""
     out = {
@@ -41,10 +42,10 @@ def run_metrics(record: dict) -> dict:
     for split in SPLITS:
         out[f"selected_{split}"] = 100 * record["best"]["test"][split]
         out[f"last_{split}"] = 100 * record["last"]["test"][split]
-        curve = [row["test"][split] for row in record["history"] if "test" in row]
-        if record.get("curve", True) and len(curve) > 2:
+        curve = [row["curve"][split] for row in record["history"] if "curve" in row]
+        if len(curve) > 2:  # the curve (a subset of the test split): peak and drop read on it, last epoch included
             out[f"peak_{split}"] = 100 * max(curve)
-            out[f"drop_{split}"] = out[f"peak_{split}"] - out[f"last_{split}"]
+            out[f"drop_{split}"] = 100 * (max(curve) - curve[-1])
     for when in ("selected", "last"):
         fitted = record["best" if when == "selected" else "last"].get("fitted")
         if fitted:
