@@ -43,7 +43,7 @@ def run_metrics(record: dict) -> dict:
         out[f"selected_{split}"] = 100 * record["best"]["test"][split]
         out[f"last_{split}"] = 100 * record["last"]["test"][split]
         curve = [row["curve"][split] for row in record["history"] if "curve" in row]
-        if len(curve) > 2:  # the curve (a subset of the test split): peak and drop read on it, last epoch included
+        if len(curve) > 1:  # the curve (a subset of the test split): peak and drop read on it, last epoch included
             out[f"peak_{split}"] = 100 * max(curve)
             out[f"drop_{split}"] = 100 * (max(curve) - curve[-1])
     for when in ("selected", "last"):
