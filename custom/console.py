@@ -41,10 +41,23 @@ NOISE = (
 )
 
 
+#: loggers whose warnings say nothing to a user of this bundle, and the level they are raised to.
+QUIET_LOGGERS = {
+    # MONAI's DICOM reader looks for NVIDIA's GPU decoder at every construction and warns when it is
+    # absent (on every CPU machine); pydicom decodes without it
+    "monai.data.nvimgcodec_pydicom_plugin": "ERROR",
+}
+
+
 def filter_third_party_noise() -> None:
-    """Drop the warnings listed in :data:`NOISE` (only those; every other warning is shown)."""
+    """Drop the warnings listed in :data:`NOISE` and raise the level of :data:`QUIET_LOGGERS`
+    (only those; every other warning is shown)."""
+    import logging
+
     for message, category, module in NOISE:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:

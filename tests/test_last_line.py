@@ -234,6 +234,21 @@ def test_only_the_known_third_party_noise_is_filtered():
         "classes without positive training labels get prior 0.1: ['B']"]
 
 
+def test_the_dicom_decoder_notice_is_silenced_and_other_monai_warnings_are_not(caplog):
+    import logging
+
+    from monai.data.nvimgcodec_pydicom_plugin import register_as_decoder_plugin
+
+    import custom  # noqa: F401  (importing the package installs the filters)
+
+    with caplog.at_level(logging.WARNING):
+        register_as_decoder_plugin()  # no CUDA here: MONAI logs that NVIDIA's GPU decoder is absent
+        logging.getLogger("monai.data").warning("a MONAI warning that stays")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "nvImageCodec is not available; skipping pydicom decoder plugin registration." not in messages
+    assert "a MONAI warning that stays" in messages
+
+
 def test_logging_the_mlflow_model_drops_only_its_pickling_notice():
     import logging
 
