@@ -122,16 +122,7 @@ def benchmark_step(**options):
     """Training-step throughput of NVUM (both memory schedules) against plain BCE, side by side.
 
     Args:
-        batch_size: images per step.
-        image_size: input height and width.
         steps: steps per measurement.
-        repeats: measurements per method (the median is reported).
-        num_classes: outputs of the network.
-        seed: seed of the batches and the network.
-        device: cpu or cuda (default: the bundle's choice).
-        amp: mixed precision (default: on with CUDA).
-        channels_last: channels-last memory layout (default: on with CUDA).
-        output: JSON file of the results (empty: none).
 
     Example:
         python -m custom.cli benchmark_step --steps 10 --repeats 3
@@ -146,17 +137,8 @@ def benchmark_loop(**options):
     """The bundle's training loop against a minimal hand-written PyTorch loop (same network, batches and loss).
 
     Args:
-        batch_size: images per step.
-        image_size: input height and width.
         steps: steps per epoch.
         epochs: epochs per measurement.
-        repeats: measurements per loop (the median is reported).
-        num_classes: outputs of the network.
-        seed: seed of the batches and the network.
-        device: cpu or cuda (default: the bundle's choice).
-        amp: mixed precision (default: on with CUDA).
-        channels_last: channels-last memory layout (default: on with CUDA).
-        output: JSON file of the results (empty: none).
 
     Example:
         python -m custom.cli benchmark_loop --steps 5 --repeats 3

@@ -4,8 +4,9 @@ docstring, options checked, then the command run with ``fire``.
 A command is a function registered with :meth:`Registry.command`. Its options are its keyword
 parameters, or, for a thin wrapper, the parameters of the function it passes them to
 (``options_from="module:function"``); their defaults come from the signature and their descriptions
-from the Google-style docstring (``Args:``; the implementation's docstring fills in what the
-command's does not describe). The docstring's ``Example:`` section is the help's example. A command
+from the Google-style docstring (``Args:``; the implementation's docstring, then an
+``OPTION_HELP`` dict of the implementation's module, fill in what the command's does not
+describe). The docstring's ``Example:`` section is the help's example. A command
 that also takes config-id overrides (``--key value`` pairs of ``train.json``) says what they are in
 ``overrides``.
 
@@ -108,7 +109,8 @@ class Command:
         texts = dict(own)
         if self.options_from:
             target = _resolve(self.options_from)
-            texts = {**parse_docstring(target.__doc__).args, **own}
+            shared = getattr(importlib.import_module(target.__module__), "OPTION_HELP", {})
+            texts = {**shared, **parse_docstring(target.__doc__).args, **own}
             names = {p.name for p in params}
             params += [p for p in inspect.signature(target).parameters.values()
                        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names | set(self.hidden)]

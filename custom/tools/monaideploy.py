@@ -85,13 +85,8 @@ def run_app(bundle: Path, images: Path, output: Path, venv=DEFAULT_VENV) -> tupl
     return json.loads((output / "probabilities.json").read_text()), took
 
 
-def check(
-    bundle_zip="bundle/models/nvum_cxr_classification.zip",
-    images=(),
-    work=None,
-    venv=str(DEFAULT_VENV),
-    install: bool = False,
-) -> dict:
+def check(bundle_zip="bundle/models/nvum_cxr_classification.zip", images=(), work=None, venv=str(DEFAULT_VENV),
+          install: bool = False) -> dict:
     """Run the application on each folder of ``images`` and compare with ``inference.json`` (module docstring).
 
     Returns:

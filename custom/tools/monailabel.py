@@ -162,13 +162,8 @@ def serve_and_compare(bundle: Path, images: Path, work: Path, venv=DEFAULT_VENV,
     }
 
 
-def check(
-    bundle_zip="bundle/models/nvum_cxr_classification.zip",
-    images=None,
-    work=None,
-    venv=str(DEFAULT_VENV),
-    install: bool = False,
-) -> dict:
+def check(bundle_zip="bundle/models/nvum_cxr_classification.zip", images=None, work=None, venv=str(DEFAULT_VENV),
+          install: bool = False) -> dict:
     """Serve the bundle with MONAI Label and compare with ``inference.json`` (see the module docstring).
 
     Args:

@@ -115,15 +115,9 @@ def plot_score_distributions(tables: dict, path, max_points: int | None = None) 
     return path
 
 
-def audit_benchmark(
-    noise="symmetric:0.2,symmetric:0.4,report",
-    output_dir="results/audit_benchmark",
-    figure="bundle/docs/figures/audit_scores.png",
-    retrain: bool = False,
-    model_weight: float = 0.0,
-    ks: Sequence[int] = (100, 1000),
-    **overrides,
-) -> pd.DataFrame:
+def audit_benchmark(noise="symmetric:0.2,symmetric:0.4,report", output_dir="results/audit_benchmark",
+                    figure="bundle/docs/figures/audit_scores.png", retrain: bool = False, model_weight: float = 0.0,
+                    ks: Sequence[int] = (100, 1000), **overrides) -> pd.DataFrame:
     """Train on the synthetic set at each noise setting, audit the training labels, and score the rankings.
 
     For each noise spec: trains the bundle (train.json with ``--datalist#noise SPEC``, MLflow off,

@@ -12,6 +12,19 @@ import torch
 
 from ...nvum import NVUMMemory
 
+#: what the speed benchmarks' shared options mean (their ``--help``).
+OPTION_HELP = {
+    "batch_size": "images per step.",
+    "image_size": "input height and width.",
+    "repeats": "measurements per variant (the median is reported).",
+    "num_classes": "outputs of the network.",
+    "seed": "seed of the batches and the network.",
+    "device": "cpu or cuda (default: the bundle's choice).",
+    "amp": "mixed precision (default: on with CUDA).",
+    "channels_last": "channels-last memory layout (default: on with CUDA).",
+    "output": "JSON file of the results (empty: none).",
+}
+
 def environment() -> dict:
     return {
         "torch": torch.__version__,

@@ -63,14 +63,12 @@ def _memory(sizes, batch_sizes, num_classes, repeats, seed, output) -> dict:
         for n in sizes
         if len(table[n]) > 1
     }
-    result = {
-        "benchmark": "memory", "num_classes": num_classes, "repeats": repeats, **environment(),
+    result = {"benchmark": "memory", "num_classes": num_classes, "repeats": repeats, **environment(),
         "footprint": {str(n): v for n, v in footprint.items()},
         "update_us": {str(n): {str(b): t * 1e6 for b, t in row.items()} for n, row in table.items()},
         "slope_us_per_row": {str(n): v for n, v in per_row_us.items()},
         "spread_over_N_at_each_B": {str(b): v for b, v in spread.items()},
-        "epoch_update_all_rows_ms": {str(n): t * 1e3 for n, t in epoch_update.items()},
-    }
+        "epoch_update_all_rows_ms": {str(n): t * 1e3 for n, t in epoch_update.items()}}
     print("\nupdate time (us, median of %d) -- rows: N, columns: batch size B" % repeats)
     print("N".rjust(10) + "".join(f"{b:>9d}" for b in batch_sizes) + "   us/row   all-rows update (ms)")
     for n in sizes:

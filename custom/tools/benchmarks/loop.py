@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from .common import Settings, environment, network_and_memory, order, random_batches, write
+from .common import OPTION_HELP, Settings, environment, network_and_memory, order, random_batches, write  # noqa: F401 (OPTION_HELP: --help)
 
 def _nvum_parts(num_samples: int, num_classes: int, seed: int, settings: Settings, tiny: bool = False):
     from ...nvum import build_loss
@@ -90,19 +90,9 @@ def _run_plain_loop(
     return time.perf_counter() - start, memory.values.cpu()
 
 
-def loop(
-    batch_size: int = 64,
-    image_size: int = 32,
-    steps: int = 10,
-    epochs: int = 2,
-    repeats: int = 5,
-    num_classes: int = 14,
-    seed: int = 0,
-    device=None,
-    amp=None,
-    channels_last=None,
-    output: str | None = "results/benchmark_loop.json",
-) -> dict:
+def loop(batch_size: int = 64, image_size: int = 32, steps: int = 10, epochs: int = 2, repeats: int = 5,
+         num_classes: int = 14, seed: int = 0, device=None, amp=None, channels_last=None,
+         output: str | None = "results/benchmark_loop.json") -> dict:
     """Throughput of the bundle's training loop over a minimal hand-written loop, side by side.
 
     Both train the same DenseNet121 (same initial weights) with Adam and the NVUM loss (paper
@@ -129,23 +119,11 @@ def loop(
     overhead = _loop_overhead(settings, num_classes, seed)
     step_ms = 1e3 * batch_size / median["plain"]
     implied = step_ms / (step_ms + overhead["bundle"] - overhead["plain"])
-    result = {
-        "benchmark": "loop",
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "steps": steps,
-        "epochs": epochs,
-        "repeats": repeats,
-        **environment(),
-        **settings.describe(),
-        "images_per_s": median,
-        "ratio_bundle_to_plain": median["bundle"] / median["plain"],
-        "max_memory_difference": difference,
-        "all_images_per_s": rates,
-        "overhead_ms_per_step_tiny_network": overhead,
-        "plain_step_ms": step_ms,
-        "ratio_implied_by_overhead": implied,
-    }
+    result = {"benchmark": "loop", "batch_size": batch_size, "image_size": image_size, "steps": steps,
+        "epochs": epochs, "repeats": repeats, **environment(), **settings.describe(), "images_per_s": median,
+        "ratio_bundle_to_plain": median["bundle"] / median["plain"], "max_memory_difference": difference,
+        "all_images_per_s": rates, "overhead_ms_per_step_tiny_network": overhead, "plain_step_ms": step_ms,
+        "ratio_implied_by_overhead": implied}
     print("\nloop      images/s")
     for name in runners:
         print(f"{name:7s} {median[name]:10.1f}")

@@ -24,17 +24,9 @@ def _epoch(loader) -> float:
     return time.perf_counter() - start
 
 
-def pipeline(
-    num_images: int = 1000,
-    source_size: int = 256,
-    image_size: int = 128,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    repeats: int = 3,
-    epochs: int = 6,
-    root: str | None = None,
-    output: str | None = "results/benchmark_pipeline.json",
-) -> dict:
+def pipeline(num_images: int = 1000, source_size: int = 256, image_size: int = 128, batch_size: int = 64,
+             num_workers: int = 0, repeats: int = 3, epochs: int = 6, root: str | None = None,
+             output: str | None = "results/benchmark_pipeline.json") -> dict:
     """Epoch throughput of the bundle's cached pipeline over decoding and resizing every epoch.
 
     Synthetic PNGs of ``source_size`` pixels (generated once into the data cache) are turned into
@@ -77,22 +69,11 @@ def pipeline(
     median = {k: statistics.median(v) for k, v in seconds.items()}
     rate = {k: len(items) / v for k, v in median.items()}
     total_naive, total_cached = epochs * median["naive"], build + epochs * median["cached"]
-    result = {
-        "benchmark": "pipeline",
-        "num_images": len(items),
-        "source_size": source_size,
-        "image_size": image_size,
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-        "repeats": repeats,
-        **environment(),
-        "images_per_s": rate,
-        "ratio_cached_to_naive": rate["cached"] / rate["naive"],
-        "cache_build_s": build,
-        "epochs": epochs,
-        f"ratio_{epochs}_epochs_with_build": total_naive / total_cached,
-        "all_epoch_s": seconds,
-    }
+    result = {"benchmark": "pipeline", "num_images": len(items), "source_size": source_size,
+        "image_size": image_size, "batch_size": batch_size, "num_workers": num_workers, "repeats": repeats,
+        **environment(), "images_per_s": rate, "ratio_cached_to_naive": rate["cached"] / rate["naive"],
+        "cache_build_s": build, "epochs": epochs, f"ratio_{epochs}_epochs_with_build": total_naive / total_cached,
+        "all_epoch_s": seconds}
     print(
         f"\npipeline   images/s   ({len(items)} PNGs {source_size}px -> {image_size}px, batch {batch_size}, "
         f"{num_workers} workers)"

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from .common import Settings, environment, network_and_memory, order, random_batches, write
+from .common import OPTION_HELP, Settings, environment, network_and_memory, order, random_batches, write  # noqa: F401 (OPTION_HELP: --help)
 
 STEP_METHODS = ("bce", "nvum_epoch", "nvum_iteration")
 
@@ -40,18 +40,9 @@ def _step_trainer(
     )
 
 
-def step(
-    batch_size: int = 64,
-    image_size: int = 32,
-    steps: int = 20,
-    repeats: int = 5,
-    num_classes: int = 14,
-    seed: int = 0,
-    device=None,
-    amp=None,
-    channels_last=None,
-    output: str | None = "results/benchmark_step.json",
-) -> dict:
+def step(batch_size: int = 64, image_size: int = 32, steps: int = 20, repeats: int = 5, num_classes: int = 14,
+         seed: int = 0, device=None, amp=None, channels_last=None,
+         output: str | None = "results/benchmark_step.json") -> dict:
     """Training-step throughput of NVUM relative to plain BCE, measured side by side.
 
     Every method trains the same DenseNet121 on the same random batches through the bundle's
@@ -84,21 +75,11 @@ def step(
     extra = _step_extra_cost(settings, num_classes, seed)
     step_ms = 1e3 * batch_size / base
     implied = step_ms / (step_ms + extra["nvum_epoch"] - extra["bce"])
-    result = {
-        "benchmark": "step",
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "steps": steps,
-        "repeats": repeats,
-        **environment(),
-        **settings.describe(),
+    result = {"benchmark": "step", "batch_size": batch_size, "image_size": image_size, "steps": steps,
+        "repeats": repeats, **environment(), **settings.describe(),
         "images_per_s": {m: statistics.median(v) for m, v in rates.items()},
-        "ratio_to_bce": {m: statistics.median(v) / base for m, v in rates.items()},
-        "all_images_per_s": rates,
-        "ms_per_step_tiny_network": extra,
-        "bce_step_ms": step_ms,
-        "nvum_epoch_ratio_implied_by_extra_cost": implied,
-    }
+        "ratio_to_bce": {m: statistics.median(v) / base for m, v in rates.items()}, "all_images_per_s": rates,
+        "ms_per_step_tiny_network": extra, "bce_step_ms": step_ms, "nvum_epoch_ratio_implied_by_extra_cost": implied}
     print(
         f"\nmethod           images/s   ratio to BCE   ({settings.device}, amp {settings.amp}, channels-last "
         f"{settings.channels_last}, {image_size}px, batch {batch_size})"

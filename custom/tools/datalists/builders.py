@@ -131,16 +131,8 @@ def build_nih(metadata, scheme: str = "nih14", split_dir=None, seed: int = 0, va
     positives, unmapped = positives_from_terms(data["terms"], "nih")
     labelled = apply_scheme(data, positives, "nih", scheme, dropped)
     info = {"metadata": Path(metadata).name, "split_method": method, "seed": seed if official is None else None}
-    return assemble(
-        labelled,
-        dataset="nih",
-        scheme=scheme,
-        match=None,
-        info=info,
-        dropped=dropped,
-        rows_read=rows_read,
-        unmapped=unmapped,
-    )
+    return assemble(labelled, dataset="nih", scheme=scheme, match=None, info=info, dropped=dropped,
+                    rows_read=rows_read, unmapped=unmapped)
 
 
 # ---------------------------------------------------------------- CheXpert
@@ -149,16 +141,8 @@ CHEXPERT_META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 _PATIENT = re.compile(r"(patient\d+)")
 
 
-def build_chexpert(
-    metadata,
-    scheme: str = "chexpert8",
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    uncertain: str = "zeros",
-    holdout=None,
-    image_prefix: str = "",
-    **_,
-) -> tuple[dict, dict]:
+def build_chexpert(metadata, scheme: str = "chexpert8", seed: int = 0, val_fraction: float = 0.1,
+                   uncertain: str = "zeros", holdout=None, image_prefix: str = "", **_) -> tuple[dict, dict]:
     """CheXpert (``train.csv``): frontal images, Age != 0, blank -> 0, uncertain (-1) -> 0
     (``uncertain="ones"``: -> 1), images positive for a class outside the scheme dropped, images with
     no positive label dropped, 90/10 patient-wise split (``val_fraction`` of the images in validation).
@@ -196,16 +180,8 @@ def build_chexpert(
     labelled = apply_scheme(data, positives, "chexpert", scheme, dropped)
     info = {"metadata": Path(metadata).name, "uncertain": uncertain, "seed": seed,
             "split_method": f"seeded patient-wise: seed {seed}, {val_fraction} of the images in validation"}
-    return assemble(
-        labelled,
-        dataset="chexpert",
-        scheme=scheme,
-        match=None,
-        info=info,
-        dropped=dropped,
-        rows_read=rows_read,
-        unmapped=unmapped,
-    )
+    return assemble(labelled, dataset="chexpert", scheme=scheme, match=None, info=info, dropped=dropped,
+                    rows_read=rows_read, unmapped=unmapped)
 
 
 # ---------------------------------------------------------------- Google relabelled NIH test set
@@ -243,17 +219,8 @@ def build_nih_google(
         data, positives, "google", scheme, dropped, drop_out_of_scheme=False, require_positive=False
     )
     info = {"metadata": Path(metadata).name, "split_method": f"all rows with Set Id '{set_id}' -> test"}
-    return assemble(
-        labelled,
-        dataset="nih_google",
-        scheme=scheme,
-        match=None,
-        info=info,
-        dropped=dropped,
-        rows_read=rows_read,
-        unmapped=unmapped,
-        labelled_classes=labelled_classes,
-    )
+    return assemble(labelled, dataset="nih_google", scheme=scheme, match=None, info=info, dropped=dropped,
+                    rows_read=rows_read, unmapped=unmapped, labelled_classes=labelled_classes)
 
 # ---------------------------------------------------------------- entry point
 

@@ -166,14 +166,5 @@ def build_openi(metadata, scheme: str = "nih14", match: str = "paper", views=Non
         "reports_without_images": without,
         "split_method": "all frontal images -> test",
     }
-    return assemble(
-        labelled,
-        dataset="openi",
-        scheme=scheme,
-        match=match,
-        info=info,
-        dropped=dropped,
-        rows_read=rows_read,
-        unmapped=unmapped,
-        other_match=other_result,
-    )
+    return assemble(labelled, dataset="openi", scheme=scheme, match=match, info=info, dropped=dropped,
+                    rows_read=rows_read, unmapped=unmapped, other_match=other_result)

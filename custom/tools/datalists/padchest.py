@@ -92,14 +92,5 @@ def build_padchest(
         other,
     )
     info = {"metadata": Path(metadata).name, "split_method": "all selected rows -> test"}
-    return assemble(
-        labelled,
-        dataset="padchest",
-        scheme=scheme,
-        match=match,
-        info=info,
-        dropped=dropped,
-        rows_read=rows_read,
-        unmapped=unmapped,
-        other_match=other_result,
-    )
+    return assemble(labelled, dataset="padchest", scheme=scheme, match=match, info=info, dropped=dropped,
+                    rows_read=rows_read, unmapped=unmapped, other_match=other_result)

@@ -56,26 +56,11 @@ from .tables import gaps_markdown, main_markdown, paired_gaps, results_table, ru
 from .targets import evaluate_targets
 
 
-def noise_benchmark(
-    noise: str = "report",
-    methods=DEFAULT_METHODS,
-    seeds: int = 5,
-    output: str = "results/noise_benchmark",
-    quick: bool = False,
-    clean_seeds: int = 3,
-    stress_noise=STRESS_NOISE,
-    stress_seeds: int = 1,
-    ablation_seeds: int = 1,
-    order_seeds: int = 3,
-    betas="0.5,0.9",
-    beta_seeds: int = 1,
-    gpu="auto",
-    gpu_seeds: int = 3,
-    workers: int = 2,
-    data_seed: int = 0,
-    resume: bool = False,
-    command_line: str | None = None,
-) -> Path:
+def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int = 5,
+                    output: str = "results/noise_benchmark", quick: bool = False, clean_seeds: int = 3,
+                    stress_noise=STRESS_NOISE, stress_seeds: int = 1, ablation_seeds: int = 1, order_seeds: int = 3,
+                    betas="0.5,0.9", beta_seeds: int = 1, gpu="auto", gpu_seeds: int = 3, workers: int = 2,
+                    data_seed: int = 0, resume: bool = False, command_line: str | None = None) -> Path:
     """Train and test every method on the synthetic set; write tables and figures to ``output``.
 
     Args:

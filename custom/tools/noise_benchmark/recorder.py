@@ -40,19 +40,9 @@ class CleanTestAUC:
         curve_size: images of each test set in the curve (0: all).
     """
 
-    def __init__(
-        self,
-        network,
-        evaluator,
-        test_sets: dict,
-        classes: Sequence[str],
-        every_epoch: bool = True,
-        batch_size: int = 512,
-        train_set=None,
-        min_positives: int = 10,
-        eval_every: int = 1,
-        curve_size: int = 0,
-    ):
+    def __init__(self, network, evaluator, test_sets: dict, classes: Sequence[str], every_epoch: bool = True,
+                 batch_size: int = 512, train_set=None, min_positives: int = 10, eval_every: int = 1,
+                 curve_size: int = 0):
         import numpy as np
 
         self.network, self.evaluator = network, evaluator

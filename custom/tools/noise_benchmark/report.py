@@ -119,14 +119,8 @@ PARTS = (("main", "Main table"), ("clean", "Clean labels: the ceiling"), ("stres
          ("gpu", "DenseNet121 at 64 px (GPU matrix)"))
 
 
-def write_outputs(
-    plan: dict[str, list[Run]],
-    records: dict[str, dict],
-    output,
-    regimes: dict[str, Regime],
-    command: str = "",
-    wall_seconds: float | None = None,
-) -> Path:
+def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, regimes: dict[str, Regime],
+                  command: str = "", wall_seconds: float | None = None) -> Path:
     """Write ``results.md``, ``results.csv`` (one row per run) and the curve figures; returns ``results.md``."""
     import pandas as pd
 

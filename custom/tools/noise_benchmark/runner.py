@@ -13,14 +13,8 @@ from .recorder import CleanTestAUC, _test_sets, _training_set
 from .methods import REGIMES, Regime, Run, dataset_params
 
 
-def train_run(
-    run: Run,
-    regimes: dict[str, Regime] | None = None,
-    workdir=None,
-    data_seed: int = 0,
-    threads: int | None = 1,
-    config_file=TRAIN_CONFIG,
-) -> dict:
+def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, data_seed: int = 0,
+              threads: int | None = 1, config_file=TRAIN_CONFIG) -> dict:
     """Train one run of the matrix through ``train.json`` and return its record.
 
     Returns:
@@ -107,14 +101,8 @@ def _summary_line(record: dict) -> str:
     )
 
 
-def run_matrix(
-    runs: Sequence[Run],
-    output,
-    regimes: dict[str, Regime] | None = None,
-    workers: int = 2,
-    data_seed: int = 0,
-    resume: bool = False,
-) -> list[dict]:
+def run_matrix(runs: Sequence[Run], output, regimes: dict[str, Regime] | None = None, workers: int = 2,
+               data_seed: int = 0, resume: bool = False) -> list[dict]:
     """Train every run (``workers`` processes, one thread each), writing ``runs/<name>.json``.
 
     With ``resume`` a run whose file exists with the same settings is read, not trained again.

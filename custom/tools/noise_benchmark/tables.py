@@ -114,31 +114,15 @@ def results_table(runs: Sequence[Run], records: dict[str, dict]) -> list[dict]:
     return rows
 
 
+#: the column headers of :data:`COMPARED_KEYS`.
+COMPARED_HEADERS = ("selected: test", "selected: shifted", "last: test", "last: shifted")
+
+
 def main_markdown(rows: list[dict]) -> str:
-    header = [
-        "noise",
-        "method",
-        "seeds",
-        "selected: test",
-        "selected: shifted",
-        "last: test",
-        "last: shifted",
-        "drop: test",
-        "drop: shifted",
-        "selected epoch",
-        "wrong labels fitted, last (%)",
-    ]
-    body = [
-        [
-            r["noise"],
-            f"`{r['method']}`",
-            r["seeds"],
-            *(_pm(r[k]) for k in ROW_KEYS[:6]),
-            _pm(r["selected_epoch"], 0),
-            _pm(r["fitted_last"], 0),
-        ]
-        for r in rows
-    ]
+    header = ["noise", "method", "seeds", *COMPARED_HEADERS, "drop: test", "drop: shifted", "selected epoch",
+              "wrong labels fitted, last (%)"]
+    body = [[r["noise"], f"`{r['method']}`", r["seeds"], *(_pm(r[k]) for k in ROW_KEYS[:6]),
+             _pm(r["selected_epoch"], 0), _pm(r["fitted_last"], 0)] for r in rows]
     return markdown_table(header, body, align="first-left")
 
 
@@ -168,71 +152,39 @@ def gaps_markdown(runs: Sequence[Run], records: dict[str, dict], baseline: str =
     if not gaps:
         return ""
     body = [[f"`{m}`", len(g["seeds"])] + [_ci(g[k]) for k in COMPARED_KEYS] for m, g in gaps.items()]
-    return markdown_table(
-        [
-            "method",
-            "paired seeds",
-            f"selected: test - `{baseline}`",
-            "selected: shifted",
-            "last: test",
-            "last: shifted",
-        ],
-        body,
-        align="first-left",
-    )
+    header = ["method", "paired seeds", f"selected: test - `{baseline}`", *COMPARED_HEADERS[1:]]
+    return markdown_table(header, body, align="first-left")
+
+
+def _summary_rows(groups, records: dict[str, dict], keys) -> list[list]:
+    """Per group of runs: its seed count and mean ± std of each key."""
+    return [[len(group)] + [_pm([run_metrics(records[r.name]).get(k, float("nan")) for r in group]) for k in keys]
+            for group in groups]
 
 
 def ablation_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
     by_method = _groups(runs)
-    body = []
-    for label, method in ABLATION_ROWS.items():
-        group = next((g for (n, rg, m, b), g in by_method.items() if m == method and b is None), None)
-        if not group:
-            continue
-        metrics = [run_metrics(records[r.name]) for r in group]
-        body.append(
-            [label, f"`{method}`", len(group)]
-            + [_pm([m[k] for m in metrics]) for k in ("val_selected",) + COMPARED_KEYS]
-        )
-    return markdown_table(
-        [
-            "row",
-            "method",
-            "seeds",
-            "selected: noisy val",
-            "selected: test",
-            "selected: shifted",
-            "last: test",
-            "last: shifted",
-        ],
-        body,
-        align="first-left",
-    )
+    found = [(label, method, next((g for (n, rg, m, b), g in by_method.items() if m == method and b is None), None))
+             for label, method in ABLATION_ROWS.items()]
+    found = [(label, method, group) for label, method, group in found if group]
+    rows = _summary_rows([g for _, _, g in found], records, ("val_selected",) + COMPARED_KEYS)
+    body = [[label, f"`{method}`", *row] for (label, method, _), row in zip(found, rows)]
+    header = ["row", "method", "seeds", "selected: noisy val", *COMPARED_HEADERS]
+    return markdown_table(header, body, align="first-left")
 
 
 def beta_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
-    body = []
-    for (n, rg, m, beta), group in sorted(
-        _groups(runs).items(), key=lambda kv: kv[0][3] if kv[0][3] is not None else DEFAULT_BETA
-    ):
-        metrics = [run_metrics(records[r.name]) for r in group]
-        b = beta if beta is not None else DEFAULT_BETA
-        body.append([f"{b:g}", len(group)] + [_pm([x[k] for x in metrics]) for k in ("val_selected",) + COMPARED_KEYS])
-    return markdown_table(["beta", "seeds", "selected: noisy val", "selected: test", "selected: shifted", "last: test",
-                           "last: shifted"], body, align="first-left")
+    groups = sorted(_groups(runs).items(), key=lambda kv: kv[0][3] if kv[0][3] is not None else DEFAULT_BETA)
+    rows = _summary_rows([g for _, g in groups], records, ("val_selected",) + COMPARED_KEYS)
+    body = [[f"{key[3] if key[3] is not None else DEFAULT_BETA:g}", *row] for (key, _), row in zip(groups, rows)]
+    return markdown_table(["beta", "seeds", "selected: noisy val", *COMPARED_HEADERS], body, align="first-left")
 
 
 def order_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
     """The memory update order, judged on noisy validation (mean ± std over seeds; clean test for reference)."""
-    body = []
-    for (n, rg, method, b), group in _groups(runs).items():
-        metrics = [run_metrics(records[r.name]) for r in group]
-        body.append(
-            [f"`{method}`", len(group)]
-            + [
-                _pm([x.get(k, float("nan")) for x in metrics])
-                for k in ("val_selected", "val_last", "selected_test", "last_test", "fitted_last")
-            ]
-        )
+    groups = list(_groups(runs).items())
+    keys = ("val_selected", "val_last", "selected_test", "last_test", "fitted_last")
+    rows = _summary_rows([g for _, g in groups], records, keys)
+    body = [[f"`{key[2]}`", *row] for (key, _), row in zip(groups, rows)]
     return markdown_table(["method", "seeds", "noisy val: selected", "noisy val: last", "test: selected", "test: last",
                            "wrong labels fitted, last (%)"], body, align="first-left")
