@@ -140,6 +140,23 @@ def format_report(exc: BaseException, full: bool = False) -> str:
     return "\n".join(lines)
 
 
+def settle_pool_workers(timeout: float = 30.0) -> None:
+    """Let the worker threads of a thread pool finish the item they hold (at most ``timeout`` seconds).
+
+    When one image fails while ``CacheDataset`` fills its cache with ``num_workers`` threads, the pool is
+    terminated but its daemon threads go on transforming the images they hold; if the interpreter shuts
+    down meanwhile, a thread inside torch is stopped mid-call and the process aborts (SIGABRT) after the
+    report. Waiting for them first makes the command end on the report with exit status 1."""
+    import threading
+    import time
+    from multiprocessing import pool
+
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and getattr(thread, "_target", None) is pool.worker:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def report(exc_type, exc, tb) -> None:
     """A ``sys.excepthook``: the condensed report for exceptions, Python's own for interrupts."""
     if not isinstance(exc, Exception):
@@ -149,6 +166,7 @@ def report(exc_type, exc, tb) -> None:
         sys.stdout.flush()  # what the command printed comes before the report
     except Exception:  # a closed or broken stdout must not hide the report
         pass
+    settle_pool_workers()
     full = os.environ.get(TRACEBACK_ENV, "").strip().lower() not in ("", "0", "false", "no")
     try:
         text = format_report(exc, full)

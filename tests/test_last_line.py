@@ -269,3 +269,27 @@ def test_logging_the_mlflow_model_drops_only_its_pickling_notice():
         logger.removeHandler(handler)
     assert seen == ["something MLflow means", "Passing a Python object as `python_model` outside"]
     assert os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR") != "false"  # restored
+
+
+def test_the_report_waits_for_pool_workers_still_holding_an_item():
+    """A terminated thread pool's workers finish their item before the report (else the process aborts)."""
+    import threading
+    import time
+    from multiprocessing.pool import ThreadPool
+
+    from custom.console import settle_pool_workers
+
+    started, done = threading.Event(), threading.Event()
+
+    def slow(_):
+        started.set()
+        time.sleep(0.5)
+        done.set()
+
+    pool = ThreadPool(1)
+    pool.map_async(slow, [0])
+    started.wait(5)
+    pool.terminate()  # as `with ThreadPool(...)` does when another item raised
+    assert not done.is_set()
+    settle_pool_workers()
+    assert done.is_set()
