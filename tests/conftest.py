@@ -19,3 +19,24 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NVUM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "nvum-cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+#: a training run of seconds: 64 training images, one epoch (sizes of the synthetic data list and the recipe).
+TINY_RUN = {"datalist#num_training": 64, "datalist#num_validation": 32, "datalist#num_test": 32,
+            "datalist#num_test_shifted": 32, "max_epochs": 1, "batch_size": 32}
+
+
+def train_tiny_bundle(root: Path, staging: Path):
+    """Train the repository's train.json for one tiny epoch in ``root`` (data in ``root/data``, no MLflow,
+    no test or export) and build the deployable bundle of its model in ``root/out``; the built bundle."""
+    from monai.bundle import ConfigWorkflow
+
+    from custom.deploy.export import build_bundle
+
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
+                        logging_file=str(CONFIGS / "logging.conf"), workflow_type="train", bundle_root=str(root),
+                        mlflow=False, test_and_deploy=False, **{"datalist#root": str(root / "data")}, **TINY_RUN)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return build_bundle(root / "models" / "model.pt", root / "out", staging)

@@ -16,30 +16,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 
-from conftest import CONFIGS
+from conftest import train_tiny_bundle
 
 NAME = "nvum_cxr_classification"
-TINY = {"datalist#num_training": 64, "datalist#num_validation": 32, "datalist#num_test": 32,
-        "datalist#num_test_shifted": 32, "max_epochs": 1, "batch_size": 32}
-
 
 @pytest.fixture(scope="module")
 def bundle_zip(tmp_path_factory):
     """A tiny training run of the repository's train.json (no MLflow) and the deployable zip of its model."""
-    from custom.deploy.export import build_bundle
-
-    root = tmp_path_factory.mktemp("run")
-    wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
-                        logging_file=str(CONFIGS / "logging.conf"), workflow_type="train", bundle_root=str(root),
-                        mlflow=False, test_and_deploy=False, **{"datalist#root": str(root / "data")}, **TINY)
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    built = build_bundle(root / "models" / "model.pt", root / "out", tmp_path_factory.mktemp("staging"))
-    return built.zip
+    return train_tiny_bundle(tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("staging")).zip
 
 
 def _unzip(zip_path, dest) -> Path:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from PIL import Image
 
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, train_tiny_bundle
 from test_dicom import variants, write_dicom
 
 
@@ -74,28 +74,17 @@ def test_deploy_output_handling_names_each_probability_and_rejects_bad_outputs(t
     compile((ROOT / "bundle" / "scripts" / "deploy_app.py").read_text(), "deploy_app.py", "exec")
 
 
-
-
-
 def test_monai_deploy_application_gives_the_probabilities_of_inference_json_for_png_and_dicom(tmp_path):
-    from custom.deploy.export import build_bundle
     from custom.tools.monaideploy import DEFAULT_VENV, check, venv_ready
 
     if not venv_ready(DEFAULT_VENV):
         pytest.skip(f"no MONAI Deploy App SDK environment at {DEFAULT_VENV} (build it with "
                     "`python -m custom.tools.monaideploy --install true`, or set NVUM_MONAIDEPLOY_VENV)")
-    tiny = {"datalist#root": str(tmp_path / "data"), "datalist#num_training": 64, "datalist#num_validation": 32,
-            "datalist#num_test": 32, "datalist#num_test_shifted": 32, "max_epochs": 1, "batch_size": 32}
-    wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train",
-                        bundle_root=str(tmp_path / "run"), mlflow=False, test_and_deploy=False, **tiny)
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    built = build_bundle(tmp_path / "run" / "models" / "model.pt", tmp_path / "out", tmp_path / "staging")
+    built = train_tiny_bundle(tmp_path / "run", tmp_path / "staging")
     png, dcm = tmp_path / "png", tmp_path / "dcm"
     png.mkdir()
     dcm.mkdir()
-    for path in sorted((tmp_path / "data" / "test").glob("*.png"))[:3]:
+    for path in sorted((tmp_path / "run" / "data" / "test").glob("*.png"))[:3]:
         pixels = np.asarray(Image.open(path))
         (png / path.name).write_bytes(path.read_bytes())
         for name in ("m1_voilut", "m2_window", "m2_rle"):
