@@ -71,13 +71,19 @@ def exception_chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+def _innermost(exc: BaseException):
+    """The innermost traceback entry of ``exc`` (where it was raised), or ``None``."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb
+
+
 def raised_by_project(exc: BaseException) -> bool:
     """Whether the innermost frame of ``exc``'s traceback is in this package's code (this module excepted)."""
-    tb = exc.__traceback__
+    tb = _innermost(exc)
     if tb is None:
         return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
     path = Path(tb.tb_frame.f_code.co_filename)
     try:
         path = path.resolve()
@@ -103,9 +109,7 @@ def message(exc: BaseException) -> str:
 
 
 def _where(exc: BaseException) -> str:
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
+    tb = _innermost(exc)
     if tb is None:
         return ""
     path = Path(tb.tb_frame.f_code.co_filename)

@@ -103,7 +103,7 @@ class Command:
 
     def options(self) -> list[Option]:
         """The command's options, in signature order, with defaults and descriptions."""
-        own = parse_docstring(self.function.__doc__).args
+        own = self.doc.args
         params = [p for p in inspect.signature(self.function).parameters.values() if p.kind not in (p.VAR_KEYWORD,
                                                                                                     p.VAR_POSITIONAL)]
         texts = dict(own)
@@ -144,7 +144,7 @@ class Command:
 
     def check_args(self, args: list[str]) -> None:
         """Raise :class:`UsageError` for an unknown option or a required option not given."""
-        options = {o.name: o for o in self.options()}
+        options = {o.name: o for o in self.options()}  # parsed once: signatures and docstrings
         given, positional, i = set(), 0, 0
         while i < len(args):
             token = args[i]
@@ -160,7 +160,7 @@ class Command:
             else:
                 positional += 1
             i += 1
-        missing = [o.name for o in self.options() if o.required and o.name not in given]
+        missing = [name for name, o in options.items() if o.required and name not in given]
         missing = missing[positional:]
         if missing:
             more = f" (and {', '.join('--' + m for m in missing[1:])})" if missing[1:] else ""
@@ -202,7 +202,7 @@ class Registry:
         lines = [f"usage: {self.prog} <command> [--option value ...]", "", self.summary, "", "commands:"]
         lines += [f"  {name:{width}}{cmd.doc.summary}" for name, cmd in self.commands.items()]
         lines += ["", f"{self.prog} <command> --help shows a command's options, their defaults and an example."]
-        return "\n".join(line for line in lines if line is not None)
+        return "\n".join(lines)
 
     def main(self, argv: list[str] | None = None) -> int:
         """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status of help and usage
