@@ -279,3 +279,18 @@ def test_resume_refuses_a_checkpoint_trained_on_other_classes():
         here.check(saved, "ckpt.pt")
     here.check(RunRecord(["A", "B", "No Finding"], 10, "old.json").state_dict(),
                "ckpt.pt")  # same classes and size: fine
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    from custom.files import atomic_path
+
+    path = tmp_path / "probabilities.csv"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+    with atomic_path(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import torch
 
+from ..files import atomic_path
 from ..config import resolve_includes
 from ..networks import load_weights
 from ..serving.loaders import TorchScriptRunner
@@ -291,9 +292,7 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
     shutil.copy2(model_ts, folder / "models" / "model.ts")
     write_large_files(folder, weights_url)
     archive = models_dir / f"{name}.zip"
-    tmp = archive.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             zf.write(path, path.relative_to(folder.parent).as_posix())
-    tmp.replace(archive)
     return Deployable(folder, model_ts, archive, diff)

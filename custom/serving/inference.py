@@ -150,13 +150,13 @@ class ProbabilityWriter:
 
     @staticmethod
     def _write_csv(path: Path, header: list, rows: list) -> None:
+        from ..files import atomic_path
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(header)
             writer.writerows(rows)
-        tmp.replace(path)
 
     def _write(self, engine: Engine) -> None:
         self._write_csv(self.output_file, ["image"] + self.classes, self._rows)

@@ -236,10 +236,11 @@ class RunRecord:
 
     def write(self, path) -> Path:
         """Write the record as JSON (atomically: a temporary file renamed over ``path``)."""
+        from ..files import atomic_path
+
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state_dict(), indent=1) + "\n")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.state_dict(), indent=1) + "\n")
         return path
 
     def check(self, state: dict, path) -> None:

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ...files import atomic_path
 from ...labels import NO_FINDING
 from . import harmonise
 
@@ -318,13 +319,13 @@ def write_json(obj: dict, path) -> Path:
     text = json.dumps(
         obj, separators=(",", ":") if path.suffix == ".gz" else (",", ": "), indent=None if path.suffix == ".gz" else 1
     )
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".gz":
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as f:
-            f.write(text.encode("utf-8"))
-    else:
-        tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".gz":
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                       compresslevel=9) as f:
+                f.write(text.encode("utf-8"))
+        else:
+            tmp.write_text(text + "\n", encoding="utf-8")
     return path
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ...files import atomic_path
 from .labels import (
     CLASSES,
     NUM_CLASSES,
@@ -144,9 +145,8 @@ def _generate(root, *, seed=0, num_training=4000, num_validation=1000, num_test=
         "styles": {"in_distribution": STYLES["standard"], "test_shifted": STYLES["shifted"]},
         "measured_noise": measured,
     }
-    tmp = root / ".datalist.json.tmp"
-    tmp.write_text(_dumps_datalist(datalist))
-    os.replace(tmp, path)  # the datalist appears last: its presence means "complete"
+    with atomic_path(path, root / ".datalist.json.tmp") as tmp:  # the datalist appears last: it means "complete"
+        tmp.write_text(_dumps_datalist(datalist))
     return path
 
 
