@@ -66,7 +66,7 @@ class _ReportingSaveHandler(BaseSaveHandler):
                 f"could not write checkpoint {path}: {e.strerror or e}. Nothing was replaced: checkpoints "
                 "are written to a temporary file and renamed, so the previous checkpoint in that folder is intact",
             ) from e
-        if self.record is not None:
+        if self.record is not None and self._writes_here():
             self.record.write(path.with_suffix(".json"))
         pending, self._pending_removals = self._pending_removals, []
         if getattr(self.inner, "filename", None):  # MONAI's fixed-name saver (model.pt): overwritten in place
@@ -77,6 +77,14 @@ class _ReportingSaveHandler(BaseSaveHandler):
 
     def remove(self, filename: str) -> None:
         self._pending_removals.append(filename)
+
+    def _writes_here(self) -> bool:
+        """Whether this process writes the files: under several processes, ignite's ``DiskSaver`` writes on
+        its ``save_on_rank`` only (the run record beside the weights follows it; every rank writing it
+        raced on the same temporary file)."""
+        import ignite.distributed as idist
+
+        return idist.get_rank() == getattr(self.inner, "save_on_rank", 0)
 
 
 def _make_safe(saver: _MonaiCheckpointSaver, record=None) -> None:
