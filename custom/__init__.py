@@ -24,15 +24,13 @@ from .deploy import ModelRegistrar
 from .evaluation import MultiLabelAUC, TestReport, mean_auc, per_class_auc, predict
 from .flags import as_bool
 from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indices
-from .networks import build_network, load_pretrained, load_weights
+from .networks import build_network, load_pretrained, load_weights, prepare_network
 from .nvum import (BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUMMemory, build_loss, class_prior,
                    log1m_sigmoid)
 from .serving import (BundleNetwork, HeatmapWriter, InferenceDataset, ProbabilityWriter, list_inputs,
                       load_inference_network)
-from .training import (CheckpointSaver, CheckpointWriteError, EpochSeeder, EpochSummary, HandlerGroup, LossAverages,
-                       MLflowTracker, NonFiniteLossError, NVUMTrainer, PrepareImageBatch, ProgressBar, ResumeLoader,
-                       RunRecord, RunSummary, TrainingCheckpointSaver, ValidationState, default_tracking_uri,
-                       distributed, memory_format)
+from .training import (CheckpointSaver, CheckpointWriteError, LossAverages, MLflowTracker, NonFiniteLossError,
+                       NVUMTrainer, RunRecord, RunSummary, default_tracking_uri, distributed, memory_format)
 
 filter_third_party_noise()
 install_excepthook()  # only under `python -m monai.bundle` (custom.cli installs it itself)

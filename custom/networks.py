@@ -43,6 +43,17 @@ def build_network(name: str, num_classes: int, **kwargs) -> torch.nn.Module:
     return network
 
 
+def prepare_network(network: torch.nn.Module, device="cpu", pretrained_weights: str = "",
+                    channels_last=False) -> torch.nn.Module:
+    """The network train.json trains: ``pretrained_weights`` loaded (a local file; ``""``: none, see
+    :func:`load_pretrained`), moved to ``device``, its weights channels-last when ``channels_last``."""
+    from .flags import as_bool
+
+    network = load_pretrained(network, pretrained_weights)
+    layout = torch.channels_last if as_bool(channels_last, "channels_last") else torch.contiguous_format
+    return network.to(device, memory_format=layout)
+
+
 def network_from_record(architecture: dict, num_classes: int) -> torch.nn.Module:
     """The network a run recorded (:func:`build_network` definition), with ``num_classes`` outputs."""
     if not isinstance(architecture, dict) or "name" not in architecture:

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from custom.tools.audit import (audit, audit_benchmark, benchmark_metrics, calibrate_logits, confident_learning,
                                detection_metrics, loss_score, memory_logits, memory_score, read_checkpoint)
-from custom.tools.synthetic import split_noise_specs
+from custom.data.synthetic import split_noise_specs
 from custom.training.checkpoints import find_checkpoint
 from custom.data import DataList
 from custom.nvum.memory import NVUMMemory

@@ -93,7 +93,7 @@ def test_torchrun_two_processes_keep_one_memory_equal_to_a_single_process_run(tm
     """``torchrun --nproc_per_node=2`` (gloo) on the overlay: both ranks end with the same memory,
     equal (1e-5) to one process with the same global batch, for both memory schedules. The same
     processes first check the primitives: row gathering and BatchNorm over the global batch."""
-    from custom.tools.synthetic import ensure_synthetic
+    from custom.data.synthetic import ensure_synthetic
 
     data = tmp_path / "data"
     ensure_synthetic(data, seed=0, num_training=64, num_validation=33, num_test=32, num_test_shifted=32, image_size=32)

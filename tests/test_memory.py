@@ -151,7 +151,7 @@ def test_iteration_schedule_without_teacher_uses_the_step_logits():
 def test_disabled_updater_and_teacher_leave_everything_untouched():
     mem = NVUMMemory(1, [0.5])
     student = torch.nn.Linear(1, 1)
-    teacher = EMATeacher(student, enabled=False)
+    teacher = EMATeacher(student, use=False)
     assert teacher.model is None and teacher.eval_network is student
     batches = [{"image": torch.zeros(1, 1), "pred": torch.tensor([[1.0]]), "index": torch.tensor([0])}]
     _fake_training(MemoryUpdater(mem, "epoch", enabled=False), batches, teacher=teacher)

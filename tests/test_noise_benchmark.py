@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from custom.tools import noise_benchmark as nb
-from custom.tools.synthetic import split_noise_specs
+from custom.data.synthetic import split_noise_specs
 from custom.tools.training import train_parser
 
 TINY = {

@@ -1,4 +1,4 @@
-"""Tests of the synthetic chest X-ray generator (custom/tools/synthetic/) and its label statistics."""
+"""Tests of the synthetic chest X-ray generator (custom/data/synthetic/) and its label statistics."""
 
 import json
 import os
@@ -295,12 +295,12 @@ def test_interrupted_generation_leaves_nothing_complete(monkeypatch, tmp_path, e
 
 
 # --------------------------------------------------------------------------------------
-# label statistics (custom/tools/synthetic/stats.py) on small hand-written tables
+# label statistics (custom/data/synthetic/stats.py) on small hand-written tables
 # --------------------------------------------------------------------------------------
 
 
 def test_derive_label_stats(tmp_path):
-    from custom.tools.synthetic.stats import derive_label_stats, main
+    from custom.data.synthetic.stats import derive_label_stats, main
 
     nih = tmp_path / "nih.csv"
     nih.write_text(

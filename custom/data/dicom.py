@@ -179,8 +179,13 @@ class ChestXrayDicomReader(ImageReader):
     """MONAI image reader of DICOM radiographs (:func:`read_dicom`), for ``LoadImage``'s reader list.
 
     Listed after ``PILReader`` in the bundle's ``load_image`` it is tried first; a file that is not
-    DICOM is left to the next reader at the cost of reading its first 132 bytes.
+    DICOM is left to the next reader at the cost of reading its first 132 bytes. The config names it as
+    a string (``"reader": ["PILReader", "custom.ChestXrayDicomReader"]``), so ``LoadImage`` builds it with
+    its own reader options, which are PIL's (``reverse_indexing``) and are ignored here.
     """
+
+    def __init__(self, **reader_options):
+        super().__init__()
 
     def verify_suffix(self, filename) -> bool:
         return all(is_dicom(f) for f in ensure_tuple(filename))

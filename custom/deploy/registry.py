@@ -176,10 +176,11 @@ class ModelRegistrar:
 
     Args:
         tracker: the workflow's :class:`~custom.training.MLflowTracker`.
-        checkpoint: the best weights (``model.pt``).
         models_dir: where ``model.ts`` and the zip are written.
-        record: the run's :class:`~custom.training.RunRecord` (classes, input size, network).
-        example_images: image files for the MLflow input example (the first two are used).
+        checkpoint: the best weights (default: ``models_dir/model.pt``).
+        record: the run's :class:`~custom.training.RunRecord` or its settings (classes, input size, network).
+        example_images: image files for the MLflow input example (the first two are used), or a data list
+            (its first two validation images).
         registered_model_name: name in the registry; ``null``/empty logs the model unregistered.
         test_report: the workflow's :class:`~custom.evaluation.TestReport`; its mean AUCs over the
             diseases become the deployable metadata's ``eval_metrics`` (``mean_auc_diseases_<test set>``).
@@ -189,14 +190,20 @@ class ModelRegistrar:
             (train.json's ``test_and_deploy`` switch).
     """
 
-    def __init__(self, tracker, checkpoint, models_dir, record=None, example_images: Sequence = (),
+    def __init__(self, tracker, models_dir, checkpoint=None, record=None, example_images: Sequence = (),
                  registered_model_name: str | None = DEFAULT_MODEL_NAME, bundle_dir=None,
                  bundle_name: str = BUNDLE_NAME, enabled: bool = True, test_report=None):
         from ..flags import as_bool
 
-        self.tracker, self.checkpoint, self.models_dir = tracker, checkpoint, models_dir
+        from ..training.checkpoints import run_record
+
+        self.tracker, self.models_dir = tracker, models_dir
+        self.checkpoint = checkpoint if checkpoint not in (None, "") else Path(models_dir) / "model.pt"
+        record = run_record(record)
         self.record = record.state_dict() if hasattr(record, "state_dict") else record
         self.enabled = as_bool(enabled, "enabled")
+        if hasattr(example_images, "items"):  # a data list: its first validation images
+            example_images = [item["image"] for item in example_images.items("validation")[:2]]
         self.example_images = list(example_images)[:2]
         self.registered_model_name = registered_model_name or None
         self.bundle_dir, self.bundle_name = bundle_dir, bundle_name

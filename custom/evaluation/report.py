@@ -228,6 +228,8 @@ class TestReport:
                  batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None, end_run: bool = True,
                  enabled: bool = True):
         self.network, self.datalist, self.transform = network, datalist, transform
+        if checkpoint not in (None, "") and Path(checkpoint).is_dir():  # a run's folder: its best model
+            checkpoint = Path(checkpoint) / "model.pt"
         self.output_dir, self.checkpoint = Path(output_dir), checkpoint
         self.splits, self.test_lists = list(splits) if splits else None, test_lists
         self.num_resamples, self.seed, self.confidence = int(num_resamples), int(seed), float(confidence)

@@ -21,7 +21,7 @@ class EMATeacher:
 
     After every optimiser step: ``teacher = decay * teacher + (1 - decay) * student`` for the
     weights and, with ``include_buffers``, for the BatchNorm running statistics too. Wraps
-    ignite's :class:`~ignite.handlers.EMAHandler`. When ``enabled`` is false it does nothing and
+    ignite's :class:`~ignite.handlers.EMAHandler`. When ``use`` is false it does nothing and
     :attr:`eval_network` is the student itself, so configs can reference it unconditionally.
 
     A decay per step means a different teacher for every epoch length: the authors' 0.99 averages
@@ -34,7 +34,8 @@ class EMATeacher:
     Args:
         network: the student network.
         decay: weight of the old teacher per step, 0.99 in the authors' code.
-        enabled: create and update the teacher.
+        use: create and update the teacher (train.json's ``nvum#use_teacher``); otherwise validation,
+            test and export use the student.
         include_buffers: average the buffers (BN statistics) too; otherwise copy them.
         halflife_epochs: when set, replaces ``decay`` as above (with the trainer's epoch length).
     """
@@ -43,12 +44,12 @@ class EMATeacher:
         self,
         network: torch.nn.Module,
         decay: float = 0.99,
-        enabled: bool = True,
+        use: bool = True,
         include_buffers: bool = True,
         halflife_epochs: float | None = None,
     ):
         self.student = network
-        self.enabled = as_bool(enabled, "use_teacher")
+        self.enabled = as_bool(use, "use_teacher")
         self.decay = float(decay)
         self.halflife_epochs = float(halflife_epochs) if halflife_epochs not in (None, "", "null") else None
         if self.halflife_epochs is not None and not self.halflife_epochs > 0:

@@ -127,6 +127,35 @@ class NVUMMemory(nn.Module):
             )
         return index
 
+    @classmethod
+    def from_datalist(cls, datalist, prior: str = "frequency", momentum: float = 0.9, unbiased: bool = True,
+                      schedule: str = "epoch", before_loss: bool = False, teacher=None, device=None) -> "NVUMMemory":
+        """The memory of a data list's training split, with its updater (train.json's ``memory``).
+
+        One row per training image; the prior is estimated from the training labels with
+        :func:`class_prior` (``prior`` names the method). Its :class:`custom.nvum.MemoryUpdater`
+        (``schedule``, ``before_loss``, ``teacher``) is the memory's ``updater``, which
+        :class:`custom.NVUMTrainer` attaches when its loss reads the memory; the updater's state (logits
+        collected during an epoch) travels in the memory's ``state_dict``.
+        """
+        from .handlers import MemoryUpdater
+
+        labels = datalist.labels("training")
+        memory = cls(len(labels), class_prior(labels, datalist.classes, prior), momentum, unbiased, device)
+        memory.updater = MemoryUpdater(memory, schedule=schedule, teacher=teacher, before_loss=before_loss)
+        return memory
+
+    #: the handler that writes the memory (:meth:`from_datalist`); ``None`` for a bare memory.
+    updater = None
+
+    def get_extra_state(self) -> dict:
+        """The updater's state (the epoch schedule's logits collected so far), for exact resume."""
+        return self.updater.state_dict() if self.updater is not None else {}
+
+    def set_extra_state(self, state) -> None:
+        if self.updater is not None:
+            self.updater.load_state_dict(state or {})
+
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, num_classes={self.num_classes}, momentum={self.momentum}, "
                 f"unbiased={self.unbiased}")

@@ -24,7 +24,7 @@ def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-@cli.command(options_from="custom.tools.synthetic:generate_synthetic")
+@cli.command(options_from="custom.data.synthetic:generate_synthetic")
 def synthetic(root: str | None = None, **params):
     """Generate the synthetic chest X-ray set if it is not there yet, and print its data-list path.
 
@@ -45,7 +45,7 @@ def synthetic(root: str | None = None, **params):
     Example:
         python -m custom.cli synthetic --noise symmetric:0.2 --num_training 1500
     """
-    from .synthetic import ensure_synthetic
+    from ..data.synthetic import ensure_synthetic
 
     print(ensure_synthetic(root, **params))
 

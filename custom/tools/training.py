@@ -70,13 +70,21 @@ def train_through_bundle(overrides: dict | None = None, *, bundle_root, quiet: b
     """
     from monai.utils import set_determinism
 
-    from ..training import EpochSummary, ProgressBar, TrainingCheckpointSaver
+    from ignite.handlers import ProgressBar
+    from monai.handlers import StatsHandler
 
-    parser = train_parser({"bundle_root": str(bundle_root), "mlflow": False, **dict(overrides or {})}, config_file)
-    drops = ((ProgressBar, quiet), (EpochSummary, quiet), (TrainingCheckpointSaver, not resume_checkpoints))
-    dropped = tuple(t for t, drop in drops if drop)
-    if dropped:
-        parser["train#handlers"] = [h for h in parser["train#handlers"] if not _builds(parser, h, dropped)]
+    from ..training import CheckpointSaver
+
+    parser = train_parser({"bundle_root": str(bundle_root), "mlflow": False, "test_and_deploy": False,
+                           **dict(overrides or {})}, config_file)
+    if quiet:
+        parser["train#handlers"] = [h for h in parser["train#handlers"]
+                                    if not _builds(parser, h, (ProgressBar, StatsHandler))]
+        parser["validate#handlers"] = [h for h in parser["validate#handlers"] if not _builds(parser, h, (StatsHandler,))]
+    if not resume_checkpoints:
+        for handler in parser["train#handlers"]:
+            if _builds(parser, handler, (CheckpointSaver,)):
+                handler["save_interval"] = 0
     set_determinism(seed=int(parser.get_parsed_content("seed")))
     try:
         datalist = parser.get_parsed_content("data")

@@ -2,9 +2,9 @@
 training."""
 
 from . import distributed
-from .checkpoints import (CheckpointSaver, CheckpointWriteError, EpochSeeder, ResumeLoader, RunRecord,
-                          TrainingCheckpointSaver, ValidationState, find_checkpoint, read_record)
-from .engine import INDEX_KEY, NonFiniteLossError, NVUMTrainer
-from .performance import PrepareImageBatch, memory_format
-from .progress import EpochSummary, HandlerGroup, LossAverages, ProgressBar, RunSummary
+from .checkpoints import (CheckpointSaver, CheckpointWriteError, RunRecord, ValidationState, find_checkpoint,
+                          read_record, run_record)
+from .engine import INDEX_KEY, NonFiniteLossError, NVUMTrainer, epoch_seed
+from .performance import memory_format
+from .progress import LossAverages, RunSummary
 from .tracking import MLflowTracker, default_tracking_uri

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 from pathlib import Path
 
-import numpy as np
-import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
@@ -94,74 +91,6 @@ def _make_safe(saver: _MonaiCheckpointSaver, record=None) -> None:
             checkpoint.save_handler = _ReportingSaveHandler(checkpoint.save_handler, record)
 
 
-class CheckpointSaver(_MonaiCheckpointSaver):
-    """MONAI's ``CheckpointSaver`` (atomic writes) whose write errors name the file.
-
-    Used for the best model (``model.pt``). Takes the same arguments as MONAI's, and:
-
-    Args:
-        record: a :class:`RunRecord`, written as ``<checkpoint name>.json`` (``model.json``) next to
-            every checkpoint this saver writes, so that the weights file says what network, classes
-            and input size it holds.
-    """
-
-    def __init__(self, *args, record=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        _make_safe(self, record)
-
-
-class TrainingCheckpointSaver(CheckpointSaver):
-    """The per-epoch resume checkpoint: ``save_dict`` plus the engine it is attached to.
-
-    A config cannot reference the trainer from inside the trainer's own handler list (that is a
-    circular reference), yet the trainer's state (epoch, iteration) must be in the checkpoint for
-    an exact resume; the AMP grad scaler, when the trainer has one, is added too. Takes the same
-    arguments as ``CheckpointSaver``.
-    """
-
-    def attach(self, engine: Engine) -> None:
-        self.save_dict.setdefault("trainer", engine)
-        if getattr(engine, "scaler", None) is not None:
-            self.save_dict.setdefault("scaler", engine.scaler)
-        super().attach(engine)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of every random generator during ``epoch`` (1-based) of a run seeded with ``seed``."""
-    return (int(seed) * 1_000_003 + int(epoch)) % (2**32)
-
-
-class EpochSeeder:
-    """Reseeds torch, numpy, python and the given random transforms at the start of every epoch.
-
-    Attach it first in the trainer's handler list. The seed of epoch ``k`` is
-    :func:`epoch_seed` ``(seed, k)``, so what an epoch draws (sample order, augmentation, memory
-    mixing) does not depend on what happened before it, in particular not on whether the run was
-    interrupted and resumed. With worker processes, MONAI's ``DataLoader`` seeds each worker's
-    transforms from torch's generator, which this reseeds too.
-
-    Args:
-        seed: the run's seed (config id ``seed``).
-        transforms: objects with ``set_random_state(seed=...)`` (e.g. the training ``Compose``).
-    """
-
-    def __init__(self, seed: int = 0, transforms=()):
-        self.seed = int(seed)
-        self.transforms = list(transforms) if isinstance(transforms, (list, tuple)) else [transforms]
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        s = epoch_seed(self.seed, engine.state.epoch)
-        torch.manual_seed(s)
-        np.random.seed(s)
-        random.seed(s)
-        for t in self.transforms:
-            if t is not None and hasattr(t, "set_random_state"):
-                t.set_random_state(seed=s)
-
-
 class ValidationState:
     """The best validation score so far and the best-model saver's record of it, for resume.
 
@@ -193,6 +122,89 @@ class ValidationState:
         self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
         if self._checkpoint() is not None and "saved" in state:
             self._checkpoint().load_state_dict({"_saved": [(p, f) for p, f in state["saved"]]})
+
+
+def run_record(record):
+    """A :class:`RunRecord` from train.json's ``run_record`` settings (a dict of ``datalist``, ``image_size``,
+    ``network``, ``nvum``, ``recipe``; the classes and the number of training images come from the data
+    list), or the record itself; ``None`` stays ``None``."""
+    if record is None or isinstance(record, RunRecord):
+        return record
+    settings = dict(record)
+    datalist = settings.get("datalist")
+    settings.setdefault("classes", getattr(datalist, "classes", None) or [])
+    settings.setdefault("num_training", len(datalist) if datalist is not None else 0)
+    return RunRecord(**settings)
+
+
+class CheckpointSaver(_MonaiCheckpointSaver):
+    """The run's checkpoints: one per epoch for resume, and the run record beside the best model.
+
+    MONAI's ``CheckpointSaver`` (ignite's atomic writes) attached to the trainer, saving
+    ``save_dict`` every ``save_interval`` epochs (``checkpoint_epoch=K.pt``, the last ``n_saved``
+    kept) and, with ``resume``, loading the last one when training starts. Why not the stock saver
+    and loader: here the previous checkpoint is deleted only after the new one is complete (ignite
+    deletes it first), a failed write names its file (:class:`CheckpointWriteError`), ``resume`` may
+    be ``true``/``latest`` or a path and is checked against the run record, and the best-model
+    saver's state (the best score so far) is saved and restored, so a resumed run continues exactly.
+
+    Args:
+        save_dir: the checkpoint folder.
+        save_dict: the objects to save (the trainer adds itself and its AMP scaler, see
+            :class:`custom.NVUMTrainer`; the run record and the validation state are added here).
+        resume: ``false`` (start fresh), ``true``/``"latest"`` (the last checkpoint in ``save_dir``) or a path.
+        record: the run record (:func:`run_record` settings): saved in every checkpoint and written as
+            ``model.json`` beside every ``model.pt`` the best-model saver writes.
+        best_model_saver: the evaluator's stock ``CheckpointSaver`` of the best model (its writes are made
+            safe the same way).
+        evaluator: the validation engine whose best score is saved.
+        save_interval: epochs between checkpoints; 0: none (the best model and its record are still written).
+        n_saved: checkpoints kept.
+    """
+
+    def __init__(self, save_dir, save_dict, resume=False, record=None, best_model_saver=None, evaluator=None,
+                 save_interval: int = 1, n_saved: int = 1):
+        self.resume_dict = save_dict
+        self.record = run_record(record)
+        if self.record is not None:
+            save_dict["run_record"] = self.record
+        if best_model_saver is not None:
+            _make_safe(best_model_saver, self.record)
+            if evaluator is not None:
+                save_dict["validation"] = ValidationState(evaluator, best_model_saver)
+        self.resume = resume
+        self.path: Path | None = None
+        super().__init__(save_dir=save_dir, save_dict=save_dict, save_interval=int(save_interval),
+                         n_saved=n_saved, epoch_level=True)
+        _make_safe(self)
+
+    def attach(self, engine: Engine) -> None:
+        self.path = find_checkpoint(self.resume, self.save_dir)
+        if self.path is not None:
+            engine.add_event_handler(Events.STARTED, self._load)
+        if self.save_interval > 0:
+            super().attach(engine)
+
+    def _load(self, engine: Engine) -> None:
+        from ..networks import read_checkpoint
+
+        checkpoint = read_checkpoint(self.path)
+        missing = [k for k in self.resume_dict if k not in checkpoint]
+        if missing:
+            raise KeyError(
+                f"checkpoint {self.path} has no {missing} (it holds {sorted(checkpoint)}); is it a training "
+                f"checkpoint of this bundle?"
+            )
+        if isinstance(self.record, RunRecord):
+            self.record.check(checkpoint["run_record"], self.path)
+        max_epochs = engine.state.max_epochs
+        to_load = {k: v for k, v in self.resume_dict.items() if k != "run_record"}
+        Checkpoint.load_objects(to_load=to_load, checkpoint={k: checkpoint[k] for k in to_load})
+        if engine.state.epoch > max_epochs:
+            raise ValueError(f"checkpoint {self.path} is at epoch {engine.state.epoch}, beyond max_epochs={max_epochs}")
+        engine.state.max_epochs = max_epochs
+        logger.info("resumed from %s at epoch %d (iteration %d)", self.path, engine.state.epoch, engine.state.iteration)
+        print(f"resumed from {self.path}: epoch {engine.state.epoch}/{max_epochs} done", flush=True)
 
 
 class RunRecord:
@@ -324,57 +336,3 @@ def find_checkpoint(resume, ckpt_dir) -> Path | None:
     if not path.is_file():
         raise FileNotFoundError(f"--resume: checkpoint {path} does not exist")
     return path
-
-
-class ResumeLoader:
-    """Restores a run from a training checkpoint when the trainer starts (``--resume``).
-
-    Attach it first in the trainer's handler list, so that every other handler starts from the
-    restored state. ``load_dict`` is the same dict the :class:`TrainingCheckpointSaver` saves; the
-    trainer (and its AMP scaler) are added here. Checkpoints are read on the CPU with
-    ``weights_only=True`` (:func:`custom.networks.read_checkpoint`) and moved by ``load_state_dict``.
-    Before anything is loaded, the checkpoint's :class:`RunRecord` is compared with this run's, so a
-    data list of another size or with other classes stops with a message naming both.
-
-    Args:
-        resume: ``false`` (default: start fresh), ``true``/``"latest"`` (last checkpoint in
-            ``ckpt_dir``) or a checkpoint path.
-        ckpt_dir: the run's checkpoint folder.
-        load_dict: objects to restore, by checkpoint key.
-    """
-
-    def __init__(self, resume=False, ckpt_dir="models", load_dict=None):
-        self.resume, self.ckpt_dir = resume, ckpt_dir
-        self.load_dict = dict(load_dict or {})
-        self.path: Path | None = None
-
-    def attach(self, engine: Engine) -> None:
-        self.path = find_checkpoint(self.resume, self.ckpt_dir)
-        if self.path is None:
-            return
-        self.load_dict.setdefault("trainer", engine)
-        if getattr(engine, "scaler", None) is not None:
-            self.load_dict.setdefault("scaler", engine.scaler)
-        engine.add_event_handler(Events.STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        from ..networks import read_checkpoint
-
-        checkpoint = read_checkpoint(self.path)
-        missing = [k for k in self.load_dict if k not in checkpoint]
-        if missing:
-            raise KeyError(
-                f"checkpoint {self.path} has no {missing} (it holds {sorted(checkpoint)}); is it a training "
-                f"checkpoint of this bundle?"
-            )
-        record = self.load_dict.get("run_record")
-        if isinstance(record, RunRecord):
-            record.check(checkpoint["run_record"], self.path)
-        max_epochs = engine.state.max_epochs
-        to_load = {k: v for k, v in self.load_dict.items() if k != "run_record"}
-        Checkpoint.load_objects(to_load=to_load, checkpoint={k: checkpoint[k] for k in to_load})
-        if engine.state.epoch > max_epochs:
-            raise ValueError(f"checkpoint {self.path} is at epoch {engine.state.epoch}, beyond max_epochs={max_epochs}")
-        engine.state.max_epochs = max_epochs
-        logger.info("resumed from %s at epoch %d (iteration %d)", self.path, engine.state.epoch, engine.state.iteration)
-        print(f"resumed from {self.path}: epoch {engine.state.epoch}/{max_epochs} done", flush=True)

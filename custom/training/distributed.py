@@ -142,14 +142,16 @@ def wrap_ddp(network: nn.Module, device=None) -> nn.Module:
     return nn.parallel.DistributedDataParallel(network, device_ids=ids)
 
 
-def drop_on_workers(handlers: Iterable, types: Iterable[type]) -> list:
-    """``handlers`` without the instances of ``types`` on ranks other than 0 (progress bars and
-    printed summaries that would repeat once per process)."""
+def drop_on_workers(handlers: Iterable, types: Iterable) -> list:
+    """``handlers`` without the instances of ``types`` (classes, or class names such as ``"StatsHandler"``) on
+    ranks other than 0 (progress bars and printed lines that would repeat once per process)."""
     handlers = list(handlers)
     if is_main_process():
         return handlers
-    types = tuple(types)
-    return [h for h in handlers if not isinstance(h, types)]
+    types = list(types)
+    names = {t for t in types if isinstance(t, str)}
+    classes = tuple(t for t in types if isinstance(t, type))
+    return [h for h in handlers if not (isinstance(h, classes) or type(h).__name__ in names)]
 
 
 def on_main_process(function: Callable, *args, **kwargs):

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
 INDEX_KEY = "index"
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of every random generator during ``epoch`` (1-based) of a run seeded with ``seed``."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**32)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -23,14 +32,86 @@ class NVUMTrainer(SupervisedTrainer):
     is computed in float32 even when the forward pass runs under mixed precision, and a NaN or
     infinite loss stops training with the iteration and dataset indices in the message.
 
-    Takes the same arguments as :class:`monai.engines.SupervisedTrainer`; gradient accumulation is
-    not supported (NVUM's memory is updated per optimiser step).
+    Why not the stock trainer: the loss needs the batch's dataset indices (NVUM's memory rows), and
+    the method's own handlers (the EMA teacher, the memory update) must run before the config's.
+    Besides :class:`monai.engines.SupervisedTrainer`'s arguments (gradient accumulation is not
+    supported: NVUM's memory is updated per optimiser step) it takes:
+
+    Args:
+        seed: every random generator (torch, numpy, python, the training transforms) is reseeded at
+            the start of epoch ``k`` with :func:`epoch_seed` ``(seed, k)``, so what an epoch draws does
+            not depend on whether the run was interrupted and resumed; ``None``: no reseeding.
+        teacher: the EMA teacher (:class:`custom.EMATeacher`), attached before the config's handlers.
+            The loss's memory (``loss_function.memory``, when the loss reads one) is attached after it,
+            and the epoch averages of the loss and its parts become ``train_loss``, ``train_bce``,
+            ``train_reg`` in ``state.metrics``.
+        after_training: steps run after the last epoch (objects with ``run()``: the test report, the
+            export and registration), in order, when ``test_and_deploy`` is true. ``None`` entries
+            (components the config disabled) are skipped.
+        test_and_deploy: run ``after_training``.
+
+    ``train_handlers`` may hold ``None`` (a disabled component, e.g. the MLflow tracker with
+    ``mlflow`` false). The trainer puts itself (and its AMP grad scaler) into the ``save_dict`` of
+    every :class:`custom.CheckpointSaver` among its handlers: a config cannot reference the trainer
+    from its own handler list. Whether training ends or fails, the files the run wrote are listed
+    last (:class:`custom.RunSummary`), and every handler with a ``finish()`` (the MLflow tracker) is
+    finished.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, seed: int | None = None, teacher=None, after_training=(), test_and_deploy=True,
+                 **kwargs):
+        from ..flags import as_bool
+        from .progress import LossAverages
+
+        handlers = [h for h in (kwargs.pop("train_handlers", None) or []) if h is not None]
+        loss = kwargs.get("loss_function", args[5] if len(args) > 5 else None)
+        updater = getattr(getattr(loss, "memory", None), "updater", None) if getattr(loss, "uses_memory", False) else None
+        first = [h for h in (teacher, updater) if h is not None] + [LossAverages()]
+        super().__init__(*args, train_handlers=first + handlers, **kwargs)
         if self.accumulation_steps != 1:
             raise ValueError("NVUMTrainer does not support gradient accumulation (accumulation_steps must be 1)")
+        self.seed = None if seed is None else int(seed)
+        self.run_handlers = handlers
+        self.after_training = [s for s in (after_training or []) if s is not None]
+        self.test_and_deploy = as_bool(test_and_deploy, "test_and_deploy")
+        if self.seed is not None:
+            self.add_event_handler(Events.EPOCH_STARTED, self._reseed)
+            handlers_ = self._event_handlers[Events.EPOCH_STARTED]
+            handlers_.insert(0, handlers_.pop())  # before every other handler of the epoch
+        for handler in handlers:
+            save_dict = getattr(handler, "resume_dict", None)
+            if save_dict is not None:
+                save_dict.setdefault("trainer", self)
+                if getattr(self, "scaler", None) is not None:
+                    save_dict.setdefault("scaler", self.scaler)
+
+    def _reseed(self, engine) -> None:
+        s = epoch_seed(self.seed, engine.state.epoch)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        transform = getattr(getattr(self.data_loader, "dataset", None), "transform", None)
+        if transform is not None and hasattr(transform, "set_random_state"):
+            transform.set_random_state(seed=s)
+
+    def run(self) -> None:
+        """Train, then (with ``test_and_deploy``) run the steps after training; list the files written."""
+        from .progress import RunSummary
+
+        try:
+            super().run()
+            if self.test_and_deploy:
+                for step in self.after_training:
+                    step.run()
+            elif self.after_training:
+                print("test_and_deploy is off: no test report, the model is neither exported nor registered",
+                      flush=True)
+            for handler in self.run_handlers:
+                if callable(getattr(handler, "finish", None)):
+                    handler.finish()
+        finally:
+            ckpt_dir = next((h.save_dir for h in self.run_handlers if hasattr(h, "resume_dict")), None)
+            RunSummary(ckpt_dir, self.after_training).run()
 
     def _iteration(self, engine, batchdata: dict) -> dict:
         if batchdata is None:

@@ -24,13 +24,27 @@ class MLflowTracker(MLFlowHandler):
     """MONAI's :class:`~monai.handlers.MLFlowHandler` that can be switched off from config and
     that also logs files and metrics for code outside the engines (the final test report).
 
+    Why not the stock handler: an unnamed run never continues another unfinished run of the
+    experiment, the store defaults to ``output_dir``, and code outside the engines (the test report,
+    the registration) logs to the same run. In train.json it is left out with ``mlflow`` false
+    (``_disabled_``).
+
     Args:
-        enabled: false attaches nothing and logs nothing.
+        enabled: false attaches nothing and logs nothing (for code; configs disable the component).
         output_dir: where the default sqlite store and artifacts go (see :func:`default_tracking_uri`).
+        record: the run record or its settings (train.json's ``run_record``): its parameters are the run's.
+        evaluator: the validation engine, attached to as well when the tracker is attached to the trainer
+            (its metrics are logged per epoch).
         kwargs: passed to ``MLFlowHandler`` (``tracking_uri`` overrides the default).
     """
 
-    def __init__(self, enabled: bool = True, output_dir: str = ".", **kwargs):
+    def __init__(self, enabled: bool = True, output_dir: str = ".", record=None, evaluator: Engine | None = None,
+                 **kwargs):
+        self.evaluator = evaluator
+        if record is not None:
+            from .checkpoints import run_record
+
+            kwargs.setdefault("experiment_param", run_record(record).params())
         self.enabled = as_bool(enabled, "mlflow")
         if not self.enabled:  # no MLflow client at all: it would create a store in the working directory
             self.cur_run, self.run_name, self.experiment_param = None, kwargs.get("run_name"), None
@@ -43,6 +57,8 @@ class MLflowTracker(MLFlowHandler):
     def attach(self, engine: Engine) -> None:
         if self.enabled:
             super().attach(engine)
+            if self.evaluator is not None and self.evaluator is not engine:
+                super().attach(self.evaluator)
 
     def start(self, engine: Engine | None = None) -> None:
         """Start a new run, unless this tracker already has one.

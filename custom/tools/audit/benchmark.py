@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from ...evaluation.tables import markdown_table
 from ...training.checkpoints import find_checkpoint
-from ..synthetic import noise_slug, split_noise_specs
+from ...data.synthetic import noise_slug, split_noise_specs
 from ..training import train_parser, train_through_bundle
 from .audit import RANKINGS, audit
 from .scores import _sign, calibrate_logits, detection_metrics, loss_score

@@ -23,22 +23,20 @@ def _run_bundle_loop(
 ):
     """The training loop of ``train.json``: NVUMTrainer with its training handlers (validation,
     checkpoints and MLflow left out: they are not part of the loop's cost per step)."""
-    from monai.handlers import LrScheduleHandler
+    from ignite.handlers import ProgressBar
+    from monai.handlers import LrScheduleHandler, StatsHandler
 
-    from ...training import NVUMTrainer
     from ...nvum import EMATeacher, MemoryUpdater
-    from ...training import EpochSummary, LossAverages, ProgressBar
-    from ...training import PrepareImageBatch
+    from ...training import NVUMTrainer
 
     net, memory, loss, optimizer, scheduler = _nvum_parts(num_samples, num_classes, seed, settings, tiny)
-    teacher = EMATeacher(net, enabled=False)
+    teacher = EMATeacher(net, use=False)
     handlers = [
         LrScheduleHandler(scheduler, print_lr=False),
         teacher,
         MemoryUpdater(memory, "epoch", teacher),
-        LossAverages(),
-        ProgressBar(),
-        EpochSummary(max_epochs=epochs),
+        ProgressBar(persist=False, disable=None),
+        StatsHandler(iteration_log=False),
     ]
     trainer = NVUMTrainer(
         device=settings.device,
@@ -49,7 +47,6 @@ def _run_bundle_loop(
         loss_function=loss,
         decollate=False,
         amp=settings.amp,
-        prepare_batch=PrepareImageBatch(settings.channels_last),
         train_handlers=handlers,
     )
     settings.sync()

@@ -40,7 +40,7 @@ def pipeline(num_images: int = 1000, source_size: int = 256, image_size: int = 1
     """
     from monai.data import DataLoader, Dataset
 
-    from ..synthetic import ensure_synthetic
+    from ...data.synthetic import ensure_synthetic
 
     path = ensure_synthetic(
         root, num_training=num_images, num_validation=16, num_test=16, num_test_shifted=16, image_size=source_size

@@ -29,7 +29,7 @@ def _step_trainer(
     loss_name, schedule, before_loss, use_teacher = STEP_METHODS[method]
     net, memory = network_and_memory(num_samples, num_classes, seed, settings, tiny)
     loss = build_loss(loss_name, memory)
-    teacher = EMATeacher(net, enabled=use_teacher)
+    teacher = EMATeacher(net, use=use_teacher)
     updater = MemoryUpdater(memory, schedule, teacher, enabled=loss_name != "bce", before_loss=before_loss)
     return NVUMTrainer(
         device=settings.device,

@@ -1,7 +1,7 @@
 """Synthetic noisy-label benchmark: NVUM against its baselines, trained through the bundle.
 
 ``python -m custom.cli noise_benchmark`` trains every method of a run matrix on the synthetic
-chest X-ray set (:mod:`custom.tools.synthetic`) and records, epoch by epoch, the mean AUC over the
+chest X-ray set (:mod:`custom.data.synthetic`) and records, epoch by epoch, the mean AUC over the
 diseases on the *noisy* validation split (model selection) and on the two *clean* test splits
 (``test``: in-distribution, ``test_shifted``: PadChest-like prevalence and image style), and the
 share of the wrong training labels the network has fitted (:mod:`.fitting`).
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from ...flags import as_bool
-from ..synthetic import split_noise_specs
+from ...data.synthetic import split_noise_specs
 from .recorder import CleanTestAUC
 from .compare import COMPARED, compare_results
 from .methods import (

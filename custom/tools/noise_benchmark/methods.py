@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Sequence
 
-from ..synthetic import noise_slug
+from ...data.synthetic import noise_slug
 
 #: Methods: overrides of the ``nvum`` settings of train.json (every other id keeps its value).
 #: Each method spells out its memory update order and teacher, so a change of train.json's
@@ -160,7 +160,7 @@ class Run:
 
 
 def dataset_params(noise: str, regime: Regime, data_seed: int = 0) -> dict:
-    """Parameters of the synthetic set of a (noise, regime) pair (``custom.tools.synthetic.synthetic_datalist``)."""
+    """Parameters of the synthetic set of a (noise, regime) pair (``custom.data.synthetic.synthetic_datalist``)."""
     return {
         "seed": data_seed,
         "num_training": regime.num_training,

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..synthetic import noise_slug
+from ...data.synthetic import noise_slug
 from .methods import Regime, Run, unique_runs
 from .tables import (
     _groups,

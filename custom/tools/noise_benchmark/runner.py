@@ -110,7 +110,7 @@ def run_matrix(runs: Sequence[Run], output, regimes: dict[str, Regime] | None = 
     """
     from tqdm import tqdm
 
-    from ..synthetic import ensure_synthetic
+    from ...data.synthetic import ensure_synthetic
 
     regimes = regimes or REGIMES
     runs_dir = Path(output) / "runs"

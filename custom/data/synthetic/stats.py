@@ -1,6 +1,6 @@
 """Label statistics of the real NIH and PadChest tables for the synthetic benchmark.
 
-The synthetic generator (:mod:`custom.tools.synthetic`) samples its clean multi-label targets
+The synthetic generator (:mod:`custom.data.synthetic`) samples its clean multi-label targets
 from the empirical distribution of NIH ChestX-ray14 label combinations, and re-weights
 that distribution towards PadChest-like per-class prevalence for its shifted test split.
 This module derives those statistics once from the metadata tables that ship with the

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...labels import NIH14_CLASSES, NO_FINDING, disease_indices
 
-#: Committed label statistics (see :mod:`custom.tools.synthetic.stats`).
+#: Committed label statistics (see :mod:`custom.data.synthetic.stats`).
 STATS_FILE = pathlib.Path(__file__).resolve().parent / "nih_label_stats.json"
 
 CLASSES = list(NIH14_CLASSES)
@@ -32,10 +32,10 @@ def _load_stats_text(path):
 
 
 def load_label_stats(path=None) -> dict:
-    """The committed label statistics (``custom/tools/synthetic/nih_label_stats.json``).
+    """The committed label statistics (``custom/data/synthetic/nih_label_stats.json``).
 
     Args:
-        path: another statistics file written by :mod:`custom.tools.synthetic.stats`.
+        path: another statistics file written by :mod:`custom.data.synthetic.stats`.
 
     Returns:
         dict as written by :func:`custom.synthetic_stats.derive_label_stats`.
@@ -132,7 +132,7 @@ def shifted_combo_weights(stats=None):
     stats = stats or load_label_stats()
     if "padchest" not in stats:
         raise ValueError("label statistics without a 'padchest' section: derive them with "
-                         "python -m custom.tools.synthetic.stats NIH_CSV PADCHEST_CSV OUTPUT_JSON")
+                         "python -m custom.data.synthetic.stats NIH_CSV PADCHEST_CSV OUTPUT_JSON")
     combos, counts = combo_table(stats)
     target = np.array([stats["padchest"]["prevalence"][c] for c in CLASSES])
     return fit_combo_weights(combos, counts, target)
