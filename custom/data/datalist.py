@@ -9,7 +9,7 @@ A data list is JSON (optionally gzipped) in MONAI's decathlon-like style::
 Image paths are relative to ``dataset_dir`` and must stay inside it (absolute paths only with
 ``allow_absolute_paths``); an image is listed once in the whole list (two splits sharing an image
 would leak it). Every item handed to a dataset carries its position in its split as ``index``:
-that is the row of the NVUM memory for training images.
+that is the row of the NVUM memory for training images (:data:`INDEX_KEY`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ REQUIRED_ITEM_KEYS = {"image", "label"}
 META_KEYS = {"classes", "generator", "summary", "scheme", "source"}
 #: most problems (rows, images) listed in one error message.
 MAX_LISTED = 50
+
+#: the key of an item's position in its split: the row of the NVUM memory for training images.
+INDEX_KEY = "index"
 
 # True while `check` builds a data list: it reports all of the list's problems and every bad image itself
 _PREFLIGHT = contextvars.ContextVar("nvum_datalist_preflight", default=False)
@@ -177,7 +180,7 @@ class DataList:
         out = []
         for i, item in enumerate(self._get(split)):
             d = {"image": str(self.dataset_dir / item["image"]), "label": np.asarray(item["label"], dtype=np.float32),
-                 "index": i}
+                 INDEX_KEY: i}
             if "patient" in item:
                 d["patient"] = str(item["patient"])
             out.append(d)

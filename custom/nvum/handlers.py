@@ -8,9 +8,9 @@ from ignite.handlers import EMAHandler
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from ..data.datalist import INDEX_KEY
 from ..flags import as_bool
-from ..training.distributed import RowGatherer
-from ..training.engine import INDEX_KEY
+from .gather import RowGatherer
 from .memory import NVUMMemory
 
 SCHEDULES = ("epoch", "iteration")
@@ -181,7 +181,7 @@ class MemoryUpdater:
 
     def _gather(self, engine: Engine, index: torch.Tensor, logits: torch.Tensor):
         """The step's ``(index, logits)`` of every rank, each image once per epoch (see
-        :class:`custom.distributed.RowGatherer`); unchanged in a single process."""
+        :class:`custom.nvum.gather.RowGatherer`); unchanged in a single process."""
         return self._gatherer(index, logits, engine.state.epoch)
 
     def state_dict(self) -> dict:

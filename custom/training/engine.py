@@ -7,7 +7,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-INDEX_KEY = "index"
+from ..data.datalist import INDEX_KEY
 
 
 class NonFiniteLossError(FloatingPointError):
