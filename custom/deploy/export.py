@@ -253,7 +253,7 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
     Raises:
         FileNotFoundError, ValueError: missing files, mismatching weights, failed checks.
     """
-    from ..training.checkpoints import read_record
+    from ..record import read_record
 
     source = Path(bundle_dir) if bundle_dir else default_bundle_dir()
     if record is None and Path(checkpoint).with_suffix(".json").is_file():

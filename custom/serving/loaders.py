@@ -63,7 +63,7 @@ class BundleNetwork(torch.nn.Module):
         record_file = self.model_file.with_suffix(".json")
         if self.model_file.suffix == ".ts" or not record_file.is_file():
             return self._network_def[0]
-        from ..training.checkpoints import read_record
+        from ..record import read_record
 
         record = read_record(self.model_file)
         if self.classes is not None and record.get("classes") and list(record["classes"]) != self.classes:

@@ -12,7 +12,7 @@ from ..deploy.registry import DEFAULT_MODEL_NAME, _experiment_id, log_pyfunc_mod
 def _record(checkpoint, classes=None, image_size=None) -> dict | None:
     """The run record beside ``checkpoint`` (``model.json``), with ``classes``/``image_size`` given on
     the command line taking precedence (for weights files that come without a record)."""
-    from ..training.checkpoints import read_record
+    from ..record import read_record
 
     record = dict(read_record(checkpoint) or {}) if Path(checkpoint).with_suffix(".json").is_file() else {}
     if classes:

@@ -233,7 +233,7 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
     if resume not in (None, False, "", "false", "False"):
         def resumable():
             from ..networks import read_checkpoint
-            from ..training.checkpoints import RunRecord
+            from ..record import RunRecord
 
             path = find_checkpoint(resume, str(parser.get_parsed_content("ckpt_dir")))
             ckpt = read_checkpoint(path)

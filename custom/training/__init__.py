@@ -2,8 +2,9 @@
 training."""
 
 from . import distributed
-from .checkpoints import (CheckpointSaver, CheckpointWriteError, EpochSeeder, ResumeLoader, RunRecord,
-                          TrainingCheckpointSaver, ValidationState, find_checkpoint, read_record)
+from ..record import RunRecord, read_record
+from .checkpoints import (CheckpointSaver, CheckpointWriteError, EpochSeeder, ResumeLoader, TrainingCheckpointSaver,
+                          ValidationState, find_checkpoint)
 from .engine import INDEX_KEY, NonFiniteLossError, NVUMTrainer
 from .performance import PrepareImageBatch, memory_format
 from .progress import EpochSummary, HandlerGroup, LossAverages, ProgressBar, RunSummary
