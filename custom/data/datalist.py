@@ -178,7 +178,7 @@ class DataList:
             ``index`` (int, position in the split) and ``patient`` (str, when given).
         """
         out = []
-        for i, item in enumerate(self._get(split)):
+        for i, item in enumerate(self.raw_items(split)):
             d = {"image": str(self.dataset_dir / item["image"]), "label": np.asarray(item["label"], dtype=np.float32),
                  INDEX_KEY: i}
             if "patient" in item:
@@ -188,15 +188,17 @@ class DataList:
 
     def labels(self, split: str, key: str = "label") -> np.ndarray:
         """(N, C) uint8 array of a split's labels (``key="clean_label"`` for the clean ones where known)."""
-        items = self._get(split)
+        items = self.raw_items(split)
         if items and key not in items[0]:
             raise KeyError(f"split '{split}' of {self.path} has no '{key}'")
         return np.asarray([item[key] for item in items], dtype=np.uint8).reshape(len(items), len(self.classes))
 
     def __len__(self) -> int:
-        return len(self._get("training"))
+        return len(self.raw_items("training"))
 
-    def _get(self, split: str) -> list[dict]:
+    def raw_items(self, split: str) -> list[dict]:
+        """The items of a split as stored in the data list (not copied); :class:`KeyError` naming the splits
+        when there is no such split."""
         if split not in self._splits:
             raise KeyError(f"data list {self.path} has no split '{split}'; it has {self.splits}")
         return self._splits[split]

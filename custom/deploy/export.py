@@ -77,8 +77,6 @@ def default_bundle_dir() -> Path:
     raise FileNotFoundError(f"no bundle folder with configs/inference.json found next to {code_dir()}; pass bundle_dir")
 
 
-_read_json = read_json_file
-
 
 def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
     """``inference.json`` and ``metadata.json`` of the deployable bundle, set to what a run trained.
@@ -94,8 +92,8 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         ``channel_def`` and ``num_channels``, the size into the input's ``spatial_shape``.
     """
     config_dir = Path(config_dir)
-    inference = resolve_includes(_read_json(config_dir / "inference.json"), config_dir.parent.parent)
-    meta = copy.deepcopy(_read_json(config_dir / "metadata.json"))
+    inference = resolve_includes(read_json_file(config_dir / "inference.json"), config_dir.parent.parent)
+    meta = copy.deepcopy(read_json_file(config_dir / "metadata.json"))
     try:
         fmt = meta["network_data_format"]
         in_key, out_key = next(iter(fmt["inputs"])), next(iter(fmt["outputs"]))
@@ -123,7 +121,7 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
 def schema_file(config_dir) -> Path:
     """The local copy of the JSON schema that ``metadata.json`` names: ``<bundle>/docs/<schema file name>``."""
     config_dir = Path(config_dir)
-    url = _read_json(config_dir / "metadata.json").get("schema")
+    url = read_json_file(config_dir / "metadata.json").get("schema")
     if not url:
         raise ValueError(f"{config_dir / 'metadata.json'} has no 'schema' entry")
     path = config_dir.parent / "docs" / url.rsplit("/", 1)[-1]

@@ -10,7 +10,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Sequence
 
-from .export import BUNDLE_NAME, Deployable, _read_json, build_bundle
+from .export import BUNDLE_NAME, Deployable, build_bundle
+from .layout import read_json_file
 
 #: default name of the model in the MLflow registry.
 DEFAULT_MODEL_NAME = "nvum-chestxray"
@@ -53,7 +54,7 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
 
     from ..serving.pyfunc import IMAGE_COLUMN, ChestXrayClassifier
 
-    inference = _read_json(deployable.config_dir / "inference.json")
+    inference = read_json_file(deployable.config_dir / "inference.json")
     if not example_images:
         example_images = _example_pngs(deployable.folder / "examples", inference["image_size"])
     example = pd.DataFrame({IMAGE_COLUMN: [Path(p).read_bytes() for p in example_images]})
@@ -65,8 +66,8 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     with use_tracking_uri(tracking_uri or mlflow.get_tracking_uri()):
         experiment_id = None
         if run_id is None:
-            experiment_id = _experiment_id(mlflow.MlflowClient(), experiment_name)
-        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id), _quiet_mlflow_logging():
+            experiment_id = get_or_create_experiment(mlflow.MlflowClient(), experiment_name)
+        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id), quiet_mlflow_logging():
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=ChestXrayClassifier(),
@@ -92,7 +93,7 @@ class _DropMessages(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_mlflow_logging():
+def quiet_mlflow_logging():
     """Logging the model without MLflow's notice that a Python model object is pickled (the bundle
     logs its own ``PythonModel`` class on purpose; loading it runs the bundle's code, which is shipped
     with it) and without its download progress bars."""
@@ -131,7 +132,7 @@ def use_tracking_uri(uri: str):
             os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
-def _experiment_id(client, name: str) -> str:
+def get_or_create_experiment(client, name: str) -> str:
     """The id of an experiment, created if needed with its artifacts next to a sqlite store (as the training does)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:

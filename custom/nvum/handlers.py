@@ -156,7 +156,7 @@ class MemoryUpdater:
         index, logits = self._gather(
             engine, engine.state.output[INDEX_KEY], engine.state.output[Keys.PRED].detach().float()
         )
-        index = self.memory._check_index(index)
+        index = self.memory.check_index(index)
         self._pending[index] = logits.to(self._pending.device)
         self._seen[index] = True
 

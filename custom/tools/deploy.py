@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from ..deploy.export import BUNDLE_NAME, Deployable, build_bundle
-from ..deploy.registry import DEFAULT_MODEL_NAME, _experiment_id, log_pyfunc_model
+from ..deploy.registry import DEFAULT_MODEL_NAME, get_or_create_experiment, log_pyfunc_model
 
 
 def _record(checkpoint, classes=None, image_size=None) -> dict | None:
@@ -60,7 +60,8 @@ def register_command(checkpoint="bundle/models/model.pt", registered_model_name:
         record = _record(checkpoint, classes, image_size)
         built = build_bundle(checkpoint, models_dir, staging, bundle_dir, record, name, example_images)
         client = mlflow.MlflowClient(tracking_uri=uri)
-        run = client.create_run(_experiment_id(client, experiment_name), run_name=f"register_{Path(checkpoint).name}")
+        experiment_id = get_or_create_experiment(client, experiment_name)
+        run = client.create_run(experiment_id, run_name=f"register_{Path(checkpoint).name}")
         try:
             client.log_artifact(run.info.run_id, str(built.zip), "bundle")
             version = log_pyfunc_model(built, example_images or (), registered_model_name, uri, run.info.run_id)
