@@ -133,7 +133,7 @@ OUTPUTS = "output folders writable"
 def check(config_file="bundle/configs/train.json", **overrides) -> int:
     """Check a training config, its data and its files; print a report; return 0 if none fails, else 1."""
     from ..data.datalist import DataList, DataListError, preflight_mode
-    from ..data.testlists import DataListWithTests
+    from ..data.real_datasets import DataListWithTests
     from ..training.checkpoints import find_checkpoint
 
     report = _Report()
