@@ -83,6 +83,40 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
         return mlflow.MlflowClient().get_model_version(registered_model_name, str(info.registered_model_version))
 
 
+def register_checkpoint(checkpoint, models_dir, record: dict | None, tracking_uri: str,
+                        registered_model_name: str | None = DEFAULT_MODEL_NAME, experiment_name: str = "nvum",
+                        bundle_dir=None, example_images: Sequence | None = None, name: str = BUNDLE_NAME):
+    """Export, pack, log and register a checkpoint in a new MLflow run (``register_<checkpoint name>``).
+
+    Builds the deployable bundle (:func:`build_bundle`), logs its zip as the run's artifact
+    ``bundle/<name>.zip`` and the pyfunc model (:func:`log_pyfunc_model`) in a new run of
+    ``experiment_name`` (created as the training creates it); the run is marked failed when a step fails.
+
+    Args:
+        record: what the run trained (:func:`custom.deploy.export.checkpoint_record`).
+        tracking_uri: the MLflow store.
+
+    Returns:
+        ``(deployable, run_id, version)``: what :func:`build_bundle` wrote, the run and the
+        ``ModelVersion`` (the ``ModelInfo`` when not registering).
+    """
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as staging:
+        built = build_bundle(checkpoint, models_dir, staging, bundle_dir, record, name, example_images)
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        experiment_id = get_or_create_experiment(client, experiment_name)
+        run = client.create_run(experiment_id, run_name=f"register_{Path(checkpoint).name}")
+        try:
+            client.log_artifact(run.info.run_id, str(built.zip), "bundle")
+            version = log_pyfunc_model(built, example_images or (), registered_model_name, tracking_uri,
+                                       run.info.run_id)
+        except BaseException:
+            client.set_terminated(run.info.run_id, "FAILED")
+            raise
+    return built, run.info.run_id, version
+
+
 class _DropMessages(logging.Filter):
     def __init__(self, *starts: str):
         super().__init__()
