@@ -96,7 +96,7 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
     Args:
         config_dir: folder holding ``inference.json`` and ``metadata.json``; ``%`` macros of
             ``inference.json`` are resolved relative to the folder above the bundle folder.
-        record: the run's record (:class:`custom.training.RunRecord`): its ``classes``,
+        record: the run's record (:class:`custom.record.RunRecord`): its ``classes``,
             ``image_size`` and ``network`` replace the config's (default: keep the config's).
 
     Returns:

@@ -213,7 +213,7 @@ class ModelRegistrar:
         tracker: the workflow's :class:`~custom.training.MLflowTracker`.
         checkpoint: the best weights (``model.pt``).
         models_dir: where ``model.ts`` and the zip are written.
-        record: the run's :class:`~custom.training.RunRecord` (classes, input size, network).
+        record: the run's :class:`~custom.record.RunRecord` (classes, input size, network).
         example_images: image files for the MLflow input example (the first two are used).
         registered_model_name: name in the registry; ``null``/empty logs the model unregistered.
         test_report: the workflow's :class:`~custom.evaluation.TestReport`; its mean AUCs over the

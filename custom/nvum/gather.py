@@ -4,7 +4,7 @@
 it collects the dataset indices and logits of every rank and keeps each image once per epoch, so
 that the memory stays identical on every rank. :func:`all_gather_rows` (also used by the AUC
 metric on sharded evaluation sets) and :func:`first_unseen` are its two steps. In a single process
-everything here is the identity. ``custom.training.distributed`` re-exports these names.
+everything here is the identity. The training package re-exports them as ``custom.distributed.*``.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def read_checkpoint(path) -> dict:
         dict with ``values`` ((N, C) float32 memory), ``log_prior`` ((C,) float32), ``epochs``
         (completed epochs = number of memory updates per row), ``network`` (the state dict of the
         evaluated network: the EMA teacher when the checkpoint has one, else the network) and
-        ``record`` (the run's :class:`~custom.training.RunRecord`: data list, input size,
+        ``record`` (the run's :class:`~custom.record.RunRecord`: data list, input size,
         network definition, memory momentum, ``unbiased``).
 
     Raises:
