@@ -17,7 +17,7 @@ def build_network(name: str, num_classes: int, **kwargs) -> torch.nn.Module:
     """A network of ``monai.networks.nets`` by class name, with one output per class.
 
     The definition (``name`` and ``kwargs``) is kept on the network as ``architecture`` so that
-    a run records what it trained (:class:`custom.training.RunRecord`) and export, inference and
+    a run records what it trained (:class:`custom.record.RunRecord`) and export, inference and
     the audit rebuild the same network from a checkpoint without being told.
 
     Args:

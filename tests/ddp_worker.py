@@ -21,7 +21,8 @@ CONFIGS = ROOT / "bundle" / "configs"
 
 def primitives() -> dict:
     """Row gathering and global BatchNorm on rank-dependent inputs; see the test for the expected values."""
-    from custom.training.distributed import CPUSyncBatchNorm, RowGatherer, all_gather_rows, rank, world_size
+    from custom.nvum.gather import RowGatherer, all_gather_rows
+    from custom.training.distributed import CPUSyncBatchNorm, rank, world_size
 
     me, ws = rank(), world_size()
     torch.manual_seed(0)

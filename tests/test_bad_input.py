@@ -271,7 +271,7 @@ def test_nan_loss_stops_training_naming_epoch_iteration_and_indices():
 
 
 def test_resume_refuses_a_checkpoint_trained_on_other_classes():
-    from custom.training.checkpoints import RunRecord
+    from custom.record import RunRecord
 
     here = RunRecord(["A", "B", "No Finding"], 10, "new.json")
     saved = RunRecord(["A", "C", "No Finding"], 10, "old.json").state_dict()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import CONFIGS, ROOT
 from custom.data import DataList, DataListError, read_json
-from custom.data.testlists import DataListWithTests, real_datalist
+from custom.data.real_datasets import DataListWithTests, real_datalist
 from custom.tools.datalists import BuildError, build, build_datalist
 from custom.tools.datalists.core import patient_split
 from custom.labels import CHEXPERT8_CLASSES, NIH14_CLASSES

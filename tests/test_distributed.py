@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 
 from conftest import ROOT
-from custom.training.distributed import CPUSyncBatchNorm, convert_batchnorm, first_unseen
+from custom.nvum.gather import first_unseen
+from custom.training.distributed import CPUSyncBatchNorm, convert_batchnorm
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"

@@ -252,7 +252,7 @@ def test_the_dicom_decoder_notice_is_silenced_and_other_monai_warnings_are_not(c
 def test_logging_the_mlflow_model_drops_only_its_pickling_notice():
     import logging
 
-    from custom.deploy.registry import _quiet_mlflow_logging
+    from custom.deploy.registry import quiet_mlflow_logging
 
     seen = []
     handler = logging.Handler()
@@ -260,7 +260,7 @@ def test_logging_the_mlflow_model_drops_only_its_pickling_notice():
     logger = logging.getLogger("mlflow.pyfunc")
     logger.addHandler(handler)
     try:
-        with _quiet_mlflow_logging():
+        with quiet_mlflow_logging():
             assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
             logger.warning("Passing a Python object as `python_model` causes it to be serialized using CloudPickle")
             logger.warning("something MLflow means")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from custom.training.engine import INDEX_KEY
+from custom.data.datalist import INDEX_KEY
 from custom.nvum.handlers import EMATeacher, MemoryUpdater
 from custom.nvum.memory import NVUMMemory, class_prior
 

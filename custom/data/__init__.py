@@ -3,5 +3,5 @@
 from .datalist import DataList, DataListError, read_json
 from .dicom import ChestXrayDicomReader, DicomReadError, is_dicom, read_dicom
 from .sources import open_datalist
-from .testlists import DataListWithTests, real_datalist
+from .real_datasets import DataListWithTests, real_datalist
 from .transforms import ChestXrayToTensord, ImageReadError, LoadImageChestXrayd, RandResizedCropd

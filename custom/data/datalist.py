@@ -9,7 +9,7 @@ A data list is JSON (optionally gzipped) in MONAI's decathlon-like style::
 Image paths are relative to ``dataset_dir`` and must stay inside it (absolute paths only with
 ``allow_absolute_paths``); an image is listed once in the whole list (two splits sharing an image
 would leak it). Every item handed to a dataset carries its position in its split as ``index``:
-that is the row of the NVUM memory for training images.
+that is the row of the NVUM memory for training images (:data:`INDEX_KEY`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ REQUIRED_ITEM_KEYS = {"image", "label"}
 META_KEYS = {"classes", "generator", "summary", "scheme", "source"}
 #: most problems (rows, images) listed in one error message.
 MAX_LISTED = 50
+
+#: the key of an item's position in its split: the row of the NVUM memory for training images.
+INDEX_KEY = "index"
 
 # True while `check` builds a data list: it reports all of the list's problems and every bad image itself
 _PREFLIGHT = contextvars.ContextVar("nvum_datalist_preflight", default=False)
@@ -175,9 +178,9 @@ class DataList:
             ``index`` (int, position in the split) and ``patient`` (str, when given).
         """
         out = []
-        for i, item in enumerate(self._get(split)):
+        for i, item in enumerate(self.raw_items(split)):
             d = {"image": str(self.dataset_dir / item["image"]), "label": np.asarray(item["label"], dtype=np.float32),
-                 "index": i}
+                 INDEX_KEY: i}
             if "patient" in item:
                 d["patient"] = str(item["patient"])
             out.append(d)
@@ -185,15 +188,17 @@ class DataList:
 
     def labels(self, split: str, key: str = "label") -> np.ndarray:
         """(N, C) uint8 array of a split's labels (``key="clean_label"`` for the clean ones where known)."""
-        items = self._get(split)
+        items = self.raw_items(split)
         if items and key not in items[0]:
             raise KeyError(f"split '{split}' of {self.path} has no '{key}'")
         return np.asarray([item[key] for item in items], dtype=np.uint8).reshape(len(items), len(self.classes))
 
     def __len__(self) -> int:
-        return len(self._get("training"))
+        return len(self.raw_items("training"))
 
-    def _get(self, split: str) -> list[dict]:
+    def raw_items(self, split: str) -> list[dict]:
+        """The items of a split as stored in the data list (not copied); :class:`KeyError` naming the splits
+        when there is no such split."""
         if split not in self._splits:
             raise KeyError(f"data list {self.path} has no split '{split}'; it has {self.splits}")
         return self._splits[split]

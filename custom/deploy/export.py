@@ -34,6 +34,7 @@ import torch
 from ..files import atomic_path
 from ..config import resolve_includes
 from ..networks import load_weights
+from ..record import read_record
 from ..serving.loaders import TorchScriptRunner
 from .layout import network_definition, read_json_file, write_configs, write_large_files, write_licences
 
@@ -77,7 +78,16 @@ def default_bundle_dir() -> Path:
     raise FileNotFoundError(f"no bundle folder with configs/inference.json found next to {code_dir()}; pass bundle_dir")
 
 
-_read_json = read_json_file
+def checkpoint_record(checkpoint, classes=None, image_size=None) -> dict:
+    """What a checkpoint was trained on: the run record beside it (``model.json``, written by training;
+    ``{}`` without one), with ``classes``/``image_size`` (given on the command line, for weights files
+    that come without a record) taking precedence. Only the record file is read, not the weights."""
+    record = dict(read_record(checkpoint) or {}) if Path(checkpoint).with_suffix(".json").is_file() else {}
+    if classes:
+        record["classes"] = [classes] if isinstance(classes, str) else list(classes)
+    if image_size:
+        record["image_size"] = int(image_size)
+    return record
 
 
 def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
@@ -86,7 +96,7 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
     Args:
         config_dir: folder holding ``inference.json`` and ``metadata.json``; ``%`` macros of
             ``inference.json`` are resolved relative to the folder above the bundle folder.
-        record: the run's record (:class:`custom.training.RunRecord`): its ``classes``,
+        record: the run's record (:class:`custom.record.RunRecord`): its ``classes``,
             ``image_size`` and ``network`` replace the config's (default: keep the config's).
 
     Returns:
@@ -94,8 +104,8 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         ``channel_def`` and ``num_channels``, the size into the input's ``spatial_shape``.
     """
     config_dir = Path(config_dir)
-    inference = resolve_includes(_read_json(config_dir / "inference.json"), config_dir.parent.parent)
-    meta = copy.deepcopy(_read_json(config_dir / "metadata.json"))
+    inference = resolve_includes(read_json_file(config_dir / "inference.json"), config_dir.parent.parent)
+    meta = copy.deepcopy(read_json_file(config_dir / "metadata.json"))
     try:
         fmt = meta["network_data_format"]
         in_key, out_key = next(iter(fmt["inputs"])), next(iter(fmt["outputs"]))
@@ -123,7 +133,7 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
 def schema_file(config_dir) -> Path:
     """The local copy of the JSON schema that ``metadata.json`` names: ``<bundle>/docs/<schema file name>``."""
     config_dir = Path(config_dir)
-    url = _read_json(config_dir / "metadata.json").get("schema")
+    url = read_json_file(config_dir / "metadata.json").get("schema")
     if not url:
         raise ValueError(f"{config_dir / 'metadata.json'} has no 'schema' entry")
     path = config_dir.parent / "docs" / url.rsplit("/", 1)[-1]
@@ -148,11 +158,15 @@ def verify_bundle(config_dir, schema=None) -> None:
         verify_net_in_out(net_id="network_def", meta_file=meta, config_file=inference, device="cpu")
 
 
-def export_torchscript(checkpoint, output, config_dir) -> Path:
+def export_torchscript(checkpoint, output, config_dir, network: torch.nn.Module | None = None) -> Path:
     """Export a checkpoint to TorchScript with ``monai.bundle.ckpt_export``.
 
     The bundle's ``metadata.json`` is embedded as the TorchScript metadata and ``inference.json``
     as the extra file ``inference.json``, as MONAI Deploy's bundle inference operator expects.
+
+    Args:
+        network: ``network_def`` with the checkpoint's weights already loaded (by the caller, which
+            has checked them); default: load them here to check them first.
 
     Raises:
         FileNotFoundError, ValueError: missing checkpoint or one that does not fit ``network_def``.
@@ -160,7 +174,8 @@ def export_torchscript(checkpoint, output, config_dir) -> Path:
     from monai.bundle import ckpt_export
 
     config_dir, output = Path(config_dir), Path(output)
-    load_weights(_network_def(config_dir), checkpoint)  # clear errors for a missing or mismatching file
+    if network is None:
+        checked_network(checkpoint, config_dir)  # clear errors for a missing or mismatching file
     output.parent.mkdir(parents=True, exist_ok=True)
     with quiet_monai_scripts():
         ckpt_export(
@@ -181,6 +196,12 @@ def _network_def(config_dir) -> torch.nn.Module:
     return parser.get_parsed_content("network_def")
 
 
+def checked_network(checkpoint, config_dir) -> torch.nn.Module:
+    """``network_def`` of ``config_dir/inference.json`` with the checkpoint's weights, in eval mode; errors
+    name a missing checkpoint or the keys and shapes that do not fit (:func:`custom.networks.load_weights`)."""
+    return load_weights(_network_def(config_dir), checkpoint).eval()
+
+
 def _inputs(config_dir, images: Sequence | None, batch_size: int, seed: int) -> torch.Tensor:
     from monai.bundle import ConfigParser
 
@@ -195,14 +216,15 @@ def _inputs(config_dir, images: Sequence | None, batch_size: int, seed: int) -> 
 
 @torch.no_grad()
 def torchscript_difference(model_ts, checkpoint, config_dir, images: Sequence | None = None, batch_size: int = 4,
-                           seed: int = 0) -> float:
+                           seed: int = 0, network: torch.nn.Module | None = None) -> float:
     """Largest absolute difference between the logits of the TorchScript model and of the checkpoint.
 
     Args:
         images: image files to compare on (preprocessed as in ``inference.json``); default: a seeded
             random batch of ``batch_size`` normalised-image-like tensors.
+        network: the checkpoint already loaded (:func:`checked_network`); default: load it here.
     """
-    net = load_weights(_network_def(config_dir), checkpoint).eval()
+    net = network.eval() if network is not None else checked_network(checkpoint, config_dir)
     ts = TorchScriptRunner(torch.jit.load(str(model_ts), map_location="cpu")).eval()
     x = _inputs(config_dir, images, batch_size, seed)
     return float((net(x) - ts(x)).abs().max())
@@ -245,7 +267,7 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
         staging: an empty scratch folder; the unpacked bundle is assembled in ``staging/<name>``.
         bundle_dir: source bundle folder (configs/, docs/, scripts/, LICENSE); default :func:`default_bundle_dir`.
         record: what the run trained (classes, image size, network); default: the record written
-            beside the checkpoint (``model.json``), else the configs' own settings.
+            beside the checkpoint (``model.json``, :func:`checkpoint_record`), else the configs' own settings.
         eval_metrics: the metadata's ``eval_metrics`` for this model (e.g. its test AUCs); default:
             the source metadata's (the figures of the default run).
         weights_url: where the model files will be published (``large_files.yml``'s urls); default: empty.
@@ -253,11 +275,9 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
     Raises:
         FileNotFoundError, ValueError: missing files, mismatching weights, failed checks.
     """
-    from ..training.checkpoints import read_record
-
     source = Path(bundle_dir) if bundle_dir else default_bundle_dir()
-    if record is None and Path(checkpoint).with_suffix(".json").is_file():
-        record = read_record(checkpoint)
+    if record is None:
+        record = checkpoint_record(checkpoint)
     folder = Path(staging) / name
     if folder.exists():
         shutil.rmtree(folder)
@@ -279,8 +299,9 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
     shutil.copytree(code_dir(), folder / "custom", ignore=shutil.ignore_patterns(*_CODE_PATTERNS, *TOOLS))
 
     models_dir = Path(models_dir)
-    model_ts = export_torchscript(checkpoint, models_dir / "model.ts", folder / "configs")
-    diff = torchscript_difference(model_ts, checkpoint, folder / "configs", check_images)
+    network = checked_network(checkpoint, folder / "configs")  # the weights, read once for the export and its check
+    model_ts = export_torchscript(checkpoint, models_dir / "model.ts", folder / "configs", network)
+    diff = torchscript_difference(model_ts, checkpoint, folder / "configs", check_images, network=network)
     if not diff <= EXPORT_TOLERANCE:
         raise ValueError(f"TorchScript export {model_ts} differs from {checkpoint} by {diff:.3g} "
                          f"(> {EXPORT_TOLERANCE})")

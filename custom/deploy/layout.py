@@ -67,7 +67,7 @@ def _check_runtime_only(config: dict, where) -> None:
 
 
 def network_definition(record: dict) -> dict:
-    """The ``network_def`` component of a recorded network (:class:`custom.training.RunRecord`'s ``network``)."""
+    """The ``network_def`` component of a recorded network (:class:`custom.record.RunRecord`'s ``network``)."""
     return {"_target_": "custom.build_network", **record["network"], "num_classes": "@num_classes"}
 
 

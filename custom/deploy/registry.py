@@ -10,7 +10,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Sequence
 
-from .export import BUNDLE_NAME, Deployable, _read_json, build_bundle
+from .export import BUNDLE_NAME, Deployable, build_bundle
+from .layout import read_json_file
 
 #: default name of the model in the MLflow registry.
 DEFAULT_MODEL_NAME = "nvum-chestxray"
@@ -53,7 +54,7 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
 
     from ..serving.pyfunc import IMAGE_COLUMN, ChestXrayClassifier
 
-    inference = _read_json(deployable.config_dir / "inference.json")
+    inference = read_json_file(deployable.config_dir / "inference.json")
     if not example_images:
         example_images = _example_pngs(deployable.folder / "examples", inference["image_size"])
     example = pd.DataFrame({IMAGE_COLUMN: [Path(p).read_bytes() for p in example_images]})
@@ -65,8 +66,8 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     with use_tracking_uri(tracking_uri or mlflow.get_tracking_uri()):
         experiment_id = None
         if run_id is None:
-            experiment_id = _experiment_id(mlflow.MlflowClient(), experiment_name)
-        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id), _quiet_mlflow_logging():
+            experiment_id = get_or_create_experiment(mlflow.MlflowClient(), experiment_name)
+        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id), quiet_mlflow_logging():
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=ChestXrayClassifier(),
@@ -82,6 +83,40 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
         return mlflow.MlflowClient().get_model_version(registered_model_name, str(info.registered_model_version))
 
 
+def register_checkpoint(checkpoint, models_dir, record: dict | None, tracking_uri: str,
+                        registered_model_name: str | None = DEFAULT_MODEL_NAME, experiment_name: str = "nvum",
+                        bundle_dir=None, example_images: Sequence | None = None, name: str = BUNDLE_NAME):
+    """Export, pack, log and register a checkpoint in a new MLflow run (``register_<checkpoint name>``).
+
+    Builds the deployable bundle (:func:`build_bundle`), logs its zip as the run's artifact
+    ``bundle/<name>.zip`` and the pyfunc model (:func:`log_pyfunc_model`) in a new run of
+    ``experiment_name`` (created as the training creates it); the run is marked failed when a step fails.
+
+    Args:
+        record: what the run trained (:func:`custom.deploy.export.checkpoint_record`).
+        tracking_uri: the MLflow store.
+
+    Returns:
+        ``(deployable, run_id, version)``: what :func:`build_bundle` wrote, the run and the
+        ``ModelVersion`` (the ``ModelInfo`` when not registering).
+    """
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as staging:
+        built = build_bundle(checkpoint, models_dir, staging, bundle_dir, record, name, example_images)
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        experiment_id = get_or_create_experiment(client, experiment_name)
+        run = client.create_run(experiment_id, run_name=f"register_{Path(checkpoint).name}")
+        try:
+            client.log_artifact(run.info.run_id, str(built.zip), "bundle")
+            version = log_pyfunc_model(built, example_images or (), registered_model_name, tracking_uri,
+                                       run.info.run_id)
+        except BaseException:
+            client.set_terminated(run.info.run_id, "FAILED")
+            raise
+    return built, run.info.run_id, version
+
+
 class _DropMessages(logging.Filter):
     def __init__(self, *starts: str):
         super().__init__()
@@ -92,7 +127,7 @@ class _DropMessages(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_mlflow_logging():
+def quiet_mlflow_logging():
     """Logging the model without MLflow's notice that a Python model object is pickled (the bundle
     logs its own ``PythonModel`` class on purpose; loading it runs the bundle's code, which is shipped
     with it) and without its download progress bars."""
@@ -131,7 +166,7 @@ def use_tracking_uri(uri: str):
             os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
-def _experiment_id(client, name: str) -> str:
+def get_or_create_experiment(client, name: str) -> str:
     """The id of an experiment, created if needed with its artifacts next to a sqlite store (as the training does)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -178,7 +213,7 @@ class ModelRegistrar:
         tracker: the workflow's :class:`~custom.training.MLflowTracker`.
         models_dir: where ``model.ts`` and the zip are written.
         checkpoint: the best weights (default: ``models_dir/model.pt``).
-        record: the run's :class:`~custom.training.RunRecord` or its settings (classes, input size, network).
+        record: the run's :class:`~custom.record.RunRecord` or its settings (classes, input size, network).
         example_images: image files for the MLflow input example (the first two are used), or a data list
             (its first two validation images).
         registered_model_name: name in the registry; ``null``/empty logs the model unregistered.
@@ -195,7 +230,7 @@ class ModelRegistrar:
                  bundle_name: str = BUNDLE_NAME, enabled: bool = True, test_report=None):
         from ..flags import as_bool
 
-        from ..training.checkpoints import run_record
+        from ..record import run_record
 
         self.tracker, self.models_dir = tracker, models_dir
         self.checkpoint = checkpoint if checkpoint not in (None, "") else Path(models_dir) / "model.pt"

@@ -71,7 +71,8 @@ class MultiLabelAUC(EpochMetric):
         """The mean AUC over all ranks' predictions. Unlike ``EpochMetric``, which gathers only
         equal-sized shards, it accepts the uneven shards of an unpadded distributed sampler (so no
         image is counted twice), and computes on every rank."""
-        from ..training.distributed import all_gather_rows, is_distributed
+        from ..nvum.gather import all_gather_rows
+        from ..training.distributed import is_distributed
 
         if not is_distributed() or not self._predictions:
             return super().compute()

@@ -8,9 +8,9 @@ from ignite.handlers import EMAHandler
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from ..data.datalist import INDEX_KEY
 from ..flags import as_bool
-from ..training.distributed import RowGatherer
-from ..training.engine import INDEX_KEY
+from .gather import RowGatherer
 from .memory import NVUMMemory
 
 SCHEDULES = ("epoch", "iteration")
@@ -157,7 +157,7 @@ class MemoryUpdater:
         index, logits = self._gather(
             engine, engine.state.output[INDEX_KEY], engine.state.output[Keys.PRED].detach().float()
         )
-        index = self.memory._check_index(index)
+        index = self.memory.check_index(index)
         self._pending[index] = logits.to(self._pending.device)
         self._seen[index] = True
 
@@ -182,7 +182,7 @@ class MemoryUpdater:
 
     def _gather(self, engine: Engine, index: torch.Tensor, logits: torch.Tensor):
         """The step's ``(index, logits)`` of every rank, each image once per epoch (see
-        :class:`custom.distributed.RowGatherer`); unchanged in a single process."""
+        :class:`custom.nvum.gather.RowGatherer`); unchanged in a single process."""
         return self._gatherer(index, logits, engine.state.epoch)
 
     def state_dict(self) -> dict:

@@ -97,7 +97,7 @@ class NVUMMemory(nn.Module):
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         """Memory rows of the given dataset indices: (B,) int64 -> (B, C) float32."""
-        return self.values[self._check_index(index)]
+        return self.values[self.check_index(index)]
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, logits: torch.Tensor) -> None:
@@ -107,7 +107,7 @@ class NVUMMemory(nn.Module):
             index: (B,) int64 dataset indices, unique within one call.
             logits: (B, C) logits of those images (any float dtype; computed in float32).
         """
-        index = self._check_index(index)
+        index = self.check_index(index)
         target = logits.detach().to(device=self.values.device, dtype=torch.float32)
         if self.unbiased:
             target = target - self.log_prior
@@ -118,7 +118,8 @@ class NVUMMemory(nn.Module):
             )
         self.values[index] = self.momentum * self.values[index] + (1.0 - self.momentum) * target
 
-    def _check_index(self, index) -> torch.Tensor:
+    def check_index(self, index) -> torch.Tensor:
+        """``index`` as a flat int64 tensor on the memory's device; :class:`IndexError` when a row is out of range."""
         index = torch.as_tensor(index, device=self.values.device).long().flatten()
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_samples):
             raise IndexError(

@@ -19,7 +19,7 @@ class BundleNetwork(torch.nn.Module):
     first forward pass, so the config can be parsed and checked before a model exists.
 
     A weights file that training wrote comes with its run record (``model.json``,
-    :class:`custom.training.RunRecord`): the network is then built from the recorded definition, and
+    :class:`custom.record.RunRecord`): the network is then built from the recorded definition, and
     classes or an input size that differ from the config's stop with a message naming the
     override to use, instead of predicting with mismatched outputs or inputs.
 
@@ -63,7 +63,7 @@ class BundleNetwork(torch.nn.Module):
         record_file = self.model_file.with_suffix(".json")
         if self.model_file.suffix == ".ts" or not record_file.is_file():
             return self._network_def[0]
-        from ..training.checkpoints import read_record
+        from ..record import read_record
 
         record = read_record(self.model_file)
         if self.classes is not None and record.get("classes") and list(record["classes"]) != self.classes:

@@ -5,21 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..deploy.export import BUNDLE_NAME, Deployable, build_bundle
-from ..deploy.registry import DEFAULT_MODEL_NAME, _experiment_id, log_pyfunc_model
-
-
-def _record(checkpoint, classes=None, image_size=None) -> dict | None:
-    """The run record beside ``checkpoint`` (``model.json``), with ``classes``/``image_size`` given on
-    the command line taking precedence (for weights files that come without a record)."""
-    from ..training.checkpoints import read_record
-
-    record = dict(read_record(checkpoint) or {}) if Path(checkpoint).with_suffix(".json").is_file() else {}
-    if classes:
-        record["classes"] = [classes] if isinstance(classes, str) else list(classes)
-    if image_size:
-        record["image_size"] = int(image_size)
-    return record or None
+from ..deploy.export import BUNDLE_NAME, Deployable, build_bundle, checkpoint_record
+from ..deploy.registry import DEFAULT_MODEL_NAME, register_checkpoint
 
 
 def export_command(checkpoint="bundle/models/model.pt", models_dir=None, bundle_dir=None, classes=None, image_size=None,
@@ -31,8 +18,8 @@ def export_command(checkpoint="bundle/models/model.pt", models_dir=None, bundle_
     ``weights_url``: where ``model.pt`` and ``model.ts`` will be published (the urls of ``large_files.yml``).
     """
     models_dir = Path(models_dir) if models_dir else Path(checkpoint).parent
+    record = checkpoint_record(checkpoint, classes, image_size)
     with tempfile.TemporaryDirectory() as staging:
-        record = _record(checkpoint, classes, image_size)
         built = build_bundle(checkpoint, models_dir, staging, bundle_dir, record, name, weights_url=weights_url)
     print(f"TorchScript model: {built.model_ts} (largest logit difference to {checkpoint}: {built.max_difference:.2g})")
     print(f"deployable bundle: {built.zip} (metadata and network checks passed)")
@@ -48,26 +35,16 @@ def register_command(checkpoint="bundle/models/model.pt", registered_model_name:
     itself when tracking is on). ``tracking_uri`` defaults to ``$MLFLOW_TRACKING_URI`` or the
     training's store, ``sqlite:///bundle/eval/mlruns.db``.
     """
-    import mlflow
-
     from ..training.tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri("bundle/eval")
     models_dir = Path(models_dir) if models_dir else Path(checkpoint).parent
     if isinstance(example_images, str):
         example_images = [example_images]
-    with tempfile.TemporaryDirectory() as staging:
-        record = _record(checkpoint, classes, image_size)
-        built = build_bundle(checkpoint, models_dir, staging, bundle_dir, record, name, example_images)
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        run = client.create_run(_experiment_id(client, experiment_name), run_name=f"register_{Path(checkpoint).name}")
-        try:
-            client.log_artifact(run.info.run_id, str(built.zip), "bundle")
-            version = log_pyfunc_model(built, example_images or (), registered_model_name, uri, run.info.run_id)
-        except BaseException:
-            client.set_terminated(run.info.run_id, "FAILED")
-            raise
-    print(f"deployable bundle: {built.zip}; MLflow run {run.info.run_id} in {uri}")
+    record = checkpoint_record(checkpoint, classes, image_size)
+    built, run_id, version = register_checkpoint(checkpoint, models_dir, record, uri, registered_model_name,
+                                                 experiment_name, bundle_dir, example_images, name)
+    print(f"deployable bundle: {built.zip}; MLflow run {run_id} in {uri}")
     if registered_model_name:
         print(f"registered models:/{version.name}/{version.version}")
     return version

@@ -133,7 +133,7 @@ OUTPUTS = "output folders writable"
 def check(config_file="bundle/configs/train.json", **overrides) -> int:
     """Check a training config, its data and its files; print a report; return 0 if none fails, else 1."""
     from ..data.datalist import DataList, DataListError, preflight_mode
-    from ..data.testlists import DataListWithTests
+    from ..data.real_datasets import DataListWithTests
     from ..training.checkpoints import find_checkpoint
 
     report = _Report()
@@ -233,7 +233,7 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
     if resume not in (None, False, "", "false", "False"):
         def resumable():
             from ..networks import read_checkpoint
-            from ..training.checkpoints import RunRecord
+            from ..record import RunRecord
 
             path = find_checkpoint(resume, str(parser.get_parsed_content("ckpt_dir")))
             ckpt = read_checkpoint(path)

@@ -80,7 +80,8 @@ def train_through_bundle(overrides: dict | None = None, *, bundle_root, quiet: b
     if quiet:
         parser["train#handlers"] = [h for h in parser["train#handlers"]
                                     if not _builds(parser, h, (ProgressBar, StatsHandler))]
-        parser["validate#handlers"] = [h for h in parser["validate#handlers"] if not _builds(parser, h, (StatsHandler,))]
+        parser["validate#handlers"] = [h for h in parser["validate#handlers"]
+                                       if not _builds(parser, h, (StatsHandler,))]
     if not resume_checkpoints:
         for handler in parser["train#handlers"]:
             if _builds(parser, handler, (CheckpointSaver,)):

@@ -2,8 +2,8 @@
 training."""
 
 from . import distributed
-from .checkpoints import (CheckpointSaver, CheckpointWriteError, RunRecord, ValidationState, find_checkpoint,
-                          read_record, run_record)
+from ..record import RunRecord, read_record, run_record
+from .checkpoints import CheckpointSaver, CheckpointWriteError, ValidationState, find_checkpoint
 from .engine import INDEX_KEY, NonFiniteLossError, NVUMTrainer, epoch_seed
 from .performance import memory_format
 from .progress import LossAverages, RunSummary

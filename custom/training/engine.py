@@ -11,7 +11,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-INDEX_KEY = "index"
+from ..data.datalist import INDEX_KEY
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -65,7 +65,8 @@ class NVUMTrainer(SupervisedTrainer):
 
         handlers = [h for h in (kwargs.pop("train_handlers", None) or []) if h is not None]
         loss = kwargs.get("loss_function", args[5] if len(args) > 5 else None)
-        updater = getattr(getattr(loss, "memory", None), "updater", None) if getattr(loss, "uses_memory", False) else None
+        memory = getattr(loss, "memory", None) if getattr(loss, "uses_memory", False) else None
+        updater = getattr(memory, "updater", None)
         first = [h for h in (teacher, updater) if h is not None] + [LossAverages()]
         super().__init__(*args, train_handlers=first + handlers, **kwargs)
         if self.accumulation_steps != 1:

@@ -42,7 +42,7 @@ class MLflowTracker(MLFlowHandler):
                  **kwargs):
         self.evaluator = evaluator
         if record is not None:
-            from .checkpoints import run_record
+            from ..record import run_record
 
             kwargs.setdefault("experiment_param", run_record(record).params())
         self.enabled = as_bool(enabled, "mlflow")

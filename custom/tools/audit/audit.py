@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score
 from ...data import DataList
 from ...networks import read_checkpoint as load_checkpoint_file
 from ..training import train_parser
-from .scores import (_sigmoid, calibrate_logits, confident_learning, detection_metrics, loss_score, memory_logits,
-                     memory_score)
+from .scores import (calibrate_logits, confident_learning, detection_metrics, loss_score, memory_logits, memory_score,
+                     sigmoid)
 
 #: rankings written by :func:`audit`: column name -> label used in tables and figures.
 RANKINGS = {"score": "memory", "loss": "loss (final model)", "cl_margin": "confident-learning rule"}
@@ -30,7 +30,7 @@ def read_checkpoint(path) -> dict:
         dict with ``values`` ((N, C) float32 memory), ``log_prior`` ((C,) float32), ``epochs``
         (completed epochs = number of memory updates per row), ``network`` (the state dict of the
         evaluated network: the EMA teacher when the checkpoint has one, else the network) and
-        ``record`` (the run's :class:`~custom.training.RunRecord`: data list, input size,
+        ``record`` (the run's :class:`~custom.record.RunRecord`: data list, input size,
         network definition, memory momentum, ``unbiased``).
 
     Raises:
@@ -159,7 +159,7 @@ def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_d
     transform = train_parser({"image_size": int(record["image_size"])}).get_parsed_content("preprocessing")
     logits = predict(net, items, transform, device, batch_size,
                      desc="audit: predicting training images").astype(np.float64)
-    probs = _sigmoid(logits)
+    probs = sigmoid(logits)
     belief = calibrate_logits((1.0 - model_weight) * m + model_weight * logits, labels)
     cl = confident_learning(probs, labels)
 
@@ -169,7 +169,7 @@ def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_d
         "class": np.tile(classes, n),
         "given_label": labels.ravel().astype(int),
         "score": memory_score(belief, labels).ravel(),
-        "memory_prob": _sigmoid(belief).ravel(),
+        "memory_prob": sigmoid(belief).ravel(),
         "model_prob": probs.ravel(),
         "loss": loss_score(logits, labels).ravel(),
         "cl_margin": cl["margin"].ravel(),

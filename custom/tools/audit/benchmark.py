@@ -16,7 +16,7 @@ from ...training.checkpoints import find_checkpoint
 from ...data.synthetic import noise_slug, split_noise_specs
 from ..training import train_parser, train_through_bundle
 from .audit import RANKINGS, audit
-from .scores import _sign, calibrate_logits, detection_metrics, loss_score
+from .scores import calibrate_logits, detection_metrics, loss_score, wrong_label_sign
 
 
 def benchmark_scores(table: pd.DataFrame) -> dict:
@@ -30,7 +30,7 @@ def benchmark_scores(table: pd.DataFrame) -> dict:
     """
     a = table.attrs
     y, m, z = a["labels"], a["memory_logits"], a["model_logits"]
-    sign = _sign(y)
+    sign = wrong_label_sign(y)
     return {
         "memory (audit score)": sign * a["belief"],
         "memory, not calibrated": sign * m,

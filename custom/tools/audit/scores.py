@@ -82,7 +82,7 @@ def memory_logits(values, log_prior, epochs: int, momentum: float = 0.9, unbiase
     return m
 
 
-def _sign(labels) -> np.ndarray:
+def wrong_label_sign(labels) -> np.ndarray:
     """+1 where the given label is 0, -1 where it is 1: logits times this favour 'wrong'."""
     return 1.0 - 2.0 * np.asarray(labels, dtype=np.float64)
 
@@ -100,25 +100,26 @@ def calibrate_logits(logits, labels, tol: float = 1e-10) -> np.ndarray:
     lo, hi = -60.0 - z.max(axis=0), 60.0 - z.min(axis=0)  # every probability ~0 at lo, ~1 at hi
     for _ in range(100):
         mid = 0.5 * (lo + hi)
-        above = _sigmoid(z + mid).mean(axis=0) > target
+        above = sigmoid(z + mid).mean(axis=0) > target
         hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
         if np.max(hi - lo) < tol:
             break
     return z + 0.5 * (lo + hi)
 
 
-def _sigmoid(x):
+def sigmoid(x):
+    """The logistic function in float64 (through ``tanh``: no overflow for large ``|x|``)."""
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
 
 
 def memory_score(m, labels) -> np.ndarray:
     """``sigmoid((1 - 2y) m)``: the memory's probability that the given label is wrong."""
-    return _sigmoid(_sign(labels) * np.asarray(m, dtype=np.float64))
+    return sigmoid(wrong_label_sign(labels) * np.asarray(m, dtype=np.float64))
 
 
 def loss_score(logits, labels) -> np.ndarray:
     """Per-label BCE of logits against the given labels, ``softplus((1 - 2y) z)``."""
-    s = _sign(labels) * np.asarray(logits, dtype=np.float64)
+    s = wrong_label_sign(labels) * np.asarray(logits, dtype=np.float64)
     return np.logaddexp(0.0, s)
 
 

@@ -154,7 +154,7 @@ def _preprocessed(parser, items):
     return torch.stack([torch.as_tensor(transform(dict(item))["image"]) for item in items]).float()
 
 
-def _training_set(parser, datalist):
+def preprocessed_training_set(parser, datalist):
     """The training images (preprocessed as for validation) with their noisy and clean labels."""
     return (
         _preprocessed(parser, datalist.items("training")),
@@ -163,7 +163,7 @@ def _training_set(parser, datalist):
     )
 
 
-def _test_sets(parser, datalist) -> dict:
+def preprocessed_test_sets(parser, datalist) -> dict:
     """Preprocessed clean test images and labels of every test split (cached per data list)."""
     key = str(datalist.path)
     if key not in _TEST_CACHE:

@@ -11,10 +11,10 @@ import numpy as np
 from ...data.synthetic import noise_slug
 from .methods import Regime, Run, unique_runs
 from .tables import (
-    _groups,
     ablation_markdown,
     beta_markdown,
     gaps_markdown,
+    group_runs,
     main_markdown,
     order_markdown,
     results_table,
@@ -57,7 +57,7 @@ def curve_figure(runs: Sequence[Run], records: dict[str, dict], path, title: str
     panels = [p for p in PANELS if any(len(_series(records[r.name], p[0])[0]) for r in runs)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), dpi=90, sharex=True, squeeze=False)
     colours = plt.get_cmap("tab10").colors
-    for i, ((noise, regime, method, beta), group) in enumerate(_groups(runs).items()):
+    for i, ((noise, regime, method, beta), group) in enumerate(group_runs(runs).items()):
         for ax, (key, name, ylabel) in zip(axes[0], panels):
             series = [_series(records[r.name], key) for r in group]
             epochs = series[0][0]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..training import TRAIN_CONFIG, train_through_bundle
-from .recorder import CleanTestAUC, _test_sets, _training_set
+from .recorder import CleanTestAUC, preprocessed_test_sets, preprocessed_training_set
 from .methods import REGIMES, Regime, Run, dataset_params
 
 
@@ -46,12 +46,12 @@ def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, 
         tracker = CleanTestAUC(
             network=parser.get_parsed_content("teacher").eval_network,
             evaluator=parser.get_parsed_content("validate#evaluator"),
-            test_sets=_test_sets(parser, datalist),
+            test_sets=preprocessed_test_sets(parser, datalist),
             classes=datalist.classes,
             every_epoch=run.curve,
             eval_every=regime.eval_every,
             curve_size=regime.curve_size,
-            train_set=_training_set(parser, datalist),
+            train_set=preprocessed_training_set(parser, datalist),
         )
         tracker.attach(trainer)
         trackers.append(tracker)

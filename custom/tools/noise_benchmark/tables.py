@@ -94,7 +94,7 @@ def _ci(values, digits: int = 1) -> str:
     return f"{mean:+.{digits}f}" if math.isnan(low) else f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def _groups(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
+def group_runs(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
     """Runs grouped by everything but the seed, in first-seen order."""
     out: dict[tuple, list[Run]] = {}
     for r in runs:
@@ -105,7 +105,7 @@ def _groups(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
 def results_table(runs: Sequence[Run], records: dict[str, dict]) -> list[dict]:
     """One row per (noise, regime, method): the values over seeds of :data:`ROW_KEYS`."""
     rows = []
-    for (noise, regime, method, beta), group in _groups(runs).items():
+    for (noise, regime, method, beta), group in group_runs(runs).items():
         metrics = [run_metrics(records[r.name]) for r in group]
         row = {"noise": noise, "regime": regime, "method": method, "seeds": len(group)}
         for key in ROW_KEYS:
@@ -128,7 +128,7 @@ def main_markdown(rows: list[dict]) -> str:
 
 def paired_gaps(runs: Sequence[Run], records: dict[str, dict], baseline: str = "bce", keys=COMPARED_KEYS) -> dict:
     """Per method, the differences to ``baseline`` on the seeds both ran: ``{method: {key: [diff per seed]}}``."""
-    groups = _groups(runs)
+    groups = group_runs(runs)
     base = next((g for (n, rg, m, b), g in groups.items() if m == baseline and b is None), None)
     if base is None:
         return {}
@@ -163,7 +163,7 @@ def _summary_rows(groups, records: dict[str, dict], keys) -> list[list]:
 
 
 def ablation_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
-    by_method = _groups(runs)
+    by_method = group_runs(runs)
     found = [(label, method, next((g for (n, rg, m, b), g in by_method.items() if m == method and b is None), None))
              for label, method in ABLATION_ROWS.items()]
     found = [(label, method, group) for label, method, group in found if group]
@@ -174,7 +174,7 @@ def ablation_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
 
 
 def beta_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
-    groups = sorted(_groups(runs).items(), key=lambda kv: kv[0][3] if kv[0][3] is not None else DEFAULT_BETA)
+    groups = sorted(group_runs(runs).items(), key=lambda kv: kv[0][3] if kv[0][3] is not None else DEFAULT_BETA)
     rows = _summary_rows([g for _, g in groups], records, ("val_selected",) + COMPARED_KEYS)
     body = [[f"{key[3] if key[3] is not None else DEFAULT_BETA:g}", *row] for (key, _), row in zip(groups, rows)]
     return markdown_table(["beta", "seeds", "selected: noisy val", *COMPARED_HEADERS], body, align="first-left")
@@ -182,7 +182,7 @@ def beta_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
 
 def order_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
     """The memory update order, judged on noisy validation (mean ± std over seeds; clean test for reference)."""
-    groups = list(_groups(runs).items())
+    groups = list(group_runs(runs).items())
     keys = ("val_selected", "val_last", "selected_test", "last_test", "fitted_last")
     rows = _summary_rows([g for _, g in groups], records, keys)
     body = [[f"`{key[2]}`", *row] for (key, _), row in zip(groups, rows)]

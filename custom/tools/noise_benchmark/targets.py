@@ -7,7 +7,7 @@ from typing import Sequence
 
 from ...evaluation.tables import markdown_table
 from .methods import Run
-from .tables import _groups, mean_interval, paired_gaps, run_metrics
+from .tables import group_runs, mean_interval, paired_gaps, run_metrics
 
 #: the method the targets are about, and the baselines it must beat.
 NVUM = "nvum"
@@ -19,7 +19,7 @@ def _mean(values) -> float:
 
 
 def _values(runs: Sequence[Run], records: dict, method: str, key: str) -> list[float]:
-    group = next((g for (n, rg, m, b), g in _groups(runs).items() if m == method and b is None), [])
+    group = next((g for (n, rg, m, b), g in group_runs(runs).items() if m == method and b is None), [])
     return [run_metrics(records[r.name]).get(key, float("nan")) for r in group]
 
 

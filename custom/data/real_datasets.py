@@ -81,7 +81,7 @@ class DataListWithTests:
     @staticmethod
     def _patients(datalist: DataList, split: str) -> set[str]:
         # the raw items (``items()`` would build a label array per image of a 100k-image split)
-        return {str(item["patient"]) for item in datalist._get(split) if "patient" in item}
+        return {str(item["patient"]) for item in datalist.raw_items(split) if "patient" in item}
 
     def __getattr__(self, name):
         if name.startswith("__") or name in ("_base", "_extra"):

@@ -1,0 +1,138 @@
+"""The run record: what a run trained and how, written beside its weights and read back by resume,
+export, registration, inference and the audit.
+
+:class:`RunRecord` is written into every checkpoint (``run_record``) and beside ``model.pt`` as
+``model.json``; :func:`read_record` reads it back from either; :func:`plain_json` turns config
+values into plain JSON types.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .data.datalist import DataListError
+
+logger = logging.getLogger(__name__)
+
+
+class RunRecord:
+    """What a run trained and how: written into every checkpoint, beside ``model.pt`` as
+    ``model.json``, and logged as the MLflow parameters.
+
+    Whoever uses a checkpoint later reads it instead of being told: the audit (memory momentum,
+    ``unbiased``, image size, network, data list), export and inference (classes, image size,
+    network), and a resumed run, which is refused when the data list has other classes or another
+    size than the memory's rows.
+
+    Args:
+        classes: the data list's class names (the network's outputs, in order).
+        num_training: the number of training images (the memory's rows).
+        datalist: the data list trained on (a ``DataList``-like object with ``path`` and
+            ``dataset_dir``, or a path).
+        image_size: the network's input height and width.
+        network: the trained network; its definition is recorded when it was built by
+            :func:`custom.networks.build_network`.
+        nvum: the method's settings (train.json's ``nvum`` group).
+        recipe: other settings worth recording (learning rate, batch size, epochs, seed, ...).
+    """
+
+    def __init__(self, classes, num_training: int, datalist=None, image_size: int | None = None, network=None,
+                 nvum: dict | None = None, recipe: dict | None = None):
+        self.classes, self.num_training = [str(c) for c in classes], int(num_training)
+        self.datalist = str(getattr(datalist, "path", datalist)) if datalist is not None else None
+        dataset_dir = getattr(datalist, "dataset_dir", None)
+        self.dataset_dir = str(dataset_dir) if dataset_dir is not None else None
+        self.image_size = int(image_size) if image_size is not None else None
+        architecture = getattr(network, "architecture", None)
+        self.network = dict(architecture) if isinstance(architecture, dict) else None
+        self.nvum = plain_json(dict(nvum or {}))
+        self.recipe = plain_json(dict(recipe or {}))
+
+    def state_dict(self) -> dict:
+        return {
+            "classes": self.classes, "num_training": self.num_training, "datalist": self.datalist,
+            "dataset_dir": self.dataset_dir, "image_size": self.image_size, "network": self.network,
+            "nvum": self.nvum, "recipe": self.recipe,
+        }
+
+    def params(self) -> dict:
+        """The MLflow parameters of the run: the method's settings, the recipe, the data and the input size."""
+        out = {**self.nvum, **self.recipe, "datalist": self.datalist, "image_size": self.image_size}
+        if self.network:
+            out["network"] = self.network.get("name")
+        return out
+
+    def write(self, path) -> Path:
+        """Write the record as JSON (atomically: a temporary file renamed over ``path``)."""
+        from .files import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.state_dict(), indent=1) + "\n")
+        return path
+
+    def check(self, state: dict, path) -> None:
+        """Raise :class:`~custom.data.DataListError` when ``state`` (from checkpoint ``path``) does not match."""
+        if list(state["classes"]) != self.classes:
+            unknown = [c for c in self.classes if c not in state["classes"]]
+            missing = [c for c in state["classes"] if c not in self.classes]
+            raise DataListError(
+                f"checkpoint {path} was trained on classes {list(state['classes'])}, but the data list {self.datalist} "
+                f"has {self.classes} (unknown to the checkpoint: {unknown}; missing: {missing}); resume with the data "
+                "list it was trained on"
+            )
+        if int(state["num_training"]) != self.num_training:
+            raise DataListError(
+                f"checkpoint {path} holds an NVUM memory of {state['num_training']} training images (data list "
+                f"{state['datalist']}), but the data list {self.datalist} has {self.num_training}; the memory rows "
+                "would not match the images: resume with the data list it was trained on, or start a new run"
+            )
+        seed, own = (state.get("recipe") or {}).get("seed"), self.recipe.get("seed")
+        if seed is not None and own is not None and seed != own:
+            logger.warning("resuming a run trained with seed %s under seed %s: the rest of the run will not match an "
+                           "uninterrupted run", seed, own)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check(state, "being loaded")
+
+
+def plain_json(value):
+    """A config value as plain JSON types (tuples as lists; anything else as text)."""
+    if isinstance(value, dict):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def read_record(checkpoint) -> dict | None:
+    """The :class:`RunRecord` of a checkpoint: ``run_record`` inside a resume checkpoint, or the
+    ``<name>.json`` written beside a weights file such as ``model.pt``; ``None`` when there is none."""
+    path = Path(checkpoint)
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            return json.loads(sidecar.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"run record {sidecar} is not valid JSON: {e}") from None
+    from .networks import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    return ckpt.get("run_record") if isinstance(ckpt, dict) else None
+
+
+def run_record(record):
+    """A :class:`RunRecord` from train.json's ``run_record`` settings (a dict of ``datalist``, ``image_size``,
+    ``network``, ``nvum``, ``recipe``; the classes and the number of training images come from the data
+    list), or the record itself; ``None`` stays ``None``."""
+    if record is None or isinstance(record, RunRecord):
+        return record
+    settings = dict(record)
+    datalist = settings.get("datalist")
+    settings.setdefault("classes", getattr(datalist, "classes", None) or [])
+    settings.setdefault("num_training", len(datalist) if datalist is not None else 0)
+    return RunRecord(**settings)
