@@ -54,6 +54,12 @@ def prepare_network(network: torch.nn.Module, device="cpu", pretrained_weights: 
     return network.to(device, memory_format=layout)
 
 
+def rebuildable(architecture) -> bool:
+    """Whether a recorded network (:class:`custom.record.RunRecord`'s ``network``) holds a whole definition
+    (:func:`build_network`'s ``name`` and arguments), rather than only the class of the config's ``network_def``."""
+    return isinstance(architecture, dict) and "name" in architecture
+
+
 def network_from_record(architecture: dict, num_classes: int) -> torch.nn.Module:
     """The network a run recorded (:func:`build_network` definition), with ``num_classes`` outputs."""
     if not isinstance(architecture, dict) or "name" not in architecture:

@@ -46,7 +46,10 @@ class RunRecord:
         self.dataset_dir = str(dataset_dir) if dataset_dir is not None else None
         self.image_size = int(image_size) if image_size is not None else None
         architecture = getattr(network, "architecture", None)
-        self.network = dict(architecture) if isinstance(architecture, dict) else None
+        if isinstance(architecture, dict):  # built by custom.build_network: rebuildable from the record
+            self.network = dict(architecture)
+        else:  # a stock network of the config (network_def): its class, checked by inference
+            self.network = {"class": type(network).__name__} if network is not None else None
         self.nvum = plain_json(dict(nvum or {}))
         self.recipe = plain_json(dict(recipe or {}))
 
@@ -61,7 +64,7 @@ class RunRecord:
         """The MLflow parameters of the run: the method's settings, the recipe, the data and the input size."""
         out = {**self.nvum, **self.recipe, "datalist": self.datalist, "image_size": self.image_size}
         if self.network:
-            out["network"] = self.network.get("name")
+            out["network"] = self.network.get("name") or self.network.get("class")
         return out
 
     def write(self, path) -> Path:

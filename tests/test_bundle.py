@@ -81,7 +81,7 @@ def test_training_writes_best_and_resume_checkpoints_with_the_memory(trained):
     assert "class_layers.out.weight" in best  # a bare state dict of the deployable network
     (resume,) = sorted(models.glob("checkpoint_epoch=*.pt"))
     state = torch.load(resume, weights_only=True)
-    assert {"model", "memory", "optimizer", "lr_scheduler", "trainer", "memory_updater"} <= set(state)
+    assert {"model", "memory", "optimizer", "lr_scheduler", "trainer", "validation", "run_record"} <= set(state)
     values = state["memory"]["values"]
     assert values.shape == (TINY["datalist#num_training"], 14) and values.dtype == torch.float32
     # after 2 epochs every row has had 2 updates (1 - 0.9^2 of the way to its targets): no row is still zero
@@ -127,7 +127,7 @@ def test_evaluate_config_reproduces_the_training_test_table(trained, capsys):
 
 
 def test_training_ends_by_listing_every_file_it_wrote(trained):
-    root, files = trained["root"], dict(trained["wf"].parser.get_parsed_content("run_summary").files())
+    root, files = trained["root"], dict(trained["wf"].parser.get_parsed_content("train#trainer").summary.files())
     models, eval_dir = (root / "models").resolve(), (root / "eval").resolve()
     assert files["best network"] == str(models / "model.pt") and files["its run record"] == str(models / "model.json")
     assert files["resume checkpoint (audit it)"] == str(models / "checkpoint_epoch=2.pt")
@@ -152,7 +152,7 @@ def test_inference_config_writes_probabilities_for_a_folder_of_images(trained, t
     _run(wf)
     table = pd.read_csv(out)
     assert len(table) == 5
-    assert list(table.columns)[1:] == json.loads((CONFIGS / "inference.json").read_text())["classes"]
+    assert list(table.columns)[1:] == json.loads((CONFIGS / "common.json").read_text())["classes"]
     probs = table.iloc[:, 1:].to_numpy()
     assert ((probs > 0) & (probs < 1)).all()
     # the probabilities are those of the trained network on the same images
@@ -216,7 +216,7 @@ def test_iteration_schedule_with_ema_teacher_trains_and_checkpoints_the_teacher(
     teacher = wf.parser.get_parsed_content("teacher")
     loss = wf.parser.get_parsed_content("loss")
     assert teacher.enabled and loss.mix_memory and loss.clamp == 1e-4  # command-line strings parsed as flags
-    assert not wf.parser.get_parsed_content("mlflow_tracker").enabled
+    assert wf.parser.get_parsed_content("mlflow_tracker") is None  # --mlflow false leaves the component out
     assert not (Path.cwd() / "mlruns.db").exists() and not (Path.cwd() / "mlruns").exists()  # tracking off: no store
     (ckpt,) = (tmp_path / "models").glob("checkpoint_epoch=*.pt")
     state = torch.load(ckpt, weights_only=True)
@@ -267,29 +267,54 @@ def test_tracking_uri_defaults_to_sqlite_in_the_output_folder_and_honours_the_en
     assert default_tracking_uri(tmp_path) == "http://127.0.0.1:5000"
 
 
-def test_demo_overlay_restates_the_default_dataset():
-    """datasets/demo.json is the default: merging it into train.json changes nothing."""
-    base = json.loads((CONFIGS / "train.json").read_text())
-    demo = json.loads((CONFIGS / "datasets" / "demo.json").read_text())
-    for key, value in demo.items():
-        assert base[key] == value, key
+CONTRACT = ("image_size", "channels", "classes", "num_classes", "network_def", "device", "ckpt_dir", "load_image",
+            "to_network_input", "preprocessing")
 
 
-def test_network_and_preprocessing_are_defined_once_for_training_and_inference():
+def test_the_model_contract_is_defined_once_for_training_and_inference():
+    """Image size, channels, classes, network and preprocessing live in common.json; train.json and inference.json
+    include them, so an inference config cannot disagree with the training config."""
     common = json.loads((CONFIGS / "common.json").read_text())
     for name in ("train.json", "inference.json"):
         config = json.loads((CONFIGS / name).read_text())
-        for key in ("network_def", "load_image", "to_network_input", "preprocessing"):
+        for key in CONTRACT:
             assert key in common and config[key] == f"%bundle/configs/common.json::{key}", (name, key)
     assert json.loads((CONFIGS / "train.json").read_text())["validate"]["preprocessing"] == "@preprocessing"
+    # the image size as a number only in common.json and the dataset overlays (which may change it)
+    def numbers(value, key="image_size"):
+        if isinstance(value, dict):
+            return [v for k, v in value.items() if k == key and isinstance(v, int)] + [
+                n for v in value.values() for n in numbers(v, key)]
+        return [n for v in value for n in numbers(v, key)] if isinstance(value, list) else []
+
+    for path in CONFIGS.rglob("*.json"):
+        found = numbers(json.loads(path.read_text()))
+        assert bool(found) == (path.name == "common.json" or path.parent.name == "datasets"), (path, found)
+
+
+def test_metadata_describes_the_model_contract():
+    common = json.loads((CONFIGS / "common.json").read_text())
+    fmt = json.loads((CONFIGS / "metadata.json").read_text())["network_data_format"]
+    image, pred = next(iter(fmt["inputs"].values())), next(iter(fmt["outputs"].values()))
+    assert image["spatial_shape"] == [common["image_size"]] * 2 and image["num_channels"] == common["channels"]
+    assert pred["channel_def"] == {str(i): c for i, c in enumerate(common["classes"])}
+
+
+def test_default_data_is_the_synthetic_set_in_one_place():
+    """train.json's datalist is the generator's settings (no copy in an overlay), opened by a runtime component."""
+    train = json.loads((CONFIGS / "train.json").read_text())
+    assert train["datalist"]["source"] == "synthetic" and train["data"]["_target_"] == "custom.open_datalist"
+    assert not (CONFIGS / "datasets" / "demo.json").exists()
+    for path in CONFIGS.rglob("*.json"):
+        assert "custom.tools" not in path.read_text(), path  # configs name the runtime only
 
 
 def test_the_best_model_carries_a_record_of_what_it_was_trained_on(trained):
     models = trained["root"] / "models"
     record = json.loads((models / "model.json").read_text())
-    assert record["classes"] == json.loads((CONFIGS / "inference.json").read_text())["classes"]
+    assert record["classes"] == json.loads((CONFIGS / "common.json").read_text())["classes"]
     assert record["image_size"] == 32 and record["num_training"] == TINY["datalist#num_training"]
-    assert record["network"] == {"name": "DenseNet121", "spatial_dims": 2, "in_channels": 3}
+    assert record["network"] == {"class": "DenseNet121"}  # the stock network of common.json's network_def
     assert record["nvum"]["memory_momentum"] == 0.9 and record["nvum"]["unbiased_memory"] is True
     assert Path(record["datalist"]) == trained["data"] / "datalist.json"
     (resume,) = sorted(models.glob("checkpoint_epoch=*.pt"))

@@ -34,7 +34,7 @@ TINY = {
 }
 MODEL_NAME = "nvum-test"
 TOL = 1e-5
-CLASSES = json.loads((CONFIGS / "inference.json").read_text())["classes"]
+CLASSES = json.loads((CONFIGS / "common.json").read_text())["classes"]
 
 
 def _workflow(config_file, workflow_type, **override):

@@ -30,7 +30,7 @@ from pydicom.uid import (
 from conftest import CONFIGS, ROOT
 
 TOL = 1e-5
-CLASSES = json.loads((CONFIGS / "inference.json").read_text())["classes"]
+CLASSES = json.loads((CONFIGS / "common.json").read_text())["classes"]
 
 
 def write_dicom(

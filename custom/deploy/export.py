@@ -33,7 +33,7 @@ import torch
 
 from ..files import atomic_path
 from ..config import resolve_includes
-from ..networks import load_weights
+from ..networks import load_weights, rebuildable
 from ..record import read_record
 from ..serving.loaders import TorchScriptRunner
 from .layout import network_definition, read_json_file, write_configs, write_large_files, write_licences
@@ -120,7 +120,7 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         inference["classes"] = [str(c) for c in record["classes"]]
     if record.get("image_size") is not None:
         inference["image_size"] = int(record["image_size"])
-    if record.get("network"):
+    if rebuildable(record.get("network")):
         inference["network_def"] = network_definition(record)
     out = meta["network_data_format"]["outputs"][out_key]
     out["num_channels"] = len(inference["classes"])

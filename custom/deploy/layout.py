@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from ..config import resolve_includes
+from ..networks import rebuildable
 
 #: what the code is licensed under (the model-zoo requires the file) and the datasets' terms.
 LICENSE_FILE, DATA_LICENSE_FILE = "LICENSE", "docs/data_license.txt"
@@ -88,7 +89,7 @@ def deployable_train_config(config_dir, record: dict | None = None) -> dict:
     record = record or {}
     if record.get("image_size") is not None:
         train["image_size"] = int(record["image_size"])
-    if record.get("network"):
+    if rebuildable(record.get("network")):
         train["network_def"] = network_definition(record)
     if isinstance(record.get("nvum"), dict) and isinstance(train.get("nvum"), dict):
         train["nvum"].update({k: v for k, v in record["nvum"].items() if k in train["nvum"]})

@@ -233,7 +233,8 @@ class TestReport:
         self.output_dir, self.checkpoint = Path(output_dir), checkpoint
         self.splits, self.test_lists = list(splits) if splits else None, test_lists
         self.num_resamples, self.seed, self.confidence = int(num_resamples), int(seed), float(confidence)
-        self.device, self.batch_size, self.num_workers, self.amp = device, batch_size, num_workers, amp
+        self.device, self.batch_size, self.num_workers = device, batch_size, num_workers
+        self.amp = as_bool(amp, "amp")
         self.tracker, self.end_run = tracker, as_bool(end_run, "end_run")
         self.enabled = as_bool(enabled, "enabled")
         self.results: dict[str, pd.DataFrame] = {}

@@ -76,10 +76,17 @@ class BundleNetwork(torch.nn.Module):
                 f"{self.model_file} was trained on {record['image_size']} px images (see {record_file}), but "
                 f"the inference config resizes to {self.image_size} px: pass --image_size {record['image_size']}"
             )
-        if not record.get("network"):
-            return self._network_def[0]
-        from ..networks import network_from_record
+        from ..networks import network_from_record, rebuildable
 
+        if not rebuildable(record.get("network")):
+            network = self._network_def[0]
+            trained = (record.get("network") or {}).get("class")
+            if trained and type(network).__name__ != trained:
+                raise ValueError(
+                    f"{self.model_file} holds a {trained} (see {record_file}), but the inference config's network_def "
+                    f"builds a {type(network).__name__}: give the network_def the model was trained with"
+                )
+            return network
         return network_from_record(record["network"], len(record.get("classes") or self.classes or []))
 
     def forward(self, *args):

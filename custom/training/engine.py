@@ -42,33 +42,38 @@ class NVUMTrainer(SupervisedTrainer):
             the start of epoch ``k`` with :func:`epoch_seed` ``(seed, k)``, so what an epoch draws does
             not depend on whether the run was interrupted and resumed; ``None``: no reseeding.
         teacher: the EMA teacher (:class:`custom.EMATeacher`), attached before the config's handlers.
-            The loss's memory (``loss_function.memory``, when the loss reads one) is attached after it,
-            and the epoch averages of the loss and its parts become ``train_loss``, ``train_bce``,
-            ``train_reg`` in ``state.metrics``.
+            The updater of the loss's memory (``loss_function.memory.updater``, when the loss reads a
+            memory) is attached after it, and the epoch averages of the loss and its parts become
+            ``train_loss``, ``train_bce``, ``train_reg`` in ``state.metrics``.
+        tracker: the run's MLflow tracker (:class:`custom.MLflowTracker`; ``None`` with tracking off),
+            attached after the config's handlers (it attaches itself to the validation engine too) and
+            finished after the steps below, which log to it.
         after_training: steps run after the last epoch (objects with ``run()``: the test report, the
             export and registration), in order, when ``test_and_deploy`` is true. ``None`` entries
             (components the config disabled) are skipped.
         test_and_deploy: run ``after_training``.
 
-    ``train_handlers`` may hold ``None`` (a disabled component, e.g. the MLflow tracker with
-    ``mlflow`` false). The trainer puts itself (and its AMP grad scaler) into the ``save_dict`` of
-    every :class:`custom.CheckpointSaver` among its handlers: a config cannot reference the trainer
-    from its own handler list. Whether training ends or fails, the files the run wrote are listed
-    last (:class:`custom.RunSummary`), and every handler with a ``finish()`` (the MLflow tracker) is
-    finished.
+    ``amp`` may be given as ``"true"``/``"false"`` (as on a command line). The trainer puts itself
+    (and its AMP grad scaler) into the ``save_dict`` of every :class:`custom.CheckpointSaver` among
+    its handlers: a config cannot reference the trainer from its own handler list. Whether training ends or fails, the files the run wrote are listed
+    last (:class:`custom.RunSummary`).
     """
 
-    def __init__(self, *args, seed: int | None = None, teacher=None, after_training=(), test_and_deploy=True,
-                 **kwargs):
+    def __init__(self, *args, seed: int | None = None, teacher=None, tracker=None, after_training=(),
+                 test_and_deploy=True, **kwargs):
         from ..flags import as_bool
         from .progress import LossAverages
 
         handlers = [h for h in (kwargs.pop("train_handlers", None) or []) if h is not None]
+        if "amp" in kwargs:
+            kwargs["amp"] = as_bool(kwargs["amp"], "amp")
         loss = kwargs.get("loss_function", args[5] if len(args) > 5 else None)
         memory = getattr(loss, "memory", None) if getattr(loss, "uses_memory", False) else None
         updater = getattr(memory, "updater", None)
         first = [h for h in (teacher, updater) if h is not None] + [LossAverages()]
-        super().__init__(*args, train_handlers=first + handlers, **kwargs)
+        self.tracker = tracker
+        last = [tracker] if tracker is not None else []
+        super().__init__(*args, train_handlers=first + handlers + last, **kwargs)
         if self.accumulation_steps != 1:
             raise ValueError("NVUMTrainer does not support gradient accumulation (accumulation_steps must be 1)")
         self.seed = None if seed is None else int(seed)
@@ -97,8 +102,6 @@ class NVUMTrainer(SupervisedTrainer):
 
     def run(self) -> None:
         """Train, then (with ``test_and_deploy``) run the steps after training; list the files written."""
-        from .progress import RunSummary
-
         try:
             super().run()
             if self.test_and_deploy:
@@ -107,12 +110,18 @@ class NVUMTrainer(SupervisedTrainer):
             elif self.after_training:
                 print("test_and_deploy is off: no test report, the model is neither exported nor registered",
                       flush=True)
-            for handler in self.run_handlers:
-                if callable(getattr(handler, "finish", None)):
-                    handler.finish()
+            if self.tracker is not None:
+                self.tracker.finish()
         finally:
-            ckpt_dir = next((h.save_dir for h in self.run_handlers if hasattr(h, "resume_dict")), None)
-            RunSummary(ckpt_dir, self.after_training).run()
+            self.summary.run()
+
+    @property
+    def summary(self):
+        """The :class:`custom.RunSummary` printed at the end: the checkpoints and what the steps wrote."""
+        from .progress import RunSummary
+
+        ckpt_dir = next((h.save_dir for h in self.run_handlers if hasattr(h, "resume_dict")), None)
+        return RunSummary(ckpt_dir, self.after_training)
 
     def _iteration(self, engine, batchdata: dict) -> dict:
         if batchdata is None:

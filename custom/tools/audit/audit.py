@@ -80,10 +80,11 @@ def _completed_epochs(trainer: dict) -> int:
 
 def _network(state: dict, record: dict, num_classes: int):
     """The trained network: the recorded definition (else the bundle's network), with the checkpoint's weights."""
-    from ...networks import network_from_record
+    from ...networks import network_from_record, rebuildable
     from ..training import bundle_network
 
-    net = network_from_record(record["network"], num_classes) if record.get("network") else bundle_network(num_classes)
+    recorded = record.get("network")
+    net = network_from_record(recorded, num_classes) if rebuildable(recorded) else bundle_network(num_classes)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
