@@ -24,6 +24,8 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from conftest import CONFIGS, ROOT
 
+pytestmark = pytest.mark.slow  # trains a bundle, starts a model server and subprocesses
+
 TINY = {
     "datalist#num_training": 96,
     "datalist#num_validation": 64,
