@@ -101,6 +101,32 @@ def test_metadata_and_network_checks_pass_offline_and_catch_a_bad_metadata(tmp_p
         verify_bundle(broken, schema=ROOT / "bundle" / "docs" / "meta_schema_20240725.json")
 
 
+def test_metadata_packages_use_the_schemas_name_and_survive_monais_reader():
+    """MONAI 1.6 renames a deprecated ``optional_packages_version`` to ``required_packages_version``
+    on reading, which would replace the packages listed there; the metadata (source and deployable)
+    lists every package once, under the schema's name, at the versions requirements.txt pins."""
+    import warnings
+
+    from monai.bundle import ConfigParser
+
+    from custom.deploy.export import bundle_configs
+
+    raw = json.loads((CONFIGS / "metadata.json").read_text())
+    assert "optional_packages_version" not in raw
+    packages = raw["required_packages_version"]
+    parser = ConfigParser()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parser.read_meta(str(CONFIGS / "metadata.json"))
+    assert not [w for w in caught if "deprecated name" in str(w.message)]
+    assert parser.get("_meta_")["required_packages_version"] == packages
+    assert bundle_configs(CONFIGS)[1]["required_packages_version"] == packages
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().split()
+                if "==" in line and not line.startswith("#"))
+    assert {"mlflow", "jsonschema", "pytorch-ignite", "pydicom"} <= set(packages)
+    assert {name: pins.get(name) for name in packages} == packages
+
+
 def test_registrar_does_nothing_with_tracking_off(tmp_path):
     from custom.deploy.registry import ModelRegistrar
     from custom.training.tracking import MLflowTracker
