@@ -127,6 +127,39 @@ def test_metadata_packages_use_the_schemas_name_and_survive_monais_reader():
     assert {name: pins.get(name) for name in packages} == packages
 
 
+def test_zip_docs_carry_the_files_their_pages_link_and_a_broken_link_stops_the_build(tmp_path):
+    """What build_bundle copies into the zip's docs/: every page and the files pages link (followed into
+    noise_benchmark/results.md, which links its curves), not the unlinked run records; every relative link
+    of a copied page resolves among the copied files."""
+    import re
+    import shutil
+
+    from custom.deploy.layout import write_docs
+
+    copied = write_docs(ROOT / "bundle", tmp_path / "bundle")
+    docs = tmp_path / "bundle" / "docs"
+    assert sorted(p.relative_to(docs).as_posix() for p in docs.rglob("*") if p.is_file()) == copied
+    assert {"README.md", "results.md", "audit.md", "figures/audit_scores.png", "noise_benchmark/results.md",
+            "noise_benchmark/curve_report_cpu.png", "noise_benchmark/curve_none_cpu.png"} <= set(copied)
+    assert not any(name.startswith("noise_benchmark/runs/") for name in copied)
+    for page in docs.rglob("*.md"):
+        text = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL))
+        for link in re.findall(r"\]\(([^)\s]+)[^)]*\)", text):
+            if not re.match(r"[a-z]+:|#", link):
+                assert (page.parent / link.split("#")[0]).is_file(), f"{page}: {link}"
+
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "bundle" / "docs", source / "docs")
+    (source / "docs" / "noise_benchmark" / "curve_none_cpu.png").unlink()  # linked by noise_benchmark/results.md
+    with pytest.raises(FileNotFoundError, match=r"noise_benchmark/results\.md: link 'curve_none_cpu\.png'"):
+        write_docs(source, tmp_path / "out")
+    (source / "docs" / "extra.md").write_text("[outside](../../README.md)\n")
+    curve = Path("noise_benchmark") / "curve_none_cpu.png"
+    shutil.copy2(ROOT / "bundle" / "docs" / curve, source / "docs" / curve)
+    with pytest.raises(FileNotFoundError, match="extra.md: link '../../README.md'.*outside the docs folder"):
+        write_docs(source, tmp_path / "out")
+
+
 def test_registrar_does_nothing_with_tracking_off(tmp_path):
     from custom.deploy.registry import ModelRegistrar
     from custom.training.tracking import MLflowTracker
