@@ -125,6 +125,7 @@ def tiny_run(tmp_path_factory):
             "root": root, "run": run, "result": result, "overrides": overrides}
 
 
+@pytest.mark.slow
 def test_audit_ranks_flipped_labels_above_clean_ones(tiny_run, tmp_path):
     out = tmp_path / "audit.csv"
     table = audit(tiny_run["checkpoint"], tiny_run["datalist"].path, output=out, quiet=True)
@@ -156,6 +157,7 @@ def test_audit_ranks_flipped_labels_above_clean_ones(tiny_run, tmp_path):
     assert np.isclose(metrics["loss (final model)"]["auroc"], roc_auc_score(wrong, written["loss"]))
 
 
+@pytest.mark.slow
 def test_audit_refuses_a_data_list_of_another_size(tiny_run, tmp_path):
     source = tiny_run["datalist"].path
     raw = json.loads(source.read_text())
@@ -168,6 +170,7 @@ def test_audit_refuses_a_data_list_of_another_size(tiny_run, tmp_path):
         audit(tiny_run["checkpoint"], other, output=tmp_path / "a.csv", dataset_dir=source.parent, quiet=True)
 
 
+@pytest.mark.slow
 def test_benchmark_writes_the_table_and_figure_and_reuses_a_finished_run(tiny_run, capsys):
     bench = tiny_run["root"] / "bench"
     result = tiny_run["result"]
@@ -188,6 +191,7 @@ def test_benchmark_writes_the_table_and_figure_and_reuses_a_finished_run(tiny_ru
     assert np.allclose(again["auroc"], result["auroc"])
 
 
+@pytest.mark.slow
 def test_audit_command_line(tiny_run, tmp_path, monkeypatch):
     from custom.tools import cli
 
@@ -198,6 +202,7 @@ def test_audit_command_line(tiny_run, tmp_path, monkeypatch):
     assert len(pd.read_csv(out)) == TINY["datalist#num_training"] * 14 and (tmp_path / "cli_by_class.csv").is_file()
 
 
+@pytest.mark.slow
 def test_audit_as_the_readme_writes_it_finds_everything_in_the_checkpoint(tmp_path):
     """Train with sizes other than the defaults, then audit with only --checkpoint and --output: the
     data list, its folder, the input size and the network come from the run record; nothing is generated."""

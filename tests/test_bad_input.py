@@ -163,6 +163,7 @@ def test_preflight_check_passes_a_good_setup_and_names_a_corrupt_image(tmp_path,
     assert "[FAIL] every image exists and decodes" in out and "validation_1.png" in out
 
 
+@pytest.mark.slow
 def test_preflight_check_command_reports_every_problem_in_one_run(tmp_path):
     path = _list(tmp_path)
     doc = json.loads(path.read_text())

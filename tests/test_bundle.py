@@ -75,6 +75,7 @@ def test_inference_config_has_monai_infer_properties(tmp_path):
     assert wf.check_properties() in (None, [])
 
 
+@pytest.mark.slow
 def test_training_writes_best_and_resume_checkpoints_with_the_memory(trained):
     models = trained["root"] / "models"
     best = torch.load(models / "model.pt", weights_only=True)
@@ -89,6 +90,7 @@ def test_training_writes_best_and_resume_checkpoints_with_the_memory(trained):
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"] == 2 * 96 // 32
 
 
+@pytest.mark.slow
 def test_training_writes_test_tables_and_an_mlflow_run(trained):
     eval_dir = trained["root"] / "eval"
     for split in ("test", "test_shifted"):
@@ -110,6 +112,7 @@ def test_training_writes_test_tables_and_an_mlflow_run(trained):
     assert "test/test_test.csv" in artifacts
 
 
+@pytest.mark.slow
 def test_evaluate_config_reproduces_the_training_test_table(trained, capsys):
     root = trained["root"]
     before = pd.read_csv(root / "eval" / "test_test.csv")
@@ -126,6 +129,7 @@ def test_evaluate_config_reproduces_the_training_test_table(trained, capsys):
     assert [line.split()[-1] for line in written] == expected
 
 
+@pytest.mark.slow
 def test_training_ends_by_listing_every_file_it_wrote(trained):
     root, files = trained["root"], dict(trained["wf"].parser.get_parsed_content("train#trainer").summary.files())
     models, eval_dir = (root / "models").resolve(), (root / "eval").resolve()
@@ -140,6 +144,7 @@ def test_training_ends_by_listing_every_file_it_wrote(trained):
     assert all(Path(path).is_file() for what, path in files.items() if not what.startswith(("MLflow", "registered")))
 
 
+@pytest.mark.slow
 def test_inference_config_writes_probabilities_for_a_folder_of_images(trained, tmp_path):
     images = sorted((trained["data"] / "test").glob("*.png"))[:5]
     folder = tmp_path / "in"
@@ -168,6 +173,7 @@ def test_inference_config_writes_probabilities_for_a_folder_of_images(trained, t
     assert np.allclose(torch.sigmoid(torch.as_tensor(logits)).numpy(), probs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_inference_skips_unreadable_images_with_their_reason_and_can_be_strict(trained, tmp_path, capsys):
     from custom.console import exception_chain
     from custom.data.transforms import ImageReadError
@@ -199,6 +205,7 @@ def test_inference_skips_unreadable_images_with_their_reason_and_can_be_strict(t
     assert len(pd.read_csv(out)) == 3 and not (out.parent / "errors.csv").exists()  # no stale errors file
 
 
+@pytest.mark.slow
 def test_plain_bce_is_one_override_and_leaves_the_memory_at_zero(tmp_path):
     wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), mlflow=False,
                    **{"nvum#loss": "bce", "datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
@@ -207,6 +214,7 @@ def test_plain_bce_is_one_override_and_leaves_the_memory_at_zero(tmp_path):
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_iteration_schedule_with_ema_teacher_trains_and_checkpoints_the_teacher(tmp_path):
     authors = {"nvum#memory_schedule": "iteration", "nvum#use_teacher": "true", "nvum#reg": "elementwise",
                "nvum#mix_memory": "true", "nvum#reg_clamp": 1e-4}
@@ -309,6 +317,7 @@ def test_default_data_is_the_synthetic_set_in_one_place():
         assert "custom.tools" not in path.read_text(), path  # configs name the runtime only
 
 
+@pytest.mark.slow
 def test_the_best_model_carries_a_record_of_what_it_was_trained_on(trained):
     models = trained["root"] / "models"
     record = json.loads((models / "model.json").read_text())
@@ -321,6 +330,7 @@ def test_the_best_model_carries_a_record_of_what_it_was_trained_on(trained):
     assert torch.load(resume, weights_only=True)["run_record"] == record  # the resume checkpoint holds the same record
 
 
+@pytest.mark.slow
 def test_inference_rebuilds_the_recorded_network_and_refuses_another_input_size(tmp_path):
     """A model trained with another network (the benchmark's ResNet, set by overriding network_def)
     and input size is served by the default inference.json, which reads both from model.json."""
@@ -344,6 +354,7 @@ def test_inference_rebuilds_the_recorded_network_and_refuses_another_input_size(
     assert len(pd.read_csv(tmp_path / "p.csv")) == 3
 
 
+@pytest.mark.slow
 def test_test_and_deploy_switch_leaves_only_the_trained_checkpoints(tmp_path):
     wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), test_and_deploy=False,
                    **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))

@@ -111,6 +111,7 @@ def test_docstring_parser_reads_args_continuations_shared_names_and_the_example(
     assert doc.example == ["python -m custom.cli thing --alpha 1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [["audit_benchmark", "--help"], ["check", "-h"], ["synthetic", "--help"]])
 def test_help_from_the_shell_starts_no_job_and_writes_nothing(tmp_path, argv):
     """`audit_benchmark --help` once trained three runs; `check --help` checked 15,000 images."""

@@ -544,6 +544,7 @@ def _nih_slice_with_google_test(tmp_path, n):
     return sliced, g, images
 
 
+@pytest.mark.slow
 def test_nih_overlay_trains_on_a_slice_of_the_nih_list_with_only_dataset_dir_set(tmp_path):
     from monai.bundle import ConfigWorkflow
 
@@ -664,6 +665,7 @@ def public_tables(request, tmp_path_factory):
     return {k: tables / v for k, v in TABLES.items()}
 
 
+@pytest.mark.slow  # pip-downloads the public tables (network, subprocess)
 def test_full_padchest_tables_give_the_papers_counts(public_tables):
     for scheme, paper, exact in (("nih14", 14714, 14714), ("chexpert8", 12885, 13109)):
         dl, summary = build("padchest", scheme, public_tables["padchest"], match="paper")
@@ -671,6 +673,7 @@ def test_full_padchest_tables_give_the_papers_counts(public_tables):
         assert summary["other_match"] == {**summary["other_match"], "match": "exact", "images": exact}
 
 
+@pytest.mark.slow  # pip-downloads the public tables (network, subprocess)
 def test_full_google_and_nih_tables_rebuild_the_committed_lists(public_tables, tmp_path):
     google, _ = build("nih_google", "nih14", public_tables["google"])
     assert len(google["test"]) == 1962
@@ -683,6 +686,7 @@ def test_full_google_and_nih_tables_rebuild_the_committed_lists(public_tables, t
     assert nih["training"] == committed["training"] and nih["validation"] == committed["validation"]
 
 
+@pytest.mark.slow  # pip-downloads the public tables (network, subprocess)
 def test_full_chexpert_and_openi_tables_give_the_documented_counts(public_tables):
     dl, summary = build("chexpert", "chexpert8", public_tables["chexpert"])
     assert summary["images"]["total"] == 32010 and summary["dropped"]["lateral view"] == 32387

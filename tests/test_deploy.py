@@ -5,6 +5,8 @@ import base64
 import importlib.util
 import json
 import os
+import posixpath
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +25,8 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from conftest import CONFIGS, ROOT
+
+pytestmark = pytest.mark.slow  # trains a bundle, starts a model server and subprocesses
 
 TINY = {
     "datalist#num_training": 96,
@@ -152,6 +156,31 @@ def test_bundle_zip_runs_inference_json_from_inside_its_folder_with_either_model
         table = pd.read_csv(out)
         assert [Path(p).name for p in table["image"]] == list(deployed["probs"].index)
         assert np.abs(table.iloc[:, 1:].to_numpy() - deployed["probs"].to_numpy()).max() < TOL
+
+
+def _relative_links(markdown: str) -> list[str]:
+    """The relative link targets of a Markdown page (code blocks and spans left out, fragments dropped)."""
+    text = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", markdown, flags=re.DOTALL))
+    targets = re.findall(r"\]\(([^)\s]+)[^)]*\)", text) + re.findall(r'src="([^"]+)"', text)
+    return [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:|#", t)]
+
+
+def test_every_relative_link_of_the_zips_pages_resolves_inside_the_zip(deployed):
+    top = "nvum_cxr_classification/"
+    with zipfile.ZipFile(deployed["root"] / "models" / "nvum_cxr_classification.zip") as zf:
+        names = set(zf.namelist())
+        pages = sorted(n for n in names if n.startswith(top + "docs/") and n.endswith(".md"))
+        broken, linked = [], set()
+        for page in pages:
+            for link in _relative_links(zf.read(page).decode()):
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(page), link))
+                linked.add(target)
+                if target not in names:
+                    broken.append(f"{page}: {link}")
+    assert top + "docs/results.md" in pages and top + "docs/noise_benchmark/results.md" in pages
+    assert not broken, broken
+    assert {top + "docs/figures/audit_scores.png", top + "docs/noise_benchmark/curve_report_cpu.png"} <= linked
+    assert not any(n.startswith(top + "docs/noise_benchmark/runs/") for n in names)  # no page links the run records
 
 
 def _free_port():

@@ -90,6 +90,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_keep_one_memory_equal_to_a_single_process_run(tmp_path):
     """``torchrun --nproc_per_node=2`` (gloo) on the overlay: both ranks end with the same memory,
     equal (1e-5) to one process with the same global batch, for both memory schedules. The same

@@ -95,6 +95,7 @@ def test_the_layer_is_the_deepest_block_with_a_map_at_least_4_pixels_wide():
     assert target_layer(cifar, 32) == "layer4"  # 4 x 4 without the stem's down-sampling
 
 
+@pytest.mark.slow
 def test_maps_have_the_input_size_and_values_in_0_1_and_torchscript_is_refused(trained):
     from custom.networks import load_weights
     from custom.serving.heatmaps import GradCAMMaps
@@ -126,6 +127,7 @@ def _infer(trained, out, **override):
     wf.finalize()
 
 
+@pytest.mark.slow
 def test_inference_writes_overlays_of_the_top_or_named_classes_only_when_switched_on(trained, tmp_path):
     _infer(trained, tmp_path / "off")
     assert (tmp_path / "off" / "probabilities.csv").is_file() and not (tmp_path / "off" / "heatmaps").exists()
@@ -145,6 +147,7 @@ def test_inference_writes_overlays_of_the_top_or_named_classes_only_when_switche
     assert "heatmap_classes ['Cardiomegaly'] are not classes of the model" in _messages(err.value)
 
 
+@pytest.mark.slow
 def test_the_map_of_a_strong_class_peaks_where_its_pattern_was_drawn(trained):
     from custom.networks import load_weights
     from custom.serving.heatmaps import GradCAMMaps

@@ -190,6 +190,7 @@ def _command(args, tmp_path, **env):
     return out.returncode, out.stdout.rstrip().splitlines()
 
 
+@pytest.mark.slow
 def test_the_bundle_command_and_the_tools_end_on_the_projects_message(tmp_path):
     path = _list(tmp_path)
     (tmp_path / "img/validation_0.png").write_bytes(bomb_png())

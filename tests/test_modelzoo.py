@@ -21,6 +21,8 @@ from PIL import Image
 
 from conftest import train_tiny_bundle
 
+pytestmark = pytest.mark.slow  # trains and builds a bundle zip, runs model-zoo's scripts in subprocesses
+
 NAME = "nvum_cxr_classification"
 
 @pytest.fixture(scope="module")

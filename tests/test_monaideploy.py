@@ -74,6 +74,7 @@ def test_deploy_output_handling_names_each_probability_and_rejects_bad_outputs(t
     compile((ROOT / "bundle" / "scripts" / "deploy_app.py").read_text(), "deploy_app.py", "exec")
 
 
+@pytest.mark.slow
 def test_monai_deploy_application_gives_the_probabilities_of_inference_json_for_png_and_dicom(tmp_path):
     from custom.tools.monaideploy import DEFAULT_VENV, check, venv_ready
 

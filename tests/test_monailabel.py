@@ -9,6 +9,8 @@ import pytest
 
 from conftest import train_tiny_bundle
 
+pytestmark = pytest.mark.slow  # builds a bundle zip and starts a MONAI Label server
+
 
 def test_monai_label_server_answers_with_the_probabilities_of_inference_json(tmp_path):
     from custom.tools.monailabel import DEFAULT_VENV, check, venv_ready

@@ -123,6 +123,7 @@ def tiny_runs():
     return curve, again, cheap
 
 
+@pytest.mark.slow
 def test_a_run_records_every_epoch_and_selects_on_noisy_validation(tiny_runs):
     curve, _, _ = tiny_runs
     history = curve["history"]
@@ -145,6 +146,7 @@ def test_a_run_records_every_epoch_and_selects_on_noisy_validation(tiny_runs):
     )
 
 
+@pytest.mark.slow
 def test_runs_are_deterministic_and_the_curve_does_not_change_the_selected_and_last_figures(tiny_runs):
     curve, again, cheap = tiny_runs
     assert [r["val"] for r in curve["history"]] == [r["val"] for r in again["history"]]

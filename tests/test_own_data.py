@@ -42,6 +42,7 @@ def _train(args, cwd, bundle_root):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["path", "component"])
 def test_training_on_a_data_list_given_as_a_path_or_as_a_component(tmp_path, form):
     path, images = _own_data(tmp_path)

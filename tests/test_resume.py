@@ -87,16 +87,19 @@ def runs(tmp_path_factory):
     return {"tmp": tmp, "data": data, "full": full, "killed": killed, "resumed": resumed}
 
 
+@pytest.mark.slow
 def test_killed_run_stopped_mid_epoch_two(runs):
     assert runs["killed"].returncode == -signal.SIGKILL, runs["killed"].stderr[-2000:]
     assert "epoch 1/3" in runs["killed"].stdout and "epoch 2/3" not in runs["killed"].stdout
 
 
+@pytest.mark.slow
 def test_resumed_run_starts_from_the_last_checkpoint(runs):
     assert "resumed from" in runs["resumed"] and "epoch 1/3 done" in runs["resumed"]
     assert "epoch 1/3 |" not in runs["resumed"]  # epoch 1 is not trained again
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_run(runs):
     tmp = runs["tmp"]
     full = torch.load(tmp / "full" / "models" / "checkpoint_epoch=3.pt", weights_only=True)
@@ -115,6 +118,7 @@ def test_resumed_run_equals_an_uninterrupted_run(runs):
         torch.testing.assert_close(best_resumed[key], best_full[key], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_with_a_data_list_of_another_size_is_refused(runs):
     from monai.bundle import ConfigWorkflow
 

@@ -101,6 +101,65 @@ def test_metadata_and_network_checks_pass_offline_and_catch_a_bad_metadata(tmp_p
         verify_bundle(broken, schema=ROOT / "bundle" / "docs" / "meta_schema_20240725.json")
 
 
+def test_metadata_packages_use_the_schemas_name_and_survive_monais_reader():
+    """MONAI 1.6 renames a deprecated ``optional_packages_version`` to ``required_packages_version``
+    on reading, which would replace the packages listed there; the metadata (source and deployable)
+    lists every package once, under the schema's name, at the versions requirements.txt pins."""
+    import warnings
+
+    from monai.bundle import ConfigParser
+
+    from custom.deploy.export import bundle_configs
+
+    raw = json.loads((CONFIGS / "metadata.json").read_text())
+    assert "optional_packages_version" not in raw
+    packages = raw["required_packages_version"]
+    parser = ConfigParser()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parser.read_meta(str(CONFIGS / "metadata.json"))
+    assert not [w for w in caught if "deprecated name" in str(w.message)]
+    assert parser.get("_meta_")["required_packages_version"] == packages
+    assert bundle_configs(CONFIGS)[1]["required_packages_version"] == packages
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().split()
+                if "==" in line and not line.startswith("#"))
+    assert {"mlflow", "jsonschema", "pytorch-ignite", "pydicom"} <= set(packages)
+    assert {name: pins.get(name) for name in packages} == packages
+
+
+def test_zip_docs_carry_the_files_their_pages_link_and_a_broken_link_stops_the_build(tmp_path):
+    """What build_bundle copies into the zip's docs/: every page and the files pages link (followed into
+    noise_benchmark/results.md, which links its curves), not the unlinked run records; every relative link
+    of a copied page resolves among the copied files."""
+    import re
+    import shutil
+
+    from custom.deploy.layout import write_docs
+
+    copied = write_docs(ROOT / "bundle", tmp_path / "bundle")
+    docs = tmp_path / "bundle" / "docs"
+    assert sorted(p.relative_to(docs).as_posix() for p in docs.rglob("*") if p.is_file()) == copied
+    assert {"README.md", "results.md", "audit.md", "figures/audit_scores.png", "noise_benchmark/results.md",
+            "noise_benchmark/curve_report_cpu.png", "noise_benchmark/curve_none_cpu.png"} <= set(copied)
+    assert not any(name.startswith("noise_benchmark/runs/") for name in copied)
+    for page in docs.rglob("*.md"):
+        text = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL))
+        for link in re.findall(r"\]\(([^)\s]+)[^)]*\)", text):
+            if not re.match(r"[a-z]+:|#", link):
+                assert (page.parent / link.split("#")[0]).is_file(), f"{page}: {link}"
+
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "bundle" / "docs", source / "docs")
+    (source / "docs" / "noise_benchmark" / "curve_none_cpu.png").unlink()  # linked by noise_benchmark/results.md
+    with pytest.raises(FileNotFoundError, match=r"noise_benchmark/results\.md: link 'curve_none_cpu\.png'"):
+        write_docs(source, tmp_path / "out")
+    (source / "docs" / "extra.md").write_text("[outside](../../README.md)\n")
+    curve = Path("noise_benchmark") / "curve_none_cpu.png"
+    shutil.copy2(ROOT / "bundle" / "docs" / curve, source / "docs" / curve)
+    with pytest.raises(FileNotFoundError, match="extra.md: link '../../README.md'.*outside the docs folder"):
+        write_docs(source, tmp_path / "out")
+
+
 def test_registrar_does_nothing_with_tracking_off(tmp_path):
     from custom.deploy.registry import ModelRegistrar
     from custom.training.tracking import MLflowTracker

@@ -8,7 +8,8 @@ The deployable bundle is a folder ``<name>/`` (zipped) laid out as a MONAI model
                                                      (trains on the user's data list), evaluate.json,
                                                      multi_gpu_train.json, logging.conf, datasets/ (see layout.py)
     models/model.pt, model.json, model.ts            weights, run record, TorchScript (configs embedded)
-    docs/                                            bundle card and pages, data_license.txt, metadata schema
+    docs/                                            bundle card, pages and the files they link, data_license.txt,
+                                                     metadata schema
     custom/                                          the Python code the configs import (runtime part only)
     scripts/                                         MONAI Deploy application, MONAI Label app
     data_lists/                                      the data lists the dataset overlays name (where committed)
@@ -36,7 +37,7 @@ from ..config import resolve_includes
 from ..networks import load_weights, rebuildable
 from ..record import read_record
 from ..serving.loaders import TorchScriptRunner
-from .layout import network_definition, read_json_file, write_configs, write_large_files, write_licences
+from .layout import network_definition, read_json_file, write_configs, write_docs, write_large_files, write_licences
 
 #: folder name of the deployable bundle (MONAI Label infers the task type "classification" from it).
 BUNDLE_NAME = "nvum_cxr_classification"
@@ -287,11 +288,7 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
         meta["eval_metrics"] = {str(k): float(v) for k, v in eval_metrics.items()}
     write_configs(source, folder, inference, meta, record)
     write_licences(source, folder)
-    readme = source / "docs" / "README.md"
-    if not readme.is_file():
-        raise FileNotFoundError(f"bundle file not found: {readme}")
-    for page in sorted((source / "docs").glob("*.md")):  # the bundle card and the pages it links
-        shutil.copy2(page, folder / "docs" / page.name)
+    write_docs(source, folder)  # the bundle card, the pages it links and the files they link
     schema = schema_file(source / "configs")
     shutil.copy2(schema, folder / "docs" / schema.name)
     if (source / "scripts").is_dir():

@@ -9,7 +9,7 @@ The deployable bundle is laid out as a MONAI model-zoo bundle (``ci/verify_bundl
     configs/train.json               trains on a data list of the user's (``dataset_dir``, ``datalist``)
     configs/evaluate.json, multi_gpu_train.json, logging.conf
     configs/datasets/<name>.json     the real-data overlays (NIH, CheXpert), their data lists in data_lists/
-    docs/README.md, docs/data_license.txt, ...
+    docs/README.md, docs/data_license.txt, ...  the pages, and the files they link (figures, the noise benchmark's page)
 
 Every config runs with ``bundle_root`` set to the bundle folder, and ``"."`` is the default, so
 ``python -m monai.bundle run --config_file configs/inference.json`` works from inside the folder.
@@ -20,8 +20,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 from ..config import resolve_includes
 from ..networks import rebuildable
@@ -155,6 +157,69 @@ def write_licences(source_dir: Path, folder: Path) -> None:
                                     f"{DATA_LICENSE_FILE} states the datasets' terms)")
         (Path(folder) / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, Path(folder) / name)
+
+
+#: fenced code blocks and inline code spans of a Markdown page (no links are read in them).
+_MD_CODE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1[^\n]*$|`[^`\n]*`", re.MULTILINE | re.DOTALL)
+#: link targets of a Markdown page: ``[text](target "title")``, ``![alt](target)``, ``[ref]: target``, ``src="target"``.
+_MD_LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'(][^)]*)?\)|^ {0,3}\[[^\]]+\]:\s*<?([^\s>]+)"
+                      r"|\b(?:src|href)=\"([^\"]+)\"", re.MULTILINE)
+#: a target with a scheme (``https:``, ``mailto:``) or only a fragment: not a file of the docs.
+_EXTERNAL = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|#)")
+
+
+def page_links(text: str) -> list[str]:
+    """The relative file links of a Markdown page (fragment and query dropped, %-escapes decoded), in order."""
+    text = _MD_CODE.sub("", text)
+    links = []
+    for match in _MD_LINK.finditer(text):
+        target = next(g for g in match.groups() if g is not None)
+        if _EXTERNAL.match(target):
+            continue
+        target = unquote(target.split("#", 1)[0].split("?", 1)[0])
+        if target:
+            links.append(target)
+    return links
+
+
+def doc_files(docs_dir) -> list[str]:
+    """The files of ``docs_dir`` the deployable bundle carries: every page (``*.md``) of the folder
+    and every file those pages link, followed from page to page (``figures/``, the noise benchmark's
+    ``results.md`` and its curves), so that no link of a shipped page is broken in the zip; paths
+    relative to ``docs_dir``, sorted. Files no page links (the benchmark's per-run records) stay out.
+
+    Raises:
+        FileNotFoundError: a page links a file that does not exist, or one outside ``docs_dir``.
+    """
+    docs_dir = Path(docs_dir).resolve()
+    pages = sorted(docs_dir.glob("*.md"))
+    files, todo = set(pages), list(pages)
+    while todo:
+        page = todo.pop()
+        for link in page_links(page.read_text()):
+            target = (page.parent / link).resolve()
+            if not target.is_relative_to(docs_dir) or not target.is_file():
+                where = "outside the docs folder" if not target.is_relative_to(docs_dir) else "not found"
+                raise FileNotFoundError(f"{page}: link {link!r}: {target} {where} (the deployable zip carries "
+                                        f"{docs_dir} only)")
+            if target not in files:
+                files.add(target)
+                if target.suffix == ".md":
+                    todo.append(target)
+    return sorted(p.relative_to(docs_dir).as_posix() for p in files)
+
+
+def write_docs(source_dir: Path, folder: Path) -> list[str]:
+    """Copy the source bundle's ``docs/`` pages and the files they link (:func:`doc_files`) into
+    ``folder/docs``; the paths copied, relative to ``docs/``."""
+    source_docs = Path(source_dir) / "docs"
+    if not (source_docs / "README.md").is_file():
+        raise FileNotFoundError(f"bundle file not found: {source_docs / 'README.md'}")
+    names = doc_files(source_docs)
+    for name in names:
+        (Path(folder) / "docs" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source_docs / name, Path(folder) / "docs" / name)
+    return names
 
 
 def sha256(path) -> str:
