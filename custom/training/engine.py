@@ -55,8 +55,8 @@ class NVUMTrainer(SupervisedTrainer):
 
     ``amp`` may be given as ``"true"``/``"false"`` (as on a command line). The trainer puts itself
     (and its AMP grad scaler) into the ``save_dict`` of every :class:`custom.CheckpointSaver` among
-    its handlers: a config cannot reference the trainer from its own handler list. Whether training ends or fails, the files the run wrote are listed
-    last (:class:`custom.RunSummary`).
+    its handlers: a config cannot reference the trainer from its own handler list. Whether training
+    ends or fails, the files the run wrote are listed last (:class:`custom.RunSummary`).
     """
 
     def __init__(self, *args, seed: int | None = None, teacher=None, tracker=None, after_training=(),
