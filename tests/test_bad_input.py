@@ -148,6 +148,7 @@ def _tiny_overrides(tmp_path, path):
     return {
         "bundle_root": str(tmp_path / "bundle"),
         "datalist": {"_target_": "custom.DataList", "path": str(path)},
+        "classes": CLASSES,
         "mlflow": False,
     }
 

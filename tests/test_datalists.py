@@ -508,7 +508,7 @@ def test_overlays_hold_the_paper_recipes():
     assert (cxp["image_size"], cxp["batch_size"], cxp["max_epochs"], cxp["learning_rate"]) == (224, 64, 40, 1e-4)
     for cfg in (nih, cxp):
         assert (
-            cfg["lr_milestones"] == [0.7, 0.9] and cfg["optimizer#eps"] == 0.1 and cfg["optimizer#betas"] == [0.9, 0.99]
+            cfg["lr_milestones"] == [round(0.7 * cfg["max_epochs"]), round(0.9 * cfg["max_epochs"])] and cfg["optimizer#eps"] == 0.1 and cfg["optimizer#betas"] == [0.9, 0.99]
         )
         targets = [t["_target_"] if isinstance(t, dict) else t for t in cfg["train#preprocessing#transforms"]]
         assert "custom.RandResizedCropd" in targets and "RandFlipd" in targets

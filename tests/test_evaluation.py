@@ -224,7 +224,7 @@ def test_evaluate_config_runs_several_test_lists_in_one_run(tmp_path):
         bundle_root=str(tmp_path),
         mlflow=False,
         bootstrap_resamples=50,
-        test_lists=["@datalist", {"path": str(other), "name": "OPI"}],
+        test_lists=["@data", {"path": str(other), "name": "OPI"}],
         **{
             "datalist#root": str(tmp_path / "data"),
             "datalist#num_training": 32,

@@ -60,7 +60,7 @@ def _edit(path, change):
 def _train(tmp_path, path, **override):
     """Run train.json as `python -m monai.bundle run training` does; the report's last line when it fails."""
     override = {"bundle_root": str(tmp_path / "bundle"), "mlflow": False, "max_epochs": 1, "batch_size": 4,
-                "datalist": {"_target_": "custom.DataList", "path": str(path)}, **override}
+                "datalist": {"_target_": "custom.DataList", "path": str(path)}, "classes": CLASSES, **override}
     wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", **override)
     with pytest.raises(Exception) as err:
         wf.initialize()
@@ -196,7 +196,8 @@ def test_the_bundle_command_and_the_tools_end_on_the_projects_message(tmp_path):
     (tmp_path / "img/validation_0.png").write_bytes(bomb_png())
     datalist = json.dumps({"_target_": "custom.DataList", "path": str(path)})
     train = ["monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
-             "--bundle_root", str(tmp_path / "b"), "--mlflow", "false", "--max_epochs", "1", "--datalist", datalist]
+             "--bundle_root", str(tmp_path / "b"), "--mlflow", "false", "--max_epochs", "1", "--datalist", datalist,
+             "--classes", json.dumps(CLASSES)]
     expected = f"error: cannot read image {tmp_path}/img/validation_0.png: too large to decode safely"
     code, lines = _command(train, tmp_path)
     assert code == 1 and lines[-1].startswith(expected), lines[-30:]

@@ -12,37 +12,33 @@ from custom.training.engine import NVUMTrainer
 from custom.nvum.handlers import MemoryUpdater
 from custom.nvum.losses import build_loss
 from custom.nvum.memory import NVUMMemory
-from custom.training.performance import PrepareImageBatch, memory_format
+from custom.networks import prepare_network
+from custom.training.performance import memory_format
 
 
-def test_prepare_batch_stores_images_channels_last_and_leaves_labels_alone():
-    batch = {"image": torch.randn(2, 3, 4, 5), "label": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}
-    image, label = PrepareImageBatch(channels_last="true")(batch, torch.device("cpu"))
-    assert image.is_contiguous(memory_format=torch.channels_last) and not batch["image"].is_contiguous(
-        memory_format=torch.channels_last
-    )
-    assert torch.equal(image, batch["image"]) and torch.equal(label, batch["label"])
-    image, _ = PrepareImageBatch(channels_last=False)(batch, torch.device("cpu"))
-    assert image.is_contiguous()
+def test_prepare_network_stores_weights_channels_last_on_request():
+    net = prepare_network(torch.nn.Conv2d(3, 4, 3), "cpu", "", channels_last="true")
+    assert net.weight.is_contiguous(memory_format=torch.channels_last)
+    net = prepare_network(torch.nn.Conv2d(3, 4, 3), "cpu", "", channels_last="false")
+    assert net.weight.is_contiguous() and not net.weight.is_contiguous(memory_format=torch.channels_last)
     assert memory_format("false") == torch.contiguous_format and memory_format(True) == torch.channels_last
     with pytest.raises(ValueError, match="channels_last"):
         memory_format("maybe")
 
 
 @pytest.mark.parametrize("flag", ["true", "false"])
-def test_train_config_switches_amp_and_channels_last(flag):
+def test_train_config_switches_amp_and_channels_last(flag, tmp_path):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    parser.update({"amp": flag, "channels_last": flag, "num_classes": 14})
+    parser.update({"amp": flag, "channels_last": flag, "mlflow": "false", "bundle_root": str(tmp_path),
+                   "datalist#root": str(tmp_path / "data"), "datalist#num_training": 8, "datalist#num_validation": 4,
+                   "datalist#num_test": 4, "datalist#num_test_shifted": 4})
     net = parser.get_parsed_content("network")
     on = flag == "true"
     assert net.features.conv0.weight.is_contiguous(memory_format=torch.channels_last) == on
-    assert parser.get_parsed_content("prepare_batch").memory_format == (
-        torch.channels_last if on else torch.contiguous_format
-    )
     # the command-line string "false" must switch mixed precision off, not on
-    assert parser.get_parsed_content("train#trainer#amp") is on
-    assert parser.get_parsed_content("validate#evaluator#amp") is on
+    assert parser.get_parsed_content("train#trainer").amp is on
+    assert parser.get_parsed_content("validate#evaluator").amp is on
 
 
 def test_loss_and_memory_stay_float32_under_mixed_precision():
@@ -82,7 +78,6 @@ def test_loss_and_memory_stay_float32_under_mixed_precision():
         decollate=False,
         amp=True,
         amp_kwargs={"dtype": torch.bfloat16},
-        prepare_batch=PrepareImageBatch(channels_last=True),
         train_handlers=[MemoryUpdater(memory, "iteration")],
     )
     trainer.scaler = None  # bfloat16 needs no gradient scaling (MONAI's scaler is a CUDA one)
@@ -113,7 +108,7 @@ def test_training_cache_holds_resized_images_and_the_augmentation_leaves_it_inta
     assert dataset.copy_cache is False
     cached = dataset._cache[0]["image"]
     # the cache holds the deterministic head of the chain: decoded, grey, resized, normalised
-    items = parser.get_parsed_content("datalist").items("training")
+    items = parser.get_parsed_content("data").items("training")
     expected = parser.get_parsed_content("validate#preprocessing")(items[0])["image"]
     assert cached.shape == (3, 32, 32) and torch.equal(cached.as_tensor(), expected.as_tensor())
     before = copy.deepcopy(dataset._cache)

@@ -14,13 +14,8 @@ from ignite.engine import Engine
 
 from conftest import CONFIGS, ROOT
 
-from custom.training.checkpoints import (
-    CheckpointWriteError,
-    EpochSeeder,
-    TrainingCheckpointSaver,
-    epoch_seed,
-    find_checkpoint,
-)
+from custom.training.checkpoints import CheckpointSaver, CheckpointWriteError, find_checkpoint
+from custom.training.engine import NVUMTrainer, epoch_seed
 from custom.data import DataListError
 
 TINY = [
@@ -61,9 +56,9 @@ def _train(tmp_path, root, data, *extra):
 
 
 def _last_val_auc(stdout):
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("epoch 3/3")]
-    assert lines, stdout[-2000:]
-    return re.search(r"val_mean_auc ([0-9.]+)", lines[-1]).group(1)
+    found = re.findall(r"Epoch\[3\] Metrics -- val_mean_auc: ([0-9.]+)", stdout)  # MONAI's StatsHandler line
+    assert found, stdout[-2000:]
+    return found[-1]
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +85,13 @@ def runs(tmp_path_factory):
 @pytest.mark.slow
 def test_killed_run_stopped_mid_epoch_two(runs):
     assert runs["killed"].returncode == -signal.SIGKILL, runs["killed"].stderr[-2000:]
-    assert "epoch 1/3" in runs["killed"].stdout and "epoch 2/3" not in runs["killed"].stdout
+    assert "Epoch[1] Metrics -- train" in runs["killed"].stdout and "Epoch[2] Metrics" not in runs["killed"].stdout
 
 
 @pytest.mark.slow
 def test_resumed_run_starts_from_the_last_checkpoint(runs):
     assert "resumed from" in runs["resumed"] and "epoch 1/3 done" in runs["resumed"]
-    assert "epoch 1/3 |" not in runs["resumed"]  # epoch 1 is not trained again
+    assert "Epoch[1] Metrics" not in runs["resumed"]  # epoch 1 is not trained again
 
 
 @pytest.mark.slow
@@ -150,16 +145,22 @@ def test_resume_without_a_checkpoint_names_the_folder(tmp_path):
     assert find_checkpoint("latest", tmp_path).name == "checkpoint_epoch=10.pt"  # numeric, not lexical order
 
 
-def test_epoch_seeder_makes_each_epoch_a_function_of_seed_and_epoch():
-    from monai.transforms import RandFlip
+def test_trainer_makes_each_epoch_a_function_of_seed_and_epoch():
+    from ignite.engine import Events
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import RandFlipd
 
-    flip = RandFlip(prob=0.5)
-    seeder = EpochSeeder(seed=3, transforms=[flip])
-    engine = Engine(lambda e, b: None)
+    flip = RandFlipd(keys="image", prob=0.5)
+    net = torch.nn.Linear(2, 2)
+    loader = DataLoader(Dataset([{"image": torch.zeros(1, 2, 2)}], transform=flip), batch_size=1)
+    trainer = NVUMTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=loader, network=net,
+                          optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=None, seed=3)
+    first_handler = trainer._event_handlers[Events.EPOCH_STARTED][0][0]
+    assert first_handler == trainer._reseed  # reseeds before any other handler of the epoch
 
     def draws(epoch):
-        engine.state.epoch = epoch
-        seeder(engine)
+        trainer.state.epoch = epoch
+        trainer._reseed(trainer)
         return torch.rand(3).tolist(), flip.R.rand()
 
     first = draws(2)
@@ -172,9 +173,7 @@ def test_epoch_seeder_makes_each_epoch_a_function_of_seed_and_epoch():
 def test_failed_checkpoint_write_names_the_path_and_keeps_the_previous_one(tmp_path, monkeypatch):
     net = torch.nn.Linear(2, 2)
     engine = Engine(lambda e, b: net.weight.data.add_(1.0))
-    saver = TrainingCheckpointSaver(
-        save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1, n_saved=1, epoch_level=True
-    )
+    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1, n_saved=1)
     saver.attach(engine)
     engine.run([0], max_epochs=1)
     first = tmp_path / "checkpoint_epoch=1.pt"
@@ -192,8 +191,9 @@ def test_failed_checkpoint_write_names_the_path_and_keeps_the_previous_one(tmp_p
 
 
 def test_best_model_file_survives_a_better_epoch(tmp_path):
-    """The fixed-name best model (model.pt) is replaced in place, never deleted after the write."""
-    from custom.training.checkpoints import CheckpointSaver
+    """The fixed-name best model (model.pt) of MONAI's stock saver, made safe by the run's CheckpointSaver, is
+    replaced in place, never deleted after the write."""
+    from monai.handlers import CheckpointSaver as StockSaver
 
     net = torch.nn.Linear(2, 2)
     scores = iter([0.5, 0.7, 0.6])
@@ -205,13 +205,14 @@ def test_best_model_file_survives_a_better_epoch(tmp_path):
         e.state.metrics["auc"] = next(scores)
 
     engine.state.metrics = {}
-    saver = CheckpointSaver(
+    saver = StockSaver(
         save_dir=str(tmp_path),
         save_dict={"model": net},
         save_key_metric=True,
         key_metric_name="auc",
         key_metric_filename="model.pt",
     )
+    CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, best_model_saver=saver, save_interval=0)
     saver.attach(engine)
     engine.run([0], max_epochs=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

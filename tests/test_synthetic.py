@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from custom.tools import synthetic as S
+from custom.data import synthetic as S
 from custom.labels import NIH14_CLASSES, NO_FINDING
 
 SMALL = {"num_training": 48, "num_validation": 16, "num_test": 24, "num_test_shifted": 24,

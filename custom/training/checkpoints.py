@@ -136,8 +136,8 @@ class CheckpointSaver(_MonaiCheckpointSaver):
 
     Args:
         save_dir: the checkpoint folder.
-        save_dict: the objects to save (the trainer adds itself and its AMP scaler, see
-            :class:`custom.NVUMTrainer`; the run record and the validation state are added here).
+        save_dict: the objects to save; the engine it is attached to (and its AMP scaler), the run record
+            and the validation state are added.
         resume: ``false`` (start fresh), ``true``/``"latest"`` (the last checkpoint in ``save_dir``) or a path.
         record: the run record (:func:`run_record` settings): saved in every checkpoint and written as
             ``model.json`` beside every ``model.pt`` the best-model saver writes.
@@ -165,6 +165,11 @@ class CheckpointSaver(_MonaiCheckpointSaver):
         _make_safe(self)
 
     def attach(self, engine: Engine) -> None:
+        # the engine's own state (epoch, iteration) and AMP scaler: a config cannot reference the trainer
+        # from the trainer's own handler list (a circular reference)
+        self.resume_dict.setdefault("trainer", engine)
+        if getattr(engine, "scaler", None) is not None:
+            self.resume_dict.setdefault("scaler", engine.scaler)
         self.path = find_checkpoint(self.resume, self.save_dir)
         if self.path is not None:
             engine.add_event_handler(Events.STARTED, self._load)

@@ -53,10 +53,8 @@ class NVUMTrainer(SupervisedTrainer):
             (components the config disabled) are skipped.
         test_and_deploy: run ``after_training``.
 
-    ``amp`` may be given as ``"true"``/``"false"`` (as on a command line). The trainer puts itself
-    (and its AMP grad scaler) into the ``save_dict`` of every :class:`custom.CheckpointSaver` among
-    its handlers: a config cannot reference the trainer from its own handler list. Whether training
-    ends or fails, the files the run wrote are listed last (:class:`custom.RunSummary`).
+    ``amp`` may be given as ``"true"``/``"false"`` (as on a command line). Whether training ends or
+    fails, the files the run wrote are listed last (:class:`custom.RunSummary`).
     """
 
     def __init__(self, *args, seed: int | None = None, teacher=None, tracker=None, after_training=(),
@@ -84,12 +82,6 @@ class NVUMTrainer(SupervisedTrainer):
             self.add_event_handler(Events.EPOCH_STARTED, self._reseed)
             handlers_ = self._event_handlers[Events.EPOCH_STARTED]
             handlers_.insert(0, handlers_.pop())  # before every other handler of the epoch
-        for handler in handlers:
-            save_dict = getattr(handler, "resume_dict", None)
-            if save_dict is not None:
-                save_dict.setdefault("trainer", self)
-                if getattr(self, "scaler", None) is not None:
-                    save_dict.setdefault("scaler", self.scaler)
 
     def _reseed(self, engine) -> None:
         s = epoch_seed(self.seed, engine.state.epoch)
