@@ -17,3 +17,12 @@ def as_bool(value, name: str = "value") -> bool:
             return False
         raise ValueError(f"{name} must be true or false, got {value!r}")
     return bool(value)
+
+
+def resolve_auto(value, device, name: str = "value") -> bool:
+    """A flag that may be ``"auto"``: on when ``device`` is a CUDA device; otherwise :func:`as_bool`."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        import torch
+
+        return torch.device(device).type == "cuda"
+    return as_bool(value, name)

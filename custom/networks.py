@@ -46,11 +46,12 @@ def build_network(name: str, num_classes: int, **kwargs) -> torch.nn.Module:
 def prepare_network(network: torch.nn.Module, device="cpu", pretrained_weights: str = "",
                     channels_last=False) -> torch.nn.Module:
     """The network train.json trains: ``pretrained_weights`` loaded (a local file; ``""``: none, see
-    :func:`load_pretrained`), moved to ``device``, its weights channels-last when ``channels_last``."""
-    from .flags import as_bool
+    :func:`load_pretrained`), moved to ``device``, its weights channels-last when ``channels_last`` (``"auto"``:
+    with a CUDA ``device``)."""
+    from .flags import resolve_auto
 
     network = load_pretrained(network, pretrained_weights)
-    layout = torch.channels_last if as_bool(channels_last, "channels_last") else torch.contiguous_format
+    layout = torch.channels_last if resolve_auto(channels_last, device, "channels_last") else torch.contiguous_format
     return network.to(device, memory_format=layout)
 
 

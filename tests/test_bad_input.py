@@ -174,7 +174,8 @@ def test_preflight_check_command_reports_every_problem_in_one_run(tmp_path):
     _truncate(tmp_path / "img/validation_2.png")
     cmd = [sys.executable, "-m", "custom.cli", "check", "--config_file", str(CONFIGS / "train.json"),
            "--bundle_root", str(tmp_path / "b"), "--mlflow", "false",
-           "--datalist", json.dumps({"_target_": "custom.DataList", "path": str(path)})]  # fmt: skip
+           "--datalist", json.dumps({"_target_": "custom.DataList", "path": str(path)}),
+           "--classes", json.dumps(CLASSES)]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
     lines = out.stdout.splitlines()

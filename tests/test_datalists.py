@@ -507,9 +507,9 @@ def test_overlays_hold_the_paper_recipes():
     assert (nih["image_size"], nih["batch_size"], nih["max_epochs"], nih["learning_rate"]) == (512, 16, 30, 0.05)
     assert (cxp["image_size"], cxp["batch_size"], cxp["max_epochs"], cxp["learning_rate"]) == (224, 64, 40, 1e-4)
     for cfg in (nih, cxp):
-        assert (
-            cfg["lr_milestones"] == [round(0.7 * cfg["max_epochs"]), round(0.9 * cfg["max_epochs"])] and cfg["optimizer#eps"] == 0.1 and cfg["optimizer#betas"] == [0.9, 0.99]
-        )
+        # the learning rate drops x0.1 at 70% and 90% of training (epochs)
+        assert cfg["lr_milestones"] == [round(0.7 * cfg["max_epochs"]), round(0.9 * cfg["max_epochs"])]
+        assert cfg["optimizer#eps"] == 0.1 and cfg["optimizer#betas"] == [0.9, 0.99]
         targets = [t["_target_"] if isinstance(t, dict) else t for t in cfg["train#preprocessing#transforms"]]
         assert "custom.RandResizedCropd" in targets and "RandFlipd" in targets
     assert "RandRotated" in [t["_target_"] for t in cxp["train#preprocessing#transforms"] if isinstance(t, dict)]

@@ -59,7 +59,8 @@ def trained(tmp_path_factory):
         "batch_size": 32,
         "mlflow": False,
         "test_and_deploy": False,
-        "lr_milestones": [0.9],
+        "lr_milestones": [7],
+        "classes": CLASSES,
     }
     wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", **overrides)
     wf.initialize()

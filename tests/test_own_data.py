@@ -46,15 +46,28 @@ def _train(args, cwd, bundle_root):
 @pytest.mark.parametrize("form", ["path", "component"])
 def test_training_on_a_data_list_given_as_a_path_or_as_a_component(tmp_path, form):
     path, images = _own_data(tmp_path)
-    if form == "path":  # the one-flag form
-        args = ["--datalist", str(path), "--dataset_dir", str(images)]
+    classes = ["--classes", json.dumps(CLASSES)]  # not the 14 NIH classes of common.json: say which
+    if form == "path":  # the one-flag form (plus the classes)
+        args = ["--datalist", str(path), "--dataset_dir", str(images), *classes]
     else:  # the component form still works
-        args = ["--datalist", f"{{'_target_': 'custom.DataList', 'path': '{path}', 'dataset_dir': '{images}'}}"]
+        args = ["--datalist", f"{{'_target_': 'custom.DataList', 'path': '{path}', 'dataset_dir': '{images}'}}",
+                *classes]
     proc = _train(args, ROOT, tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "models" / "model.json").read_text())
     assert record["classes"] == CLASSES and record["num_training"] == 16
     assert record["datalist"] == str(path) and record["dataset_dir"] == str(images)
+
+
+def test_a_data_list_with_other_classes_than_the_model_contract_names_the_override(tmp_path):
+    from custom.data import open_datalist
+
+    path, images = _own_data(tmp_path)
+    with pytest.raises(ValueError) as err:
+        open_datalist(str(path), str(images), classes=["Atelectasis", "Effusion", "No Finding"])
+    assert f"the data list {path} has classes {CLASSES}" in str(err.value)
+    assert f'--classes "{CLASSES}"' in str(err.value)
+    assert open_datalist(str(path), str(images), classes=CLASSES).classes == CLASSES
 
 
 def test_a_bad_datalist_value_is_named():

@@ -26,7 +26,7 @@ def test_prepare_network_stores_weights_channels_last_on_request():
         memory_format("maybe")
 
 
-@pytest.mark.parametrize("flag", ["true", "false"])
+@pytest.mark.parametrize("flag", ["true", "false", "auto"])
 def test_train_config_switches_amp_and_channels_last(flag, tmp_path):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
@@ -34,11 +34,12 @@ def test_train_config_switches_amp_and_channels_last(flag, tmp_path):
                    "datalist#root": str(tmp_path / "data"), "datalist#num_training": 8, "datalist#num_validation": 4,
                    "datalist#num_test": 4, "datalist#num_test_shifted": 4})
     net = parser.get_parsed_content("network")
-    on = flag == "true"
+    on = flag == "true"  # "auto" (the default) is on with a CUDA device only: off here
     assert net.features.conv0.weight.is_contiguous(memory_format=torch.channels_last) == on
     # the command-line string "false" must switch mixed precision off, not on
     assert parser.get_parsed_content("train#trainer").amp is on
-    assert parser.get_parsed_content("validate#evaluator").amp is on
+    assert parser.get_parsed_content("test_report").amp is on
+    assert parser.get_parsed_content("validate#evaluator").amp is False  # validation runs in float32
 
 
 def test_loss_and_memory_stay_float32_under_mixed_precision():

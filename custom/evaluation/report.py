@@ -17,7 +17,7 @@ from ..labels import NO_FINDING, disease_indices
 from .metrics import bootstrap_auc, mean_auc, per_class_auc
 from ..networks import load_weights
 from .tables import markdown_table
-from ..flags import as_bool
+from ..flags import as_bool, resolve_auto
 
 
 @torch.no_grad()
@@ -234,7 +234,7 @@ class TestReport:
         self.splits, self.test_lists = list(splits) if splits else None, test_lists
         self.num_resamples, self.seed, self.confidence = int(num_resamples), int(seed), float(confidence)
         self.device, self.batch_size, self.num_workers = device, batch_size, num_workers
-        self.amp = as_bool(amp, "amp")
+        self.amp = resolve_auto(amp, device, "amp")
         self.tracker, self.end_run = tracker, as_bool(end_run, "end_run")
         self.enabled = as_bool(enabled, "enabled")
         self.results: dict[str, pd.DataFrame] = {}

@@ -126,7 +126,8 @@ class ValidationState:
 class CheckpointSaver(_MonaiCheckpointSaver):
     """The run's checkpoints: one per epoch for resume, and the run record beside the best model.
 
-    MONAI's ``CheckpointSaver`` (ignite's atomic writes) attached to the trainer, saving
+    MONAI's ``CheckpointSaver`` (ignite's atomic writes) attached to the trainer after the
+    validation handler (so that each checkpoint holds that epoch's validation state), saving
     ``save_dict`` every ``save_interval`` epochs (``checkpoint_epoch=K.pt``, the last ``n_saved``
     kept) and, with ``resume``, loading the last one when training starts. Why not the stock saver
     and loader: here the previous checkpoint is deleted only after the new one is complete (ignite
@@ -171,8 +172,10 @@ class CheckpointSaver(_MonaiCheckpointSaver):
         if getattr(engine, "scaler", None) is not None:
             self.resume_dict.setdefault("scaler", engine.scaler)
         self.path = find_checkpoint(self.resume, self.save_dir)
-        if self.path is not None:
+        if self.path is not None:  # restored before any other handler starts
             engine.add_event_handler(Events.STARTED, self._load)
+            started = engine._event_handlers[Events.STARTED]
+            started.insert(0, started.pop())
         if self.save_interval > 0:
             super().attach(engine)
 

@@ -53,18 +53,19 @@ class NVUMTrainer(SupervisedTrainer):
             (components the config disabled) are skipped.
         test_and_deploy: run ``after_training``.
 
-    ``amp`` may be given as ``"true"``/``"false"`` (as on a command line). Whether training ends or
+    ``amp`` may be ``"auto"`` (on with a CUDA device) or given as ``"true"``/``"false"`` (as on a
+    command line). Whether training ends or
     fails, the files the run wrote are listed last (:class:`custom.RunSummary`).
     """
 
     def __init__(self, *args, seed: int | None = None, teacher=None, tracker=None, after_training=(),
                  test_and_deploy=True, **kwargs):
-        from ..flags import as_bool
+        from ..flags import as_bool, resolve_auto
         from .progress import LossAverages
 
         handlers = [h for h in (kwargs.pop("train_handlers", None) or []) if h is not None]
         if "amp" in kwargs:
-            kwargs["amp"] = as_bool(kwargs["amp"], "amp")
+            kwargs["amp"] = resolve_auto(kwargs["amp"], kwargs.get("device", "cpu"), "amp")
         loss = kwargs.get("loss_function", args[5] if len(args) > 5 else None)
         memory = getattr(loss, "memory", None) if getattr(loss, "uses_memory", False) else None
         updater = getattr(memory, "updater", None)

@@ -149,7 +149,8 @@ def audit(checkpoint, datalist=None, output="audit.csv", summary=None, dataset_d
 
     nvum = record["nvum"]
     if not quiet:
-        network = (record.get("network") or {}).get("name", "the bundle's network")
+        recorded = record.get("network") or {}
+        network = recorded.get("name") or recorded.get("class") or "the bundle's network"
         source = "from the run record" if datalist is None else "given"
         print(f"checkpoint {checkpoint}: {ckpt['epochs']} epoch(s) of {network} at {record['image_size']} px, "
               f"memory momentum {nvum['memory_momentum']}; auditing data list {dl.path} (images in {dl.dataset_dir}; "
