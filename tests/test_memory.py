@@ -8,7 +8,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from custom.data.datalist import INDEX_KEY
-from custom.nvum.handlers import EMATeacher, MemoryUpdater
+from custom.nvum.memory import MemoryUpdater
+from custom.nvum.teacher import EMATeacher
 from custom.nvum.memory import NVUMMemory, class_prior
 
 CLASSES = ["A", "B", "No Finding"]

@@ -9,7 +9,7 @@ from monai.data import DataLoader
 
 from conftest import CONFIGS
 from custom.training.engine import NVUMTrainer
-from custom.nvum.handlers import MemoryUpdater
+from custom.nvum.memory import MemoryUpdater
 from custom.nvum.losses import build_loss
 from custom.nvum.memory import NVUMMemory
 from custom.networks import prepare_network

@@ -77,7 +77,7 @@ def network_definition(record: dict) -> dict:
 def deployable_train_config(config_dir, record: dict | None = None) -> dict:
     """``train.json`` of the deployable bundle.
 
-    The repository's train.json defaults to the synthetic set, whose generator is a tool; the
+    The repository's train.json defaults to the synthetic set (a demonstration); the
     deployable one trains on a data list of the user's: ``<dataset_dir>/datalist.json`` by default,
     ``--datalist my_list.json --dataset_dir /data/nih`` or a dataset overlay otherwise. The network,
     input size and ``nvum`` settings are those of the run (``record``) so that training from the
@@ -136,7 +136,7 @@ def write_configs(source_dir: Path, folder: Path, inference: dict, metadata: dic
             shutil.copy2(source / name, configs / name)
     for path in sorted((source / "datasets").glob("*.json")):
         overlay = resolve_includes(read_json_file(path), source.parent.parent)
-        if TOOLS_MODULE in json.dumps(overlay):  # e.g. datasets/demo.json: the synthetic set is a tool
+        if TOOLS_MODULE in json.dumps(overlay):  # an overlay naming a tool cannot run from the zip
             continue
         overlay, names = deployable_overlay(overlay)
         write_json(configs / "datasets" / path.name, overlay)

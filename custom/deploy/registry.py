@@ -221,22 +221,20 @@ class ModelRegistrar:
             diseases become the deployable metadata's ``eval_metrics`` (``mean_auc_diseases_<test set>``).
         bundle_dir: source bundle folder (default: the repository's ``bundle/``).
         bundle_name: folder name inside the zip.
-        enabled: false skips export and registration and only ends the tracker's run
-            (train.json's ``test_and_deploy`` switch).
+
+    In train.json it is a step of :class:`custom.NVUMTrainer`'s ``after_training``, run when
+    ``test_and_deploy`` is true.
     """
 
     def __init__(self, tracker, models_dir, checkpoint=None, record=None, example_images: Sequence = (),
                  registered_model_name: str | None = DEFAULT_MODEL_NAME, bundle_dir=None,
-                 bundle_name: str = BUNDLE_NAME, enabled: bool = True, test_report=None):
-        from ..flags import as_bool
-
+                 bundle_name: str = BUNDLE_NAME, test_report=None):
         from ..record import run_record
 
         self.tracker, self.models_dir = tracker, models_dir
         self.checkpoint = checkpoint if checkpoint not in (None, "") else Path(models_dir) / "model.pt"
         record = run_record(record)
         self.record = record.state_dict() if hasattr(record, "state_dict") else record
-        self.enabled = as_bool(enabled, "enabled")
         if hasattr(example_images, "items"):  # a data list: its first validation images
             example_images = [item["image"] for item in example_images.items("validation")[:2]]
         self.example_images = list(example_images)[:2]
@@ -248,11 +246,6 @@ class ModelRegistrar:
 
     def run(self):
         """Returns the registered ``ModelVersion`` (``None`` with tracking or the step off)."""
-        if not self.enabled:
-            print("test_and_deploy is off: the model is neither exported nor registered", flush=True)
-            if getattr(self.tracker, "enabled", False):
-                self.tracker.finish()
-            return None
         if not getattr(self.tracker, "enabled", False):
             print("MLflow tracking is off: the model is neither exported nor registered", flush=True)
             return None

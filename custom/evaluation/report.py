@@ -218,15 +218,13 @@ class TestReport:
         device, batch_size, num_workers, amp: inference settings.
         tracker: optional :class:`~custom.training.MLflowTracker`.
         end_run: end the tracker's run afterwards (false when a later step logs to the same run).
-        enabled: false makes :meth:`run` do nothing (train.json's ``test_and_deploy`` switch).
     """
 
     __test__ = False  # not a pytest class
 
     def __init__(self, network, datalist: DataList, transform, output_dir, checkpoint=None, splits=None,
                  test_lists=None, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95, device="cpu",
-                 batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None, end_run: bool = True,
-                 enabled: bool = True):
+                 batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None, end_run: bool = True):
         self.network, self.datalist, self.transform = network, datalist, transform
         if checkpoint not in (None, "") and Path(checkpoint).is_dir():  # a run's folder: its best model
             checkpoint = Path(checkpoint) / "model.pt"
@@ -236,7 +234,6 @@ class TestReport:
         self.device, self.batch_size, self.num_workers = device, batch_size, num_workers
         self.amp = resolve_auto(amp, device, "amp")
         self.tracker, self.end_run = tracker, as_bool(end_run, "end_run")
-        self.enabled = as_bool(enabled, "enabled")
         self.results: dict[str, pd.DataFrame] = {}
         self.written: list[tuple[str, Path]] = []  # (what, path) of every file written, for custom.RunSummary
 
@@ -249,8 +246,6 @@ class TestReport:
         return [TestSet(split, self.datalist, split) for split in splits]
 
     def run(self) -> dict[str, pd.DataFrame]:
-        if not self.enabled:
-            return self.results
         test_sets = self.test_sets()
         if self.checkpoint:
             load_weights(self.network, self.checkpoint)

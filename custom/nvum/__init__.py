@@ -1,5 +1,5 @@
-"""The NVUM method: the memory (eq. 3), the losses (eq. 1-2 and the baselines), the handlers that update the memory."""
+"""The NVUM method: the memory (eq. 3) and its updater, the losses (eq. 1-2 and the baselines), the EMA teacher."""
 
-from .handlers import EMATeacher, MemoryUpdater
 from .losses import BCELoss, FocalLoss, NVUMLoss, build_loss, log1m_sigmoid
-from .memory import NVUMMemory, class_prior
+from .memory import MemoryUpdater, NVUMMemory, class_prior
+from .teacher import EMATeacher

@@ -1,8 +1,9 @@
-"""The NVUM memory: a running, prior-corrected average of every training image's logits.
+"""The NVUM memory: a running, prior-corrected average of every training image's logits, and its updater.
 
 Paper (eq. 3): ``t_i <- beta * t_i + (1 - beta) * (z_i - log pi)`` with ``t`` an N x C float32
 tensor initialised with zeros, ``z_i`` the logits of training image ``i`` and ``pi`` the class
-prior estimated from the noisy training labels.
+prior estimated from the noisy training labels. :class:`MemoryUpdater` applies it from the training
+engine (the loss only reads the memory).
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
-from ..labels import NO_FINDING
+from ..data.datalist import INDEX_KEY
 from ..flags import as_bool
+from ..labels import NO_FINDING
+from .gather import RowGatherer
 
 PRIOR_METHODS = ("frequency", "no_finding_scaled")
+SCHEDULES = ("epoch", "iteration")
 
 
 def class_prior(labels, classes: Sequence[str], method: str = "frequency") -> torch.Tensor:
@@ -139,8 +146,6 @@ class NVUMMemory(nn.Module):
         :class:`custom.NVUMTrainer` attaches when its loss reads the memory; the updater's state (logits
         collected during an epoch) travels in the memory's ``state_dict``.
         """
-        from .handlers import MemoryUpdater
-
         labels = datalist.labels("training")
         memory = cls(len(labels), class_prior(labels, datalist.classes, prior), momentum, unbiased, device)
         memory.updater = MemoryUpdater(memory, schedule=schedule, teacher=teacher, before_loss=before_loss)
@@ -160,3 +165,113 @@ class NVUMMemory(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, num_classes={self.num_classes}, momentum={self.momentum}, "
                 f"unbiased={self.unbiased}")
+
+
+class MemoryUpdater:
+    """Updates the NVUM memory from the training engine (eq. 3); the loss only reads it.
+
+    Every training image's row is updated once per epoch. When, and from which logits:
+
+    - ``before_loss`` (the paper's order, eq. 3 and Fig. 1: update, then minimise): when an
+      image's batch is visited, after the forward pass and before the loss, from the step's
+      logits (``epoch`` schedule) or from the EMA ``teacher``'s logits on the batch
+      (``iteration`` schedule with a teacher, as the authors' code does). The memory that epoch
+      ``k``'s loss reads already holds epoch ``k``'s prediction of the image, so the regulariser
+      has a gradient from the first step on.
+    - otherwise, ``epoch`` schedule: the step's logits are collected during the epoch and every
+      row is updated at the end of the epoch, so epoch ``k`` reads the memory of epoch ``k - 1``
+      (all zeros in the first epoch, where the regulariser is the constant ``-log 2``).
+    - otherwise, ``iteration`` schedule: after every optimiser step, from the teacher's logits
+      on the batch (the step's logits when there is no teacher).
+
+    In data-parallel training every rank gathers the indices and logits of all ranks before
+    writing (:meth:`_gather`), so the memory stays identical on every rank.
+
+    Args:
+        memory: the :class:`~custom.nvum.NVUMMemory`.
+        schedule: ``"epoch"`` or ``"iteration"``.
+        teacher: optional :class:`custom.nvum.teacher.EMATeacher`; used by the ``iteration`` schedule. Attach the
+            teacher before this handler so that it is updated first.
+        enabled: false to leave the memory untouched (losses without a memory).
+        before_loss: update each row when its batch is visited, before the loss (see above).
+    """
+
+    def __init__(
+        self,
+        memory: NVUMMemory,
+        schedule: str = "epoch",
+        teacher=None,
+        enabled: bool = True,
+        before_loss: bool = False,
+    ):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"memory schedule must be one of {SCHEDULES}, got {schedule!r}")
+        self.memory, self.schedule, self.teacher, self.enabled = memory, schedule, teacher, as_bool(enabled)
+        self.before_loss = as_bool(before_loss, "update_before_loss")
+        self._pending = None  # (N, C) logits collected in the current epoch
+        self._seen = None  # (N,) bool
+        self._gatherer = RowGatherer(memory.num_samples)
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        if self.before_loss:
+            engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._update_step)
+        elif self.schedule == "epoch":
+            engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._update_epoch)
+        else:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._update_step)
+
+    def _reset(self, engine: Engine | None = None) -> None:
+        values = self.memory.values
+        self._pending = torch.zeros_like(values)
+        self._seen = torch.zeros(values.shape[0], dtype=torch.bool, device=values.device)
+
+    def _collect(self, engine: Engine) -> None:
+        if self._pending is None:
+            self._reset()
+        index, logits = self._gather(
+            engine, engine.state.output[INDEX_KEY], engine.state.output[Keys.PRED].detach().float()
+        )
+        index = self.memory.check_index(index)
+        self._pending[index] = logits.to(self._pending.device)
+        self._seen[index] = True
+
+    def _update_epoch(self, engine: Engine) -> None:
+        if self._seen is None or not bool(self._seen.any()):
+            return
+        index = torch.nonzero(self._seen).flatten()
+        self.memory.update(index, self._pending[index])
+        self._pending, self._seen = None, None
+
+    @torch.no_grad()
+    def _update_step(self, engine: Engine) -> None:
+        """Eq. 3 for the rows of the step's batch (``before_loss`` or the ``iteration`` schedule)."""
+        out = engine.state.output
+        teacher = self.teacher.model if self.teacher is not None and self.schedule == "iteration" else None
+        if teacher is not None:
+            with torch.autocast(out[Keys.IMAGE].device.type, enabled=bool(getattr(engine, "amp", False))):
+                logits = teacher(out[Keys.IMAGE])
+        else:
+            logits = out[Keys.PRED]
+        self.memory.update(*self._gather(engine, out[INDEX_KEY], logits.detach().float()))
+
+    def _gather(self, engine: Engine, index: torch.Tensor, logits: torch.Tensor):
+        """The step's ``(index, logits)`` of every rank, each image once per epoch (see
+        :class:`custom.nvum.gather.RowGatherer`); unchanged in a single process."""
+        return self._gatherer(index, logits, engine.state.epoch)
+
+    def state_dict(self) -> dict:
+        """The logits collected so far in the current epoch (``epoch`` schedule), for exact resume."""
+        if self._seen is None:
+            return {}
+        return {"pending": self._pending.clone(), "seen": self._seen.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._pending = state["pending"].to(self.memory.values.device)
+            self._seen = state["seen"].to(self.memory.values.device)
+        else:
+            self._pending, self._seen = None, None

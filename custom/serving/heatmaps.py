@@ -169,8 +169,8 @@ class HeatmapWriter:
 
     Writes ``<output_dir>/<image name>_<class>.png`` and ``<output_dir>/heatmaps.csv`` (image, class,
     probability, layer, file). Reads the decollated evaluator output (``image``: the network input,
-    ``pred``: the probabilities) and batch (images that could not be read are skipped). Does nothing
-    unless ``enabled`` (``inference.json``'s ``heatmaps``).
+    ``pred``: the probabilities) and batch (images that could not be read are skipped). inference.json
+    leaves it out (MONAI's ``_disabled_``) unless ``heatmaps`` is true.
 
     Args:
         network: the inference network (:class:`custom.BundleNetwork` or a module).
@@ -181,7 +181,6 @@ class HeatmapWriter:
         top_k: number of classes per image when ``heatmap_classes`` is not given.
         layer: the layer to compute Grad-CAM on (``None``: per architecture, see the module docstring).
         size: side of the written pictures in pixels.
-        enabled: write nothing when false.
 
     Raises:
         ValueError: (at construction) unknown class names; (on the first image) a TorchScript-only model.
@@ -197,13 +196,9 @@ class HeatmapWriter:
         top_k: int = 3,
         layer: str | None = None,
         size: int = 256,
-        enabled: bool = False,
     ):
-        from ..flags import as_bool
-
         self.network, self.output_dir, self.classes = network, Path(output_dir), [str(c) for c in classes]
         self.image_size, self.top_k, self.layer, self.size = int(image_size), int(top_k), layer or None, int(size)
-        self.enabled = as_bool(enabled, "heatmaps")
         names = [heatmap_classes] if isinstance(heatmap_classes, str) else list(heatmap_classes or [])
         unknown = [c for c in names if c not in self.classes]
         if unknown:
@@ -214,8 +209,6 @@ class HeatmapWriter:
         self._names: set[str] = set()
 
     def attach(self, engine: Engine) -> None:
-        if not self.enabled:
-            return
         engine.add_event_handler(Events.STARTED, lambda e: (self._rows.clear(), self._names.clear()))
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_batch)
         engine.add_event_handler(Events.COMPLETED, self._write_index)

@@ -236,7 +236,7 @@ def audit_benchmark(**options):
         ks: cut-offs of precision at k (comma-separated).
 
     Example:
-        python -m custom.cli audit_benchmark --noise symmetric:0.4 --output_dir results/audit_long --max_epochs 15
+        python -m custom.cli audit_benchmark --noise symmetric:0.4 --max_epochs 15 --lr_milestones "[10, 14]"
     """
     from .audit import audit_benchmark as run
 

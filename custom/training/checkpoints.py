@@ -6,7 +6,7 @@ optimiser, learning-rate scheduler, EMA teacher, NVUM memory (and the logits the
 had collected), the trainer's epoch/iteration counters, the best validation score so far and the
 AMP grad scaler restored. The random streams are made a function of ``(seed, epoch)``: every
 random number generator (torch, numpy, python, and the random transforms of the training
-pipeline) is reseeded at the start of every epoch by :class:`EpochSeeder`, so the resumed epoch
+pipeline) is reseeded at the start of every epoch by :class:`custom.NVUMTrainer`, so the resumed epoch
 draws exactly the same shuffling, augmentation and memory mixing as the uninterrupted run would
 have. The final memory and validation AUC of a resumed run therefore equal those of an
 uninterrupted run with the same seed (tested with a real ``SIGKILL``).

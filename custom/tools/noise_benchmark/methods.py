@@ -69,7 +69,7 @@ class Regime:
         num_test, num_test_shifted: sizes of the clean test splits (in-distribution, shifted).
         max_epochs, batch_size, learning_rate: the recipe (Adam).
         schedule: ``"cosine"`` (learning rate annealed to 0 over the epochs, per epoch) or
-            ``"step"`` (train.json's x0.1 at 70% and 90% of the epochs).
+            ``"step"`` (train.json's MultiStepLR: x0.1 at 70% and 90% of the epochs, given as epochs).
         network: a key of :data:`NETWORKS`.
         image_size: image height and width.
         eval_every: measure the curve (clean-test AUC on ``curve_size`` images of each test split,
@@ -105,7 +105,9 @@ class Regime:
         if self.schedule == "cosine":
             out["lr_scheduler"] = {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
                                    "T_max": "@max_epochs"}
-        elif self.schedule != "step":
+        elif self.schedule == "step":
+            out["lr_milestones"] = [max(1, round(f * self.max_epochs)) for f in (0.7, 0.9)]
+        else:
             raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; expected 'cosine' or 'step'")
         return out
 
