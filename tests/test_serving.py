@@ -168,3 +168,24 @@ def test_registrar_does_nothing_with_tracking_off(tmp_path):
                                example_images=[])
     assert registrar.run() is None
     assert not (tmp_path / "models").exists() and not (Path.cwd() / "mlruns.db").exists()
+
+
+def test_the_deployable_configs_take_the_model_contract_of_the_run():
+    """A run on other classes and another size: the zip's train.json and inference.json say so (from the run
+    record), where the repository's configs keep common.json's contract."""
+    from custom.deploy.export import bundle_configs
+    from custom.deploy.layout import deployable_train_config
+    from custom.labels import CHEXPERT8_CLASSES
+
+    record = {"classes": list(CHEXPERT8_CLASSES), "image_size": 224, "network": {"class": "DenseNet121"},
+              "nvum": {"memory_momentum": 0.8}}
+    common = json.loads((CONFIGS / "common.json").read_text())
+    train = deployable_train_config(CONFIGS, record)
+    assert train["classes"] == list(CHEXPERT8_CLASSES) and train["image_size"] == 224
+    assert train["nvum"]["memory_momentum"] == 0.8
+    assert train["network_def"] == common["network_def"]  # a stock network: common.json's definition
+    inference, meta = bundle_configs(CONFIGS, record)
+    assert inference["classes"] == list(CHEXPERT8_CLASSES) and inference["image_size"] == 224
+    pred = next(iter(meta["network_data_format"]["outputs"].values()))
+    assert pred["channel_def"] == {str(i): c for i, c in enumerate(CHEXPERT8_CLASSES)}
+    assert deployable_train_config(CONFIGS, {})["classes"] == common["classes"]

@@ -91,6 +91,8 @@ def deployable_train_config(config_dir, record: dict | None = None) -> dict:
     record = record or {}
     if record.get("image_size") is not None:
         train["image_size"] = int(record["image_size"])
+    if record.get("classes"):  # the model contract of the run: what its network outputs
+        train["classes"] = [str(c) for c in record["classes"]]
     if rebuildable(record.get("network")):
         train["network_def"] = network_definition(record)
     if isinstance(record.get("nvum"), dict) and isinstance(train.get("nvum"), dict):
