@@ -17,6 +17,7 @@ live in :mod:`custom.tools`; they import the runtime part, never the other way r
 are not shipped with the deployable bundle.
 """
 
+from .config import check_bundle_command
 from .console import filter_third_party_noise, install_excepthook
 from .data import (ChestXrayDicomReader, ChestXrayToTensord, DataList, DataListError, LoadImageChestXrayd,
                    RandResizedCropd, open_datalist, real_datalist)
@@ -33,4 +34,5 @@ from .training import (CheckpointSaver, CheckpointWriteError, LossAverages, MLfl
                        NVUMTrainer, RunRecord, RunSummary, default_tracking_uri, distributed, memory_format)
 
 filter_third_party_noise()
-install_excepthook()  # only under `python -m monai.bundle` (custom.cli installs it itself)
+if install_excepthook():  # only under `python -m monai.bundle` (custom.cli installs it itself)
+    check_bundle_command()  # a misspelt setting stops the command before anything is built

@@ -34,3 +34,136 @@ def resolve_includes(config, root):
         return value
 
     return resolve(config)
+
+
+#: arguments of ``python -m monai.bundle run`` that are not config ids.
+RUN_ARGUMENTS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
+
+
+class UnknownSettingError(KeyError):
+    """A setting (config-id override) that names nothing the config has; the message names the closest ids."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def config_ids(config) -> dict:
+    """Every id of a config and its raw value: nested keys (and list indices) joined with ``#``."""
+    ids: dict = {}
+
+    def walk(value, prefix):
+        if prefix:
+            ids[prefix] = value
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, sub in items:
+            walk(sub, f"{prefix}#{key}" if prefix else str(key))
+
+    walk(config, "")
+    return ids
+
+
+def _accepted_keys(component: dict):
+    """The keys a dict of the config may take beyond those it has: a component's (``_target_``) constructor
+    arguments, the synthetic set's generator settings; ``None`` when anything goes (``**kwargs``)."""
+    import inspect
+    import pydoc
+
+    target = component.get("_target_")
+    if isinstance(target, str) and not target.startswith(("$", "@", "%")):
+        if "." in target:
+            found = pydoc.locate(target)
+        else:
+            from monai.bundle import ComponentLocator
+
+            modules = ComponentLocator().get_component_module_name(target)
+            modules = [modules] if isinstance(modules, str) else list(modules or [])
+            found = next((pydoc.locate(f"{m}.{target}") for m in modules if pydoc.locate(f"{m}.{target}")), None)
+    elif component.get("source") == "synthetic":
+        from .data.synthetic.dataset import generate_synthetic
+
+        found = generate_synthetic
+    else:
+        return set(component)
+    try:
+        params = inspect.signature(found).parameters
+    except (TypeError, ValueError):
+        return None  # nothing to check against
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params) | set(component) | {"root", "progress", "source"}
+
+
+def check_overrides(config: dict, overrides) -> None:
+    """Refuse a setting that names nothing in ``config`` (the merged config, ``%`` includes written in).
+
+    An override is known when its id exists, or when it adds an argument to a component that takes it
+    (``--optimizer#betas``, ``--datalist#root`` of the synthetic set); keys of MONAI's own (``_disabled_``
+    ...) always are. The message names the closest ids (``did you mean max_epochs?``).
+
+    Raises:
+        UnknownSettingError: for the first unknown setting, naming every unknown one.
+    """
+    import difflib
+
+    ids = config_ids(config)
+    unknown = []
+    for raw in overrides:
+        key = str(raw).replace("::", "#")
+        if key in ids:
+            continue
+        parent, _, name = key.rpartition("#")
+        if name.startswith("_") and name.endswith("_"):  # _disabled_, _mode_, _requires_, _desc_
+            continue
+        if parent and isinstance(ids.get(parent), dict):
+            accepted = _accepted_keys(ids[parent])
+            if accepted is None or name in accepted:
+                continue
+            close = [f"{parent}#{c}" for c in difflib.get_close_matches(name, sorted(map(str, accepted)), n=3)]
+        else:
+            close = difflib.get_close_matches(key, [i for i in ids if i.count("#") == key.count("#")], n=3)
+        unknown.append(f"--{raw}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    if unknown:
+        raise UnknownSettingError(
+            f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: the config has no such id, so "
+            "it would be ignored; nothing was run"
+        )
+
+
+def command_line_overrides(argv) -> tuple[list[str], list[str]]:
+    """The config files and the config-id overrides of a ``python -m monai.bundle run ...`` command line."""
+    files, keys, args = [], [], list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 1
+            if key == "config_file":
+                import ast
+
+                try:
+                    parsed = ast.literal_eval(value)
+                except (ValueError, SyntaxError):
+                    parsed = value
+                files = [str(f) for f in parsed] if isinstance(parsed, (list, tuple)) else [str(parsed)]
+            elif key not in RUN_ARGUMENTS:
+                keys.append(key)
+        i += 1
+    return files, keys
+
+
+def check_bundle_command(argv=None) -> None:
+    """Under ``python -m monai.bundle run``: refuse unknown settings before anything is built (see
+    :func:`check_overrides`). Does nothing for other programs or other ``monai.bundle`` commands."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] != "run":
+        return
+    files, keys = command_line_overrides(argv[1:])
+    if not files or not keys:
+        return
+    from monai.bundle import ConfigParser
+
+    check_overrides(resolve_includes(ConfigParser.load_config_files(files), Path.cwd()), keys)

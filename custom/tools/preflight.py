@@ -3,7 +3,8 @@
 Run it before hours of training. It parses the config (with the same ``--key value`` overrides
 the bundle command takes) and checks, without training anything:
 
-- the config: every id MONAI's training workflow needs is present (nothing is built for this);
+- the config: every setting given names an id of the config (a misspelt one fails, naming the
+  closest ids), every id MONAI's training workflow needs is present (nothing is built for this);
 - the data list: keys, label lengths and values, images listed twice (in one split or in two),
   image paths outside ``dataset_dir``, patients in two splits, class names: every problem of the
   list in one message;
@@ -44,9 +45,12 @@ class CheckSkipped(Exception):
 def _parser(config_file, overrides: dict):
     from monai.bundle import ConfigParser
 
+    from ..config import check_overrides, resolve_includes
+
     files = config_file if isinstance(config_file, (list, tuple)) else [config_file]
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
+    check_overrides(resolve_includes(parser.get(), Path.cwd()), overrides)  # a misspelt setting fails here
     for key, value in overrides.items():
         parser[key] = value
     return parser
