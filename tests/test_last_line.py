@@ -228,6 +228,11 @@ def test_only_the_known_third_party_noise_is_filtered():
                       UserWarning)
         warnings.warn("No hash value provided for /b/model.pt; file integrity is NOT verified.", UserWarning)
         warnings.warn("classes without positive training labels get prior 0.1: ['B']", UserWarning)
+        warnings.warn("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully. Falling "
+                      "back to default pydicom decoders.", UserWarning)
+        from monai.data import PydicomReader
+
+        PydicomReader()  # MONAI's DICOM reader: it warns on every CPU machine that NVIDIA's decoder is absent
         import custom.serving.pyfunc
 
         importlib.reload(custom.serving.pyfunc)  # MLflow checks the model class's type hints when it is defined

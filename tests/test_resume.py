@@ -104,6 +104,8 @@ def test_resumed_run_equals_an_uninterrupted_run(runs):
     for key in full["model"]:
         torch.testing.assert_close(resumed["model"][key], full["model"][key], rtol=0, atol=1e-6)
     assert resumed["trainer"]["iteration"] == full["trainer"]["iteration"] == 3 * EPOCH_LENGTH
+    # one resume point: the checkpoint the run resumed from is gone once a newer one is complete
+    assert sorted(p.name for p in (tmp / "crash" / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=3.pt"]
     assert resumed["validation"]["best_metric"] == pytest.approx(full["validation"]["best_metric"], abs=1e-7)
     assert resumed["validation"]["best_metric_epoch"] == full["validation"]["best_metric_epoch"]
     assert _last_val_auc(runs["resumed"]) == _last_val_auc(runs["full"])
@@ -188,6 +190,18 @@ def test_failed_checkpoint_write_names_the_path_and_keeps_the_previous_one(tmp_p
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt"]  # no partial file, old one kept
     torch.testing.assert_close(torch.load(first, weights_only=True)["model"]["weight"], saved)
+
+
+def test_a_newer_checkpoint_replaces_every_older_one_of_the_folder(tmp_path):
+    """A resumed run (or a new run in the same folder) leaves one resume point, the newest."""
+    net = torch.nn.Linear(2, 2)
+    (tmp_path / "checkpoint_epoch=1.pt").write_bytes(b"from the run that was resumed")
+    (tmp_path / "checkpoint_epoch=7.pt").write_bytes(b"from an earlier run")
+    (tmp_path / "model.pt").write_bytes(b"the best model stays")
+    engine = Engine(lambda e, b: None)
+    CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1, n_saved=1).attach(engine)
+    engine.run([0], max_epochs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=2.pt", "model.pt"]
 
 
 def test_best_model_file_survives_a_better_epoch(tmp_path):

@@ -178,6 +178,23 @@ class CheckpointSaver(_MonaiCheckpointSaver):
             started.insert(0, started.pop())
         if self.save_interval > 0:
             super().attach(engine)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_stale)
+
+    def _remove_stale(self, engine: Engine) -> None:
+        """Delete the ``checkpoint_epoch=K.pt`` files of the folder that this saver no longer keeps (the one
+        a resumed run started from, an earlier run's), once a newer one is complete: one resume point."""
+        import ignite.distributed as idist
+
+        if idist.get_rank() != 0:  # the rank that writes them
+            return
+        checkpoint = getattr(self, "_interval_checkpoint", None)
+        kept = {item.filename for item in getattr(checkpoint, "_saved", [])}
+        if not kept or not all((Path(self.save_dir) / name).is_file() for name in kept):
+            return
+        for path in Path(self.save_dir).glob("checkpoint_epoch=*.pt"):
+            if CHECKPOINT_PATTERN.search(path.name) and path.name not in kept:
+                path.unlink(missing_ok=True)
+                logger.info("removed %s: %s is the newer resume checkpoint", path, ", ".join(sorted(kept)))
 
     def _load(self, engine: Engine) -> None:
         from ..networks import read_checkpoint
