@@ -129,9 +129,10 @@ def check_overrides(config: dict, overrides) -> None:
         )
 
 
-def command_line_overrides(argv) -> tuple[list[str], list[str]]:
-    """The config files and the config-id overrides of a ``python -m monai.bundle run ...`` command line."""
-    files, keys, args = [], [], list(argv)
+def command_line_overrides(argv) -> tuple[list[str], dict]:
+    """The config files and the config-id overrides (id -> value as text) of a ``python -m monai.bundle run ...``
+    command line."""
+    files, keys, args = [], {}, list(argv)
     i = 0
     while i < len(args):
         arg = args[i]
@@ -148,7 +149,7 @@ def command_line_overrides(argv) -> tuple[list[str], list[str]]:
                     parsed = value
                 files = [str(f) for f in parsed] if isinstance(parsed, (list, tuple)) else [str(parsed)]
             elif key not in RUN_ARGUMENTS:
-                keys.append(key)
+                keys[key] = value if eq or value else True
         i += 1
     return files, keys
 
@@ -161,9 +162,58 @@ def check_bundle_command(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] != "run":
         return
-    files, keys = command_line_overrides(argv[1:])
-    if not files or not keys:
+    files, values = command_line_overrides(argv[1:])
+    if not files or not values:
         return
     from monai.bundle import ConfigParser
 
-    check_overrides(resolve_includes(ConfigParser.load_config_files(files), Path.cwd()), keys)
+    check_overrides(resolve_includes(ConfigParser.load_config_files(files), Path.cwd()), list(values))
+    check_settings(values)
+
+
+#: settings that must be numbers, and what they must be.
+NUMERIC_SETTINGS = {
+    "image_size": ("a positive integer", lambda v: isinstance(v, int) and v > 0),
+    "batch_size": ("a positive integer", lambda v: isinstance(v, int) and v > 0),
+    "max_epochs": ("a positive integer", lambda v: isinstance(v, int) and v > 0),
+    "val_interval": ("a positive integer", lambda v: isinstance(v, int) and v > 0),
+    "num_workers": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
+    "seed": ("an integer", lambda v: isinstance(v, int)),
+    "learning_rate": ("a positive finite number",
+                      lambda v: isinstance(v, (int, float)) and 0 < float(v) < float("inf")),
+}
+
+
+class InvalidSettingError(ValueError):
+    """A setting whose value cannot work (``--image_size 0``, ``--learning_rate nan``); names the setting."""
+
+
+def _value(text):
+    """A command-line value as the bundle command reads it (numbers, lists, ...; anything else stays text)."""
+    import ast
+
+    if not isinstance(text, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def check_settings(values: dict) -> None:
+    """Refuse settings of :data:`NUMERIC_SETTINGS` with values that cannot work, naming every one.
+
+    ``values`` maps ids to values (as given on a command line, or as the config parsed them); an
+    expression (``$...``) or reference (``@...``) is not checked. ``bool`` is not an integer here.
+    """
+    bad = []
+    for key, raw in values.items():
+        rule = NUMERIC_SETTINGS.get(str(key))
+        value = _value(raw)
+        if rule is None or (isinstance(value, str) and value.startswith(("$", "@", "%"))):
+            continue
+        what, ok = rule
+        if isinstance(value, bool) or not ok(value):
+            bad.append(f"{key} must be {what}, got {raw!r}")
+    if bad:
+        raise InvalidSettingError("invalid setting" + ("s" if len(bad) > 1 else "") + ": " + "; ".join(bad))

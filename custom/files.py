@@ -23,3 +23,18 @@ def atomic_path(path, tmp=None):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and write a file into it (removed at once); raise naming the folder when that
+    fails (a read-only file system, no permission): a run checks where it will write before it starts."""
+    import tempfile
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write to the {what} {folder.resolve()}: {e.strerror or e}") from None
+    return folder

@@ -150,11 +150,24 @@ def _tiny_overrides(tmp_path, path):
         "datalist": {"_target_": "custom.DataList", "path": str(path)},
         "classes": CLASSES,
         "mlflow": False,
+        "test_and_deploy": False,  # the lists have no test split
     }
 
 
 def test_preflight_check_passes_a_good_setup_and_names_a_corrupt_image(tmp_path, capsys):
     path = _list(tmp_path)
+    # what training would only find after the work: no test split for the test after training, a last batch of 1
+    assert check(str(CONFIGS / "train.json"), **dict(_tiny_overrides(tmp_path, path), test_and_deploy=True)) == 1
+    out = capsys.readouterr().out
+    assert f"[FAIL] test sets for the test after training (test_and_deploy): data list {path} has no test split" in out
+    overrides = _tiny_overrides(tmp_path, path)
+    n = len(json.loads(path.read_text())["training"])
+    assert check(str(CONFIGS / "train.json"), **dict(overrides, batch_size=n - 1)) == 1
+    assert f"[FAIL] no last training batch of one image (batch norm): {n} training images in batches of {n - 1}" in (
+        capsys.readouterr().out)
+    assert check(str(CONFIGS / "train.json"), **dict(overrides, image_size=0)) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] config parses: invalid setting: image_size must be a positive integer, got 0" in out
     assert check(str(CONFIGS / "train.json"), **_tiny_overrides(tmp_path, path)) == 0
     out = capsys.readouterr().out
     assert "[FAIL]" not in out and "all 9 images decode" in out

@@ -60,6 +60,7 @@ def _edit(path, change):
 def _train(tmp_path, path, **override):
     """Run train.json as `python -m monai.bundle run training` does; the report's last line when it fails."""
     override = {"bundle_root": str(tmp_path / "bundle"), "mlflow": False, "max_epochs": 1, "batch_size": 4,
+                "test_and_deploy": False,  # the list has no test split
                 "datalist": {"_target_": "custom.DataList", "path": str(path)}, "classes": CLASSES, **override}
     wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", **override)
     with pytest.raises(Exception) as err:
@@ -145,6 +146,46 @@ def test_bad_run_settings_end_with_the_projects_message(tmp_path):
     torch.save({"model": {}}, tmp_path / "other.pt")
     last = _train(tmp_path, path, resume=str(tmp_path / "other.pt"))
     assert last.startswith(f"error: checkpoint {tmp_path / 'other.pt'} has no ['teacher', 'memory',")
+
+
+def test_setups_that_would_fail_after_the_work_stop_before_it(tmp_path):
+    """No test split while test_and_deploy is on, a last batch of one image under batch norm, an output folder
+    that cannot be written, invalid numbers: each stops before the first epoch, naming the setting."""
+    path = _list(tmp_path)  # 6 training images, no test split
+    models = tmp_path / "bundle" / "models"
+    last = _train(tmp_path, path, test_and_deploy=True)
+    assert last.startswith(f"error: data list {path} has no test split to evaluate")
+    assert "--test_and_deploy false" in last
+    last = _train(tmp_path, path, batch_size=5)
+    assert last.startswith("error: 6 training images in batches of 5 (batch_size) leave a last batch of 1 image")
+    assert "e.g. 4 or 6" in last
+    assert not list(models.glob("*.pt"))  # nothing was trained
+    blocked = tmp_path / "a_file"  # a folder that cannot be made (as root, a read-only mode would not stop a write)
+    blocked.write_text("not a folder")
+    last = _train(tmp_path, path, bundle_root=str(blocked))
+    assert last.startswith("error: ") and f"{blocked}/models" in last
+    last = _train(tmp_path, path, image_size=0)
+    assert last == "error: invalid setting: image_size must be a positive integer, got 0"
+    last = _train(tmp_path, path, max_epochs=0)
+    assert last == "error: invalid setting: max_epochs must be a positive integer, got 0"
+    last = _train(tmp_path, path, learning_rate=float("nan"))  # PyTorch's optimiser refuses it first
+    assert last == "error: Invalid learning rate: nan"
+
+
+def test_invalid_numbers_on_the_command_line_are_named():
+    from custom.config import InvalidSettingError, check_bundle_command, check_settings
+
+    with pytest.raises(InvalidSettingError, match="learning_rate must be a positive finite number, got 'nan'"):
+        check_bundle_command(["run", "training", "--config_file", str(CONFIGS / "train.json"),
+                              "--learning_rate", "nan"])
+
+    check_settings({"image_size": "64", "learning_rate": "1e-3", "batch_size": 16, "seed": "$1 + 1"})
+    with pytest.raises(InvalidSettingError) as err:
+        check_settings({"image_size": "0", "learning_rate": "nan", "batch_size": "true", "max_epochs": "2.5"})
+    assert str(err.value) == (
+        "invalid settings: image_size must be a positive integer, got '0'; learning_rate must be a positive finite "
+        "number, got 'nan'; batch_size must be a positive integer, got 'true'; max_epochs must be a positive "
+        "integer, got '2.5'")
 
 
 def test_report_picks_the_innermost_project_error_and_shows_its_details_above_the_last_line(tmp_path):

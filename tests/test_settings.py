@@ -55,7 +55,8 @@ def test_every_unknown_setting_is_named_at_once():
 def test_the_bundle_command_line_is_read_like_monai_reads_it():
     argv = ["training", "--config_file", "['a.json', 'b.json']", "--max_epochs", "1", "--meta_file", "m.json",
             "--nvum#loss=bce", "--datalist#root", "/tmp/x"]
-    assert command_line_overrides(argv) == (["a.json", "b.json"], ["max_epochs", "nvum#loss", "datalist#root"])
+    assert command_line_overrides(argv) == (["a.json", "b.json"],
+                                            {"max_epochs": "1", "nvum#loss": "bce", "datalist#root": "/tmp/x"})
 
 
 def test_the_check_command_fails_on_a_misspelt_setting(capsys):

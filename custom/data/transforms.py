@@ -38,6 +38,9 @@ class ChestXrayToTensor(Transform):
     """
 
     def __init__(self, size: int):
+        from ..config import check_settings
+
+        check_settings({"image_size": size})  # the config's image_size: a bad one is named before any image
         self.size = int(size)
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)

@@ -244,6 +244,12 @@ class ModelRegistrar:
         self.version = None
         self.written: list[tuple[str, object]] = []  # (what, path) of what it wrote, for custom.RunSummary
 
+    def check(self) -> None:
+        """Before training (:class:`custom.NVUMTrainer`): the model folder is writable."""
+        from ..files import check_writable
+
+        check_writable(self.models_dir, "model folder (ckpt_dir)")
+
     def run(self):
         """Returns the registered ``ModelVersion`` (``None`` with tracking or the step off)."""
         if not getattr(self.tracker, "enabled", False):

@@ -242,8 +242,16 @@ class TestReport:
             return resolve_test_sets(self.test_lists, self.datalist)
         splits = self.splits or self.datalist.test_splits
         if not splits:
-            raise ValueError(f"data list {self.datalist.path} has no test split to evaluate")
+            raise ValueError(f"data list {self.datalist.path} has no test split to evaluate: add test splits to it, "
+                             "name test sets with --test_lists, or train only with --test_and_deploy false")
         return [TestSet(split, self.datalist, split) for split in splits]
+
+    def check(self) -> None:
+        """Before training (:class:`custom.NVUMTrainer`): there are test sets, and the output folder is writable."""
+        from ..files import check_writable
+
+        self.test_sets()
+        check_writable(self.output_dir, "evaluation output folder (output_dir)")
 
     def run(self) -> dict[str, pd.DataFrame]:
         test_sets = self.test_sets()

@@ -10,7 +10,10 @@ the bundle command takes) and checks, without training anything:
   list in one message;
 - the images: **every image exists and decodes** (each file read once, with a progress bar);
   all missing and all unreadable ones are listed, with their count;
-- the training positives of every class, the network and the loss (they build);
+- the training positives of every class, the network and the loss (they build); numeric settings
+  (``image_size``, ``batch_size``, ``max_epochs``, ``learning_rate``, ...) that cannot work;
+- no last training batch of one image (batch norm cannot train on it);
+- with ``test_and_deploy`` on, test sets to evaluate after training;
 - the pretrained weights file, when one is set: readable with ``weights_only`` and matching the
   network's keys and shapes;
 - the checkpoint to resume from, when ``resume`` is set: readable and trained on a data list of
@@ -26,10 +29,12 @@ check needs what failed before), a summary, and exits with status 1 when any che
 from __future__ import annotations
 
 import sys
-import tempfile
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+#: the numeric settings checked when the config is parsed (see custom.config.NUMERIC_SETTINGS).
+NUMERIC_IDS = ("image_size", "batch_size", "max_epochs", "learning_rate", "val_interval", "num_workers", "seed")
 #: most bad images listed by the image check (all of them up to this number).
 MAX_IMAGES_LISTED = 1000
 
@@ -57,10 +62,9 @@ def _parser(config_file, overrides: dict):
 
 
 def _writable(folder) -> None:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder):
-        pass
+    from ..files import check_writable
+
+    check_writable(folder)
 
 
 def _message(exc: BaseException) -> str:
@@ -130,6 +134,8 @@ POSITIVES = "training positives per class"
 PATIENTS = "patients per split (none shared)"
 BUILDS = "network and loss build"
 PRETRAINED = "pretrained weights match the network"
+BATCHES = "no last training batch of one image (batch norm)"
+TESTS = "test sets for the test after training (test_and_deploy)"
 RESUME = "checkpoint to resume from"
 OUTPUTS = "output folders writable"
 
@@ -144,7 +150,10 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
     state: dict = {}
 
     def parse():
+        from ..config import check_settings
+
         state["parser"] = _parser(config_file, overrides)
+        check_settings({k: state["parser"].get(k) for k in NUMERIC_IDS if k in state["parser"]})
         return f"{config_file}" + (f" with overrides {overrides}" if overrides else "")
 
     if not report.run(CONFIG, parse):
@@ -221,6 +230,27 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
         return f"{type(network).__name__}, {type(loss).__name__}"
 
     report.run(BUILDS, builds, needs=(DATALIST,))
+
+    def batches():
+        from ..training.engine import last_batch_problem
+
+        dl, batch_size = state["datalist"], int(parser.get_parsed_content("batch_size"))
+        loader = SimpleNamespace(batch_size=batch_size, drop_last=False, sampler=None, dataset=dl.items("training"))
+        problem = last_batch_problem(loader, parser.get_parsed_content("network_def", lazy=False))
+        if problem:
+            raise ValueError(problem)
+        return f"{len(dl)} images in batches of {batch_size}"
+
+    report.run(BATCHES, batches, needs=(DATALIST,))
+
+    def tests():
+        from ..flags import as_bool
+
+        if not as_bool(parser.get_parsed_content("test_and_deploy"), "test_and_deploy"):
+            return "test_and_deploy is off: no test after training"
+        return ", ".join(t.name for t in parser.get_parsed_content("test_report").test_sets())
+
+    report.run(TESTS, tests, needs=(DATALIST,))
 
     weights = parser.get("pretrained_weights", "")
     if weights:

@@ -171,6 +171,9 @@ class CheckpointSaver(_MonaiCheckpointSaver):
         self.resume_dict.setdefault("trainer", engine)
         if getattr(engine, "scaler", None) is not None:
             self.resume_dict.setdefault("scaler", engine.scaler)
+        from ..files import check_writable
+
+        check_writable(self.save_dir, "checkpoint folder (ckpt_dir)")  # before training, not after its first epoch
         self.path = find_checkpoint(self.resume, self.save_dir)
         if self.path is not None:  # restored before any other handler starts
             engine.add_event_handler(Events.STARTED, self._load)

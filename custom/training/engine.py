@@ -19,6 +19,26 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % (2**32)
 
 
+def last_batch_problem(data_loader, network) -> str | None:
+    """Why training would stop at the end of the first epoch: a last batch of one image, which a network with
+    batch norm cannot train on ("Expected more than 1 value per channel"); ``None`` when there is none."""
+    batch_size = getattr(data_loader, "batch_size", None)
+    if not batch_size or getattr(data_loader, "drop_last", False):
+        return None
+    sampler = getattr(data_loader, "sampler", None)
+    try:
+        n = len(sampler) if sampler is not None else len(data_loader.dataset)
+    except TypeError:
+        return None
+    modules = network.modules() if isinstance(network, torch.nn.Module) else ()
+    if n % batch_size != 1 or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules):
+        return None
+    near = sorted((b for b in range(2, batch_size + 9) if n % b != 1), key=lambda b: (abs(b - batch_size), b))[:2]
+    return (f"{n} training images in batches of {batch_size} (batch_size) leave a last batch of 1 image, which "
+            f"batch norm cannot train on: choose a batch_size that leaves more (e.g. {' or '.join(map(str, near))}), "
+            "or change the number of training images")
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the iteration and the dataset indices."""
 
@@ -75,6 +95,7 @@ class NVUMTrainer(SupervisedTrainer):
         super().__init__(*args, train_handlers=first + handlers + last, **kwargs)
         if self.accumulation_steps != 1:
             raise ValueError("NVUMTrainer does not support gradient accumulation (accumulation_steps must be 1)")
+        self._check_setup()
         self.seed = None if seed is None else int(seed)
         self.run_handlers = handlers
         self.after_training = [s for s in (after_training or []) if s is not None]
@@ -83,6 +104,26 @@ class NVUMTrainer(SupervisedTrainer):
             self.add_event_handler(Events.EPOCH_STARTED, self._reseed)
             handlers_ = self._event_handlers[Events.EPOCH_STARTED]
             handlers_.insert(0, handlers_.pop())  # before every other handler of the epoch
+
+    def _check_setup(self) -> None:
+        """Refuse, before any work, what would fail mid-run: invalid epochs or learning rate, a last batch of
+        one image under batch norm."""
+        from ..config import check_settings
+
+        check_settings({"max_epochs": self.state.max_epochs})
+        for group in getattr(self.optimizer, "param_groups", []):
+            check_settings({"learning_rate": group.get("lr")})
+        problem = last_batch_problem(self.data_loader, self.network)
+        if problem:
+            raise ValueError(problem)
+
+    def check_steps(self) -> None:
+        """Check, before training, that the steps after training can run (``check()`` of each: the test report
+        needs test sets, the folders must be writable); nothing when ``test_and_deploy`` is off."""
+        if self.test_and_deploy:
+            for step in self.after_training:
+                if callable(getattr(step, "check", None)):
+                    step.check()
 
     def _reseed(self, engine) -> None:
         s = epoch_seed(self.seed, engine.state.epoch)
@@ -96,6 +137,7 @@ class NVUMTrainer(SupervisedTrainer):
     def run(self) -> None:
         """Train, then (with ``test_and_deploy``) run the steps after training; list the files written."""
         try:
+            self.check_steps()
             super().run()
             if self.test_and_deploy:
                 for step in self.after_training:
