@@ -15,15 +15,18 @@ from conftest import CONFIGS, ROOT
 
 from custom.data import DataList, DataListError
 from custom.networks import load_pretrained, read_state_dict
-from custom.tools.preflight import DATALIST, IDS, IMAGES, POSITIVES, check
+from custom.tools.preflight import DATALIST, DEGENERATE, IDS, IMAGES, POSITIVES, check
 from custom.data.transforms import ImageReadError, LoadImageChestXrayd, check_image
 
 CLASSES = ["A", "B", "No Finding"]
 
 
-def _png(path, value=0):
+def _png(path, value=0, size=16):
+    """A PNG of ``value`` with one pixel of another value (a constant image is degenerate)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((16, 16), value, np.uint8)).save(path)
+    pixels = np.full((size, size), value, np.uint8)
+    pixels[0, 0] = 255 - value
+    Image.fromarray(pixels).save(path)
     return path
 
 
@@ -199,7 +202,7 @@ def test_preflight_check_command_reports_every_problem_in_one_run(tmp_path):
     images = next(i for i, line in enumerate(lines) if line.startswith(first))
     assert lines[images + 1].strip() == f"{tmp_path / 'img/training_1.png'} (split 'training', row 1): file not found"
     assert lines[images + 2].strip().startswith(f"{tmp_path / 'img/validation_2.png'} (split 'validation', row 2): ")
-    assert lines[-1].startswith("3/8 checks passed; failed: ")
+    assert lines[-1].startswith("4/9 checks passed; failed: ")
 
 
 def _check_and_train(tmp_path, path, **datalist):
@@ -310,3 +313,172 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
     with atomic_path(path) as tmp:
         tmp.write_text("new")
     assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]
+
+
+def _link_rows(tmp_path, targets):
+    """A data list whose training rows 1, 2, ... are links ``img/link_<i>.png`` to ``targets``."""
+    path = _list(tmp_path)
+    doc = json.loads(path.read_text())
+    for i, target in enumerate(targets, start=1):
+        link = tmp_path / f"img/link_{i}.png"
+        link.symlink_to(target)
+        doc["training"][i]["image"] = f"img/link_{i}.png"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_links_out_of_dataset_dir_are_refused_by_the_data_list_naming_row_and_target(tmp_path):
+    outside = _png(tmp_path / "elsewhere" / "x.png", 9)
+    data = tmp_path / "data"
+    path = _link_rows(data, [outside, pathlib.Path("/etc/passwd")])
+    with pytest.raises(DataListError) as err:
+        DataList(path)
+    lines = [line.strip() for line in str(err.value).splitlines()]
+    assert lines[0].startswith(f"data list {path}: split 'training', row 1: image path img/link_1.png is a link "
+                               f"that leaves dataset_dir ({data}): it points to {outside}")
+    assert lines[1].startswith(f"split 'training', row 2: image path img/link_2.png is a link that leaves "
+                               f"dataset_dir ({data}): it points to /etc/passwd")
+    dl = DataList(path, allow_absolute_paths=True, check_images=False)  # the option follows links
+    assert dl.items("training")[1]["image"] == str(data / "img/link_1.png")
+
+
+def test_a_folder_link_out_of_dataset_dir_is_refused_and_links_inside_it_are_fine(tmp_path):
+    data = tmp_path / "data"
+    path = _link_rows(data, [data / "img/training_0.png"])  # a link to an image inside: fine
+    (tmp_path / "elsewhere").mkdir()
+    _png(tmp_path / "elsewhere/x.png", 3)
+    (data / "out").symlink_to(tmp_path / "elsewhere")
+    assert len(DataList(path)) == 6
+    doc = json.loads(path.read_text())
+    doc["training"][2]["image"] = "out/x.png"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataListError, match=rf"row 2: image path out/x\.png goes through a linked folder that leaves "
+                                            rf"dataset_dir \({data}\): it points to {tmp_path / 'elsewhere/x.png'}"):
+        DataList(path)
+
+
+def test_check_refuses_links_out_of_dataset_dir_before_any_image_is_decoded(tmp_path, capsys, monkeypatch):
+    import custom.data.transforms as transforms
+
+    outside = _png(tmp_path / "elsewhere" / "x.png", 9)
+    data = tmp_path / "data"
+    path = _link_rows(data, [outside, pathlib.Path("/etc/passwd")])
+    decoded = []
+    inspect = transforms.inspect_image
+    monkeypatch.setattr(transforms, "inspect_image", lambda p, size=None: decoded.append(str(p)) or inspect(p, size))
+    assert check(str(CONFIGS / "train.json"), **_tiny_overrides(data, path)) == 1
+    out = capsys.readouterr().out
+    assert (f"[FAIL] {DATALIST}: data list {path}: split 'training', row 1: image path img/link_1.png is a link that "
+            f"leaves dataset_dir ({data}): it points to {outside}") in out
+    assert f"image path img/link_2.png is a link that leaves dataset_dir ({data}): it points to /etc/passwd" in out
+    assert f"[ ok ] {IMAGES}: all 7 images decode" in out  # the two links are not read: Pillow never sees them
+    assert len(decoded) == 7 and not any("link_" in p for p in decoded) and "Pillow" not in out
+
+
+def _degenerate_list(tmp_path):
+    path = _list(tmp_path)
+    doc = json.loads(path.read_text())
+    Image.fromarray(np.full((1, 1), 80, np.uint8)).save(tmp_path / "img/training_2.png")  # 1 x 1
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "img/validation_1.png")  # all black
+    return path, doc
+
+
+def test_check_warns_about_tiny_and_constant_images_and_fails_on_them_with_refuse(tmp_path, capsys):
+    from custom.console import message, project_exception
+
+    path, _ = _degenerate_list(tmp_path)
+    status, training, _ = _check_and_train(tmp_path, path)
+    out = capsys.readouterr().out
+    tiny, black = tmp_path / "img/training_2.png", tmp_path / "img/validation_1.png"
+    assert status == 0 and training is None  # the default: a warning, and training goes on
+    warn = next(line for line in out.splitlines() if line.startswith(f"[warn] {DEGENERATE}: "))
+    assert "2 image(s) are degenerate" in warn
+    assert f"{tiny} (1 x 1 pixels, a side under 1/4 of the network's 32 x 32 input; constant image, every" in warn
+    assert f"{black} (constant image, every pixel 0)" in warn
+    assert f"[ ok ] {IMAGES}: all 9 images decode" in out  # one pass: decodable, and degenerate
+    status, training, _ = _check_and_train(tmp_path, path, on_degenerate_image="refuse", image_size="@image_size")
+    out = capsys.readouterr().out
+    assert status == 1
+    first = f"[FAIL] {DEGENERATE}: 2 image(s) of data list {path} are degenerate"
+    assert any(line.startswith(first) and "refused (on_degenerate_image='refuse')" in line for line in out.splitlines())
+    assert str(tiny) in out and str(black) in out
+    text = message(project_exception(training))
+    assert isinstance(project_exception(training), DataListError)
+    assert text.startswith(f"2 image(s) of data list {path} are degenerate")
+    assert str(tiny) in text and str(black) in text
+    with pytest.raises(ValueError, match="needs the network's input size"):
+        DataList(path, on_degenerate_image="refuse")
+
+
+def test_a_list_of_good_images_has_no_degenerate_warning(tmp_path, capsys):
+    path = _list(tmp_path)
+    assert check(str(CONFIGS / "train.json"), **_tiny_overrides(tmp_path, path)) == 0
+    assert f"[ ok ] {DEGENERATE}: none" in capsys.readouterr().out
+    assert len(DataList(path, on_degenerate_image="refuse", image_size=32)) == 6
+
+
+def _preprocessing():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "common.json"))
+    return parser.get_parsed_content("preprocessing")
+
+
+def test_inference_lists_links_out_of_the_folder_and_degenerate_images_in_the_errors_file(tmp_path, capsys):
+    from ignite.engine import Engine
+    from monai.data import DataLoader
+
+    from custom.serving.inference import InferenceDataset, ProbabilityWriter, list_inputs
+
+    folder = tmp_path / "in"
+    _png(folder / "a.png", 40)
+    Image.fromarray(np.full((1, 1), 80, np.uint8)).save(folder / "b_tiny.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "c_black.png")
+    outside = _png(tmp_path / "elsewhere/x.png", 9)
+    (folder / "d_out.png").symlink_to(outside)
+    (folder / "e_passwd.png").symlink_to("/etc/passwd")
+    (folder / "f_in.png").symlink_to(folder / "a.png")  # a link inside the folder: read
+    items = list_inputs(folder)
+    assert [pathlib.Path(i["image"]).name for i in items] == ["a.png", "b_tiny.png", "c_black.png", "d_out.png",
+                                                              "e_passwd.png", "f_in.png"]
+
+    def run(policy):
+        dataset = InferenceDataset(items, _preprocessing(), image_size=32, degenerate_images=policy)
+        writer = ProbabilityWriter(tmp_path / policy / "probs.csv", CLASSES)
+
+        def step(engine, batch):
+            from monai.data import decollate_batch
+
+            out = decollate_batch(batch)
+            engine.state.batch = out
+            return [{"image": o["image"], "pred": torch.full((len(CLASSES),), 0.5)} for o in out]
+
+        engine = Engine(step)
+        writer.attach(engine)
+        engine.run(DataLoader(dataset, batch_size=4))
+        import csv
+
+        with open(tmp_path / policy / "errors.csv", newline="") as f:
+            errors = {row["image"]: row["reason"] for row in csv.DictReader(f)}
+        with open(tmp_path / policy / "probs.csv", newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["image", *CLASSES]  # the probabilities file keeps its format
+        return errors, [row[0] for row in rows[1:]], capsys.readouterr().out.strip().splitlines()[-1]
+
+    errors, scored, last = run("warn")
+    assert scored == [str(folder / n) for n in ("a.png", "b_tiny.png", "c_black.png", "f_in.png")]
+    link = f"a link that leaves the input folder ({folder}): it points to {outside}; not read"
+    assert errors[str(folder / "d_out.png")] == link
+    assert errors[str(folder / "e_passwd.png")].endswith("it points to /etc/passwd; not read")
+    assert errors[str(folder / "b_tiny.png")].startswith("degenerate image, scored all the same: 1 x 1 pixels")
+    assert errors[str(folder / "c_black.png")] == "degenerate image, scored all the same: constant image, every pixel 0"
+    errors_file = tmp_path / "warn" / "errors.csv"
+    assert last == (f"wrote probabilities of 4 image(s) to {tmp_path / 'warn' / 'probs.csv'}; 2 skipped, refused; "
+                    f"2 scored with a warning (degenerate) (see {errors_file})")
+    errors, scored, last = run("refuse")
+    assert scored == [str(folder / n) for n in ("a.png", "f_in.png")]
+    assert errors[str(folder / "b_tiny.png")].startswith("degenerate image, not scored (degenerate_images='refuse')")
+    assert last.endswith("; 4 skipped, refused (see " + str(tmp_path / "refuse" / "errors.csv") + ")")
+    with pytest.raises(ImageReadError, match="d_out.png: a link that leaves the input folder"):
+        InferenceDataset(items, _preprocessing(), strict=True)[3]

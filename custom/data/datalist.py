@@ -6,10 +6,11 @@ A data list is JSON (optionally gzipped) in MONAI's decathlon-like style::
      "training":   [{"image": "relative/path.png", "label": [0, 1, ...], "patient": "id"}, ...],
      "validation": [...], "test": [...], "<other test split>": [...]}
 
-Image paths are relative to ``dataset_dir`` and must stay inside it (absolute paths only with
-``allow_absolute_paths``); an image is listed once in the whole list (two splits sharing an image
-would leak it). Every item handed to a dataset carries its position in its split as ``index``:
-that is the row of the NVUM memory for training images (:data:`INDEX_KEY`).
+Image paths are relative to ``dataset_dir`` and must stay inside it, also once links are followed
+(absolute paths, and links that lead out of it, only with ``allow_absolute_paths``); an image is
+listed once in the whole list (two splits sharing an image would leak it). Every item handed to a
+dataset carries its position in its split as ``index``: that is the row of the NVUM memory for
+training images (:data:`INDEX_KEY`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: what to do with a missing or unreadable image.
 BAD_IMAGE_POLICIES = ("error", "skip")
+#: what to do with a degenerate image (far smaller than the network input, or constant).
+DEGENERATE_IMAGE_POLICIES = ("warn", "refuse")
 #: keys an item of a data list may have.
 ITEM_KEYS = {"image", "label", "patient", "clean_label"}
 #: keys an item must have.
@@ -98,24 +101,49 @@ class DataList:
             ``"skip"``: such items are dropped from their split before anything is built on it
             (the memory has a row per *kept* training image), and their number and names are
             logged and kept in :attr:`skipped`.
-        allow_absolute_paths: accept absolute image paths (default: refused, like relative paths
-            that leave ``dataset_dir`` with ``..``, which are always refused).
+        allow_absolute_paths: accept absolute image paths, and relative ones that are (or go through)
+            a link leading out of ``dataset_dir`` (default: both refused; relative paths that leave
+            ``dataset_dir`` with ``..`` are always refused). The link check resolves each path
+            (``os.path.realpath``; one ``lstat`` per image, folders resolved once), it reads no image.
+        on_degenerate_image: what to do with a degenerate image, one that decodes but is a side
+            shorter than ``image_size / 4`` or constant (max == min; see
+            :func:`custom.data.transforms.degenerate_reason`): ``"warn"`` (default): ``check`` warns,
+            naming them, and training uses them (it logs them when it decodes the images anyway:
+            ``verify_images`` or ``on_bad_image="skip"``); ``"refuse"``: every image is decoded once
+            before training (as with ``verify_images``) and degenerate ones stop it, all named
+            (:class:`DataListError`); ``check`` fails on them.
+        image_size: the network's input side, for the size rule (``"image_size": "@image_size"`` in a
+            config); required with ``on_degenerate_image="refuse"``. ``check`` uses the config's
+            ``image_size`` when it is not given.
 
     Raises:
         FileNotFoundError: missing data list, dataset folder or images (all named, with their count).
         DataListError: unknown keys, wrong label lengths, non-binary labels, empty splits,
-            an image listed twice (in one split or in two), image paths outside ``dataset_dir``,
-            or a patient in two splits; every such problem of the list is named in one message.
+            an image listed twice (in one split or in two), image paths outside ``dataset_dir``
+            (``..``, absolute, or a link leading out), or a patient in two splits; every such problem
+            of the list is named in one message. Degenerate images with ``on_degenerate_image="refuse"``.
     """
 
     def __init__(
         self, path, dataset_dir=None, required_splits=("training", "validation"), check_images: bool = True,
         verify_images: bool = False, on_bad_image: str = "error", allow_absolute_paths: bool = False,
+        on_degenerate_image: str = "warn", image_size: int | None = None,
     ):  # fmt: skip
         from ..flags import as_bool
 
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        if on_degenerate_image not in DEGENERATE_IMAGE_POLICIES:
+            raise ValueError(f"on_degenerate_image must be one of {DEGENERATE_IMAGE_POLICIES}, got "
+                             f"{on_degenerate_image!r}")
+        if image_size not in (None, "") and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                             or image_size < 1):
+            raise ValueError(f"image_size must be a positive number of pixels, got {image_size!r}")
+        self.image_size = int(image_size) if image_size not in (None, "") else None
+        if on_degenerate_image == "refuse" and self.image_size is None:
+            raise ValueError("on_degenerate_image='refuse' needs the network's input size for the size rule: add "
+                             "\"image_size\": \"@image_size\" to the custom.DataList")
+        self.on_degenerate_image = on_degenerate_image
         self.path = Path(path)
         self.on_bad_image = on_bad_image
         self.allow_absolute_paths = as_bool(allow_absolute_paths, "allow_absolute_paths")
@@ -137,6 +165,9 @@ class DataList:
             raise FileNotFoundError(f"dataset folder not found: {self.dataset_dir} (set 'dataset_dir' to the folder "
                                     "holding the images)")
         self._splits = {k: v for k, v in raw.items() if k not in META_KEYS}
+        self._real_dir = os.path.realpath(self.dataset_dir)
+        self._real_parents: dict[str, str] = {}  # folder of image paths -> its resolved path
+        self._bad_paths: set[tuple[str, int]] = set()  # (split, row) whose image path is refused: never read
         problems: list[str] = []
         seen: dict[str, tuple[str, int]] = {}  # normalised image path -> (split, row), over all splits
         for name, items in self._splits.items():
@@ -148,7 +179,7 @@ class DataList:
             return
         if problems:
             raise DataListError(self.problems_message())
-        if on_bad_image == "skip" or verify_images:
+        if on_bad_image == "skip" or verify_images or on_degenerate_image == "refuse":
             self.verify_images(skip=on_bad_image == "skip")
         elif check_images:
             self._check_images()
@@ -225,6 +256,7 @@ class DataList:
             path_problem = self._path_problem(image)
             if path_problem:
                 problems.append(f"{where}: {path_problem}")
+                self._bad_paths.add((name, row))
                 continue
             for key in ("label", "clean_label"):
                 if key in item:
@@ -259,7 +291,26 @@ class DataList:
         normalised = os.path.normpath(image)
         if normalised == os.pardir or normalised.startswith(os.pardir + os.sep):
             return f"image path {image} leaves dataset_dir ({self.dataset_dir}); paths must stay inside it"
+        if self.allow_absolute_paths:
+            return None
+        target = self._link_target(image)
+        if target is not None:
+            return (f"image path {image} {target[0]} that leaves dataset_dir ({self.dataset_dir}): it points to "
+                    f"{target[1]} (set 'allow_absolute_paths': true in the custom.DataList to follow such links)")
         return None
+
+    def _link_target(self, image: str) -> tuple[str, str] | None:
+        """``(what, target)`` when ``image`` (relative) resolves, links followed, outside ``dataset_dir``."""
+        joined = os.path.join(self.dataset_dir, image)
+        parent, name = os.path.split(joined)
+        real_parent = self._real_parents.get(parent)
+        if real_parent is None:
+            real_parent = self._real_parents[parent] = os.path.realpath(parent)
+        if os.path.islink(joined):
+            target, what = os.path.realpath(joined), "is a link"
+        else:
+            target, what = os.path.join(real_parent, name), "goes through a linked folder"
+        return None if is_inside(target, self._real_dir) else (what, target)
 
     def _patient_problems(self) -> list[str]:
         where = defaultdict(set)
@@ -286,7 +337,8 @@ class DataList:
         return [(split, row, self.dataset_dir / item["image"])
                 for split, items in self._splits.items() if isinstance(items, list)
                 for row, item in enumerate(items)
-                if isinstance(item, dict) and isinstance(item.get("image"), str) and item["image"]]
+                if isinstance(item, dict) and isinstance(item.get("image"), str) and item["image"]
+                and (split, row) not in self._bad_paths]
 
     @property
     def num_images(self) -> int:
@@ -299,33 +351,66 @@ class DataList:
         Returns:
             ``(split, row, path, reason)`` of every missing or unreadable image, in list order.
         """
+        return self.inspect_images()[0]
+
+    def inspect_images(self, image_size: int | None = None):
+        """Decode every image once (Pillow, in threads, with a progress bar for large lists) and find the
+        unreadable and the degenerate ones in that one pass (images whose path is refused are not read).
+
+        Args:
+            image_size: the network's input side for the size rule (default: :attr:`image_size`).
+
+        Returns:
+            ``(bad, degenerate)``: ``(split, row, path, reason)`` of every missing or unreadable image, and
+            of every degenerate one (:func:`custom.data.transforms.degenerate_reason`), in list order.
+        """
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm.auto import tqdm
 
-        from .transforms import check_image
+        from .transforms import inspect_image
 
+        size = image_size or self.image_size
         jobs = self._image_jobs()
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            reasons = list(tqdm(pool.map(lambda job: check_image(job[2]), jobs), total=len(jobs),
-                                desc="checking images", unit="img", disable=len(jobs) < 2000, mininterval=2))
-        return [(split, row, path, why) for (split, row, path), why in zip(jobs, reasons) if why is not None]
+            found = list(tqdm(pool.map(lambda job: inspect_image(job[2], size), jobs), total=len(jobs),
+                              desc="checking images", unit="img", disable=len(jobs) < 2000, mininterval=2))
+        bad = [(split, row, path, why) for (split, row, path), (why, _) in zip(jobs, found) if why is not None]
+        degenerate = [(split, row, path, why) for (split, row, path), (_, why) in zip(jobs, found) if why is not None]
+        return bad, degenerate
 
     def _bad_images_message(self, bad, what: str = "missing or unreadable", limit: int | None = MAX_LISTED) -> str:
         return bad_images_message(self.path, self.dataset_dir, bad, self.num_images, what, limit)
 
     def verify_images(self, skip: bool = False) -> None:
-        """Decode every image once; stop naming the bad ones, or drop them with ``skip`` (see ``on_bad_image``)."""
-        bad = self.bad_images()
+        """Decode every image once; stop naming the bad ones, or drop them with ``skip`` (see ``on_bad_image``);
+        then stop naming the degenerate ones (``on_degenerate_image="refuse"``) or log them."""
+        bad, degenerate = self.inspect_images()
+        if bad and not skip:
+            raise FileNotFoundError(self._bad_images_message(bad))
+        if degenerate and self.on_degenerate_image == "refuse":
+            raise DataListError(self._bad_images_message(degenerate, DEGENERATE_REFUSED))
+        if degenerate:
+            logger.warning("%s", self._bad_images_message(degenerate, DEGENERATE_WARNED))
         if not bad:
             return
-        if not skip:
-            raise FileNotFoundError(self._bad_images_message(bad))
         self.skipped = [(split, self._splits[split][row]["image"], why) for split, row, _, why in bad]
         drop = {(split, row) for split, row, _, _ in bad}
         for split in self._splits:
             self._splits[split] = [item for row, item in enumerate(self._splits[split]) if (split, row) not in drop]
         logger.warning("%s", self._bad_images_message(bad, "missing or unreadable and skipped (on_bad_image='skip')"))
+
+
+#: how :func:`bad_images_message` says what degenerate images are, refused or not.
+DEGENERATE_REFUSED = ("degenerate (far smaller than the network input, or constant) and refused "
+                      "(on_degenerate_image='refuse')")
+DEGENERATE_WARNED = ("degenerate (far smaller than the network input, or constant); used all the same "
+                     "(on_degenerate_image='refuse' refuses them)")
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """Whether the resolved ``path`` is ``folder`` or under it (both already resolved: ``os.path.realpath``)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def bad_images_message(path, dataset_dir, bad, total: int, what: str = "missing or unreadable",

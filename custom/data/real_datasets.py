@@ -135,12 +135,20 @@ class DataListWithTests:
     def bad_images(self) -> list[tuple[str, int, Path, str]]:
         """Every missing or unreadable image of the training list and of every test list
         (see :meth:`custom.data.DataList.bad_images`; a test list's splits carry their name here)."""
-        bad = self._base.bad_images()
+        return self.inspect_images()[0]
+
+    def inspect_images(self, image_size: int | None = None):
+        """``(bad, degenerate)`` images of the training list and of every test list, each image decoded once
+        (see :meth:`custom.data.DataList.inspect_images`; a test list's splits carry their name here)."""
+        size = image_size or self._base.image_size
+        bad, degenerate = self._base.inspect_images(size)
         for test in {id(t): t for t, _ in self._extra.values()}.values():
             names = {inner: key for key, (t, inner) in self._extra.items() if t is test}
-            bad += [(names.get(split, f"{test.path.name}:{split}"), row, path, why) for split, row, path,
-                    why in test.bad_images()]
-        return bad
+            found = test.inspect_images(size)
+            for kept, rows in zip((bad, degenerate), found):
+                kept += [(names.get(split, f"{test.path.name}:{split}"), row, path, why)
+                         for split, row, path, why in rows]
+        return bad, degenerate
 
     def verify_images(self, skip: bool = False) -> None:
         """Decode every image of the training list and of every test list; stop naming all bad ones."""

@@ -212,34 +212,90 @@ def _first_line(exc: BaseException) -> str:
 
 def check_image(path) -> str | None:
     """Fully decode an image file with Pillow (DICOM: pydicom); ``None`` when it is readable, else the reason."""
+    return inspect_image(path)[0]
+
+
+#: an image is degenerate when a side is under ``image_size / DEGENERATE_SIZE_FACTOR`` (or it is constant).
+DEGENERATE_SIZE_FACTOR = 4
+#: what to do with degenerate images (:func:`degenerate_reason`).
+DEGENERATE_POLICIES = ("warn", "refuse")
+
+
+def degenerate_reason(width: int, height: int, low, high, image_size: int | None = None) -> str | None:
+    """Why a readable image is degenerate, ``None`` when it is not.
+
+    Degenerate: a side shorter than ``image_size / 4`` (:data:`DEGENERATE_SIZE_FACTOR`; a 512-pixel network
+    input blown up from fewer than 128 pixels; not checked without ``image_size``), or a constant image
+    (maximum == minimum over the colour channels: all black, all white, one grey).
+    """
+    reasons = []
+    if image_size:
+        floor = image_size / DEGENERATE_SIZE_FACTOR
+        if width < floor or height < floor:
+            reasons.append(f"{width} x {height} pixels, a side under 1/{DEGENERATE_SIZE_FACTOR} of the network's "
+                           f"{image_size} x {image_size} input")
+    if low == high:
+        value = int(low) if float(low).is_integer() else float(low)
+        reasons.append(f"constant image, every pixel {value}")
+    return "; ".join(reasons) or None
+
+
+def _colour_extrema(im) -> tuple:
+    """(min, max) of a Pillow image over its colour bands (alpha left out)."""
+    extrema = im.getextrema()
+    if not isinstance(extrema[0], tuple):  # one band
+        return extrema
+    bands = list(extrema[:-1] if im.mode.endswith("A") or im.mode == "PA" else extrema)
+    return min(b[0] for b in bands), max(b[1] for b in bands)
+
+
+def inspect_image(path, image_size: int | None = None) -> tuple[str | None, str | None]:
+    """Fully decode an image file once with Pillow (DICOM: pydicom).
+
+    Returns:
+        ``(unreadable, degenerate)``: why the file cannot be read (``None`` when it can), and why the
+        readable image is degenerate (:func:`degenerate_reason`; ``None`` when it is not, or unreadable).
+    """
     from PIL import Image, UnidentifiedImageError
 
     from .dicom import DicomReadError, is_dicom, read_dicom
 
     if is_dicom(path):
         try:
-            read_dicom(path)
+            array, _ = read_dicom(path)
         except DicomReadError as e:  # "<path>: <reason>": the caller names the file
-            return str(e).removeprefix(f"{path}: ")
+            return str(e).removeprefix(f"{path}: "), None
         except Exception as e:  # anything else pydicom raises on bad data
-            return f"{type(e).__name__}: {e}"
-        return None
+            return f"{type(e).__name__}: {e}", None
+        height, width = array.shape[-2:]
+        return None, degenerate_reason(width, height, array.min(), array.max(), image_size)
 
     try:
         with Image.open(path) as im:
             im.load()
             if im.width < 1 or im.height < 1:
-                return "empty image"
+                return "empty image", None
+            low, high = _colour_extrema(im)
+            return None, degenerate_reason(im.width, im.height, low, high, image_size)
     except FileNotFoundError:
-        return "file not found"
+        return "file not found", None
     except IsADirectoryError:
-        return "a folder, not an image file"
+        return "a folder, not an image file", None
     except Image.DecompressionBombError as e:
-        return f"too large to decode safely (Pillow refuses a possible decompression bomb): {e}"
+        return f"too large to decode safely (Pillow refuses a possible decompression bomb): {e}", None
     except UnidentifiedImageError:
-        return "not an image file Pillow can read (expected PNG or JPEG)"
+        return "not an image file Pillow can read (expected PNG or JPEG)", None
     except OSError as e:  # truncated or corrupt data
-        return f"corrupt or truncated image data ({e})"
+        return f"corrupt or truncated image data ({e})", None
     except Exception as e:  # anything else Pillow raises on bad data
-        return f"{type(e).__name__}: {e}"
-    return None
+        return f"{type(e).__name__}: {e}", None
+
+
+def degenerate_tensor_reason(img, image_size: int | None = None) -> str | None:
+    """:func:`degenerate_reason` of a loaded channel-first image (``(C, H, W)``, as ``LoadImaged`` gives it)."""
+    x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(np.asarray(img))
+    if x.ndim != 3 or x.numel() == 0:
+        return None
+    colour = x[:1] if x.shape[0] == 2 else x[:3]  # alpha left out
+    height, width = x.shape[-2:]
+    return degenerate_reason(int(width), int(height), colour.min().item(), colour.max().item(), image_size)

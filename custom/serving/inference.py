@@ -1,9 +1,11 @@
 """Inference helpers: listing input images, reading them without letting one bad file stop the
-run, and writing per-class probabilities (and the images that could not be read) to CSV."""
+run, and writing per-class probabilities (and the images that could not be read, were refused or
+are degenerate) to CSV."""
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -11,13 +13,19 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import Dataset, MetaTensor
 
-from ..data.datalist import DataList
+from ..data.datalist import DataList, is_inside
 from ..data.dicom import DICOM_SUFFIXES, is_dicom
+from ..data.transforms import DEGENERATE_POLICIES, ImageReadError, degenerate_tensor_reason
 from ..flags import as_bool
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
 #: item key of :class:`InferenceDataset`: why the item's image could not be read ("" when it could).
 READ_ERROR = "read_error"
+#: item key: why the item's image was refused unread or unscored (a link out of the input folder, a degenerate
+#: image with ``degenerate_images='refuse'``; "" when it was not). Set by :func:`list_inputs` for links.
+REFUSED = "refused"
+#: item key of :class:`InferenceDataset`: why the scored image is questionable (a degenerate image; "" when not).
+INPUT_WARNING = "input_warning"
 
 
 def list_inputs(input_path, split: str = "test", dataset_dir=None) -> list[dict]:
@@ -31,7 +39,10 @@ def list_inputs(input_path, split: str = "test", dataset_dir=None) -> list[dict]
 
     Returns:
         list of ``{"image": path}`` dicts. The images of a data list are not looked at here: a
-        missing or unreadable one is reported when it is read (:class:`InferenceDataset`).
+        missing or unreadable one is reported when it is read (:class:`InferenceDataset`). A file of
+        the folder that is a link leading out of it carries why under ``refused``: it is not read,
+        and goes to the errors file like an unreadable image (a data list's paths are checked by
+        :class:`~custom.data.DataList`, which refuses such links).
 
     Raises:
         FileNotFoundError: ``input_path`` does not exist or holds no image.
@@ -43,7 +54,16 @@ def list_inputs(input_path, split: str = "test", dataset_dir=None) -> list[dict]
                        or (p.suffix == "" and p.name != "DICOMDIR" and p.is_file() and is_dicom(p)))
         if not files:
             raise FileNotFoundError(f"no PNG, JPEG or DICOM image found under {path}")
-        return [{"image": str(p)} for p in files]
+        root = os.path.realpath(path)
+        items = []
+        for p in files:
+            target = os.path.realpath(p)
+            if is_inside(target, root):
+                items.append({"image": str(p)})
+            else:
+                items.append({"image": str(p), REFUSED: f"a link that leaves the input folder ({path}): it points to "
+                                                         f"{target}; not read"})
+        return items
     if path.is_file():
         datalist = DataList(path, dataset_dir, required_splits=(split,), check_images=False)
         return [{"image": d["image"]} for d in datalist.items(split)]
@@ -56,18 +76,43 @@ class InferenceDataset(Dataset):
     When the transform of an item fails (a missing, truncated or corrupt file, not an image, too
     large to decode safely), the item is replaced by a placeholder image (the preprocessing after
     the image loader, applied to a blank image) and carries the reason under ``read_error``
-    (an empty string for images that were read). :class:`ProbabilityWriter` leaves such items out
-    of the probabilities and lists them in its errors file.
+    (an empty string for images that were read). An item that :func:`list_inputs` refused (a link
+    out of the input folder: ``refused``) is not read and becomes such a placeholder too.
+    :class:`ProbabilityWriter` leaves such items out of the probabilities and lists them in its
+    errors file.
+
+    A degenerate image (a side under ``image_size / 4``, or constant; see
+    :func:`custom.data.transforms.degenerate_reason`), tested on the loaded image before the rest of
+    the preprocessing, is scored with the reason under ``input_warning`` (the writer lists it in the
+    errors file too), or with ``degenerate_images="refuse"`` refused like a link (``refused``).
 
     Args:
         data: the items (``{"image": path}``), e.g. from :func:`list_inputs`.
         transform: the preprocessing; its ``LoadImaged`` transforms are what may fail.
-        strict: true: the first unreadable image stops the run, naming the file and the reason.
+        strict: true: the first unreadable or refused image stops the run, naming the file and the reason.
+        image_size: the network's input side, for the size rule of degenerate images (none without it).
+        degenerate_images: ``"warn"`` (default) or ``"refuse"``.
     """
 
-    def __init__(self, data, transform, strict: bool = False):
+    def __init__(self, data, transform, strict: bool = False, image_size: int | None = None,
+                 degenerate_images: str = "warn"):
+        if degenerate_images not in DEGENERATE_POLICIES:
+            raise ValueError(f"degenerate_images must be one of {DEGENERATE_POLICIES}, got {degenerate_images!r}")
         super().__init__(data, transform)
         self.strict = as_bool(strict, "strict")
+        self.image_size = int(image_size) if image_size else None
+        self.degenerate_images = degenerate_images
+        self._loading, self._after = self._split_transform()
+
+    def _split_transform(self):
+        """The preprocessing up to its last ``LoadImaged``, and after it (``None, None`` without one)."""
+        from monai.transforms import Compose, LoadImaged
+
+        transforms = list(getattr(self.transform, "transforms", [self.transform]))
+        last = max((i for i, t in enumerate(transforms) if isinstance(t, LoadImaged)), default=None)
+        if last is None:
+            return None, None
+        return Compose(transforms[: last + 1]), Compose(transforms[last + 1 :])
 
     def _after_loading(self):
         from monai.transforms import Compose, LoadImaged
@@ -75,19 +120,43 @@ class InferenceDataset(Dataset):
         transforms = getattr(self.transform, "transforms", [self.transform])
         return Compose([t for t in transforms if not isinstance(t, LoadImaged)])
 
+    def _placeholder(self, item: dict, **reasons):
+        item = {k: v for k, v in item.items() if k != REFUSED}
+        blank = MetaTensor(torch.zeros(1, 8, 8, dtype=torch.uint8),
+                           meta={"filename_or_obj": str(item.get("image", ""))})
+        out = self._after_loading()({**item, "image": blank})
+        out.update({READ_ERROR: "", REFUSED: "", INPUT_WARNING: "", **reasons})
+        return out
+
     def _transform(self, index: int):
+        from monai.transforms import apply_transform
+
+        item = dict(self.data[index])
+        refused = item.pop(REFUSED, "")
+        if refused:
+            if self.strict:
+                raise ImageReadError(item.get("image", ""), refused)
+            return self._placeholder(item, **{REFUSED: refused})
+        warning = ""
         try:
-            out = super()._transform(index)
+            if self._loading is None:
+                out = super()._transform(index)
+            else:
+                loaded = apply_transform(self._loading, item)
+                degenerate = degenerate_tensor_reason(loaded["image"], self.image_size) if "image" in loaded else None
+                if degenerate and self.degenerate_images == "refuse":
+                    reason = f"degenerate image, not scored (degenerate_images='refuse'): {degenerate}"
+                    if self.strict:
+                        raise ImageReadError(item.get("image", ""), reason)
+                    return self._placeholder(item, **{REFUSED: reason})
+                if degenerate:
+                    warning = f"degenerate image, scored all the same: {degenerate}"
+                out = apply_transform(self._after, loaded)
         except Exception as e:
             if self.strict:
                 raise
-            item = dict(self.data[index])
-            blank = MetaTensor(torch.zeros(1, 8, 8, dtype=torch.uint8),
-                               meta={"filename_or_obj": str(item.get("image", ""))})
-            out = self._after_loading()({**item, "image": blank})
-            out[READ_ERROR] = read_error(e)
-            return out
-        out[READ_ERROR] = ""
+            return self._placeholder(item, **{READ_ERROR: read_error(e)})
+        out.update({READ_ERROR: "", REFUSED: "", INPUT_WARNING: warning})
         return out
 
 
@@ -107,11 +176,13 @@ class ProbabilityWriter:
     """Writes one CSV row per image: the image path and the probability of every class.
 
     Reads the decollated evaluator output (``pred``: (C,) probabilities; ``image``: a MetaTensor
-    whose ``filename_or_obj`` names the file) and batch (``read_error``, set by
-    :class:`InferenceDataset`). Images that could not be read get no row: they go to
-    ``errors_file`` (``image``, ``reason``), which is written only when there are some (a stale
-    one from an earlier run is removed), and are counted in the final line. When no image at all
-    could be read, the run stops (the errors file names every image and its reason).
+    whose ``filename_or_obj`` names the file) and batch (``read_error``, ``refused`` and
+    ``input_warning``, set by :class:`InferenceDataset`). Images that could not be read, or were
+    refused, get no row: they go to ``errors_file`` (``image``, ``reason``); degenerate images that
+    were scored get their row and a row in ``errors_file`` too (the reason starts with
+    "degenerate image, scored all the same"). The errors file is written only when there are some
+    (a stale one from an earlier run is removed); each kind is counted in the final line. When no
+    image at all could be scored, the run stops (the errors file names every image and its reason).
 
     Args:
         output_file: the CSV file (its folder is created).
@@ -124,6 +195,7 @@ class ProbabilityWriter:
         self.errors_file = Path(errors_file) if errors_file else self.output_file.with_name("errors.csv")
         self._rows: list[list] = []
         self._errors: list[list] = []
+        self._counts = {READ_ERROR: 0, REFUSED: 0, INPUT_WARNING: 0}
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
@@ -133,20 +205,26 @@ class ProbabilityWriter:
     def _reset(self, engine: Engine) -> None:
         self._rows.clear()
         self._errors.clear()
+        self._counts = dict.fromkeys(self._counts, 0)
 
     def _collect(self, engine: Engine) -> None:
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [{}] * len(engine.state.output)
         for item, source in zip(engine.state.output, batch):
             image = str(item["image"].meta.get("filename_or_obj", ""))
-            reason = source.get(READ_ERROR, "") if isinstance(source, dict) else ""
-            if reason:
-                self._errors.append([image, reason])
+            source = source if isinstance(source, dict) else {}
+            skipped = next((key for key in (READ_ERROR, REFUSED) if source.get(key, "")), None)
+            if skipped:
+                self._counts[skipped] += 1
+                self._errors.append([image, source[skipped]])
                 continue
             probs = torch.as_tensor(item["pred"]).float().flatten().tolist()
             if len(probs) != len(self.classes):
                 raise ValueError(f"the network gives {len(probs)} outputs but {len(self.classes)} class names are "
                                  "configured")
             self._rows.append([image] + [f"{p:.6f}" for p in probs])
+            if source.get(INPUT_WARNING, ""):
+                self._counts[INPUT_WARNING] += 1
+                self._errors.append([image, source[INPUT_WARNING]])
 
     @staticmethod
     def _write_csv(path: Path, header: list, rows: list) -> None:
@@ -165,8 +243,11 @@ class ProbabilityWriter:
         elif self.errors_file.is_file():
             self.errors_file.unlink()  # from an earlier run into the same folder
         line = f"wrote probabilities of {len(self._rows)} image(s) to {self.output_file}"
-        if self._errors:
-            line += f"; {len(self._errors)} skipped, unreadable (see {self.errors_file})"
+        said = {READ_ERROR: "skipped, unreadable", REFUSED: "skipped, refused",
+                INPUT_WARNING: "scored with a warning (degenerate)"}
+        parts = [f"{self._counts[key]} {text}" for key, text in said.items() if self._counts[key]]
+        if parts:
+            line += f"; {'; '.join(parts)} (see {self.errors_file})"
         print(line, flush=True)
         if self._errors and not self._rows:
             image, reason = self._errors[0]

@@ -9,7 +9,9 @@ the bundle command takes) and checks, without training anything:
   image paths outside ``dataset_dir``, patients in two splits, class names: every problem of the
   list in one message;
 - the images: **every image exists and decodes** (each file read once, with a progress bar);
-  all missing and all unreadable ones are listed, with their count;
+  all missing and all unreadable ones are listed, with their count; in the same pass, the
+  degenerate ones (a side under ``image_size / 4``, or constant): a warning naming them, a failure
+  with the data list's ``on_degenerate_image='refuse'``;
 - the training positives of every class, the network and the loss (they build); numeric settings
   (``image_size``, ``batch_size``, ``max_epochs``, ``learning_rate``, ...) that cannot work;
 - no last training batch of one image (batch norm cannot train on it);
@@ -21,8 +23,8 @@ the bundle command takes) and checks, without training anything:
 - the output folders: writable.
 
 What stops training fails here, what training only warns about is a warning here (a class
-without a training positive; images that ``on_bad_image='skip'`` will drop; resuming under
-another seed). It prints one line per check (``[ ok ]``, ``[warn]``, ``[FAIL]`` or ``[skip]`` when a
+without a training positive; images that ``on_bad_image='skip'`` will drop; degenerate images;
+resuming under another seed). It prints one line per check (``[ ok ]``, ``[warn]``, ``[FAIL]`` or ``[skip]`` when a
 check needs what failed before), a summary, and exits with status 1 when any check fails.
 """
 
@@ -37,6 +39,8 @@ from types import SimpleNamespace
 NUMERIC_IDS = ("image_size", "batch_size", "max_epochs", "learning_rate", "val_interval", "num_workers", "seed")
 #: most bad images listed by the image check (all of them up to this number).
 MAX_IMAGES_LISTED = 1000
+#: most degenerate images named by the warning of the degenerate-image check.
+MAX_DEGENERATE_NAMED = 5
 
 
 class CheckWarning(Exception):
@@ -130,6 +134,7 @@ CONFIG = "config parses"
 IDS = "training workflow ids present"
 DATALIST = "data list valid (keys, labels, duplicates, paths, patient leakage)"
 IMAGES = "every image exists and decodes"
+DEGENERATE = "no degenerate images (far smaller than the network input, or constant)"
 POSITIVES = "training positives per class"
 PATIENTS = "patients per split (none shared)"
 BUILDS = "network and loss build"
@@ -138,6 +143,15 @@ BATCHES = "no last training batch of one image (batch norm)"
 TESTS = "test sets for the test after training (test_and_deploy)"
 RESUME = "checkpoint to resume from"
 OUTPUTS = "output folders writable"
+
+
+def _image_size(parser) -> int | None:
+    """The config's ``image_size`` (the network input side), ``None`` when it has none that is a number."""
+    try:
+        size = parser.get_parsed_content("image_size") if "image_size" in parser else None
+    except Exception:  # a broken value is the other checks' to report
+        return None
+    return int(size) if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
 def check(config_file="bundle/configs/train.json", **overrides) -> int:
@@ -193,7 +207,8 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
             raise CheckSkipped("needs a data list that can be read")
         dl = state["datalist"]
         total = dl.num_images
-        bad = dl.bad_images()
+        size = getattr(dl, "image_size", None) or _image_size(parser)
+        bad, state["degenerate"] = dl.inspect_images(size)  # one read per image for both checks
         if not bad:
             return f"all {total} images decode"
         if getattr(dl, "on_bad_image", "error") == "skip":
@@ -202,6 +217,24 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
         raise FileNotFoundError(bad_images_message(dl.path, dl.dataset_dir, bad, total, limit=MAX_IMAGES_LISTED))
 
     report.run(IMAGES, images)
+
+    def degenerate():
+        from ..data.datalist import DEGENERATE_REFUSED, DataListError, bad_images_message
+
+        if "degenerate" not in state:
+            raise CheckSkipped("needs the images decoded by the image check")
+        found, dl = state["degenerate"], state["datalist"]
+        if not found:
+            return "none"
+        if getattr(dl, "on_degenerate_image", "warn") == "refuse":
+            raise DataListError(bad_images_message(dl.path, dl.dataset_dir, found, dl.num_images, DEGENERATE_REFUSED,
+                                                   MAX_IMAGES_LISTED))
+        names = ", ".join(f"{path} ({why})" for _, _, path, why in found[:MAX_DEGENERATE_NAMED])
+        more = f" and {len(found) - MAX_DEGENERATE_NAMED} more" if len(found) > MAX_DEGENERATE_NAMED else ""
+        raise CheckWarning(f"{len(found)} image(s) are degenerate and will be trained on and scored "
+                           f"(on_degenerate_image='refuse' in the custom.DataList stops on them): {names}{more}")
+
+    report.run(DEGENERATE, degenerate)
 
     def positives():
         dl = state["datalist"]
