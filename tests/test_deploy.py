@@ -3,6 +3,7 @@ and the MONAI Label and MONAI Deploy sides of the contract."""
 
 import base64
 import importlib.util
+import io
 import json
 import os
 import posixpath
@@ -233,15 +234,25 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
         from custom.serving.pyfunc import encode_array
 
         nan = base64.b64encode(encode_array(np.full((8, 8), np.nan, np.float32))).decode()
+        header = io.BytesIO()  # a .npy header of a 20000 x 20000 array, no pixels: refused from the header
+        np.lib.format.write_array_header_2_0(header, {"descr": "|u1", "fortran_order": False, "shape": (20000, 20000)})
+        huge = base64.b64encode(header.getvalue()).decode()
         for row, expected in (([str(files[0])], "row 0: expected the image's bytes (PNG, JPEG, DICOM or .npy), base64"),
                               ([base64.b64encode(b"not an image").decode()], "row 0: not a readable PNG/JPEG image"),
-                              ([nan], "row 0: the pixel array holds 64 NaN or infinite value(s)")):
+                              ([nan], "row 0: the pixel array holds 64 NaN or infinite value(s)"),
+                              ([huge], "row 0: the .npy array has 400000000 pixels (20000 x 20000), over the limit")):
             with pytest.raises(urllib.error.HTTPError) as err:
                 _post(f"http://127.0.0.1:{port}/invocations",
                       {"dataframe_split": {"columns": ["image"], "data": [rows[0], row]}})
             body = json.loads(err.value.read())
             assert err.value.code == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", body
             assert expected.replace("row 0", "row 1") in body["message"], body["message"][-500:]
+        with pytest.raises(urllib.error.HTTPError) as err:  # over the row limit: refused before decoding
+            _post(f"http://127.0.0.1:{port}/invocations",
+                  {"dataframe_split": {"columns": ["image"], "data": [rows[0]] * 257}})
+        body = json.loads(err.value.read())
+        assert err.value.code == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", body
+        assert "the request has 257 rows, over the limit of 256 rows per request ($NVUM_MAX_ROWS" in body["message"]
     finally:
         try:
             os.killpg(pgid, signal.SIGTERM)

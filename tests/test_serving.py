@@ -189,3 +189,156 @@ def test_the_deployable_configs_take_the_model_contract_of_the_run():
     pred = next(iter(meta["network_data_format"]["outputs"].values()))
     assert pred["channel_def"] == {str(i): c for i, c in enumerate(CHEXPERT8_CLASSES)}
     assert deployable_train_config(CONFIGS, {})["classes"] == common["classes"]
+
+
+def _npy_header_only(shape, dtype=np.uint8) -> bytes:
+    """The header of a ``.npy`` file of ``shape`` with no pixel data after it (the function writes the magic too)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_2_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def test_a_npy_array_over_the_pixel_limit_is_refused_from_its_header_without_allocating():
+    import time
+    import tracemalloc
+
+    from PIL import Image
+
+    from custom.serving.pyfunc import MAX_PIXELS
+
+    assert MAX_PIXELS == Image.MAX_IMAGE_PIXELS == 89478485  # one limit, Pillow's
+    header = _npy_header_only((20000, 20000))
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ValueError) as err:
+            decode_image(base64.b64encode(header).decode(), "row 3")
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(err.value) == ("row 3: the .npy array has 400000000 pixels (20000 x 20000), over the limit of 89478485 "
+                              "pixels per image (refused before decoding: a possible decompression bomb)")
+    assert seconds < 1 and peak < 10 * 2**20  # numpy would have allocated 400 MB before finding the data missing
+    with pytest.raises(ValueError, match=r"row 0: the \.npy array has 100000000 pixels \(10000 x 10000\)"):
+        decode_image(_npy_header_only((3, 10000, 10000), np.float32), "row 0")  # channels do not count, as in Pillow
+    # under the limit, a header without its data is refused as truncated, again before anything is allocated
+    with pytest.raises(ValueError, match=r"row 0: unreadable \.npy data: truncated \(0 bytes of pixels, the header's "
+                                         r"uint8 \(9000, 9000\) needs 81000000\)"):
+        decode_image(_npy_header_only((9000, 9000)), "row 0")
+    with pytest.raises(ValueError, match=r"\(C, H, W\) array .* got <U1 \(3, 3\)"):  # the type from the header too
+        decode_image(encode_array(np.full((3, 3), "a")))
+    assert decode_image(encode_array(np.ones((2, 3), np.uint16))).shape == (1, 2, 3)
+
+
+def test_png_and_dicom_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    import pydicom
+    from PIL import Image
+
+    import custom.serving.pyfunc as pyfunc
+    from test_dicom import write_dicom
+
+    monkeypatch.setattr(pyfunc, "MAX_PIXELS", 255)
+    with pytest.raises(ValueError) as err:
+        decode_image(_png(size=16), "row 1")  # 256 pixels
+    assert str(err.value) == ("row 1: the image has 256 pixels (16 x 16), over the limit of 255 pixels per image "
+                              "(refused before decoding: a possible decompression bomb)")
+    assert decode_image(_png(size=15)).shape == (1, 15, 15)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # over twice Pillow's limit Pillow refuses it while opening
+    with pytest.raises(ValueError, match=r"row 1: the image has 256 pixels, over the limit of 255 pixels per image"):
+        decode_image(_png(size=16), "row 1")
+    monkeypatch.undo()
+
+    write_dicom(tmp_path / "a.dcm", np.full((16, 16), 90))
+    small = (tmp_path / "a.dcm").read_bytes()
+    ds = pydicom.dcmread(tmp_path / "a.dcm")
+    ds.Rows = ds.Columns = 20000  # the header of a 400-megapixel image, with 256 bytes of pixels
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    with pytest.raises(ValueError) as err:
+        decode_image(buf.getvalue(), "row 2")
+    assert str(err.value) == ("row 2: the DICOM image has 400000000 pixels (20000 x 20000), over the limit of 89478485 "
+                              "pixels per image (refused before decoding: a possible decompression bomb)")
+    ds.Rows = ds.Columns = 16
+    ds.NumberOfFrames = 400000  # frames count too
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    with pytest.raises(ValueError, match=r"row 2: the DICOM image has 102400000 pixels \(16 x 16 x 400000 frames\)"):
+        decode_image(buf.getvalue(), "row 2")
+    monkeypatch.setattr(pyfunc, "MAX_PIXELS", 255)
+    with pytest.raises(ValueError, match="row 0: the DICOM image has 256 pixels"):
+        decode_image(small, "row 0")
+    monkeypatch.setattr(pyfunc, "MAX_PIXELS", 256)
+    assert np.allclose(decode_image(small), 90 / 255)
+
+
+def test_an_image_over_the_limit_is_a_bad_row_of_a_bad_request(model):
+    from mlflow.exceptions import MlflowException
+
+    huge = base64.b64encode(_npy_header_only((20000, 20000))).decode()
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, pd.DataFrame({"image": [_png(), huge, "/x.png"]}))
+    assert err.value.get_http_status_code() == 400
+    assert err.value.message.startswith("row 1: the .npy array has 400000000 pixels (20000 x 20000), over the limit")
+    assert "(and 1 more bad row(s): row 2: expected the image's bytes" in err.value.message
+
+
+def test_requests_over_the_row_or_byte_limit_are_refused_before_anything_is_decoded(model, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    import custom.serving.pyfunc as pyfunc
+    from custom.serving.pyfunc import MAX_REQUEST_BYTES, MAX_ROWS, request_limits
+
+    monkeypatch.delenv("NVUM_MAX_ROWS", raising=False)
+    monkeypatch.delenv("NVUM_MAX_REQUEST_BYTES", raising=False)
+    assert (MAX_ROWS, MAX_REQUEST_BYTES) == (256, 256 * 2**20) == request_limits()
+    png = _png()
+    decoded = []
+    real_decode = pyfunc.decode_image
+    monkeypatch.setattr(pyfunc, "decode_image", lambda data, name: decoded.append(name) or real_decode(data, name))
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, pd.DataFrame({"image": [png] * 257}))
+    assert err.value.get_http_status_code() == 400 and err.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert err.value.message == ("the request has 257 rows, over the limit of 256 rows per request ($NVUM_MAX_ROWS on "
+                                 "the server sets it); send the images in several requests")
+    monkeypatch.setenv("NVUM_MAX_ROWS", "3")
+    with pytest.raises(MlflowException, match=r"4 rows, over the limit of 3 rows per request \(\$NVUM_MAX_ROWS"):
+        model.predict(None, pd.DataFrame({"image": [png] * 4}))
+    text = base64.b64encode(png).decode()
+    monkeypatch.setenv("NVUM_MAX_REQUEST_BYTES", str(len(png) + len(text) - 1))
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, pd.DataFrame({"image": [png, text]}))  # bytes and base64 text, each by its length
+    assert err.value.get_http_status_code() == 400
+    assert err.value.message == (f"the request's images take {len(png) + len(text)} bytes encoded, over the limit of "
+                                 f"{len(png) + len(text) - 1} bytes per request ($NVUM_MAX_REQUEST_BYTES on the "
+                                 "server sets it); send the images in several requests")
+    assert decoded == []  # refused before anything was decoded
+    monkeypatch.setenv("NVUM_MAX_REQUEST_BYTES", str(len(png) + len(text)))
+    assert model.predict(None, pd.DataFrame({"image": [png, text]})).shape == (2, 3) and decoded == ["row 0", "row 1"]
+    monkeypatch.setenv("NVUM_MAX_ROWS", "many")
+    with pytest.raises(ValueError, match=r"\$NVUM_MAX_ROWS must be a positive whole number, got 'many'"):
+        model.load_context(None)  # the server stops at start
+
+
+def test_chunked_prediction_gives_the_probabilities_of_one_pass_and_names_bad_rows_of_every_chunk(model, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    import custom.serving.pyfunc as pyfunc
+
+    rows = [_png(value) for value in (0, 40, 90, 160, 250)]
+    one_pass = model.predict(None, pd.DataFrame({"image": rows}))
+    network, events = model.model, []
+    model.model = lambda x: events.append(f"forward {len(x)}") or network(x)
+    real_decode = pyfunc.decode_image
+    monkeypatch.setattr(pyfunc, "decode_image", lambda data, name: events.append(name) or real_decode(data, name))
+    model.chunk_rows = 2
+    chunked = model.predict(None, pd.DataFrame({"image": rows}))
+    # a chunk is decoded, then predicted, before the next one is decoded
+    assert events == ["row 0", "row 1", "forward 2", "row 2", "row 3", "forward 2", "row 4", "forward 1"]
+    assert np.abs(chunked.to_numpy() - one_pass.to_numpy()).max() < 1e-6 and one_pass.to_numpy().std() > 0
+    events.clear()
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, pd.DataFrame({"image": [rows[0], rows[1], rows[2], "/a.png", "/b.png"]}))
+    assert err.value.message.startswith("row 3: expected") and "1 more bad row(s): row 4: expected" in err.value.message
+    assert events == ["row 0", "row 1", "forward 2", "row 2", "row 3", "row 4"]  # after a bad row: only decoded

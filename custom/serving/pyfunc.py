@@ -17,19 +17,32 @@ and the network is the bundle's TorchScript export, so the model predicts what
 
 A request with an input that is not an image is refused as a whole with
 ``MlflowException(..., INVALID_PARAMETER_VALUE)``, which the scoring server answers with HTTP 400
-and a message naming every bad row and its reason.
+and a message naming every bad row and its reason. So is an image of more than :data:`MAX_PIXELS`
+pixels (Pillow's decompression-bomb limit, for every input type), found from the file's header before
+its pixels are decoded or allocated.
+
+Limits of a request, checked before anything is decoded (HTTP 400 naming the limit and the
+variable that sets it): at most :data:`MAX_ROWS` rows (``$NVUM_MAX_ROWS``) and at most
+:data:`MAX_REQUEST_BYTES` bytes of encoded images in all (``$NVUM_MAX_REQUEST_BYTES``; the length
+of the base64 text, or of the bytes). The rows are decoded and predicted :data:`CHUNK_ROWS` at a time,
+so the memory a request takes beyond its own data is bounded by a chunk, and freed heap memory is
+handed back to the system after each request.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import io
+import os
+import re
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from ..data.dicom import is_dicom, read_dicom
 from .loaders import TorchScriptRunner
@@ -37,6 +50,18 @@ from .loaders import TorchScriptRunner
 #: the input column of the pyfunc model.
 IMAGE_COLUMN = "image"
 NPY_MAGIC = b"\x93NUMPY"
+#: the largest image decoded, in pixels (height x width, x frames for DICOM), for PNG/JPEG, ``.npy`` and DICOM
+#: alike: Pillow's decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485, e.g. 9459 x 9459).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+#: the most rows (images) of one request; ``$NVUM_MAX_ROWS`` sets another.
+MAX_ROWS = 256
+#: the most bytes of encoded images (base64 text or bytes, all rows together) of one request;
+#: ``$NVUM_MAX_REQUEST_BYTES`` sets another.
+MAX_REQUEST_BYTES = 256 * 2**20
+#: the environment variables of the request limits.
+MAX_ROWS_ENV, MAX_REQUEST_BYTES_ENV = "NVUM_MAX_ROWS", "NVUM_MAX_REQUEST_BYTES"
+#: rows decoded and predicted at a time (the memory a request takes beyond its own data).
+CHUNK_ROWS = 64
 
 
 def decode_image(data, name: str = "image") -> np.ndarray:
@@ -72,33 +97,85 @@ def decode_image(data, name: str = "image") -> np.ndarray:
     if not isinstance(data, bytes):
         raise TypeError(f"{name}: expected the bytes of a PNG, JPEG, DICOM or .npy file, got {type(data).__name__}")
     if is_dicom(data):
+        _check_dicom_size(data, name)
         return read_dicom(data, name)[0]
     if data.startswith(NPY_MAGIC):
-        try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as e:
-            raise ValueError(f"{name}: unreadable .npy data: {e}") from None
-        if arr.ndim == 2:
-            arr = arr[None]
-        if arr.ndim != 3 or arr.shape[0] not in (1, 3, 4) or arr.dtype.kind not in "uif":
-            raise ValueError(f"{name}: a .npy image must be a numeric (H, W) or (C, H, W) array with C in 1, 3, 4; "
-                             f"got {arr.dtype} {arr.shape}")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).sum())
-            raise ValueError(f"{name}: the pixel array holds {bad} NaN or infinite value(s); pixels must be finite "
-                             "numbers")
-        if min(arr.shape[1:]) < 1:
-            raise ValueError(f"{name}: the pixel array is empty ({arr.shape})")
-        return arr
-    from PIL import Image, UnidentifiedImageError
+        return _load_npy(data, name)
+    from PIL import UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
+            _check_pixels(name, "image", img.height, img.width)  # from the header: nothing decoded yet
             img.load()
             arr = np.array(img)  # a writable copy
+    except Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses while opening
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        count = f"{int(found.group(1))} pixels" if found else "too many pixels"
+        raise ValueError(f"{name}: the image has {count}, over the limit of {MAX_PIXELS} pixels per image "
+                         "(refused before decoding: a possible decompression bomb)") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{name}: not a readable PNG/JPEG image ({e})") from None
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+
+
+def _check_pixels(name: str, what: str, height: int, width: int, frames: int = 1) -> None:
+    """ValueError naming the pixel count and :data:`MAX_PIXELS` when an image is over it."""
+    count = int(height) * int(width) * int(frames)
+    if count > MAX_PIXELS:
+        size = f"{height} x {width}" + (f" x {frames} frames" if frames != 1 else "")
+        raise ValueError(f"{name}: the {what} has {count} pixels ({size}), over the limit of {MAX_PIXELS} pixels "
+                         "per image (refused before decoding: a possible decompression bomb)")
+
+
+def _check_dicom_size(data: bytes, name: str) -> None:
+    """Refuse a DICOM file whose Rows x Columns x NumberOfFrames is over the limit, from its header alone."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception:  # an unreadable header: read_dicom says what is wrong with it
+        return
+    _check_pixels(name, "DICOM image", rows, columns, frames)
+
+
+def _load_npy(data: bytes, name: str) -> np.ndarray:
+    """The array of ``.npy`` bytes; its shape, type and size checked from the header before anything is loaded."""
+    fmt = np.lib.format
+    f = io.BytesIO(data)
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
+    except ValueError as e:
+        raise ValueError(f"{name}: unreadable .npy data: {e}") from None
+    full = shape if len(shape) != 2 else (1, *shape)
+    if len(full) != 3 or full[0] not in (1, 3, 4) or dtype.kind not in "uif":
+        raise ValueError(f"{name}: a .npy image must be a numeric (H, W) or (C, H, W) array with C in 1, 3, 4; "
+                         f"got {dtype} {tuple(shape)}")
+    _check_pixels(name, ".npy array", full[1], full[2])
+    needed = int(np.prod(full)) * dtype.itemsize
+    present = len(data) - f.tell()
+    if present < needed:
+        raise ValueError(f"{name}: unreadable .npy data: truncated ({present} bytes of pixels, the header's "
+                         f"{dtype} {tuple(shape)} needs {needed})")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{name}: unreadable .npy data: {e}") from None
+    arr = arr.reshape(full)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise ValueError(f"{name}: the pixel array holds {bad} NaN or infinite value(s); pixels must be finite "
+                         "numbers")
+    if min(arr.shape[1:]) < 1:
+        raise ValueError(f"{name}: the pixel array is empty ({arr.shape})")
+    return arr
 
 
 def _looks_like_path(text: str) -> bool:
@@ -129,6 +206,47 @@ def _images(model_input) -> list:
                     "column")
 
 
+def request_limits() -> tuple[int, int]:
+    """``(rows, bytes)``: the request limits, :data:`MAX_ROWS` and :data:`MAX_REQUEST_BYTES` unless
+    ``$NVUM_MAX_ROWS`` / ``$NVUM_MAX_REQUEST_BYTES`` set others (positive integers; ValueError naming the
+    variable otherwise)."""
+    limits = []
+    for env, default in ((MAX_ROWS_ENV, MAX_ROWS), (MAX_REQUEST_BYTES_ENV, MAX_REQUEST_BYTES)):
+        text = os.environ.get(env, "").strip()
+        try:
+            value = int(text) if text else default
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(f"${env} must be a positive whole number, got {text!r}")
+        limits.append(value)
+    return limits[0], limits[1]
+
+
+def _encoded_size(data) -> int:
+    if isinstance(data, (str, bytes, bytearray, np.bytes_)):
+        return len(data)
+    if isinstance(data, memoryview):
+        return data.nbytes
+    return 0  # not an image: the decoder names the row
+
+
+def release_memory() -> None:
+    """Hand the heap's free memory back to the system (glibc's ``malloc_trim``; nothing elsewhere)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
     """Pyfunc wrapper of the exported bundle (see the module docstring for input and output).
 
@@ -137,15 +255,18 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
 
     Args:
         batch_size: images per forward pass.
+        chunk_rows: rows decoded and predicted at a time (default :data:`CHUNK_ROWS`).
     """
 
-    def __init__(self, batch_size: int = 64):
+    def __init__(self, batch_size: int = 64, chunk_rows: int = CHUNK_ROWS):
         self.batch_size = int(batch_size)
+        self.chunk_rows = int(chunk_rows)
 
     def load_context(self, context) -> None:
         from monai.bundle import ConfigParser
         from monai.transforms import Compose, LoadImaged
 
+        request_limits()  # a bad $NVUM_MAX_ROWS / $NVUM_MAX_REQUEST_BYTES stops the server at start
         parser = ConfigParser()
         parser.read_config(context.artifacts["inference_config"])
         self.classes = [str(c) for c in parser.get_parsed_content("classes")]
@@ -154,8 +275,8 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         self.postprocess = parser.get_parsed_content("postprocessing")
         self.model = TorchScriptRunner(torch.jit.load(context.artifacts["model"], map_location="cpu")).eval()
 
-    def _tensors(self, model_input) -> list:
-        """The preprocessed images; :class:`MlflowException` (HTTP 400) naming every row that is not an image."""
+    def _images(self, model_input) -> list:
+        """The encoded images of a request within its limits; :class:`MlflowException` (HTTP 400) otherwise."""
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -163,8 +284,22 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
             images = _images(model_input)
         except (TypeError, ValueError) as e:
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
-        tensors, errors = [], []
-        for i, data in enumerate(images):
+        max_rows, max_bytes = request_limits()
+        if len(images) > max_rows:
+            raise MlflowException(f"the request has {len(images)} rows, over the limit of {max_rows} rows per request "
+                                  f"(${MAX_ROWS_ENV} on the server sets it); send the images in several requests",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        total = sum(_encoded_size(data) for data in images)
+        if total > max_bytes:
+            raise MlflowException(f"the request's images take {total} bytes encoded, over the limit of {max_bytes} "
+                                  f"bytes per request (${MAX_REQUEST_BYTES_ENV} on the server sets it); send the "
+                                  "images in several requests", error_code=INVALID_PARAMETER_VALUE)
+        return images
+
+    def _tensors(self, images: list, first: int, errors: list) -> list:
+        """The preprocessed images of rows ``first``, ``first + 1``, ...; the reasons of bad rows go to ``errors``."""
+        tensors = []
+        for i, data in enumerate(images, first):
             try:
                 tensors.append(torch.as_tensor(self.preprocess({IMAGE_COLUMN: decode_image(data,
                                                                                            f"row {i}")})[IMAGE_COLUMN]))
@@ -172,16 +307,9 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
                 errors.append(str(e))
             except Exception as e:  # e.g. an array the preprocessing cannot take
                 errors.append(f"row {i}: {type(e).__name__}: {e}")
-        if errors:
-            more = f" (and {len(errors) - 1} more bad row(s): {'; '.join(errors[1:10])})" if len(errors) > 1 else ""
-            raise MlflowException(f"{errors[0]}{more}", error_code=INVALID_PARAMETER_VALUE)
         return tensors
 
-    @torch.no_grad()
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        # (the DataFrame hint is what MLflow hands over; with it MLflow infers nothing from the hint and,
-        # unlike without one, does not warn on import that the method has no type hints)
-        tensors = self._tensors(model_input)
+    def _probabilities(self, tensors: list) -> list:
         probs = []
         for start in range(0, len(tensors), self.batch_size):
             logits = self.model(torch.stack(tensors[start : start + self.batch_size]).float())
@@ -189,5 +317,28 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
                 raise ValueError(f"the network gives outputs of shape {tuple(logits.shape)} but {len(self.classes)} "
                                  "classes are configured")
             probs += [torch.as_tensor(self.postprocess({"pred": z})["pred"]).float() for z in logits]
+        return probs
+
+    @torch.no_grad()
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        # (the DataFrame hint is what MLflow hands over; with it MLflow infers nothing from the hint and,
+        # unlike without one, does not warn on import that the method has no type hints)
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        images = self._images(model_input)
+        chunk = max(1, int(getattr(self, "chunk_rows", CHUNK_ROWS)))  # (models pickled before chunk_rows: default)
+        probs, errors = [], []
+        try:
+            for start in range(0, len(images), chunk):
+                tensors = self._tensors(images[start : start + chunk], start, errors)
+                if not errors:  # after a bad row the rest is only decoded, to name every bad row
+                    probs += self._probabilities(tensors)
+                del tensors
+        finally:
+            release_memory()
+        if errors:
+            more = f" (and {len(errors) - 1} more bad row(s): {'; '.join(errors[1:10])})" if len(errors) > 1 else ""
+            raise MlflowException(f"{errors[0]}{more}", error_code=INVALID_PARAMETER_VALUE)
         values = torch.stack(probs).numpy() if probs else np.zeros((0, len(self.classes)), np.float32)
         return pd.DataFrame(values.astype(np.float64), columns=self.classes)

@@ -293,6 +293,30 @@ def register(**options):
     register_command(**options)
 
 
+@cli.command(options_from="custom.tools.loadtest:load_test")
+def load_test(**options):
+    """Load-test a model served on this machine: requests per second, p50/p99 latency and errors.
+
+    Sends the requests from concurrent client threads to a loopback address only, and stops after
+    the time limit (bundle/docs/deploy.md).
+
+    Args:
+        url: the scoring endpoint of `mlflow models serve ... -h 127.0.0.1` (a loopback address only).
+        requests: how many requests to send.
+        clients: concurrent clients (threads).
+        images: images per request.
+
+    Example:
+        python -m custom.cli load_test --url http://127.0.0.1:5001/invocations --requests 200 --clients 4 --images 8
+    """
+    from .loadtest import load_test as run
+
+    try:
+        run(**options)
+    except ValueError as e:
+        sys.exit(f"load_test: {e}")
+
+
 @cli.command(options_from="custom.tools.noise_benchmark:noise_benchmark", hidden=("command_line",))
 def noise_benchmark(**options):
     """Train and test NVUM and its baselines on synthetic noisy labels; write the tables and figures (about an hour).
