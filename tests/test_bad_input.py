@@ -202,7 +202,7 @@ def test_preflight_check_command_reports_every_problem_in_one_run(tmp_path):
     images = next(i for i, line in enumerate(lines) if line.startswith(first))
     assert lines[images + 1].strip() == f"{tmp_path / 'img/training_1.png'} (split 'training', row 1): file not found"
     assert lines[images + 2].strip().startswith(f"{tmp_path / 'img/validation_2.png'} (split 'validation', row 2): ")
-    assert lines[-1].startswith("4/9 checks passed; failed: ")
+    assert lines[-1].startswith("4/11 checks passed; failed: ")
 
 
 def _check_and_train(tmp_path, path, **datalist):
