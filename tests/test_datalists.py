@@ -426,6 +426,33 @@ def test_test_lists_join_the_training_list_with_their_own_folders(tmp_path, caps
         real_datalist(train, "")
 
 
+def test_real_datalist_passes_the_datalist_options_to_the_training_and_test_lists(tmp_path):
+    import inspect
+
+    Image.new("L", (8, 8), 100).save(tmp_path / "a.png")
+    Image.new("L", (8, 8), 100).save(tmp_path / "b.png")
+    Image.new("L", (8, 8), 100).save(tmp_path / "c.png")
+    train = _list(tmp_path / "train.json", NIH14_CLASSES, {
+        "training": [_item("a.png", "1"), _item("missing.png", "4")], "validation": [_item("b.png", "2")]})
+    test = _list(tmp_path / "t.json", NIH14_CLASSES, {"test": [_item("c.png", "3"), _item("gone.png", "5")]})
+    tests = {"google": {"path": str(test), "dataset_dir": str(tmp_path)}}
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        real_datalist(train, tmp_path, tests)
+    dl = real_datalist(train, tmp_path, tests, on_bad_image="skip")
+    assert [it["image"] for it in dl.items("training")] == [str(tmp_path / "a.png")]
+    assert [it["image"] for it in dl.items("google")] == [str(tmp_path / "c.png")]  # the test list skips too
+    absolute = _list(tmp_path / "abs.json", NIH14_CLASSES, {"test": [_item(str(tmp_path / "c.png"), "3")]})
+    with pytest.raises(DataListError, match="absolute"):
+        real_datalist(train, tmp_path, {"g": {"path": str(absolute), "dataset_dir": str(tmp_path)}},
+                      on_bad_image="skip")
+    dl = real_datalist(train, tmp_path, {"g": {"path": str(absolute), "dataset_dir": str(tmp_path)}},
+                       on_bad_image="skip", allow_absolute_paths=True)
+    assert dl.test_splits == ["g"]
+    # every DataList option is a named argument (a misspelt --datalist#... setting is then refused)
+    options = set(inspect.signature(DataList).parameters) - {"path", "dataset_dir"}
+    assert options <= set(inspect.signature(real_datalist).parameters)
+
+
 def test_committed_lists_load_and_keep_google_patients_out_of_nih_training():
     nih = DataList(ROOT / "data_lists" / "nih_nih14.json.gz", check_images=False)
     google = DataList(ROOT / "data_lists" / "nih_google_nih14.json.gz", required_splits=("test",), check_images=False)
