@@ -210,6 +210,8 @@ def test_dataset_dir_keeps_only_the_images_found_in_nih_layouts_with_paths_relat
     assert summary["images"] == {"training": 2, "validation": 2, "test": 0, "total": 4}
     printed = capsys.readouterr().out
     assert f"      43  image not found under {root}" in printed and "images:   training 2, validation 2" in printed
+    assert ("(Consolidation)\n  out-of-scheme positives among them: Consolidation 3\n"
+            f"        43  image not found under {root}\n") in printed  # each count under its reason
     loaded = DataList(out, root)  # every path resolves under the folder (check_images on)
     assert loaded.items("validation")[1]["image"] == str(root / "images_002/images/00000044_001.png")
     assert loaded.labels("validation")[1].tolist() == [int(c in {"Infiltration", "Pleural_Thickening"})

@@ -405,12 +405,13 @@ def format_summary(summary: dict, max_terms: int = 15) -> str:
     lines.append(f"rows read: {summary['rows_read']:,}")
     if summary["dropped"]:
         lines.append("dropped:")
-        lines += [f"  {n:>8,}  {reason}" for reason, n in summary["dropped"].items()]
-    if summary["dropped_out_of_scheme_by_class"]:
-        lines.append(
-            "  out-of-scheme positives among them: "
-            + ", ".join(f"{c} {n:,}" for c, n in summary["dropped_out_of_scheme_by_class"].items())
-        )
+        for reason, n in summary["dropped"].items():
+            lines.append(f"  {n:>8,}  {reason}")
+            if reason.startswith("positive for a class outside") and summary["dropped_out_of_scheme_by_class"]:
+                lines.append(
+                    "  out-of-scheme positives among them: "
+                    + ", ".join(f"{c} {n:,}" for c, n in summary["dropped_out_of_scheme_by_class"].items())
+                )
     present = [s for s in SPLITS if summary["images"][s]]
     lines.append(
         "images:   "
