@@ -127,3 +127,10 @@ def test_help_from_the_shell_starts_no_job_and_writes_nothing(tmp_path, argv):
     assert seconds < 60, seconds  # an import of the package, nothing else (2 shared CPU cores)
     assert f"usage: python -m custom.cli {argv[0]}" in out.stdout and "example:" in out.stdout
     assert not cache.exists() and list(work.iterdir()) == []  # no data generated, no results written
+
+
+def test_build_datalist_example_keeps_the_google_patients_out_and_the_images_found(no_fire, capsys):
+    assert cli.main(["build_datalist", "--help"]) == 0
+    example = capsys.readouterr().out.split("\nexample:\n", 1)[1]
+    assert "--dataset nih " in example and "--holdout data_lists/nih_google_nih14.json.gz" in example
+    assert "--dataset_dir /data/nih" in example

@@ -7,6 +7,7 @@ the expected results below were worked out by hand from those rows.
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -176,6 +177,80 @@ def test_cli_command_builds_the_list_and_prints_the_summary(tmp_path, capsys):
     assert len(read_json(out)["test"]) == 18
     with pytest.raises(SystemExit, match="build_datalist: .*can be built for scheme"):
         cli.build_datalist("chexpert", "nih14", str(CHEXPERT), str(tmp_path / "x.json"))
+
+
+def _nih_folder(root, placed):
+    """A fake NIH image folder: file name -> sub-folder ("" for the folder itself)."""
+    for name, sub in placed.items():
+        folder = root / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), 100).save(folder / name)
+    return root
+
+
+def test_dataset_dir_keeps_only_the_images_found_in_nih_layouts_with_paths_relative_to_it(tmp_path, capsys):
+    root = _nih_folder(tmp_path / "nih", {
+        "00000001_000.png": "",  # training, in the folder itself
+        "00000112_001.png": "images",  # training, archives unpacked together
+        "00000003_001.png": "images_001/images",  # validation, one folder per archive
+        "00000044_001.png": "images_002/images",  # validation
+        "00000044_000.png": "images_002/images",  # present but Consolidation: dropped for that, not as not found
+        "not_in_the_table.png": "images_002/images",
+    })
+    _nih_folder(root, {"00000001_000.png": "images_003/images"})  # a second copy: the folder itself comes first
+    out = tmp_path / "lists" / "nih.json"
+    build_datalist("nih", "nih14", NIH, out, split_dir=FIX / "nih_split", dataset_dir=root)
+    dl = read_json(out)
+    assert [it["image"] for it in dl["training"]] == ["00000001_000.png", "images/00000112_001.png"]
+    assert [it["image"] for it in dl["validation"]] == ["images_001/images/00000003_001.png",
+                                                        "images_002/images/00000044_001.png"]
+    summary = json.loads((tmp_path / "lists" / "nih.summary.json").read_text())
+    assert summary["dropped"] == {"positive for a class outside nih14 (Consolidation)": 3,
+                                  f"image not found under {root}": 43}  # 50 rows - 3 Consolidation - 4 found
+    assert summary["images"] == {"training": 2, "validation": 2, "test": 0, "total": 4}
+    printed = capsys.readouterr().out
+    assert f"      43  image not found under {root}" in printed and "images:   training 2, validation 2" in printed
+    assert ("(Consolidation)\n  out-of-scheme positives among them: Consolidation 3\n"
+            f"        43  image not found under {root}\n") in printed  # each count under its reason
+    loaded = DataList(out, root)  # every path resolves under the folder (check_images on)
+    assert loaded.items("validation")[1]["image"] == str(root / "images_002/images/00000044_001.png")
+    assert loaded.labels("validation")[1].tolist() == [int(c in {"Infiltration", "Pleural_Thickening"})
+                                                       for c in NIH14_CLASSES]
+    # the split is the one a full build gives (filtering comes after it): same images, same splits
+    full, _ = quiet_build("nih", "nih14", NIH, seed=0)
+    part, _ = quiet_build("nih", "nih14", NIH, seed=0, dataset_dir=root)
+    for split in ("training", "validation"):
+        assert {Path(it["image"]).name for it in part[split]} == {
+            it["image"] for it in full[split]} & {"00000001_000.png", "00000112_001.png", "00000003_001.png",
+                                                  "00000044_001.png"}
+
+
+def test_dataset_dir_keeps_the_google_relabel_images_found(tmp_path):
+    root = _nih_folder(tmp_path / "nih", {"00000032_002.png": "images_001/images", "00000013_008.png": "",
+                                          "00000119_001.png": ""})  # the last is a 'val' row: not kept anyway
+    dl, summary = build("nih_google", "nih14", GOOGLE, dataset_dir=root)
+    assert [it["image"] for it in dl["test"]] == ["00000013_008.png", "images_001/images/00000032_002.png"]
+    assert summary["dropped"] == {"Set Id is not 'test'": 6, f"image not found under {root}": 16}
+    assert dl["source"]["dataset_dir"] == str(root)
+
+
+def test_dataset_dir_with_no_image_found_stops_naming_the_folder_and_where_it_looked(tmp_path):
+    from custom.tools import cli
+
+    root = _nih_folder(tmp_path / "nih", {"00000099_000.png": "images_001/images"})  # not in the fixture table
+    at = re.escape(str(root))
+    with pytest.raises(BuildError, match=rf"none of the 47 images of the list was found under {at}: looked at "
+                                         rf"{at}/<image>, {at}/images/<image>, {at}/images_NNN/images/<image>"):
+        quiet_build("nih", "nih14", NIH, dataset_dir=root)
+    with pytest.raises(SystemExit, match=f"build_datalist: none of the 18 images of the list was found under {at}"):
+        cli.build_datalist("nih_google", "nih14", str(GOOGLE), str(tmp_path / "g.json"), dataset_dir=str(root))
+    assert not (tmp_path / "g.json").exists()
+    with pytest.raises(FileNotFoundError, match="image folder not found: .*nowhere"):
+        quiet_build("nih", "nih14", NIH, dataset_dir=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"supported for \['nih', 'nih_google'\], not 'chexpert'"):
+        build("chexpert", "chexpert8", CHEXPERT, dataset_dir=root)
+    with pytest.raises(ValueError, match="exclude each other"):
+        build("nih", "nih14", NIH, dataset_dir=root, image_prefix="images/")
 
 
 # ------------------------------------------------------------------ CheXpert
@@ -424,6 +499,33 @@ def test_test_lists_join_the_training_list_with_their_own_folders(tmp_path, caps
         )
     with pytest.raises(ValueError, match="set 'dataset_dir'"):
         real_datalist(train, "")
+
+
+def test_real_datalist_passes_the_datalist_options_to_the_training_and_test_lists(tmp_path):
+    import inspect
+
+    Image.new("L", (8, 8), 100).save(tmp_path / "a.png")
+    Image.new("L", (8, 8), 100).save(tmp_path / "b.png")
+    Image.new("L", (8, 8), 100).save(tmp_path / "c.png")
+    train = _list(tmp_path / "train.json", NIH14_CLASSES, {
+        "training": [_item("a.png", "1"), _item("missing.png", "4")], "validation": [_item("b.png", "2")]})
+    test = _list(tmp_path / "t.json", NIH14_CLASSES, {"test": [_item("c.png", "3"), _item("gone.png", "5")]})
+    tests = {"google": {"path": str(test), "dataset_dir": str(tmp_path)}}
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        real_datalist(train, tmp_path, tests)
+    dl = real_datalist(train, tmp_path, tests, on_bad_image="skip")
+    assert [it["image"] for it in dl.items("training")] == [str(tmp_path / "a.png")]
+    assert [it["image"] for it in dl.items("google")] == [str(tmp_path / "c.png")]  # the test list skips too
+    absolute = _list(tmp_path / "abs.json", NIH14_CLASSES, {"test": [_item(str(tmp_path / "c.png"), "3")]})
+    with pytest.raises(DataListError, match="absolute"):
+        real_datalist(train, tmp_path, {"g": {"path": str(absolute), "dataset_dir": str(tmp_path)}},
+                      on_bad_image="skip")
+    dl = real_datalist(train, tmp_path, {"g": {"path": str(absolute), "dataset_dir": str(tmp_path)}},
+                       on_bad_image="skip", allow_absolute_paths=True)
+    assert dl.test_splits == ["g"]
+    # every DataList option is a named argument (a misspelt --datalist#... setting is then refused)
+    options = set(inspect.signature(DataList).parameters) - {"path", "dataset_dir"}
+    assert options <= set(inspect.signature(real_datalist).parameters)
 
 
 def test_committed_lists_load_and_keep_google_patients_out_of_nih_training():

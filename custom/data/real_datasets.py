@@ -26,6 +26,8 @@ class DataListWithTests:
             which setting enables it). Each list's ``test`` split becomes split ``<name>``; its
             other test splits ``<name>_<split>``.
         check_images: check that every test image exists.
+        datalist_options: other :class:`~custom.data.DataList` options of the test lists opened
+            here (``on_bad_image``, ``allow_absolute_paths``, ``verify_images``).
 
     Raises:
         DataListError: a test list with other classes (or another class order) than the
@@ -33,7 +35,7 @@ class DataListWithTests:
     """
 
     def __init__(self, datalist: DataList, test_lists: Mapping[str, Mapping | DataList] | None = None,
-                 check_images: bool = True):
+                 check_images: bool = True, datalist_options: Mapping | None = None):
         self._base = datalist
         self._extra: dict[str, tuple[DataList, str]] = {}
         training_patients = self._patients(datalist, "training") if "training" in datalist.splits else set()
@@ -46,7 +48,8 @@ class DataListWithTests:
                     print(f"test list '{name}' skipped: set its data list and image folder to evaluate on it",
                           flush=True)
                     continue
-                test = DataList(path, folder, required_splits=(), check_images=check_images)
+                test = DataList(path, folder, required_splits=(), check_images=check_images,
+                                **(datalist_options or {}))
             if list(test.classes) != list(datalist.classes):
                 raise DataListError(f"test list '{name}' ({test.path}) has classes {test.classes}, the training list "
                                     f"{datalist.path} has {datalist.classes}: build both with the same --scheme")
@@ -162,18 +165,33 @@ class DataListWithTests:
             raise FileNotFoundError(bad_images_message(self.path, self._base.dataset_dir, bad, self.num_images))
 
 
-def real_datalist(path, dataset_dir, test_lists: Mapping[str, Mapping] | None = None,
-                  check_images: bool = True) -> DataListWithTests:
+def real_datalist(path, dataset_dir, test_lists: Mapping[str, Mapping] | None = None, check_images: bool = True,
+                  verify_images: bool = False, on_bad_image: str = "error", allow_absolute_paths: bool = False,
+                  required_splits=("training", "validation"), on_degenerate_image: str = "warn",
+                  image_size: int | None = None) -> DataListWithTests:
     """The data list of a real dataset with its test lists, as the dataset overlays build it.
+
+    Takes every :class:`~custom.data.DataList` option (named here, so that a misspelt setting is
+    refused), e.g. ``--datalist#on_bad_image skip`` with a dataset overlay.
 
     Args:
         path: the training data list.
         dataset_dir: the folder holding its images; required (the lists hold relative paths).
         test_lists: see :class:`DataListWithTests`.
         check_images: check that every image exists before training starts.
+        verify_images: decode every image once before training (training list and test lists).
+        on_bad_image: ``"error"`` or ``"skip"`` (drop missing or unreadable images, logged), for the
+            training list and every test list.
+        allow_absolute_paths: accept absolute image paths (training list and test lists).
+        required_splits: the splits the training list must have.
+        on_degenerate_image, image_size: ``"warn"`` or ``"refuse"`` images far smaller than ``image_size`` or
+            constant (training list and test lists; see :class:`~custom.data.DataList`).
     """
     if dataset_dir in (None, ""):
         raise ValueError(f"set 'dataset_dir' to the folder holding the images of {path} "
                          "(e.g. --dataset_dir /data/nih/images); the data list holds paths relative to it")
-    return DataListWithTests(DataList(path, dataset_dir, check_images=check_images), test_lists,
-                             check_images=check_images)
+    options = {"verify_images": verify_images, "on_bad_image": on_bad_image,
+               "allow_absolute_paths": allow_absolute_paths, "on_degenerate_image": on_degenerate_image,
+               "image_size": image_size}
+    return DataListWithTests(DataList(path, dataset_dir, required_splits=required_splits, check_images=check_images,
+                                      **options), test_lists, check_images=check_images, datalist_options=options)

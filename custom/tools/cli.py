@@ -76,7 +76,8 @@ def build_datalist(dataset: str, scheme: str, metadata: str, output: str, strict
                    split_dir: str | None = None, seed: int | None = None, val_fraction: float | None = None,
                    holdout: str | None = None, match: str | None = None, uncertain: str | None = None,
                    views: str | None = None, tsne_views: str | None = None, dicom_views: str | None = None,
-                   image_dirs: bool | None = None, image_prefix: str | None = None, set_id: str | None = None):
+                   image_dirs: bool | None = None, image_prefix: str | None = None, set_id: str | None = None,
+                   dataset_dir: str | None = None):
     """Build a data list of a real dataset (NIH, CheXpert, OpenI, PadChest, Google NIH relabel) from its metadata.
 
     Prints a summary and saves it beside the list (bundle/docs/real_datasets.md). Options left
@@ -101,16 +102,20 @@ def build_datalist(dataset: str, scheme: str, metadata: str, output: str, strict
         image_dirs: PadChest: image paths <ImageDir>/<ImageID>.
         image_prefix: prefix of every image path.
         set_id: Google relabel: the Set Id to keep (default test).
+        dataset_dir: NIH and Google relabel: keep only the images found under this folder (there, in
+            images/ or in NIH's images_001/images/ ... images_012/images/), with paths relative to it:
+            train with the same --dataset_dir. Prints how many were not found; stops when none is.
 
     Example:
-        python -m custom.cli build_datalist --dataset nih --scheme nih14 --metadata /data/nih/Data_Entry_2017_v2020.csv
-            --split_dir /data/nih --output data_lists/nih_nih14.json.gz
+        python -m custom.cli build_datalist --dataset nih --scheme nih14 \\
+            --metadata /data/nih/Data_Entry_2017_v2020.csv --holdout data_lists/nih_google_nih14.json.gz \\
+            --dataset_dir /data/nih --output lists/nih_nih14.json.gz
     """
     from .datalists import BuildError, build_datalist as build
 
     options = _given(split_dir=split_dir, seed=seed, val_fraction=val_fraction, holdout=holdout, match=match,
                      uncertain=uncertain, views=views, tsne_views=tsne_views, dicom_views=dicom_views,
-                     image_dirs=image_dirs, image_prefix=image_prefix, set_id=set_id)
+                     image_dirs=image_dirs, image_prefix=image_prefix, set_id=set_id, dataset_dir=dataset_dir)
     try:
         build(dataset, scheme, metadata, output, strict=strict, quiet=quiet, **options)
     except (BuildError, ValueError, FileNotFoundError) as e:

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from . import harmonise
-from .core import (BuildError, Dropped, apply_scheme, assemble, format_summary, holdout_patients, patient_split,
-                   positives_from_columns, positives_from_terms, read_table, summary_path, write_json)
+from .core import (BuildError, Dropped, apply_scheme, assemble, format_summary, holdout_patients, keep_found,
+                   patient_split, positives_from_columns, positives_from_terms, read_table, summary_path, write_json)
 from .openi import build_openi
 from .padchest import build_padchest
 
@@ -30,6 +30,12 @@ DATASET_SCHEMES = {
     "nih_google": ("nih14", "chexpert8"),
 }
 NIH_SPLIT_FILES = ("train_val_list.txt", "test_list.txt")
+#: where NIH images are looked for under ``dataset_dir``: the folder itself, ``images/`` (the twelve
+#: ``images_NNN.tar.gz`` archives unpacked in one place) and ``images_001/images/`` ... ``images_012/images/``
+#: (each archive in its own folder).
+NIH_LAYOUTS = ("", "images", "images_[0-9][0-9][0-9]/images")
+#: the builders that can keep only the images found under ``dataset_dir``, and where they look.
+IMAGE_LAYOUTS = {"nih": NIH_LAYOUTS, "nih_google": NIH_LAYOUTS}
 #: share of the NIH images in the official test list (25,596 of 112,120): the fallback split's validation share.
 NIH_TEST_SHARE = 0.228
 
@@ -67,14 +73,16 @@ def nih_official_lists(metadata, split_dir=None) -> tuple[Path, Path] | None:
 
 
 def build_nih(metadata, scheme: str = "nih14", split_dir=None, seed: int = 0, val_fraction: float = NIH_TEST_SHARE,
-              holdout=None, image_prefix: str = "", **_) -> tuple[dict, dict]:
+              holdout=None, image_prefix: str = "", dataset_dir=None, **_) -> tuple[dict, dict]:
     """NIH ChestX-ray14 (``Data_Entry_2017_v2020.csv``): 13 diseases + No Finding.
 
     Images labelled Consolidation are dropped (the class is not in ``nih14``). Split: the official
     ``train_val_list.txt`` -> training and ``test_list.txt`` -> validation (the paper's noisy
     validation set); without them a seeded patient-wise split with ``val_fraction`` of the images
     in validation (default: the official test list's share); patients of the ``holdout`` data
-    lists go to validation first.
+    lists go to validation first. ``dataset_dir``: keep only the images found under that folder
+    (:data:`NIH_LAYOUTS`), after the split (an image lands in the split a full build gives it), with
+    paths relative to it.
     """
     frame = read_table(metadata, ["Image Index", "Finding Labels", "Patient ID"], usecols=())
     rows_read = len(frame)
@@ -131,6 +139,9 @@ def build_nih(metadata, scheme: str = "nih14", split_dir=None, seed: int = 0, va
     positives, unmapped = positives_from_terms(data["terms"], "nih")
     labelled = apply_scheme(data, positives, "nih", scheme, dropped)
     info = {"metadata": Path(metadata).name, "split_method": method, "seed": seed if official is None else None}
+    if dataset_dir not in (None, ""):
+        labelled = keep_found(labelled, dataset_dir, dropped, NIH_LAYOUTS)
+        info["dataset_dir"] = str(dataset_dir)
     return assemble(labelled, dataset="nih", scheme=scheme, match=None, info=info, dropped=dropped,
                     rows_read=rows_read, unmapped=unmapped)
 
@@ -190,12 +201,14 @@ GOOGLE_COLUMNS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mas
 
 
 def build_nih_google(
-    metadata, scheme: str = "nih14", set_id: str = "test", image_prefix: str = "", **_
+    metadata, scheme: str = "nih14", set_id: str = "test", image_prefix: str = "", dataset_dir=None, **_
 ) -> tuple[dict, dict]:
     """Google's radiologist relabel of NIH images (``google2019_nih-chest-xray-labels.csv``), the
     ``Set Id == "test"`` rows: YES -> 1; "Nodule or mass" -> Mass and Nodule; Pneumothorax and
     Fracture as given. A clean test set with partial labels: no image is dropped, and the scheme
     classes the relabel does not cover are 0 (listed in ``source.labelled_classes``).
+    ``dataset_dir``: keep only the images found under that folder (NIH's layouts,
+    :data:`NIH_LAYOUTS`), with paths relative to it.
     """
     frame = read_table(metadata, ["Image Index", "Patient ID", "Set Id", *GOOGLE_COLUMNS], usecols=())
     rows_read = len(frame)
@@ -219,6 +232,9 @@ def build_nih_google(
         data, positives, "google", scheme, dropped, drop_out_of_scheme=False, require_positive=False
     )
     info = {"metadata": Path(metadata).name, "split_method": f"all rows with Set Id '{set_id}' -> test"}
+    if dataset_dir not in (None, ""):
+        labelled = keep_found(labelled, dataset_dir, dropped, NIH_LAYOUTS)
+        info["dataset_dir"] = str(dataset_dir)
     return assemble(labelled, dataset="nih_google", scheme=scheme, match=None, info=info, dropped=dropped,
                     rows_read=rows_read, unmapped=unmapped, labelled_classes=labelled_classes)
 
@@ -241,6 +257,13 @@ def build(dataset: str, scheme: str, metadata, **options) -> tuple[dict, dict]:
         raise ValueError(
             f"dataset {dataset!r} can be built for scheme(s) {list(DATASET_SCHEMES[dataset])}, not {scheme!r}"
         )
+    if options.get("dataset_dir") not in (None, ""):
+        if dataset not in IMAGE_LAYOUTS:
+            raise ValueError(f"dataset_dir (keep only the images found there) is supported for "
+                             f"{sorted(IMAGE_LAYOUTS)}, not {dataset!r}")
+        if options.get("image_prefix"):
+            raise ValueError("dataset_dir and image_prefix exclude each other: with dataset_dir the image paths are "
+                             "those found, relative to it")
     match = options.get("match", "paper")
     if match not in harmonise.MATCH_MODES:
         raise ValueError(f"unknown match mode {match!r}; expected one of {harmonise.MATCH_MODES}")
@@ -263,7 +286,8 @@ def build_datalist(
         **options: dataset options: ``split_dir``, ``seed``, ``val_fraction``, ``holdout`` (data
             lists whose patients stay out of training), ``match`` (``paper``/``exact``),
             ``uncertain`` (``zeros``/``ones``), ``views``, ``tsne_views``, ``dicom_views``,
-            ``image_dirs``, ``image_prefix``, ``set_id``.
+            ``image_dirs``, ``image_prefix``, ``set_id``, ``dataset_dir`` (NIH and Google relabel:
+            keep only the images found under that folder, paths relative to it).
 
     Returns:
         the path of the written data list.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,59 @@ def apply_scheme(frame: pd.DataFrame, positives: pd.DataFrame, source: str, sche
     return Labelled(frame=frame, classes=classes, out_of_scheme=out_counts)
 
 
+def find_images(images: pd.Series, dataset_dir, layouts: Sequence[str] = ("",)) -> pd.Series:
+    """Where each image is under ``dataset_dir``: its path relative to that folder, or ``None``.
+
+    Args:
+        images: image paths (relative, as the data list would hold them).
+        dataset_dir: the folder to look in.
+        layouts: sub-folders to look in, in order, as glob patterns relative to ``dataset_dir``
+            (``""``: the folder itself); the first one holding the image wins.
+    """
+    root = Path(dataset_dir)
+    found = pd.Series(None, index=images.index, dtype=object)
+    for layout in layouts:
+        folders = [root] if layout in ("", ".") else sorted(p for p in root.glob(layout) if p.is_dir())
+        for folder in folders:
+            todo = found.isna().to_numpy()
+            if not todo.any():
+                return found
+            names = images[todo]
+            if names.str.contains("/", regex=False).any():
+                hit = names.map(lambda n, f=folder: (f / n).is_file()).to_numpy(dtype=bool)
+            else:  # bare file names: one listing of the folder instead of a stat per image
+                with os.scandir(folder) as entries:
+                    present = {e.name for e in entries if e.is_file()}
+                hit = names.isin(present).to_numpy()
+            rel = folder.relative_to(root).as_posix()
+            found[names.index[hit]] = names[hit] if rel == "." else rel + "/" + names[hit]
+    return found
+
+
+def keep_found(labelled: Labelled, dataset_dir, dropped: Dropped, layouts: Sequence[str] = ("",)) -> Labelled:
+    """The rows whose image is under ``dataset_dir`` (see :func:`find_images`), with the image path
+    relative to that folder; the others are counted as not found.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` is not a folder.
+        BuildError: no image of the list is there (naming the folder and where it looked).
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root} (--dataset_dir: the folder holding the images)")
+    frame = labelled.frame
+    found = find_images(frame["image"], root, layouts)
+    present = found.notna().to_numpy()
+    if len(frame) and not present.any():
+        where = ", ".join(f"{root / layout.replace('[0-9]', 'N')}/<image>" if layout else f"{root}/<image>"
+                          for layout in layouts)
+        raise BuildError(f"none of the {len(frame):,} images of the list was found under {root}: looked at {where} "
+                         f"(e.g. {frame['image'].iloc[0]}); set --dataset_dir to the folder holding the images")
+    frame = dropped.keep(frame, present, f"image not found under {root}").copy()
+    frame["image"] = found[present].to_numpy()
+    return Labelled(frame=frame, classes=labelled.classes, out_of_scheme=labelled.out_of_scheme)
+
+
 def other_match(labelled: Labelled, match: str) -> dict:
     """Images and positives per class the other match mode gives (printed beside the build's)."""
     matrix = np.asarray(labelled.frame["label"].tolist(), dtype=np.int64).reshape(
@@ -351,12 +405,13 @@ def format_summary(summary: dict, max_terms: int = 15) -> str:
     lines.append(f"rows read: {summary['rows_read']:,}")
     if summary["dropped"]:
         lines.append("dropped:")
-        lines += [f"  {n:>8,}  {reason}" for reason, n in summary["dropped"].items()]
-    if summary["dropped_out_of_scheme_by_class"]:
-        lines.append(
-            "  out-of-scheme positives among them: "
-            + ", ".join(f"{c} {n:,}" for c, n in summary["dropped_out_of_scheme_by_class"].items())
-        )
+        for reason, n in summary["dropped"].items():
+            lines.append(f"  {n:>8,}  {reason}")
+            if reason.startswith("positive for a class outside") and summary["dropped_out_of_scheme_by_class"]:
+                lines.append(
+                    "  out-of-scheme positives among them: "
+                    + ", ".join(f"{c} {n:,}" for c, n in summary["dropped_out_of_scheme_by_class"].items())
+                )
     present = [s for s in SPLITS if summary["images"][s]]
     lines.append(
         "images:   "
