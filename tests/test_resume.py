@@ -231,3 +231,26 @@ def test_best_model_file_survives_a_better_epoch(tmp_path):
     engine.run([0], max_epochs=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     assert float(torch.load(tmp_path / "model.pt", weights_only=True)["weight"][0, 0]) == 2.0  # epoch 2 was best
+
+
+def test_a_failing_run_still_lists_the_files_it_wrote(tmp_path, capsys):
+    """Training that fails in epoch 2 (here a NaN loss) ends with the list of what it wrote: the epoch-1 checkpoint."""
+    from custom.training.engine import NonFiniteLossError
+
+    net = torch.nn.Linear(3, 2)
+    calls = []
+
+    def loss(logits, labels, index):
+        calls.append(1)
+        value = logits.sum() * (float("nan") if len(calls) > 2 else 1.0)
+        return {"loss": value, "bce": value.detach(), "reg": value.detach() * 0}
+
+    batches = [{"image": torch.randn(2, 3), "label": torch.zeros(2, 2), "index": torch.arange(2)}] * 2
+    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1)
+    trainer = NVUMTrainer(device=torch.device("cpu"), max_epochs=3, train_data_loader=batches, network=net,
+                          optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=loss, decollate=False,
+                          train_handlers=[saver])
+    with pytest.raises(NonFiniteLossError):
+        trainer.run()
+    out = capsys.readouterr().out
+    assert "written:" in out and str((tmp_path / "checkpoint_epoch=1.pt").resolve()) in out
