@@ -30,8 +30,8 @@ models and their measurement), :mod:`.anatomy` and :mod:`.patterns` (what is dra
 committed label statistics from the public metadata).
 """
 
-from .dataset import (DEFAULT_PARAMS, GENERATOR_VERSION, NOISY_SPLITS, SPLITS, _generate, default_cache_dir,
-                      ensure_synthetic, generate_synthetic)
+from .dataset import (DEFAULT_PARAMS, GENERATOR_VERSION, NOISY_SPLITS, SPLITS, default_cache_dir,
+                      ensure_synthetic, generate_synthetic, synthetic_datalist)
 from .labels import (CLASSES, DISEASE_IDX, DISEASES, NF_IDX, NUM_CLASSES, STATS_FILE, combo_table, fit_combo_weights,
                      load_label_stats, sample_clean_labels, shifted_combo_weights)
 from .noise import (BOMD_DEFAULTS, REPORT_FP_BASE, REPORT_FP_CAP, REPORT_MISS_RATE, REPORT_NF_FLIP, REPORT_PAIR_SWAP,
@@ -39,14 +39,3 @@ from .noise import (BOMD_DEFAULTS, REPORT_FP_BASE, REPORT_FP_CAP, REPORT_MISS_RA
                     split_noise_specs)
 from .patterns import PATTERN_FUNCTIONS, PATTERNS
 from .render import STYLES, render_images
-
-
-def synthetic_datalist(root=None, **params):
-    """The built-in synthetic chest X-ray data list, generated on first use (:func:`ensure_synthetic`).
-
-    Returns:
-        a :class:`custom.data.datalist.DataList` of the generated set.
-    """
-    from ...data.datalist import DataList
-
-    return DataList(ensure_synthetic(root, **params))

@@ -270,3 +270,14 @@ def _check_existing(path, canonical):
         detail = ", ".join(f"{k}: found {a!r}, requested {b!r}" for k, (a, b) in differ.items())
         raise ValueError(f"{path} was generated with other parameters ({detail}); "
                          "remove the folder or choose another root")
+
+
+def synthetic_datalist(root=None, **params):
+    """The built-in synthetic chest X-ray data list, generated on first use (:func:`ensure_synthetic`).
+
+    Returns:
+        a :class:`custom.data.datalist.DataList` of the generated set.
+    """
+    from ..datalist import DataList
+
+    return DataList(ensure_synthetic(root, **params))
