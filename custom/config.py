@@ -168,52 +168,6 @@ def check_bundle_command(argv=None) -> None:
     from monai.bundle import ConfigParser
 
     check_overrides(resolve_includes(ConfigParser.load_config_files(files), Path.cwd()), list(values))
+    from .flags import check_settings
+
     check_settings(values)
-
-
-#: settings that must be numbers, and what they must be.
-NUMERIC_SETTINGS = {
-    "image_size": ("a positive integer", lambda v: isinstance(v, int) and v > 0),
-    "batch_size": ("a positive integer", lambda v: isinstance(v, int) and v > 0),
-    "max_epochs": ("a positive integer", lambda v: isinstance(v, int) and v > 0),
-    "val_interval": ("a positive integer", lambda v: isinstance(v, int) and v > 0),
-    "num_workers": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
-    "seed": ("an integer", lambda v: isinstance(v, int)),
-    "learning_rate": ("a positive finite number",
-                      lambda v: isinstance(v, (int, float)) and 0 < float(v) < float("inf")),
-}
-
-
-class InvalidSettingError(ValueError):
-    """A setting whose value cannot work (``--image_size 0``, ``--learning_rate nan``); names the setting."""
-
-
-def _value(text):
-    """A command-line value as the bundle command reads it (numbers, lists, ...; anything else stays text)."""
-    import ast
-
-    if not isinstance(text, str):
-        return text
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def check_settings(values: dict) -> None:
-    """Refuse settings of :data:`NUMERIC_SETTINGS` with values that cannot work, naming every one.
-
-    ``values`` maps ids to values (as given on a command line, or as the config parsed them); an
-    expression (``$...``) or reference (``@...``) is not checked. ``bool`` is not an integer here.
-    """
-    bad = []
-    for key, raw in values.items():
-        rule = NUMERIC_SETTINGS.get(str(key))
-        value = _value(raw)
-        if rule is None or (isinstance(value, str) and value.startswith(("$", "@", "%"))):
-            continue
-        what, ok = rule
-        if isinstance(value, bool) or not ok(value):
-            bad.append(f"{key} must be {what}, got {raw!r}")
-    if bad:
-        raise InvalidSettingError("invalid setting" + ("s" if len(bad) > 1 else "") + ": " + "; ".join(bad))

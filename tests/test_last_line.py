@@ -173,7 +173,8 @@ def test_setups_that_would_fail_after_the_work_stop_before_it(tmp_path):
 
 
 def test_invalid_numbers_on_the_command_line_are_named():
-    from custom.config import InvalidSettingError, check_bundle_command, check_settings
+    from custom.config import check_bundle_command
+    from custom.flags import InvalidSettingError, check_settings
 
     with pytest.raises(InvalidSettingError, match="learning_rate must be a positive finite number, got 'nan'"):
         check_bundle_command(["run", "training", "--config_file", str(CONFIGS / "train.json"),

@@ -38,7 +38,7 @@ class ChestXrayToTensor(Transform):
     """
 
     def __init__(self, size: int):
-        from ..config import check_settings
+        from ..flags import check_settings
 
         check_settings({"image_size": size})  # the config's image_size: a bad one is named before any image
         self.size = int(size)

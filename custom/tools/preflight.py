@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-#: the numeric settings checked when the config is parsed (see custom.config.NUMERIC_SETTINGS).
+#: the numeric settings checked when the config is parsed (see custom.flags.NUMERIC_SETTINGS).
 NUMERIC_IDS = ("image_size", "batch_size", "max_epochs", "learning_rate", "val_interval", "num_workers", "seed")
 #: most bad images listed by the image check (all of them up to this number).
 MAX_IMAGES_LISTED = 1000
@@ -164,7 +164,7 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
     state: dict = {}
 
     def parse():
-        from ..config import check_settings
+        from ..flags import check_settings
 
         state["parser"] = _parser(config_file, overrides)
         check_settings({k: state["parser"].get(k) for k in NUMERIC_IDS if k in state["parser"]})

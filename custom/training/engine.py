@@ -108,7 +108,7 @@ class NVUMTrainer(SupervisedTrainer):
     def _check_setup(self) -> None:
         """Refuse, before any work, what would fail mid-run: invalid epochs or learning rate, a last batch of
         one image under batch norm."""
-        from ..config import check_settings
+        from ..flags import check_settings
 
         check_settings({"max_epochs": self.state.max_epochs})
         for group in getattr(self.optimizer, "param_groups", []):
