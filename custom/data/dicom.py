@@ -15,11 +15,24 @@ them into the grey levels of the image as displayed, the same quantity a PNG exp
 
 The output for a file whose pixels equal those of an 8-bit PNG is that PNG's ``pixels / 255``, so
 the network sees the same input (the bundle's ``ChestXrayToTensord`` takes floats in [0, 1] as they are).
+
+The input guard (:func:`guard_reason`, :func:`guard_file`) refuses, from the header alone, DICOM files
+that are not frontal chest radiographs, the only images the model was trained on:
+
+- ``Modality`` must be ``CR``, ``DX`` or ``RG`` (computed, digital, or digitised film radiography);
+  a missing Modality is refused too (it is a required attribute);
+- ``BodyPartExamined``, when present and not empty, must name the chest: ``CHEST``, ``THORAX``,
+  ``TORAX`` (Spanish, as in PadChest), ``LUNG`` or ``LUNGS``, in any case, spaces and underscores ignored;
+- ``ViewPosition`` must not be lateral: ``LL``, ``RL``, ``LAT``, or any value containing ``LATERAL``
+  (PA, AP, decubitus views and a missing ViewPosition pass).
+
+``$NVUM_DICOM_GUARD`` set to ``0``/``false``/``no``/``off`` turns the guard off (:func:`dicom_guard_enabled`).
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +43,16 @@ from monai.utils import ensure_tuple
 DICOM_SUFFIXES = (".dcm", ".dicom")
 #: the DICOM file marker: "DICM" after a 128-byte preamble.
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
+
+
+#: Modality values of a projection radiograph: computed (CR), digital (DX), digitised film (RG).
+ALLOWED_MODALITIES = ("CR", "DX", "RG")
+#: BodyPartExamined values taken as chest (upper case, spaces and underscores removed before comparing).
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "TORAX", "LUNG", "LUNGS")
+#: ViewPosition values of a lateral view (and any value containing "LATERAL").
+LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL")
+#: the environment variable that turns the DICOM input guard off (``0``, ``false``, ``no``, ``off``).
+DICOM_GUARD_ENV = "NVUM_DICOM_GUARD"
 
 
 class DicomReadError(ValueError):
@@ -48,6 +71,63 @@ def is_dicom(source) -> bool:
             return f.read(4) == DICOM_MAGIC
     except OSError:
         return path.suffix.lower() in DICOM_SUFFIXES
+
+
+def dicom_guard_enabled() -> bool:
+    """Whether the DICOM input guard is on: yes unless ``$NVUM_DICOM_GUARD`` is ``0``, ``false``, ``no`` or
+    ``off`` (any case).
+
+    Raises:
+        ValueError: another value, naming the variable.
+    """
+    text = os.environ.get(DICOM_GUARD_ENV, "").strip().lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"${DICOM_GUARD_ENV} must be 1 (guard DICOM inputs, the default) or 0 (let every DICOM "
+                     f"image through), got {text!r}")
+
+
+def _text(ds, keyword: str) -> str:
+    value = ds.get(keyword, None)
+    return "" if value is None else str(value).strip()
+
+
+def guard_reason(ds) -> str | None:
+    """Why a DICOM dataset is not a frontal chest radiograph (``None`` when it may be one), from its header.
+
+    The rules are the module docstring's: Modality CR, DX or RG; BodyPartExamined absent or chest;
+    ViewPosition not lateral. Several broken rules are joined with ``"; "``.
+    """
+    reasons = []
+    modality = _text(ds, "Modality").upper()
+    expected = ", ".join(ALLOWED_MODALITIES[:-1]) + " or " + ALLOWED_MODALITIES[-1]
+    if modality not in ALLOWED_MODALITIES:
+        reasons.append(f"not a chest radiograph: Modality {modality or 'missing'} (expected {expected})")
+    body_part = _text(ds, "BodyPartExamined")
+    if body_part and body_part.upper().replace(" ", "").replace("_", "") not in CHEST_BODY_PARTS:
+        reasons.append(f"not a chest radiograph: BodyPartExamined {body_part} (expected CHEST or THORAX)")
+    view = _text(ds, "ViewPosition")
+    if view.upper() in LATERAL_VIEWS or "LATERAL" in view.upper():
+        reasons.append(f"not a frontal chest radiograph: ViewPosition {view} is a lateral view (the model was "
+                       "trained on frontal PA/AP views)")
+    return "; ".join(reasons) or None
+
+
+def guard_file(source) -> str | None:
+    """:func:`guard_reason` of a DICOM file (a path, or the bytes of a file), reading its header only
+    (``stop_before_pixels``). ``None`` when the header cannot be read: :func:`read_dicom` then says why."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else str(source),
+            stop_before_pixels=True,
+        )
+    except Exception:  # an unreadable header is read_dicom's to explain
+        return None
+    return guard_reason(ds)
 
 
 def _decoder_problem(ds, name: str) -> str | None:

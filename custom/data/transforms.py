@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -258,8 +259,11 @@ def inspect_image(path, image_size: int | None = None) -> tuple[str | None, str 
     """
     from PIL import Image, UnidentifiedImageError
 
-    from .dicom import DicomReadError, is_dicom, read_dicom
+    from .dicom import DICOM_SUFFIXES, DicomReadError, is_dicom, read_dicom
 
+    if str(path).lower().endswith(DICOM_SUFFIXES) and os.path.isfile(path) and not is_dicom(path):
+        return (f"not a DICOM file (named {os.path.splitext(str(path))[1]} but without the DICOM marker 'DICM' "
+                "at byte 128)"), None
     if is_dicom(path):
         try:
             array, _ = read_dicom(path)
