@@ -12,6 +12,10 @@ The model is the bundle's TorchScript export (``models/model.ts``, with ``metada
 inferer and postprocessing from it. Each image is loaded as ``inference.json`` loads it, and the
 results are written to ``<output folder>/probabilities.json`` as
 ``{image file name: {class name: probability}}``.
+
+DICOM files whose header says they are not frontal chest radiographs (Modality not CR/DX/RG,
+BodyPartExamined not chest, a lateral ViewPosition) are left out with a log line naming the file and
+the reason (``deploy_io.select_images``); ``NVUM_DICOM_GUARD=0`` keeps them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from monai.deploy.core.io_type import IOType
 from monai.deploy.operators.monai_bundle_inference_operator import (BundleConfigNames, IOMapping,
                                                                     MonaiBundleInferenceOperator)
 
-from .deploy_io import format_probabilities, list_images, load_image, write_results
+from .deploy_io import format_probabilities, list_images, load_image, select_images, write_results
 
 
 class ImageLoaderOperator(Operator):
@@ -99,7 +103,12 @@ class NVUMChestXrayApp(Application):
     def compose(self):
         # input, output and model paths from -i/-o/-m, else the HOLOSCAN_* variables (AppContext({}) reads only these)
         app_context = Application.init_app_context(self.argv)
-        files = list_images(app_context.input_path)
+        files, refused = select_images(list_images(app_context.input_path))
+        for path, reason in refused:
+            logging.warning(f"{path}: left out, {reason} (NVUM_DICOM_GUARD=0 keeps it)")
+        if not files:
+            raise ValueError(f"no image left to infer on under {app_context.input_path}: every DICOM file was "
+                             f"refused, e.g. {refused[0][0]}: {refused[0][1]}")
         loader = ImageLoaderOperator(self, CountCondition(self, len(files)), files=files, name="image_loader")
         infer = MultiLabelBundleInferenceOperator(
             self,

@@ -4,6 +4,11 @@
   as the bundle's ``inference.json`` does (MONAI ``LoadImage`` with ``PILReader`` or the bundle's
   DICOM reader, no axis swap, channel first, the file's own dtype), because the SDK's bundle
   operator drops the config's ``LoadImaged``.
+- :func:`select_images`: the series selection. A DICOM file whose header says it is not a frontal chest
+  radiograph (Modality not CR/DX/RG, BodyPartExamined not chest, a lateral ViewPosition:
+  ``custom.data.dicom.guard_reason``, read with ``stop_before_pixels``) is left out with its reason, as the
+  SDK's ``DICOMSeriesSelectorOperator`` leaves out the series its rules on Modality and BodyPartExamined do
+  not match; ``$NVUM_DICOM_GUARD=0`` keeps every file.
 - :func:`format_probabilities`: multi-label output handling. The SDK operator's stock handling of
   a ``"probabilities"`` output turns every value into a class index with ``int()`` (so every
   channel of a sigmoid output is labelled with class 0); this names each probability instead.
@@ -45,6 +50,29 @@ def list_images(input_path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no PNG or DICOM file found under {path}")
     return files
+
+
+def select_images(files, dicom_guard: bool | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The images to infer on, and those left out: DICOM files refused by the bundle's guard.
+
+    Args:
+        files: image paths (e.g. from :func:`list_images`); PNG files are kept (their header says nothing).
+        dicom_guard: apply the guard; default (``None``): on unless ``$NVUM_DICOM_GUARD`` is ``0``.
+
+    Returns:
+        ``(selected, refused)``: the kept paths in order, and ``(path, reason)`` for each file left out.
+    """
+    from custom.data.dicom import dicom_guard_enabled, guard_file
+
+    guard = dicom_guard_enabled() if dicom_guard is None else bool(dicom_guard)
+    selected, refused = [], []
+    for path in map(Path, files):
+        reason = guard_file(path) if guard and path.is_file() and _is_dicom(path) else None
+        if reason:
+            refused.append((path, reason))
+        else:
+            selected.append(path)
+    return selected, refused
 
 
 def load_image(path) -> tuple[np.ndarray, dict]:

@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 from monai.data import Dataset, MetaTensor
 
 from ..data.datalist import DataList, is_inside
-from ..data.dicom import DICOM_SUFFIXES, is_dicom
+from ..data.dicom import DICOM_SUFFIXES, dicom_guard_enabled, guard_file, is_dicom
 from ..data.transforms import DEGENERATE_POLICIES, ImageReadError, degenerate_tensor_reason
 from ..flags import as_bool
 
@@ -81,6 +81,10 @@ class InferenceDataset(Dataset):
     :class:`ProbabilityWriter` leaves such items out of the probabilities and lists them in its
     errors file.
 
+    A DICOM file whose header says it is not a frontal chest radiograph (a CT slice, an abdomen, a lateral
+    view; :func:`custom.data.dicom.guard_reason`) is refused unread, with the reason, unless ``dicom_guard``
+    is false.
+
     A degenerate image (a side under ``image_size / 4``, or constant; see
     :func:`custom.data.transforms.degenerate_reason`), tested on the loaded image before the rest of
     the preprocessing, is scored with the reason under ``input_warning`` (the writer lists it in the
@@ -90,18 +94,22 @@ class InferenceDataset(Dataset):
         data: the items (``{"image": path}``), e.g. from :func:`list_inputs`.
         transform: the preprocessing; its ``LoadImaged`` transforms are what may fail.
         strict: true: the first unreadable or refused image stops the run, naming the file and the reason.
+        dicom_guard: refuse DICOM files whose header says they are not frontal chest radiographs
+            (:func:`custom.data.dicom.guard_reason`: Modality, BodyPartExamined, ViewPosition), like a link
+            (``refused``). Default (``None``): on unless ``$NVUM_DICOM_GUARD`` is ``0``.
         image_size: the network's input side, for the size rule of degenerate images (none without it).
         degenerate_images: ``"warn"`` (default) or ``"refuse"``.
     """
 
     def __init__(self, data, transform, strict: bool = False, image_size: int | None = None,
-                 degenerate_images: str = "warn"):
+                 degenerate_images: str = "warn", dicom_guard=None):
         if degenerate_images not in DEGENERATE_POLICIES:
             raise ValueError(f"degenerate_images must be one of {DEGENERATE_POLICIES}, got {degenerate_images!r}")
         super().__init__(data, transform)
         self.strict = as_bool(strict, "strict")
         self.image_size = int(image_size) if image_size else None
         self.degenerate_images = degenerate_images
+        self.dicom_guard = dicom_guard_enabled() if dicom_guard is None else as_bool(dicom_guard, "dicom_guard")
         self._loading, self._after = self._split_transform()
 
     def _split_transform(self):
@@ -128,11 +136,24 @@ class InferenceDataset(Dataset):
         out.update({READ_ERROR: "", REFUSED: "", INPUT_WARNING: "", **reasons})
         return out
 
+    def _guard(self, image) -> str:
+        """Why the DICOM input guard refuses ``image`` ("" when it does not, or is off, or it is not a DICOM file)."""
+        if not self.dicom_guard or not isinstance(image, (str, os.PathLike)) or not os.path.isfile(image):
+            return ""
+        if not is_dicom(image):
+            return ""
+        return guard_file(image) or ""
+
     def _transform(self, index: int):
         from monai.transforms import apply_transform
 
         item = dict(self.data[index])
         refused = item.pop(REFUSED, "")
+        if refused:
+            if self.strict:
+                raise ImageReadError(item.get("image", ""), refused)
+            return self._placeholder(item, **{REFUSED: refused})
+        refused = self._guard(item.get("image"))
         if refused:
             if self.strict:
                 raise ImageReadError(item.get("image", ""), refused)

@@ -15,6 +15,10 @@ postprocessing are those of ``inference.json`` (its image loader replaced by the
 and the network is the bundle's TorchScript export, so the model predicts what
 ``inference.json`` predicts.
 
+A DICOM file whose header says it is not a frontal chest radiograph (Modality not CR/DX/RG,
+BodyPartExamined not chest, a lateral ViewPosition: :func:`custom.data.dicom.guard_reason`) is a bad
+row too, with the reason; ``NVUM_DICOM_GUARD=0`` in the server's environment lets such files through.
+
 A request with an input that is not an image is refused as a whole with
 ``MlflowException(..., INVALID_PARAMETER_VALUE)``, which the scoring server answers with HTTP 400
 and a message naming every bad row and its reason. So is an image of more than :data:`MAX_PIXELS`
@@ -44,7 +48,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..data.dicom import is_dicom, read_dicom
+from ..data.dicom import dicom_guard_enabled, guard_file, is_dicom, read_dicom
 from .loaders import TorchScriptRunner
 
 #: the input column of the pyfunc model.
@@ -64,7 +68,7 @@ MAX_ROWS_ENV, MAX_REQUEST_BYTES_ENV = "NVUM_MAX_ROWS", "NVUM_MAX_REQUEST_BYTES"
 CHUNK_ROWS = 64
 
 
-def decode_image(data, name: str = "image") -> np.ndarray:
+def decode_image(data, name: str = "image", dicom_guard: bool | None = None) -> np.ndarray:
     """Decode one encoded image into a channel-first array, as the bundle's ``LoadImaged`` does.
 
     Args:
@@ -72,13 +76,16 @@ def decode_image(data, name: str = "image") -> np.ndarray:
             file (read by :func:`custom.data.dicom.read_dicom`: display intensities in [0, 1]) or
             of a ``.npy`` file; a base64 ``str`` of any is accepted too.
         name: how to call the input in error messages (e.g. ``row 3``).
+        dicom_guard: refuse a DICOM file that is not a frontal chest radiograph (from its header:
+            :func:`custom.data.dicom.guard_reason`); default (``None``): on unless ``$NVUM_DICOM_GUARD`` is ``0``.
 
     Returns:
         ``(C, H, W)`` array with the file's own dtype (``LoadImaged(PILReader, reverse_indexing=False,
         ensure_channel_first=True, dtype=None)`` gives the same array for a file).
 
     Raises:
-        TypeError, ValueError: not bytes, invalid base64, not a decodable image, bad array shape.
+        TypeError, ValueError: not bytes, invalid base64, not a decodable image, bad array shape, a DICOM file
+            refused by the guard.
     """
     if isinstance(data, str):
         text = data.strip()
@@ -97,6 +104,10 @@ def decode_image(data, name: str = "image") -> np.ndarray:
     if not isinstance(data, bytes):
         raise TypeError(f"{name}: expected the bytes of a PNG, JPEG, DICOM or .npy file, got {type(data).__name__}")
     if is_dicom(data):
+        if dicom_guard_enabled() if dicom_guard is None else dicom_guard:
+            reason = guard_file(data)
+            if reason:
+                raise ValueError(f"{name}: {reason}")
         _check_dicom_size(data, name)
         return read_dicom(data, name)[0]
     if data.startswith(NPY_MAGIC):
@@ -267,6 +278,7 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         from monai.transforms import Compose, LoadImaged
 
         request_limits()  # a bad $NVUM_MAX_ROWS / $NVUM_MAX_REQUEST_BYTES stops the server at start
+        dicom_guard_enabled()  # so does a bad $NVUM_DICOM_GUARD
         parser = ConfigParser()
         parser.read_config(context.artifacts["inference_config"])
         self.classes = [str(c) for c in parser.get_parsed_content("classes")]

@@ -12,10 +12,15 @@ bundle named with ``--conf bundle <folder>``::
 The answer is ``{"prediction": [{"idx": 0, "label": "atelectasis", "score": 0.12}, ...]}``: one
 sigmoid probability per class (MONAI Label lower-cases the metadata's class names). Copy the folder
 before starting the server: MONAI Label writes its logs and state into the app folder.
+
+A DICOM image whose header says it is not a frontal chest radiograph (Modality not CR/DX/RG,
+BodyPartExamined not chest, a lateral ViewPosition) is refused with an error naming the reason
+(``custom.data.dicom.guard_reason``); start the server with ``NVUM_DICOM_GUARD=0`` to let such images through.
 """
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from monailabel.interfaces.app import MONAILabelApp
@@ -38,6 +43,28 @@ class MultiLabelBundleInferTask(BundleInferTask):
 
     def __init__(self, path: str, conf: dict):
         super().__init__(path, conf, type="classification", add_post_restore=False)
+        self.bundle = path
+
+    def __call__(self, request, *args, **kwargs):
+        reason = dicom_guard(request.get("image"), self.bundle)
+        if reason:
+            raise ValueError(f"{MODEL}: image {request.get('image')} refused: {reason} (NVUM_DICOM_GUARD=0 on the "
+                             "server lets it through)")
+        return super().__call__(request, *args, **kwargs)
+
+
+def dicom_guard(image, bundle):
+    """Why the bundle's DICOM input guard refuses ``image`` (a file path), ``None`` when it does not (not a DICOM
+    file, a frontal chest radiograph, or ``$NVUM_DICOM_GUARD`` is 0)."""
+    if not isinstance(image, str) or not os.path.isfile(image):
+        return None
+    if bundle not in sys.path:  # the bundle's ``custom`` package (the bundle config imports it too)
+        sys.path.insert(0, bundle)
+    from custom.data.dicom import dicom_guard_enabled, guard_file, is_dicom
+
+    if not dicom_guard_enabled() or not is_dicom(image):
+        return None
+    return guard_file(image)
 
 
 class NVUMApp(MONAILabelApp):

@@ -1,0 +1,251 @@
+"""The DICOM input guard: a CT slice, a lateral chest view and an abdomen radiograph are refused from their
+headers (inference's errors file, the served model's HTTP 400, the MONAI Deploy series selection), a frontal
+chest DX is scored, an HTML page named .dcm is "not a DICOM file", and $NVUM_DICOM_GUARD=0 (or inference.json's
+``dicom_guard``) lets the refused files through."""
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+
+from conftest import CONFIGS, ROOT
+from test_dicom import write_dicom
+
+from custom.data.dicom import DICOM_GUARD_ENV, dicom_guard_enabled, guard_file, guard_reason
+from custom.data.transforms import ImageReadError, check_image
+
+CT = "not a chest radiograph: Modality CT (expected CR, DX or RG)"
+LATERAL = ("not a frontal chest radiograph: ViewPosition LL is a lateral view (the model was trained on frontal "
+           "PA/AP views)")
+ABDOMEN = "not a chest radiograph: BodyPartExamined ABDOMEN (expected CHEST or THORAX)"
+HTML = "not a DICOM file (named .dcm but without the DICOM marker 'DICM' at byte 128)"
+#: file name -> the reason it is refused (None: scored)
+EXPECTED = {"a_ct.dcm": CT, "b_lateral.dcm": LATERAL, "c_abdomen.dcm": ABDOMEN, "d_chest_pa.dcm": None}
+
+
+def _dicom(path, **header):
+    """A 32 x 32 DX DICOM file (a gradient: not degenerate) with the header attributes ``header``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_dicom(path, np.add.outer(np.arange(32), np.arange(32)) * 4)
+    ds = pydicom.dcmread(path)
+    for key, value in header.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _inputs(folder: Path) -> Path:
+    _dicom(folder / "a_ct.dcm", Modality="CT", BodyPartExamined="CHEST")
+    _dicom(folder / "b_lateral.dcm", Modality="DX", BodyPartExamined="CHEST", ViewPosition="LL")
+    _dicom(folder / "c_abdomen.dcm", Modality="CR", BodyPartExamined="ABDOMEN", ViewPosition="AP")
+    _dicom(folder / "d_chest_pa.dcm", Modality="DX", BodyPartExamined="CHEST", ViewPosition="PA")
+    (folder / "e_page.dcm").write_text("<!DOCTYPE html><html><body>Login required</body></html>\n" * 5)
+    return folder
+
+
+def _header(**attrs):
+    ds = pydicom.Dataset()
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    return ds
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # lower-case spellings, on purpose
+def test_guard_reason_reads_modality_body_part_and_view_position(tmp_path):
+    folder = _inputs(tmp_path)
+    for name, reason in EXPECTED.items():
+        assert guard_file(folder / name) == reason, name
+        assert guard_file((folder / name).read_bytes()) == reason, name  # the served model's bytes
+    # accepted spellings: RG (digitised film), case and variants of chest, no BodyPartExamined, no ViewPosition
+    for attrs in ({"Modality": "RG"}, {"Modality": "cr", "BodyPartExamined": "Thorax"},
+                  {"Modality": "DX", "BodyPartExamined": "chest ", "ViewPosition": "AP"},
+                  {"Modality": "DX", "BodyPartExamined": "", "ViewPosition": "LLD"}):
+        assert guard_reason(_header(**attrs)) is None, attrs
+    for view in ("RL", "LATERAL", "lat", "LEFT LATERAL"):
+        assert "is a lateral view" in guard_reason(_header(Modality="DX", ViewPosition=view)), view
+    assert guard_reason(_header()) == "not a chest radiograph: Modality missing (expected CR, DX or RG)"
+    assert guard_reason(_header(Modality="MR", BodyPartExamined="HEAD")) == (
+        "not a chest radiograph: Modality MR (expected CR, DX or RG); "
+        "not a chest radiograph: BodyPartExamined HEAD (expected CHEST or THORAX)")
+    assert check_image(folder / "e_page.dcm") == HTML
+    assert check_image(folder / "d_chest_pa.dcm") is None
+
+
+def test_the_switch_is_on_by_default_and_named_when_misspelt(monkeypatch):
+    monkeypatch.delenv(DICOM_GUARD_ENV, raising=False)
+    assert dicom_guard_enabled()
+    for off in ("0", "false", "OFF", "no"):
+        monkeypatch.setenv(DICOM_GUARD_ENV, off)
+        assert not dicom_guard_enabled()
+    monkeypatch.setenv(DICOM_GUARD_ENV, "maybe")
+    with pytest.raises(ValueError, match=r"\$NVUM_DICOM_GUARD must be 1 .* or 0 .*, got 'maybe'"):
+        dicom_guard_enabled()
+
+
+def _preprocessing():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "common.json"))
+    return parser.get_parsed_content("preprocessing")
+
+
+def _infer(items, out: Path, classes, **dataset):
+    """Run the inference dataset and writer with a stand-in network; ``(errors, scored names)``."""
+    from ignite.engine import Engine
+    from monai.data import DataLoader, decollate_batch
+
+    from custom.serving.inference import InferenceDataset, ProbabilityWriter
+
+    writer = ProbabilityWriter(out / "probs.csv", classes)
+
+    def step(engine, batch):
+        decoded = decollate_batch(batch)
+        engine.state.batch = decoded
+        return [{"image": o["image"], "pred": torch.full((len(classes),), 0.5)} for o in decoded]
+
+    engine = Engine(step)
+    writer.attach(engine)
+    engine.run(DataLoader(InferenceDataset(items, _preprocessing(), **dataset), batch_size=8))
+    with open(out / "errors.csv", newline="") as f:
+        errors = {Path(row["image"]).name: row["reason"] for row in csv.DictReader(f)}
+    with open(out / "probs.csv", newline="") as f:
+        scored = [Path(row[0]).name for row in list(csv.reader(f))[1:]]
+    return errors, scored
+
+
+def test_inference_lists_refused_dicom_files_in_the_errors_file_and_scores_the_frontal_chest(tmp_path, capsys,
+                                                                                           monkeypatch):
+    import json
+
+    from custom.serving.inference import InferenceDataset, list_inputs
+
+    monkeypatch.delenv(DICOM_GUARD_ENV, raising=False)
+    classes = json.loads((CONFIGS / "common.json").read_text())["classes"]
+    folder = _inputs(tmp_path / "in")
+    items = list_inputs(folder)
+    errors, scored = _infer(items, tmp_path / "on", classes)
+    assert scored == ["d_chest_pa.dcm"]
+    assert errors == {"a_ct.dcm": CT, "b_lateral.dcm": LATERAL, "c_abdomen.dcm": ABDOMEN, "e_page.dcm": HTML}
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "wrote probabilities of 1 image(s)" in last and "1 skipped, unreadable; 3 skipped, refused" in last
+    with pytest.raises(ImageReadError, match=r"a_ct.dcm: not a chest radiograph: Modality CT"):
+        InferenceDataset(items, _preprocessing(), strict=True)[0]
+    # the switch: inference.json's dicom_guard (false on the command line), or $NVUM_DICOM_GUARD=0
+    errors, scored = _infer(items, tmp_path / "off", classes, dicom_guard="false")
+    assert scored == ["a_ct.dcm", "b_lateral.dcm", "c_abdomen.dcm", "d_chest_pa.dcm"]
+    assert errors == {"e_page.dcm": HTML}  # not a DICOM file, whatever the switch
+    monkeypatch.setenv(DICOM_GUARD_ENV, "0")
+    errors, scored = _infer(items, tmp_path / "env", classes)
+    assert scored == ["a_ct.dcm", "b_lateral.dcm", "c_abdomen.dcm", "d_chest_pa.dcm"]
+
+
+def test_inference_json_dicom_guard_follows_the_environment(monkeypatch):
+    from monai.bundle import ConfigParser
+
+    for env, expected in ((None, True), ("0", False)):
+        if env is None:
+            monkeypatch.delenv(DICOM_GUARD_ENV, raising=False)
+        else:
+            monkeypatch.setenv(DICOM_GUARD_ENV, env)
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "inference.json"))
+        assert parser.get_parsed_content("dicom_guard") is expected
+        assert parser.get("dataset")["dicom_guard"] == "@dicom_guard"
+
+
+def test_the_served_model_refuses_each_guarded_dicom_as_a_bad_row(tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from monai.transforms import Compose
+
+    from custom.data.transforms import ChestXrayToTensord
+    from custom.serving.pyfunc import ChestXrayClassifier, decode_image
+
+    monkeypatch.delenv(DICOM_GUARD_ENV, raising=False)
+    folder = _inputs(tmp_path)
+    names = list(EXPECTED)
+    for i, name in enumerate(names):
+        data = (folder / name).read_bytes()
+        if EXPECTED[name]:
+            with pytest.raises(ValueError) as err:
+                decode_image(data, f"row {i}")
+            assert str(err.value) == f"row {i}: {EXPECTED[name]}"
+            assert decode_image(data, f"row {i}", dicom_guard=False).shape == (1, 32, 32)
+        else:
+            assert decode_image(data, f"row {i}").shape == (1, 32, 32)
+    model = ChestXrayClassifier()
+    model.classes = ["a", "b", "c"]
+    model.preprocess = Compose([ChestXrayToTensord(keys="image", size=8)])
+    model.postprocess = lambda d: {"pred": torch.sigmoid(d["pred"])}
+    model.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    request = pd.DataFrame({"image": [(folder / name).read_bytes() for name in names]})
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, request)
+    assert err.value.get_http_status_code() == 400
+    assert err.value.message == f"row 0: {CT} (and 2 more bad row(s): row 1: {LATERAL}; row 2: {ABDOMEN})"
+    assert model.predict(None, request.iloc[3:]).shape == (1, 3)
+    monkeypatch.setenv(DICOM_GUARD_ENV, "0")
+    assert model.predict(None, request).shape == (4, 3)
+
+
+def _deploy_io():
+    spec = importlib.util.spec_from_file_location("nvum_bundle_deploy_io", ROOT / "bundle/scripts/deploy_io.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deploy_series_selection_keeps_only_frontal_chest_radiographs(tmp_path, monkeypatch):
+    from PIL import Image
+
+    io = _deploy_io()
+    monkeypatch.delenv(DICOM_GUARD_ENV, raising=False)
+    folder = _inputs(tmp_path)
+    (folder / "e_page.dcm").unlink()  # the Deploy loader refuses it itself ("neither a PNG nor a DICOM file")
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(folder / "f.png")
+    selected, refused = io.select_images(io.list_images(folder))
+    assert [p.name for p in selected] == ["d_chest_pa.dcm", "f.png"]
+    assert [(p.name, reason) for p, reason in refused] == [("a_ct.dcm", CT), ("b_lateral.dcm", LATERAL),
+                                                           ("c_abdomen.dcm", ABDOMEN)]
+    selected, refused = io.select_images(io.list_images(folder), dicom_guard=False)
+    assert len(selected) == 5 and refused == []
+    monkeypatch.setenv(DICOM_GUARD_ENV, "0")
+    assert len(io.select_images(io.list_images(folder))[0]) == 5
+
+
+def test_the_monai_label_task_refuses_a_guarded_dicom_naming_the_reason(tmp_path, monkeypatch):
+    """The app's task, with MONAI Label's classes stood in for (MONAI Label lives in an environment of its own)."""
+    import sys
+    import types
+
+    class BundleInferTask:
+        def __init__(self, path, conf, **kwargs):
+            pass
+
+        def __call__(self, request, *args, **kwargs):
+            return "scored", {}
+
+    stubs = {"monailabel": types.ModuleType("monailabel"),
+             "monailabel.interfaces": types.ModuleType("monailabel.interfaces"),
+             "monailabel.interfaces.app": types.SimpleNamespace(MONAILabelApp=object),
+             "monailabel.tasks": types.ModuleType("monailabel.tasks"),
+             "monailabel.tasks.infer": types.ModuleType("monailabel.tasks.infer"),
+             "monailabel.tasks.infer.bundle": types.SimpleNamespace(BundleInferTask=BundleInferTask)}
+    for name, module in stubs.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("nvum_monailabel_app", ROOT / "bundle/scripts/monailabel_app/main.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    monkeypatch.delenv(DICOM_GUARD_ENV, raising=False)
+    folder = _inputs(tmp_path)
+    task = app.MultiLabelBundleInferTask(str(ROOT), {})
+    assert task({"image": str(folder / "d_chest_pa.dcm")}) == ("scored", {})
+    with pytest.raises(ValueError, match=r"b_lateral.dcm refused: not a frontal chest radiograph: ViewPosition LL"):
+        task({"image": str(folder / "b_lateral.dcm")})
+    monkeypatch.setenv(DICOM_GUARD_ENV, "0")
+    assert task({"image": str(folder / "b_lateral.dcm")}) == ("scored", {})
