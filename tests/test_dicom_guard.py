@@ -206,14 +206,13 @@ def test_deploy_series_selection_keeps_only_frontal_chest_radiographs(tmp_path, 
     io = _deploy_io()
     monkeypatch.delenv(DICOM_GUARD_ENV, raising=False)
     folder = _inputs(tmp_path)
-    (folder / "e_page.dcm").unlink()  # the Deploy loader refuses it itself ("neither a PNG nor a DICOM file")
     Image.fromarray(np.full((8, 8), 7, np.uint8)).save(folder / "f.png")
     selected, refused = io.select_images(io.list_images(folder))
     assert [p.name for p in selected] == ["d_chest_pa.dcm", "f.png"]
     assert [(p.name, reason) for p, reason in refused] == [("a_ct.dcm", CT), ("b_lateral.dcm", LATERAL),
-                                                           ("c_abdomen.dcm", ABDOMEN)]
+                                                           ("c_abdomen.dcm", ABDOMEN), ("e_page.dcm", HTML)]
     selected, refused = io.select_images(io.list_images(folder), dicom_guard=False)
-    assert len(selected) == 5 and refused == []
+    assert len(selected) == 5 and [(p.name, reason) for p, reason in refused] == [("e_page.dcm", HTML)]
     monkeypatch.setenv(DICOM_GUARD_ENV, "0")
     assert len(io.select_images(io.list_images(folder))[0]) == 5
 

@@ -15,7 +15,8 @@ results are written to ``<output folder>/probabilities.json`` as
 
 DICOM files whose header says they are not frontal chest radiographs (Modality not CR/DX/RG,
 BodyPartExamined not chest, a lateral ViewPosition) are left out with a log line naming the file and
-the reason (``deploy_io.select_images``); ``NVUM_DICOM_GUARD=0`` keeps them.
+the reason (``deploy_io.select_images``; so are files named ``.dcm`` that are not DICOM); ``NVUM_DICOM_GUARD=0``
+keeps the former.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class NVUMChestXrayApp(Application):
         app_context = Application.init_app_context(self.argv)
         files, refused = select_images(list_images(app_context.input_path))
         for path, reason in refused:
-            logging.warning(f"{path}: left out, {reason} (NVUM_DICOM_GUARD=0 keeps it)")
+            logging.warning(f"{path}: left out, {reason}")
         if not files:
             raise ValueError(f"no image left to infer on under {app_context.input_path}: every DICOM file was "
                              f"refused, e.g. {refused[0][0]}: {refused[0][1]}")

@@ -53,7 +53,8 @@ def list_images(input_path) -> list[Path]:
 
 
 def select_images(files, dicom_guard: bool | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The images to infer on, and those left out: DICOM files refused by the bundle's guard.
+    """The images to infer on, and those left out: DICOM files refused by the bundle's guard, and files named
+    ``.dcm``/``.dicom`` that are not DICOM (whatever the guard's switch).
 
     Args:
         files: image paths (e.g. from :func:`list_images`); PNG files are kept (their header says nothing).
@@ -67,7 +68,11 @@ def select_images(files, dicom_guard: bool | None = None) -> tuple[list[Path], l
     guard = dicom_guard_enabled() if dicom_guard is None else bool(dicom_guard)
     selected, refused = [], []
     for path in map(Path, files):
-        reason = guard_file(path) if guard and path.is_file() and _is_dicom(path) else None
+        dicom = path.is_file() and _is_dicom(path)
+        if path.suffix.lower() in (".dcm", ".dicom") and path.is_file() and not dicom:
+            reason = f"not a DICOM file (named {path.suffix} but without the DICOM marker 'DICM' at byte 128)"
+        else:
+            reason = guard_file(path) if guard and dicom else None
         if reason:
             refused.append((path, reason))
         else:
