@@ -280,3 +280,46 @@ class HeatmapWriter:
             writer.writerow(["image", "class", "probability", "layer", "heatmap"])
             writer.writerows(self._rows)
         print(f"wrote {len(self._rows)} Grad-CAM heatmap(s) to {self.output_dir}", flush=True)
+
+
+def heatmap_figure(index_csv, output, count: int = 4) -> Path:
+    """One PNG of ``count`` heatmaps of an inference run, each titled with its image and class.
+
+    Made from the files ``inference.json`` wrote (``heatmaps.csv`` and its overlays), so it shows
+    whatever images the run read; it is written where the caller says (e.g. the run's output folder).
+
+    Args:
+        index_csv: the run's ``heatmaps.csv``.
+        output: the PNG to write.
+        count: heatmaps shown (the first of distinct images, in the index's order).
+
+    Returns:
+        the written path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    with open(index_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    chosen, seen = [], set()
+    for row in rows:
+        if row["image"] not in seen:
+            seen.add(row["image"])
+            chosen.append(row)
+    chosen = chosen[: max(1, int(count))]
+    if not chosen:
+        raise ValueError(f"{index_csv} lists no heatmap")
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3 * len(chosen), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], chosen):
+        ax.imshow(np.asarray(Image.open(row["heatmap"])))
+        ax.set_title(f"{Path(row['image']).name}\n{row['class']} {float(row['probability']):.2f}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return output
