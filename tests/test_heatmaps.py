@@ -183,3 +183,58 @@ def _preprocessing():
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     return parser.get_parsed_content("preprocessing")
+
+
+def _write_heatmaps(sources, output_dir):
+    """HeatmapWriter on a tiny network for images with the given source paths (no inference run)."""
+    from types import SimpleNamespace
+
+    from monai.data import MetaTensor
+
+    from custom.serving.heatmaps import HeatmapWriter
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    writer = HeatmapWriter(net, output_dir, ["Effusion", "Mass", "Nodule", "No Finding"], image_size=16, top_k=1,
+                           size=32)
+    output = [{"image": MetaTensor(torch.rand(3, 16, 16), meta={"filename_or_obj": s}), "pred": torch.rand(4)}
+              for s in sources]
+    engine = SimpleNamespace(state=SimpleNamespace(output=output, batch=[{} for _ in sources]))
+    writer._write_batch(engine)
+    writer._write_index(engine)
+    return pd.read_csv(output_dir / "heatmaps.csv")
+
+
+def test_heatmaps_of_dicom_files_named_by_their_uid_keep_the_whole_uid(tmp_path):
+    uids = ["1.2.276.0.7230010.3.1.4.8323329.5576.1517874291", "1.2.276.0.7230010.3.1.4.8323329.5577.1517874292"]
+    index = _write_heatmaps([f"/data/dicom/{uid}.dcm" for uid in uids], tmp_path)
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    classes = dict(zip(index["image"], index["class"].str.replace(" ", "_")))
+    assert names == [f"{uid}_{classes[f'/data/dicom/{uid}.dcm']}.png" for uid in uids]
+    assert sorted(pathlib_name(h) for h in index["heatmap"]) == names  # the index maps each to its source
+
+
+def pathlib_name(path):
+    from pathlib import Path
+
+    return Path(path).name
+
+
+def test_two_images_of_the_same_name_in_different_folders_get_distinct_traceable_heatmaps(tmp_path):
+    import hashlib
+
+    from custom.serving.heatmaps import heatmap_stem
+
+    sources = ["/data/site_a/00000001_000.png", "/data/site_b/00000001_000.png"]
+    index = _write_heatmaps(sources, tmp_path)
+    assert list(index["image"]) == sources and index["heatmap"].nunique() == 2
+    first, second = (pathlib_name(h) for h in index["heatmap"])
+    digest = hashlib.sha1(sources[1].encode()).hexdigest()[:8]
+    assert first.startswith("00000001_000_") and second.startswith(f"00000001_000-{digest}_")
+    assert "__" not in first + second
+    # the same file again keeps its stem; a name without a suffix is kept whole
+    taken = {}
+    assert heatmap_stem(sources[0], taken) == heatmap_stem(sources[0], taken) == "00000001_000"
+    assert heatmap_stem("/data/DICOMDIR/IM0001", taken) == "IM0001"
+    assert heatmap_stem("/data/a b/x.y.tar.gz", taken) == "x.y.tar"

@@ -18,6 +18,7 @@ heatmaps need the weights file ``models/model.pt``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from pathlib import Path
 from typing import Sequence
@@ -164,13 +165,40 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "image"
 
 
+def heatmap_stem(source: str, taken: dict[str, str]) -> str:
+    """The file-name stem of an image's heatmaps, from which a person can find the image again.
+
+    The stem is the image's file name without only its last suffix, so a DICOM file named by its SOP
+    Instance UID keeps the whole UID (``1.2.276.0.7230010.3.1.4.8323329.5576.1517874291.dcm`` ->
+    ``1.2.276.0.7230010.3.1.4.8323329.5576.1517874291``). When another image already holds that stem
+    (two files of the same name in different folders), ``-`` and the first 8 hex digits of the SHA-1 of
+    the full path are appended (``heatmaps.csv`` maps every heatmap to its source path).
+
+    Args:
+        source: the image's path.
+        taken: stems already given, mapped to their source path; updated.
+    """
+    source = str(source)
+    name = Path(source).name
+    stem = _slug(Path(name).stem if Path(name).suffix else name)
+    if stem in taken and taken[stem] != source:
+        stem = f"{stem}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
+    base, n = stem, 1
+    while stem in taken and taken[stem] != source:  # a hash collision: practically never
+        n += 1
+        stem = f"{base}-{n}"
+    taken[stem] = source
+    return stem
+
+
 class HeatmapWriter:
     """Inference handler: per image, a Grad-CAM overlay PNG for its top classes or for named classes.
 
-    Writes ``<output_dir>/<image name>_<class>.png`` and ``<output_dir>/heatmaps.csv`` (image, class,
-    probability, layer, file). Reads the decollated evaluator output (``image``: the network input,
-    ``pred``: the probabilities) and batch (images that could not be read are skipped). inference.json
-    leaves it out (MONAI's ``_disabled_``) unless ``heatmaps`` is true.
+    Writes ``<output_dir>/<image name>_<class>.png`` (the image's file name without its last suffix, a
+    DICOM UID kept whole; see :func:`heatmap_stem` for two images of the same name) and
+    ``<output_dir>/heatmaps.csv`` (image, class, probability, layer, file). Reads the decollated
+    evaluator output (``image``: the network input, ``pred``: the probabilities) and batch (images that
+    could not be read are skipped). inference.json leaves it out (MONAI's ``_disabled_``) unless ``heatmaps`` is true.
 
     Args:
         network: the inference network (:class:`custom.BundleNetwork` or a module).
@@ -206,7 +234,7 @@ class HeatmapWriter:
         self.named = [self.classes.index(c) for c in names]
         self.maps: GradCAMMaps | None = None
         self._rows: list[list] = []
-        self._names: set[str] = set()
+        self._names: dict[str, str] = {}  # heatmap stem -> source path
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, lambda e: (self._rows.clear(), self._names.clear()))
@@ -238,10 +266,7 @@ class HeatmapWriter:
             chosen = self.named or probs.argsort(descending=True)[: self.top_k].tolist()
             image = item["image"]
             source = str(getattr(image, "meta", {}).get("filename_or_obj", f"image{len(self._rows)}"))
-            stem = _slug(Path(source).name.split(".")[0])
-            while stem in self._names:  # two images of the same name in different folders
-                stem += "_"
-            self._names.add(stem)
+            stem = heatmap_stem(source, self._names)
             for c, heat in zip(chosen, self.maps(image, chosen)):
                 path = self.output_dir / f"{stem}_{_slug(self.classes[c])}.png"
                 Image.fromarray(overlay(image, heat, self.size)).save(path)
@@ -255,3 +280,46 @@ class HeatmapWriter:
             writer.writerow(["image", "class", "probability", "layer", "heatmap"])
             writer.writerows(self._rows)
         print(f"wrote {len(self._rows)} Grad-CAM heatmap(s) to {self.output_dir}", flush=True)
+
+
+def heatmap_figure(index_csv, output, count: int = 4) -> Path:
+    """One PNG of ``count`` heatmaps of an inference run, each titled with its image and class.
+
+    Made from the files ``inference.json`` wrote (``heatmaps.csv`` and its overlays), so it shows
+    whatever images the run read; it is written where the caller says (e.g. the run's output folder).
+
+    Args:
+        index_csv: the run's ``heatmaps.csv``.
+        output: the PNG to write.
+        count: heatmaps shown (the first of distinct images, in the index's order).
+
+    Returns:
+        the written path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    with open(index_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    chosen, seen = [], set()
+    for row in rows:
+        if row["image"] not in seen:
+            seen.add(row["image"])
+            chosen.append(row)
+    chosen = chosen[: max(1, int(count))]
+    if not chosen:
+        raise ValueError(f"{index_csv} lists no heatmap")
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3 * len(chosen), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], chosen):
+        ax.imshow(np.asarray(Image.open(row["heatmap"])))
+        ax.set_title(f"{Path(row['image']).name}\n{row['class']} {float(row['probability']):.2f}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return output
