@@ -250,6 +250,24 @@ class ModelRegistrar:
 
         check_writable(self.models_dir, "model folder (ckpt_dir)")
 
+    def bundle_record(self) -> dict | None:
+        """The run record that goes into the bundle (``models/model.json``): the run's, with the operating
+        thresholds (``thresholds``, ``threshold_rule``, ``threshold_notes``) that the test report wrote into
+        the record beside the checkpoint, else those the test report holds."""
+        import json
+
+        record = dict(self.record) if self.record else None
+        sidecar = Path(self.checkpoint).with_suffix(".json")
+        stored = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        keys = ("thresholds", "threshold_rule", "threshold_notes")
+        extra = {k: stored[k] for k in keys if stored.get(k) is not None}
+        if not extra.get("thresholds") and getattr(self.test_report, "thresholds", None):
+            extra = {"thresholds": dict(self.test_report.thresholds),
+                     "threshold_notes": dict(getattr(self.test_report, "threshold_notes", {}) or {})}
+        if record is None or not extra.get("thresholds"):
+            return record
+        return {**record, **extra}
+
     def run(self):
         """Returns the registered ``ModelVersion`` (``None`` with tracking or the step off)."""
         if not getattr(self.tracker, "enabled", False):
@@ -259,7 +277,7 @@ class ModelRegistrar:
         run_id = self.tracker.run_id
         try:
             with tempfile.TemporaryDirectory() as staging:
-                built = build_bundle(self.checkpoint, self.models_dir, staging, self.bundle_dir, self.record,
+                built = build_bundle(self.checkpoint, self.models_dir, staging, self.bundle_dir, self.bundle_record(),
                                      self.bundle_name, self.example_images, eval_metrics(self.test_report))
                 print(f"exported {built.model_ts} (largest logit difference to the checkpoint "
                       f"{built.max_difference:.2g}); bundle {built.zip}", flush=True)
