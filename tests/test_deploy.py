@@ -396,4 +396,5 @@ def test_register_command_logs_a_new_run_and_a_new_version(deployed, tmp_path):
     assert "bundle/nvum_cxr_classification.zip" in {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
     with use_tracking_uri(uri):
         info = mlflow.models.get_model_info(f"models:/nvum-cli/{version.version}")
-    assert info.signature.outputs.input_names() == CLASSES and info.saved_input_example_info is not None
+    positive = [f"{c}_positive" for c in CLASSES]  # the thresholds of models/model.json came along
+    assert info.signature.outputs.input_names() == CLASSES + positive and info.saved_input_example_info is not None

@@ -416,3 +416,26 @@ def test_thresholds_that_miss_a_class_or_are_out_of_range_are_refused():
     with pytest.raises(ValueError, match=r"threshold of B must be a number in \[0, 1\], got 1.5"):
         read_thresholds(CLASSES, {"A": 0.1, "B": 1.5, "No Finding": 0.5})
     assert read_thresholds(CLASSES, None, None) is None
+
+
+def test_the_bundle_takes_the_thresholds_of_the_record_beside_the_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from custom.deploy.export import bundle_configs
+    from custom.deploy.registry import ModelRegistrar
+
+    models = tmp_path / "models"
+    models.mkdir()
+    thresholds = {"A": 0.2, "B": 0.7, "No Finding": 0.5}
+    run = {"classes": CLASSES, "num_training": 4, "image_size": 16}
+    registrar = ModelRegistrar(None, models, record=dict(run))
+    assert registrar.bundle_record() == run  # no thresholds anywhere: the run's record as it is
+    registrar.test_report = SimpleNamespace(thresholds={"A": 0.1, "B": 0.1, "No Finding": 0.1}, threshold_notes={})
+    assert registrar.bundle_record()["thresholds"] == {"A": 0.1, "B": 0.1, "No Finding": 0.1}  # the report's
+    (models / "model.json").write_text(json.dumps({**run, "thresholds": thresholds, "threshold_rule": "r"}))
+    record = registrar.bundle_record()  # the record beside model.pt wins (edited by hand, say)
+    assert record["thresholds"] == thresholds and record["threshold_rule"] == "r" and record["classes"] == CLASSES
+    inference, _ = bundle_configs(CONFIGS, record)
+    assert inference["thresholds"] == thresholds and inference["classes"] == CLASSES
+    inference, _ = bundle_configs(CONFIGS, run)
+    assert inference["thresholds"] is None  # the repository's default: the record beside the checkpoint

@@ -35,7 +35,8 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     ``custom`` package goes with it as ``code_paths``. The input example is the bytes of
     ``example_images`` (default: two random grey PNGs of the input size); the signature is one
     ``string`` input column ``image`` (image bytes, base64-encoded over REST) and one ``double``
-    output column per class.
+    output column per class, then, when ``inference.json`` holds operating ``thresholds``, one ``long``
+    column ``<class>_positive`` per class.
 
     Args:
         deployable: what :func:`build_bundle` returned.
@@ -52,7 +53,7 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from ..serving.pyfunc import IMAGE_COLUMN, ChestXrayClassifier
+    from ..serving.pyfunc import IMAGE_COLUMN, POSITIVE_SUFFIX, ChestXrayClassifier
 
     inference = read_json_file(deployable.config_dir / "inference.json")
     if not example_images:
@@ -60,8 +61,10 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     example = pd.DataFrame({IMAGE_COLUMN: [Path(p).read_bytes() for p in example_images]})
     artifacts = {"model": str(deployable.model_ts), "inference_config": str(deployable.config_dir / "inference.json")}
     # a string column: the model decodes the base64 text itself and says what is wrong with it (custom.serving.pyfunc)
-    signature = ModelSignature(Schema([ColSpec("string", IMAGE_COLUMN)]),
-                               Schema([ColSpec("double", str(c)) for c in inference["classes"]]))
+    outputs = [ColSpec("double", str(c)) for c in inference["classes"]]
+    if inference.get("thresholds"):  # the decisions at the operating thresholds follow the probabilities
+        outputs += [ColSpec("long", f"{c}{POSITIVE_SUFFIX}") for c in inference["classes"]]
+    signature = ModelSignature(Schema([ColSpec("string", IMAGE_COLUMN)]), Schema(outputs))
 
     with use_tracking_uri(tracking_uri or mlflow.get_tracking_uri()):
         experiment_id = None
