@@ -429,7 +429,7 @@ def test_the_bundle_takes_the_thresholds_of_the_record_beside_the_checkpoint(tmp
     thresholds = {"A": 0.2, "B": 0.7, "No Finding": 0.5}
     run = {"classes": CLASSES, "num_training": 4, "image_size": 16}
     registrar = ModelRegistrar(None, models, record=dict(run))
-    assert registrar.bundle_record() == run  # no thresholds anywhere: the run's record as it is
+    assert registrar.bundle_record() == registrar.record and "thresholds" not in registrar.record  # none anywhere
     registrar.test_report = SimpleNamespace(thresholds={"A": 0.1, "B": 0.1, "No Finding": 0.1}, threshold_notes={})
     assert registrar.bundle_record()["thresholds"] == {"A": 0.1, "B": 0.1, "No Finding": 0.1}  # the report's
     (models / "model.json").write_text(json.dumps({**run, "thresholds": thresholds, "threshold_rule": "r"}))
