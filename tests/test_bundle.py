@@ -113,6 +113,31 @@ def test_training_writes_test_tables_and_an_mlflow_run(trained):
 
 
 @pytest.mark.slow
+def test_training_stores_operating_thresholds_in_the_run_record_and_reports_them(trained):
+    from custom.evaluation.metrics import operating_thresholds
+    from custom.evaluation.report import predict
+
+    root, wf = trained["root"], trained["wf"]
+    record = json.loads((root / "models" / "model.json").read_text())
+    classes = record["classes"]
+    assert len(classes) == 14 and set(record["thresholds"]) == set(classes)
+    # they are the rule's on the validation split, with the best model
+    report = wf.parser.get_parsed_content("test_report")
+    data = wf.parser.get_parsed_content("data")
+    logits = predict(report.network, data.items("validation"), report.transform)
+    expected, notes = operating_thresholds(1 / (1 + np.exp(-logits.astype(np.float64))), data.labels("validation"),
+                                           classes)
+    assert record["thresholds"] == pytest.approx(expected, abs=1e-6)
+    assert record["threshold_notes"] == notes
+    for split in ("test", "test_shifted"):
+        table = pd.read_csv(root / "eval" / f"test_{split}.csv")
+        assert {"threshold", "sensitivity", "specificity", "ece"} <= set(table.columns)
+        assert np.allclose(table["threshold"][:14], [expected[c] for c in classes])
+        assert ((table["ece"] >= 0) & (table["ece"] <= 1)).all()
+        assert (root / "eval" / f"test_{split}_reliability.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
 def test_evaluate_config_reproduces_the_training_test_table(trained, capsys):
     root = trained["root"]
     before = pd.read_csv(root / "eval" / "test_test.csv")
@@ -125,7 +150,7 @@ def test_evaluate_config_reproduces_the_training_test_table(trained, capsys):
     assert f"evaluating checkpoint {(root / 'models' / 'model.pt').resolve()} (written " in out  # the weights loaded
     written = out.split("\nwritten:\n", 1)[1].splitlines()  # and, last, where each file it wrote is
     expected = [str((root / "eval2" / f"test_{s}{e}").resolve())
-                for s in ("test", "test_shifted") for e in (".csv", ".md", "_roc.png")]
+                for s in ("test", "test_shifted") for e in (".csv", ".md", "_roc.png", "_reliability.png")]
     assert [line.split()[-1] for line in written] == expected
 
 
@@ -327,7 +352,10 @@ def test_the_best_model_carries_a_record_of_what_it_was_trained_on(trained):
     assert record["nvum"]["memory_momentum"] == 0.9 and record["nvum"]["unbiased_memory"] is True
     assert Path(record["datalist"]) == trained["data"] / "datalist.json"
     (resume,) = sorted(models.glob("checkpoint_epoch=*.pt"))
-    assert torch.load(resume, weights_only=True)["run_record"] == record  # the resume checkpoint holds the same record
+    # the resume checkpoint holds the same record, less the thresholds the test report added after training
+    after = {"thresholds", "threshold_rule", "threshold_notes"}
+    assert after <= set(record)
+    assert torch.load(resume, weights_only=True)["run_record"] == {k: v for k, v in record.items() if k not in after}
 
 
 @pytest.mark.slow

@@ -103,18 +103,22 @@ def test_training_registers_a_pyfunc_model_that_predicts_as_inference_json(deplo
         model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}")
     inputs = model.metadata.get_input_schema().to_dict()
     assert inputs == [{"type": "string", "name": "image", "required": True}]  # base64 text, decoded by the model
-    assert model.metadata.get_output_schema().input_names() == CLASSES
+    positive = [f"{c}_positive" for c in CLASSES]  # the decisions at the run's operating thresholds
+    assert model.metadata.get_output_schema().input_names() == CLASSES + positive
     assert model.metadata.saved_input_example_info is not None
 
     files = _image_files(deployed)
     pred = model.predict(pd.DataFrame({"image": [p.read_bytes() for p in files]}))
-    assert list(pred.columns) == CLASSES and len(pred) == len(files)
-    assert np.abs(pred.to_numpy() - deployed["probs"].to_numpy()).max() < TOL
+    assert list(pred.columns) == CLASSES + positive and len(pred) == len(files)
+    assert np.abs(pred[CLASSES].to_numpy() - deployed["probs"].to_numpy()).max() < TOL
+    thresholds = json.loads((deployed["root"] / "models" / "model.json").read_text())["thresholds"]
+    for c in CLASSES:
+        assert (pred[f"{c}_positive"] == (pred[c] >= thresholds[c]).astype(int)).all(), c
     # an in-memory array (sent as .npy bytes) gives the same probabilities as its PNG file
     from custom.serving.pyfunc import decode_image, encode_array
 
     as_array = model.predict(pd.DataFrame({"image": [encode_array(decode_image(files[0].read_bytes())[0])]}))
-    assert np.abs(as_array.to_numpy() - pred.to_numpy()[:1]).max() < TOL
+    assert np.abs(as_array[CLASSES].to_numpy() - pred[CLASSES].to_numpy()[:1]).max() < TOL
 
 
 def _extract(zip_path, dest):
@@ -136,6 +140,11 @@ def test_bundle_zip_runs_inference_json_from_inside_its_folder_with_either_model
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert not any(n.startswith(top + "custom/tools/") or n == top + "custom/cli.py" for n in names)  # runtime only
     bundle = tmp_path / "nvum_cxr_classification"
+    # the operating thresholds travel in the run record and in inference.json, which inference reads
+    thresholds = json.loads((deployed["root"] / "models" / "model.json").read_text())["thresholds"]
+    assert set(thresholds) == set(CLASSES) and all(0 <= v <= 1 for v in thresholds.values())
+    assert json.loads((bundle / "models" / "model.json").read_text())["thresholds"] == thresholds
+    assert json.loads((bundle / "configs" / "inference.json").read_text())["thresholds"] == thresholds
     for config in ("inference.json", "train.json", "evaluate.json", "multi_gpu_train.json", "datasets/nih.json"):
         text = (bundle / "configs" / config).read_text()
         assert "common.json" not in text and "custom.tools" not in text, config  # includes written in; no tool named
@@ -157,6 +166,10 @@ def test_bundle_zip_runs_inference_json_from_inside_its_folder_with_either_model
         table = pd.read_csv(out)
         assert [Path(p).name for p in table["image"]] == list(deployed["probs"].index)
         assert np.abs(table.iloc[:, 1:].to_numpy() - deployed["probs"].to_numpy()).max() < TOL
+        decisions = pd.read_csv(out.with_name("decisions.csv"))
+        assert list(decisions.columns) == list(table.columns)
+        for c in CLASSES:
+            assert (decisions[c] == (table[c] >= thresholds[c]).astype(int)).all(), c
 
 
 def _relative_links(markdown: str) -> list[str]:
@@ -228,8 +241,8 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
         answer = _post(f"http://127.0.0.1:{port}/invocations",
                        {"dataframe_split": {"columns": ["image"], "data": rows}})
         pred = pd.DataFrame(answer["predictions"])
-        assert list(pred.columns) == CLASSES
-        assert np.abs(pred.to_numpy() - deployed["probs"].to_numpy()[:2]).max() < TOL
+        assert list(pred.columns) == CLASSES + [f"{c}_positive" for c in CLASSES]
+        assert np.abs(pred[CLASSES].to_numpy() - deployed["probs"].to_numpy()[:2]).max() < TOL
         # bad requests: HTTP 400 whose top-level message names the row and the reason (a file path is never read)
         from custom.serving.pyfunc import encode_array
 
@@ -383,4 +396,5 @@ def test_register_command_logs_a_new_run_and_a_new_version(deployed, tmp_path):
     assert "bundle/nvum_cxr_classification.zip" in {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
     with use_tracking_uri(uri):
         info = mlflow.models.get_model_info(f"models:/nvum-cli/{version.version}")
-    assert info.signature.outputs.input_names() == CLASSES and info.saved_input_example_info is not None
+    positive = [f"{c}_positive" for c in CLASSES]  # the thresholds of models/model.json came along
+    assert info.signature.outputs.input_names() == CLASSES + positive and info.saved_input_example_info is not None

@@ -12,7 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from custom.data import DataList
 from custom.evaluation.report import MEAN_ROW, TestReport, resolve_test_sets
-from custom.evaluation.metrics import bootstrap_auc, bootstrap_indices, weighted_auc
+from custom.evaluation.metrics import (bootstrap_auc, bootstrap_indices, expected_calibration_error,
+                                      operating_thresholds, sensitivity_specificity, weighted_auc)
 
 
 def _example(n=120, seed=7):
@@ -68,6 +69,69 @@ def test_bootstrap_is_seeded_and_needs_valid_indices():
     assert not np.array_equal(a["resampled"], c["resampled"], equal_nan=True)
     with pytest.raises(ValueError, match="resample indices"):
         bootstrap_auc(scores, labels, indices=np.array([[0, len(labels)]]))
+
+
+# ----------------------------------------------------------------------------------------------
+# operating thresholds and calibration
+# ----------------------------------------------------------------------------------------------
+
+
+def test_threshold_is_the_roc_point_closest_to_the_top_left_corner():
+    # positives 0.6, 0.7, 0.9, 0.25; negatives 0.1, 0.2, 0.3, 0.5. Cuts and their (fpr, tpr), distance^2 to (0, 1):
+    # 0.9 (0, 1/4) 0.5625; 0.7 (0, 1/2) 0.25; 0.6 (0, 3/4) 0.0625; 0.5 (1/4, 3/4) 0.125; 0.3 (1/2, 3/4) 0.3125;
+    # 0.25 (1/2, 1) 0.25; 0.1 (1, 1) 1. The closest: 0.6.
+    probs = np.array([0.6, 0.7, 0.9, 0.25, 0.1, 0.2, 0.3, 0.5])
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    thr, notes = operating_thresholds(probs[:, None], labels[:, None], ["A"])
+    assert thr == {"A": pytest.approx(0.6)} and notes == {}
+    sens, spec = sensitivity_specificity(probs[:, None], labels[:, None], [thr["A"]])
+    assert sens[0] == pytest.approx(0.75) and spec[0] == pytest.approx(1.0)
+
+
+def test_threshold_trades_sensitivity_and_specificity_by_distance_not_by_youden():
+    # positives 0.9, 0.8, 0.4 ; negatives 0.7, 0.3, 0.2, 0.1, 0.05
+    # cut 0.8: (fpr 0, tpr 2/3) distance^2 0.111 ; cut 0.4: (fpr 1/5, tpr 1) distance^2 0.04 -> 0.4
+    probs = np.array([0.9, 0.8, 0.4, 0.7, 0.3, 0.2, 0.1, 0.05])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    thr, _ = operating_thresholds(probs[:, None], labels[:, None], ["A"])
+    assert thr["A"] == pytest.approx(0.4)
+
+
+def test_a_class_with_a_single_label_value_gets_threshold_one_half_and_a_note():
+    probs = np.array([[0.9, 0.2], [0.1, 0.8], [0.7, 0.3]])
+    labels = np.array([[1, 0], [0, 0], [1, 0]])
+    thr, notes = operating_thresholds(probs, labels, ["A", "B"])
+    assert thr["B"] == 0.5 and "only label 0" in notes["B"] and "A" not in notes
+    assert thr["A"] == pytest.approx(0.7)  # both positives (0.9, 0.7) above the negative 0.1
+
+
+def test_sensitivity_and_specificity_count_probability_equal_to_the_threshold_as_positive():
+    probs = np.array([[0.5, 0.2], [0.49, 0.9], [0.8, 0.4], [0.1, 0.6]])
+    labels = np.array([[1, 0], [1, 1], [0, 0], [0, 0]])
+    sens, spec = sensitivity_specificity(probs, labels, [0.5, 0.5])
+    # class 0: positives 0.5 (called) and 0.49 (missed): 1/2; negatives 0.8 (called), 0.1: 1/2
+    # class 1: one positive 0.9 (called): 1; negatives 0.2, 0.4 (not called), 0.6 (called): 2/3
+    assert np.allclose(sens, [0.5, 1.0]) and np.allclose(spec, [0.5, 2 / 3])
+    sens, spec = sensitivity_specificity(probs[:, :1], np.zeros((4, 1)), [0.5])
+    assert np.isnan(sens[0]) and spec[0] == pytest.approx(0.5)
+
+
+def test_expected_calibration_error_by_hand():
+    # perfectly calibrated: in bin [0.2, 0.3) every probability is 0.25 and 1 of 4 is positive;
+    # in bin [0.7, 0.8) 0.75 and 3 of 4
+    probs = np.array([0.25] * 4 + [0.75] * 4)
+    labels = np.array([1, 0, 0, 0, 1, 1, 1, 0])
+    assert expected_calibration_error(probs[:, None], labels[:, None])[0] == pytest.approx(0.0)
+    # over-confident: 0.9 with half positive (gap 0.4, 6 of 10 images), 0.1 with none positive (gap 0.1, 4 of 10)
+    probs = np.array([0.9] * 6 + [0.1] * 4)
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    ece = expected_calibration_error(np.c_[probs, probs], np.c_[labels, 1 - labels])
+    assert ece[0] == pytest.approx(0.6 * 0.4 + 0.4 * 0.1)
+    # second class: 0.9 with half positive again (0.4), 0.1 with all positive (0.9)
+    assert ece[1] == pytest.approx(0.6 * 0.4 + 0.4 * 0.9)
+    # the bins are equal-width: 0.05 and 0.09 share bin 0 (mean 0.07, 1 of 2 positive: gap 0.43); 1.0 is in the last
+    ece = expected_calibration_error(np.array([[0.05], [0.09], [1.0]]), np.array([[1], [0], [1]]))
+    assert ece[0] == pytest.approx(2 / 3 * 0.43)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,3 +304,57 @@ def test_evaluate_config_runs_several_test_lists_in_one_run(tmp_path):
     assert len(list(out.glob("test_*_roc.png"))) == 3
     assert "50 resamples" in (out / "test_OPI.md").read_text()
     assert len(pd.read_csv(out / "test_test_shifted.csv")) == 15 and len(pd.read_csv(out / "test_OPI.csv")) == 4
+
+
+def test_report_chooses_thresholds_on_validation_stores_them_and_reports_the_operating_point(tmp_path):
+    from custom.data.transforms import ChestXrayToTensord
+    from monai.transforms import Compose, LoadImaged
+
+    train = DataList(_write_list(tmp_path / "a", "train", {"training": 4, "validation": 30, "test": 40}))
+    transform = Compose([LoadImaged("image", reader="PILReader", image_only=True, ensure_channel_first=True),
+                         ChestXrayToTensord("image", size=16)])
+    models = tmp_path / "models"
+    models.mkdir()
+    network = _FirstChannel(3)
+    torch.save(network.state_dict(), models / "model.pt")
+    (models / "model.json").write_text(json.dumps({"classes": CLASSES, "image_size": 16}))
+    report = TestReport(network, train, transform, tmp_path / "eval", checkpoint=models, num_resamples=0)
+    table = report.run()["test"]
+
+    # the thresholds are those of the rule on the validation probabilities, and reach the run record
+    def probs(split):
+        batch = torch.stack([transform(dict(d))["image"] for d in train.items(split)])
+        return torch.sigmoid(network(batch)).detach().numpy().astype(np.float64)
+
+    expected, _ = operating_thresholds(probs("validation"), train.labels("validation"), CLASSES)
+    record = json.loads((models / "model.json").read_text())
+    assert record["classes"] == CLASSES  # the rest of the record is kept
+    assert record["thresholds"] == pytest.approx(expected) and report.thresholds == pytest.approx(expected)
+    assert "closest to (0, 1)" in record["threshold_rule"]
+    # brightness separates Atelectasis: its threshold lies between the validation negatives and positives
+    val, val_labels = probs("validation")[:, 0], train.labels("validation")[:, 0].astype(bool)
+    assert val[~val_labels].max() < record["thresholds"]["Atelectasis"] <= val[val_labels].min()
+
+    # the test table: sensitivity and specificity at those thresholds, and the ECE, per class and over the diseases
+    test, labels = probs("test"), train.labels("test")
+    cut = np.array([expected[c] for c in CLASSES])
+    sens, spec = sensitivity_specificity(test, labels, cut)
+    ece = expected_calibration_error(test, labels)
+    assert np.allclose(table["threshold"][:3], cut)
+    assert np.allclose(table["sensitivity"][:3], sens) and np.allclose(table["specificity"][:3], spec)
+    assert np.allclose(table["ece"][:3], ece, atol=1e-6)
+    assert table["specificity"][0] == 1.0  # no Atelectasis negative is as bright as a positive
+    mean = table.iloc[-1]
+    assert mean["class"] == MEAN_ROW and mean["ece"] == pytest.approx(ece[:2].mean(), abs=1e-6)  # No Finding apart
+    assert mean["sensitivity"] == pytest.approx(sens[:2].mean())
+    assert list(pd.read_csv(tmp_path / "eval" / "test_test.csv").columns) == [
+        "class", "positives", "auc", "in_mean", "threshold", "sensitivity", "specificity", "ece"]
+    assert "| sensitivity | specificity | ece |" in (tmp_path / "eval" / "test_test.md").read_text()
+    assert (tmp_path / "eval" / "test_test_reliability.png").stat().st_size > 1000
+
+    # "record": evaluation with the stored thresholds (here changed by hand) instead of choosing again
+    record["thresholds"]["Atelectasis"] = 0.999
+    (models / "model.json").write_text(json.dumps(record))
+    again = TestReport(network, train, transform, tmp_path / "eval2", checkpoint=models, num_resamples=0,
+                       thresholds="record").run()["test"]
+    assert again["threshold"][0] == 0.999 and again["sensitivity"][0] == 0.0

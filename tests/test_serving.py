@@ -342,3 +342,100 @@ def test_chunked_prediction_gives_the_probabilities_of_one_pass_and_names_bad_ro
         model.predict(None, pd.DataFrame({"image": [rows[0], rows[1], rows[2], "/a.png", "/b.png"]}))
     assert err.value.message.startswith("row 3: expected") and "1 more bad row(s): row 4: expected" in err.value.message
     assert events == ["row 0", "row 1", "forward 2", "row 2", "row 3", "row 4"]  # after a bad row: only decoded
+
+
+# ----------------------------------------------------------------------------------------------
+# operating thresholds: decisions beside the probabilities
+# ----------------------------------------------------------------------------------------------
+
+
+def test_served_model_with_thresholds_adds_a_decision_per_class_after_the_probabilities(model):
+    images = pd.DataFrame({"image": [_png(v) for v in (0, 60, 120, 200, 255)]})
+    probs = model.predict(None, images)
+    assert list(probs.columns) == CLASSES  # without thresholds: the probabilities only
+    model.thresholds = [float(probs["A"].median()), 0.0, 1.0]
+    out = model.predict(None, images)
+    assert list(out.columns) == CLASSES + ["A_positive", "B_positive", "No Finding_positive"]
+    assert np.allclose(out[CLASSES].to_numpy(), probs.to_numpy())
+    assert out["A_positive"].tolist() == (probs["A"] >= probs["A"].median()).astype(int).tolist()
+    assert out["A_positive"].sum() == 3  # the median of five distinct values and the two above it
+    assert out["B_positive"].tolist() == [1] * 5 and out["No Finding_positive"].tolist() == [0] * 5
+
+
+def _write_probabilities(tmp_path, probs, **kwargs):
+    """Run a ProbabilityWriter over one batch of ``probs`` (rows of class probabilities), as the evaluator would."""
+    from types import SimpleNamespace
+
+    from monai.data import MetaTensor
+
+    from custom.serving.inference import ProbabilityWriter
+
+    writer = ProbabilityWriter(tmp_path / "probabilities.csv", CLASSES, **kwargs)
+    output = [{"pred": torch.tensor(p), "image": MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": f"{i}.png"})}
+              for i, p in enumerate(probs)]
+    engine = SimpleNamespace(state=SimpleNamespace(output=output, batch=[{}] * len(output)))
+    writer._reset(engine)
+    writer._collect(engine)
+    writer._write(engine)
+    return writer
+
+
+def test_inference_writes_decisions_equal_to_probability_at_least_threshold(tmp_path):
+    probs = [[0.30, 0.10, 0.90], [0.29, 0.50, 0.20], [0.80, 0.05, 0.50]]
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "model.json").write_text(json.dumps({"classes": CLASSES, "thresholds": {"A": 0.3, "B": 0.06,
+                                                                                      "No Finding": 0.5}}))
+    # from the run record beside the checkpoint (model.pt itself need not exist: only its record is read)
+    _write_probabilities(tmp_path, probs, checkpoint=models / "model.pt")
+    table = pd.read_csv(tmp_path / "probabilities.csv")
+    assert list(table.columns) == ["image", *CLASSES]  # the probabilities file keeps its format
+    decisions = pd.read_csv(tmp_path / "decisions.csv")
+    assert list(decisions.columns) == ["image", *CLASSES] and list(decisions["image"]) == list(table["image"])
+    # equality counts as positive: 0.30 >= 0.3 and 0.50 >= 0.5
+    assert decisions[CLASSES].to_numpy().tolist() == [[1, 1, 1], [0, 1, 0], [1, 0, 1]]
+    for c, t in zip(CLASSES, (0.3, 0.06, 0.5)):
+        assert (decisions[c] == (table[c] >= t).astype(int)).all()
+    # an override (inference.json's "thresholds") wins over the record; an empty one turns the decisions off
+    _write_probabilities(tmp_path, probs, checkpoint=models / "model.pt", thresholds={"A": 0.9, "B": 0.9,
+                                                                                      "No Finding": 0.9})
+    assert pd.read_csv(tmp_path / "decisions.csv")[CLASSES].to_numpy().tolist() == [[0, 0, 1], [0, 0, 0], [0, 0, 0]]
+    _write_probabilities(tmp_path, probs, checkpoint=models / "model.pt", thresholds={})
+    assert not (tmp_path / "decisions.csv").exists()  # the stale one is removed
+    # no record, no thresholds: no decisions
+    _write_probabilities(tmp_path, probs, checkpoint=tmp_path / "none" / "model.pt")
+    assert not (tmp_path / "decisions.csv").exists()
+
+
+def test_thresholds_that_miss_a_class_or_are_out_of_range_are_refused():
+    from custom.serving.inference import read_thresholds
+
+    assert read_thresholds(CLASSES, {"A": 0.1, "B": 1, "No Finding": 0.5, "extra": 0.2}) == [0.1, 1.0, 0.5]
+    with pytest.raises(ValueError, match=r"no threshold for classes \['No Finding'\]"):
+        read_thresholds(CLASSES, {"A": 0.1, "B": 0.2})
+    with pytest.raises(ValueError, match=r"threshold of B must be a number in \[0, 1\], got 1.5"):
+        read_thresholds(CLASSES, {"A": 0.1, "B": 1.5, "No Finding": 0.5})
+    assert read_thresholds(CLASSES, None, None) is None
+
+
+def test_the_bundle_takes_the_thresholds_of_the_record_beside_the_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from custom.deploy.export import bundle_configs
+    from custom.deploy.registry import ModelRegistrar
+
+    models = tmp_path / "models"
+    models.mkdir()
+    thresholds = {"A": 0.2, "B": 0.7, "No Finding": 0.5}
+    run = {"classes": CLASSES, "num_training": 4, "image_size": 16}
+    registrar = ModelRegistrar(None, models, record=dict(run))
+    assert registrar.bundle_record() == registrar.record and "thresholds" not in registrar.record  # none anywhere
+    registrar.test_report = SimpleNamespace(thresholds={"A": 0.1, "B": 0.1, "No Finding": 0.1}, threshold_notes={})
+    assert registrar.bundle_record()["thresholds"] == {"A": 0.1, "B": 0.1, "No Finding": 0.1}  # the report's
+    (models / "model.json").write_text(json.dumps({**run, "thresholds": thresholds, "threshold_rule": "r"}))
+    record = registrar.bundle_record()  # the record beside model.pt wins (edited by hand, say)
+    assert record["thresholds"] == thresholds and record["threshold_rule"] == "r" and record["classes"] == CLASSES
+    inference, _ = bundle_configs(CONFIGS, record)
+    assert inference["thresholds"] == thresholds and inference["classes"] == CLASSES
+    inference, _ = bundle_configs(CONFIGS, run)
+    assert inference["thresholds"] is None  # the repository's default: the record beside the checkpoint

@@ -98,7 +98,8 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         config_dir: folder holding ``inference.json`` and ``metadata.json``; ``%`` macros of
             ``inference.json`` are resolved relative to the folder above the bundle folder.
         record: the run's record (:class:`custom.record.RunRecord`): its ``classes``,
-            ``image_size`` and ``network`` replace the config's (default: keep the config's).
+            ``image_size`` and ``network`` replace the config's (default: keep the config's), and
+            its operating ``thresholds`` (written by the test report) become ``thresholds``.
 
     Returns:
         ``(inference, metadata)`` dicts; the classes also go into the metadata's output
@@ -123,6 +124,8 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         inference["image_size"] = int(record["image_size"])
     if rebuildable(record.get("network")):
         inference["network_def"] = network_definition(record)
+    if record.get("thresholds"):  # the run's operating thresholds, read by inference and the served model
+        inference["thresholds"] = {str(k): float(v) for k, v in record["thresholds"].items()}
     out = meta["network_data_format"]["outputs"][out_key]
     out["num_channels"] = len(inference["classes"])
     out["spatial_shape"] = [len(inference["classes"])]

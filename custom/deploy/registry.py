@@ -35,7 +35,8 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     ``custom`` package goes with it as ``code_paths``. The input example is the bytes of
     ``example_images`` (default: two random grey PNGs of the input size); the signature is one
     ``string`` input column ``image`` (image bytes, base64-encoded over REST) and one ``double``
-    output column per class.
+    output column per class, then, when ``inference.json`` holds operating ``thresholds``, one ``long``
+    column ``<class>_positive`` per class.
 
     Args:
         deployable: what :func:`build_bundle` returned.
@@ -52,7 +53,7 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from ..serving.pyfunc import IMAGE_COLUMN, ChestXrayClassifier
+    from ..serving.pyfunc import IMAGE_COLUMN, POSITIVE_SUFFIX, ChestXrayClassifier
 
     inference = read_json_file(deployable.config_dir / "inference.json")
     if not example_images:
@@ -60,8 +61,10 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     example = pd.DataFrame({IMAGE_COLUMN: [Path(p).read_bytes() for p in example_images]})
     artifacts = {"model": str(deployable.model_ts), "inference_config": str(deployable.config_dir / "inference.json")}
     # a string column: the model decodes the base64 text itself and says what is wrong with it (custom.serving.pyfunc)
-    signature = ModelSignature(Schema([ColSpec("string", IMAGE_COLUMN)]),
-                               Schema([ColSpec("double", str(c)) for c in inference["classes"]]))
+    outputs = [ColSpec("double", str(c)) for c in inference["classes"]]
+    if inference.get("thresholds"):  # the decisions at the operating thresholds follow the probabilities
+        outputs += [ColSpec("long", f"{c}{POSITIVE_SUFFIX}") for c in inference["classes"]]
+    signature = ModelSignature(Schema([ColSpec("string", IMAGE_COLUMN)]), Schema(outputs))
 
     with use_tracking_uri(tracking_uri or mlflow.get_tracking_uri()):
         experiment_id = None
@@ -250,6 +253,24 @@ class ModelRegistrar:
 
         check_writable(self.models_dir, "model folder (ckpt_dir)")
 
+    def bundle_record(self) -> dict | None:
+        """The run record that goes into the bundle (``models/model.json``): the run's, with the operating
+        thresholds (``thresholds``, ``threshold_rule``, ``threshold_notes``) that the test report wrote into
+        the record beside the checkpoint, else those the test report holds."""
+        import json
+
+        record = dict(self.record) if self.record else None
+        sidecar = Path(self.checkpoint).with_suffix(".json")
+        stored = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        keys = ("thresholds", "threshold_rule", "threshold_notes")
+        extra = {k: stored[k] for k in keys if stored.get(k) is not None}
+        if not extra.get("thresholds") and getattr(self.test_report, "thresholds", None):
+            extra = {"thresholds": dict(self.test_report.thresholds),
+                     "threshold_notes": dict(getattr(self.test_report, "threshold_notes", {}) or {})}
+        if record is None or not extra.get("thresholds"):
+            return record
+        return {**record, **extra}
+
     def run(self):
         """Returns the registered ``ModelVersion`` (``None`` with tracking or the step off)."""
         if not getattr(self.tracker, "enabled", False):
@@ -259,7 +280,7 @@ class ModelRegistrar:
         run_id = self.tracker.run_id
         try:
             with tempfile.TemporaryDirectory() as staging:
-                built = build_bundle(self.checkpoint, self.models_dir, staging, self.bundle_dir, self.record,
+                built = build_bundle(self.checkpoint, self.models_dir, staging, self.bundle_dir, self.bundle_record(),
                                      self.bundle_name, self.example_images, eval_metrics(self.test_report))
                 print(f"exported {built.model_ts} (largest logit difference to the checkpoint "
                       f"{built.max_difference:.2g}); bundle {built.zip}", flush=True)

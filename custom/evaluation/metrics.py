@@ -210,3 +210,123 @@ def bootstrap_auc(
         "resampled": resampled,
         "resampled_mean": resampled_mean,
     }
+
+
+#: threshold of a class whose validation labels hold a single value (no ROC curve to choose on).
+DEFAULT_THRESHOLD = 0.5
+
+
+def operating_thresholds(probs, labels, classes: Sequence[str]) -> tuple[dict[str, float], dict[str, str]]:
+    """Per-class operating thresholds: the point of the ROC curve closest to ``(0, 1)``.
+
+    For each class, ``sklearn.metrics.roc_curve`` gives the candidate thresholds; the one whose
+    ``(false positive rate, true positive rate)`` lies nearest (Euclidean) to the corner
+    ``(0, 1)`` is chosen, i.e. the one minimising ``(1 - sensitivity)^2 + (1 - specificity)^2``
+    (ties: the first, i.e. the highest threshold). A case is called positive when its probability
+    is ``>= threshold``. sklearn's first threshold (``inf``, nothing called positive) is never the
+    closest point when the class has positives, except in degenerate cases, where it is replaced by
+    the largest finite one.
+
+    Args:
+        probs: (N, C) probabilities.
+        labels: (N, C) 0/1 labels.
+        classes: the C class names.
+
+    Returns:
+        ``(thresholds, notes)``: ``{class: threshold}`` for every class, and ``{class: note}`` for
+        the classes whose labels hold a single value: they get :data:`DEFAULT_THRESHOLD` (0.5).
+    """
+    from sklearn.metrics import roc_curve
+
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    if probs.shape != labels.shape or probs.ndim != 2 or probs.shape[1] != len(classes):
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must both be (N, {len(classes)})")
+    thresholds, notes = {}, {}
+    for c, name in enumerate(classes):
+        column = labels[:, c]
+        if not 0 < column.sum() < len(column):
+            thresholds[str(name)] = DEFAULT_THRESHOLD
+            value = "no images" if len(column) == 0 else f"only label {int(column[0])}"
+            notes[str(name)] = f"{value} in the validation split: no ROC curve, threshold {DEFAULT_THRESHOLD}"
+            continue
+        fpr, tpr, cut = roc_curve(column, probs[:, c])
+        best = int(np.argmin(fpr**2 + (1.0 - tpr) ** 2))
+        value = cut[best]
+        if not np.isfinite(value):
+            value = cut[1] if len(cut) > 1 else DEFAULT_THRESHOLD
+        thresholds[str(name)] = float(value)
+    return thresholds, notes
+
+
+def sensitivity_specificity(probs, labels, thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivity (true positive rate) and specificity (true negative rate) of every class when a
+    case is called positive at ``probability >= threshold``.
+
+    Args:
+        probs, labels: (N, C) arrays.
+        thresholds: (C,) thresholds.
+
+    Returns:
+        ``(sensitivity, specificity)``, (C,) float64 arrays; NaN where a class has no positive
+        (sensitivity) or no negative (specificity).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if probs.shape != labels.shape or probs.ndim != 2 or thresholds.shape != (probs.shape[1],):
+        raise ValueError(f"probs {probs.shape}, labels {labels.shape} must be (N, C) and thresholds "
+                         f"{thresholds.shape} (C,)")
+    called = probs >= thresholds[None, :]
+    pos, neg = labels.sum(axis=0), (~labels).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity = np.where(pos > 0, (called & labels).sum(axis=0) / pos, np.nan)
+        specificity = np.where(neg > 0, (~called & ~labels).sum(axis=0) / neg, np.nan)
+    return sensitivity.astype(np.float64), specificity.astype(np.float64)
+
+
+def calibration_bins(probs, labels, num_bins: int = 10) -> dict:
+    """Reliability statistics of one class's probabilities in ``num_bins`` equal-width bins of [0, 1].
+
+    Bin ``b`` holds the probabilities in ``[b / num_bins, (b + 1) / num_bins)`` (the last bin
+    includes 1).
+
+    Returns:
+        dict of (num_bins,) arrays: ``count``, ``confidence`` (mean probability; NaN in empty
+        bins) and ``frequency`` (fraction of positives; NaN in empty bins).
+    """
+    probs = np.asarray(probs, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    if probs.shape != labels.shape:
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must have the same length")
+    index = np.clip((probs * num_bins).astype(np.int64), 0, num_bins - 1)
+    count = np.bincount(index, minlength=num_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(index, probs, minlength=num_bins) / count
+        frequency = np.bincount(index, labels, minlength=num_bins) / count
+    return {"count": count, "confidence": confidence, "frequency": frequency}
+
+
+def expected_calibration_error(probs, labels, num_bins: int = 10) -> np.ndarray:
+    """Expected calibration error of every class: ``sum_b (n_b / N) |mean probability_b - positive fraction_b|``
+    over ``num_bins`` equal-width bins of [0, 1] (:func:`calibration_bins`).
+
+    Args:
+        probs, labels: (N, C) probabilities and 0/1 labels.
+
+    Returns:
+        (C,) float64 array; NaN when there are no images.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    if probs.shape != labels.shape or probs.ndim != 2:
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must both be (N, C)")
+    out = np.full(probs.shape[1], np.nan)
+    if probs.shape[0] == 0:
+        return out
+    for c in range(probs.shape[1]):
+        bins = calibration_bins(probs[:, c], labels[:, c], num_bins)
+        filled = bins["count"] > 0
+        gap = np.abs(bins["confidence"][filled] - bins["frequency"][filled])
+        out[c] = float((bins["count"][filled] * gap).sum() / probs.shape[0])
+    return out

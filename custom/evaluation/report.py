@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from ..data.datalist import DataList
 from ..labels import NO_FINDING, disease_indices
-from .metrics import bootstrap_auc, mean_auc, per_class_auc
+from .metrics import (bootstrap_auc, calibration_bins, expected_calibration_error, mean_auc, operating_thresholds,
+                      per_class_auc, sensitivity_specificity)
 from ..networks import load_weights
 from .tables import markdown_table
 from ..flags import as_bool, resolve_auto
@@ -198,9 +199,17 @@ class TestReport:
 
     For each test set it prints a per-class AUC table with bootstrap 95% intervals and the mean
     over the diseases (No Finding listed apart: it is not in the mean, as in the paper), and
-    writes ``<output_dir>/test_<name>.csv`` and ``.md`` and a ROC figure
-    ``test_<name>_roc.png``. With a tracker, the files and the mean AUC (with its interval) are
-    logged to its MLflow run.
+    writes ``<output_dir>/test_<name>.csv`` and ``.md``, a ROC figure ``test_<name>_roc.png`` and a
+    reliability figure ``test_<name>_reliability.png``. With a tracker, the files and the mean AUC
+    (with its interval) are logged to its MLflow run.
+
+    Operating thresholds: before the test sets, the network's probabilities on the validation split
+    of ``datalist`` give every class a threshold (:func:`~custom.evaluation.metrics.operating_thresholds`:
+    the ROC point closest to ``(0, 1)``), stored as ``thresholds`` in the run record beside the
+    checkpoint (``model.json``), from where inference and the deployable bundle read them. The
+    test tables then add, per class, ``threshold``, ``sensitivity`` and ``specificity`` at it, and
+    the expected calibration error ``ece`` (10 equal-width bins) of the probabilities; the
+    ``Mean (diseases)`` row holds their mean over the diseases whose value is defined.
 
     Args:
         network: the network to evaluate (weights are loaded into it from ``checkpoint``).
@@ -218,13 +227,18 @@ class TestReport:
         device, batch_size, num_workers, amp: inference settings.
         tracker: optional :class:`~custom.training.MLflowTracker`.
         end_run: end the tracker's run afterwards (false when a later step logs to the same run).
+        thresholds: ``"validation"`` (default): chosen on the validation split and written into the
+            run record beside ``checkpoint`` (when there is one); ``"record"``: those of that run
+            record, else chosen on the validation split without writing; a dict ``class -> threshold``;
+            ``None``: no thresholds (the tables keep only ``ece`` besides the AUCs).
     """
 
     __test__ = False  # not a pytest class
 
     def __init__(self, network, datalist: DataList, transform, output_dir, checkpoint=None, splits=None,
                  test_lists=None, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95, device="cpu",
-                 batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None, end_run: bool = True):
+                 batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None, end_run: bool = True,
+                 thresholds="validation"):
         self.network, self.datalist, self.transform = network, datalist, transform
         if checkpoint not in (None, "") and Path(checkpoint).is_dir():  # a run's folder: its best model
             checkpoint = Path(checkpoint) / "model.pt"
@@ -234,6 +248,12 @@ class TestReport:
         self.device, self.batch_size, self.num_workers = device, batch_size, num_workers
         self.amp = resolve_auto(amp, device, "amp")
         self.tracker, self.end_run = tracker, as_bool(end_run, "end_run")
+        if not (thresholds is None or isinstance(thresholds, Mapping) or thresholds in ("validation", "record")):
+            raise ValueError(f"thresholds must be 'validation', 'record', a dict class -> threshold or null, got "
+                             f"{thresholds!r}")
+        self.threshold_source = thresholds
+        self.thresholds: dict[str, float] | None = None  # class -> operating threshold, after run()
+        self.threshold_notes: dict[str, str] = {}
         self.results: dict[str, pd.DataFrame] = {}
         self.written: list[tuple[str, Path]] = []  # (what, path) of every file written, for custom.RunSummary
 
@@ -259,18 +279,57 @@ class TestReport:
             load_weights(self.network, self.checkpoint)
             print(f"evaluating checkpoint {_describe_checkpoint(self.checkpoint)}", flush=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for test in test_sets:
-            columns = _class_columns(test.datalist.classes, self.datalist.classes, f"data list {test.datalist.path}")
+        all_columns = [_class_columns(test.datalist.classes, self.datalist.classes, f"data list {test.datalist.path}")
+                       for test in test_sets]  # every test set's classes checked before any prediction
+        self.thresholds = self._operating_thresholds()
+        for test, columns in zip(test_sets, all_columns):
             labels = test.datalist.labels(test.split)
             logits = predict(self.network, test.datalist.items(test.split), self.transform, self.device,
                              self.batch_size, self.num_workers, desc=f"test {test.name}", amp=self.amp)
             logits = logits[:, columns] if len(logits) else np.zeros(labels.shape, np.float32)
             table = self.table(logits, labels, test.datalist.classes)
+            table = operating_table(table, _sigmoid(logits), labels, test.datalist.classes, self.thresholds)
             self.results[test.name] = table
             self._report(test, table, logits, labels)
         if self.tracker is not None and self.end_run:
             self.tracker.finish()
         return self.results
+
+    def _record_file(self) -> Path | None:
+        return Path(self.checkpoint).with_suffix(".json") if self.checkpoint not in (None, "") else None
+
+    def _operating_thresholds(self) -> dict[str, float] | None:
+        """The thresholds of :attr:`threshold_source` (class -> threshold), chosen and stored when asked."""
+        import json
+
+        source, record = self.threshold_source, self._record_file()
+        if source is None:
+            return None
+        if isinstance(source, Mapping):
+            return {str(k): float(v) for k, v in source.items()}
+        if source == "record" and record is not None and record.is_file():
+            stored = json.loads(record.read_text()).get("thresholds")
+            if stored:
+                print(f"operating thresholds from {record}", flush=True)
+                return {str(k): float(v) for k, v in stored.items()}
+        items = self.datalist.items("validation") if "validation" in self.datalist.splits else []
+        if not items:
+            print("no validation split: no operating thresholds", flush=True)
+            return None
+        labels = self.datalist.labels("validation")
+        logits = predict(self.network, items, self.transform, self.device, self.batch_size, self.num_workers,
+                         desc="validation (thresholds)", amp=self.amp)
+        thresholds, self.threshold_notes = operating_thresholds(_sigmoid(logits), labels, self.datalist.classes)
+        for cls, note in self.threshold_notes.items():
+            print(f"threshold of {cls}: {note}", flush=True)
+        if source == "validation" and record is not None:
+            if record.is_file():
+                write_thresholds(record, thresholds, self.threshold_notes)
+                print(f"operating thresholds (ROC point closest to (0, 1) on the {len(items)} validation images) "
+                      f"written to {record}", flush=True)
+            else:
+                print(f"no run record {record}: the operating thresholds are not stored", flush=True)
+        return thresholds
 
     def table(self, scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
         """Per-class AUC table of one test set, with intervals when ``num_resamples`` > 0."""
@@ -297,15 +356,22 @@ class TestReport:
         ci = _interval(table, mean)
         roc_figure(scores, labels, test.datalist.classes, table, png,
                    title=f"{test.name}: {len(labels)} images, mean AUC over diseases {_fmt(mean['auc'])}{ci}")
+        reliability = Path(f"{stem}_reliability.png")
+        reliability_figure(_sigmoid(scores), labels, test.datalist.classes, table, reliability,
+                           title=f"{test.name}: {len(labels)} images, mean ECE over diseases {_fmt(mean['ece'])}")
         self.written += [(f"test table '{test.name}'", csv), (f"test table '{test.name}' (Markdown)", md),
-                         (f"ROC figure '{test.name}'", png)]
+                         (f"ROC figure '{test.name}'", png), (f"reliability figure '{test.name}'", reliability)]
         if self.tracker is not None:
-            values = {f"test_{test.name}_mean_auc": float(mean["auc"])}
+            values = {f"test_{test.name}_mean_auc": float(mean["auc"]),
+                      f"test_{test.name}_mean_ece": float(mean["ece"])}
+            if "sensitivity" in table:
+                values.update({f"test_{test.name}_mean_sensitivity": float(mean["sensitivity"]),
+                               f"test_{test.name}_mean_specificity": float(mean["specificity"])})
             if "ci_low" in table:
                 values.update({f"test_{test.name}_mean_auc_ci_low": float(mean["ci_low"]),
                                f"test_{test.name}_mean_auc_ci_high": float(mean["ci_high"])})
             self.tracker.log_values({k: v for k, v in values.items() if not np.isnan(v)})
-            for path in (csv, md, png):
+            for path in (csv, md, png, reliability):
                 self.tracker.log_file(path, "test")
 
 
@@ -342,6 +408,9 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
     if "ci_low" in table:
         out["95% CI"] = [("n/a" if np.isnan(lo) else f"{lo:.4f} - {hi:.4f}") for lo,
                          hi in zip(table["ci_low"], table["ci_high"])]
+    for column in ("threshold", "sensitivity", "specificity", "ece"):
+        if column in table:
+            out[column] = table[column].map(_fmt)
     apart = table["class"] == NO_FINDING
     return pd.concat([out[~apart], out[apart]], ignore_index=True)
 
@@ -356,3 +425,96 @@ def _markdown_report(title: str, shown: pd.DataFrame) -> str:
 
 def _markdown(df: pd.DataFrame) -> str:
     return markdown_table(df.columns, df.itertuples(index=False))
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def write_thresholds(record, thresholds: Mapping[str, float], notes: Mapping[str, str] | None = None) -> Path:
+    """Put ``thresholds`` (class -> threshold), the rule and its notes into the run record file ``record``
+    (``model.json``), keeping everything else in it; written atomically."""
+    import json
+
+    from ..files import atomic_path
+
+    record = Path(record)
+    content = json.loads(record.read_text()) if record.is_file() else {}
+    content["thresholds"] = {str(k): float(v) for k, v in thresholds.items()}
+    content["threshold_rule"] = THRESHOLD_RULE
+    content["threshold_notes"] = dict(notes or {})
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps(content, indent=1) + "\n")
+    return record
+
+
+#: how the stored thresholds were chosen (written beside them in the run record).
+THRESHOLD_RULE = ("per class, the point of the validation ROC curve closest to (0, 1) (sklearn roc_curve); positive "
+                  "when probability >= threshold; 0.5 for a class with a single label value in validation")
+
+
+def operating_table(table: pd.DataFrame, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                    thresholds: Mapping[str, float] | None, num_bins: int = 10) -> pd.DataFrame:
+    """An AUC table (:func:`auc_table`) with the operating point and the calibration added.
+
+    Adds ``ece`` (expected calibration error of the probabilities, ``num_bins`` equal-width bins)
+    and, with ``thresholds``, ``threshold``, ``sensitivity`` and ``specificity`` (a case is
+    positive when its probability is ``>= threshold``; a class without a threshold gets NaN). The
+    ``Mean (diseases)`` row holds their mean over the diseases where the value is defined.
+    """
+    table = table.copy()
+    n = len(classes)
+    diseases = disease_indices(classes)
+    columns = {}
+    if thresholds is not None:
+        cut = np.array([thresholds.get(c, np.nan) for c in classes], dtype=np.float64)
+        if len(labels):
+            sens, spec = sensitivity_specificity(probs, labels, np.nan_to_num(cut, nan=np.inf))
+            sens[np.isnan(cut)], spec[np.isnan(cut)] = np.nan, np.nan
+        else:
+            sens = spec = np.full(n, np.nan)
+        columns.update(threshold=cut, sensitivity=sens, specificity=spec)
+    columns["ece"] = expected_calibration_error(probs, labels, num_bins) if len(labels) else np.full(n, np.nan)
+    for name, values in columns.items():
+        picked = values[diseases] if diseases else values[:0]
+        picked = picked[~np.isnan(picked)]
+        table[name] = list(values) + [float(picked.mean()) if picked.size else np.nan]
+    return table
+
+
+def reliability_figure(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], table: pd.DataFrame, path,
+                       title: str = "", num_bins: int = 10) -> Path:
+    """One PNG of reliability diagrams: a small panel per class (fraction of positives against the mean
+    probability in ``num_bins`` equal-width bins, marker area by the bin's images, the diagonal for
+    perfect calibration), each titled with its ECE from ``table``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(classes), 1)
+    cols = min(5, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows + 0.5), dpi=100, squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(classes):
+            ax.axis("off")
+            continue
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        if len(labels):
+            bins = calibration_bins(probs[:, i], labels[:, i], num_bins)
+            filled = bins["count"] > 0
+            sizes = 8 + 120 * bins["count"][filled] / max(bins["count"].sum(), 1)
+            ax.plot(bins["confidence"][filled], bins["frequency"][filled], color="tab:blue", lw=1)
+            ax.scatter(bins["confidence"][filled], bins["frequency"][filled], s=sizes, color="tab:blue", zorder=3)
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.set_title(f"{classes[i]}\nECE {_fmt(table.iloc[i]['ece'])}", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.supxlabel("mean predicted probability (10 equal-width bins)", fontsize=8)
+    fig.supylabel("fraction positive", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

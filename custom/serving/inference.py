@@ -205,15 +205,29 @@ class ProbabilityWriter:
     (a stale one from an earlier run is removed); each kind is counted in the final line. When no
     image at all could be scored, the run stops (the errors file names every image and its reason).
 
+    With operating thresholds (``thresholds``, else the ``thresholds`` of the run record beside
+    ``checkpoint``: ``model.json``, written after training), it also writes ``decisions_file``: the
+    same rows with, per class, 1 where the probability is ``>=`` the class's threshold, else 0 (the
+    probabilities file keeps its format). Without thresholds no decisions file is written (a stale
+    one is removed).
+
     Args:
         output_file: the CSV file (its folder is created).
         classes: class names, the CSV's header after ``image``.
         errors_file: the CSV of the images that could not be read (default: ``errors.csv`` beside ``output_file``).
+        thresholds: ``class -> threshold`` (every class needed), or a JSON file holding such a dict or a run
+            record with ``thresholds``; ``None``: those of the run record beside ``checkpoint``, if any;
+            an empty dict: no decisions.
+        checkpoint: the weights file whose run record (``<name>.json``) holds the thresholds.
+        decisions_file: the decisions CSV (default: ``decisions.csv`` beside ``output_file``).
     """
 
-    def __init__(self, output_file, classes: Sequence[str], errors_file=None):
+    def __init__(self, output_file, classes: Sequence[str], errors_file=None, thresholds=None, checkpoint=None,
+                 decisions_file=None):
         self.output_file, self.classes = Path(output_file), list(classes)
         self.errors_file = Path(errors_file) if errors_file else self.output_file.with_name("errors.csv")
+        self.decisions_file = Path(decisions_file) if decisions_file else self.output_file.with_name("decisions.csv")
+        self.threshold_setting, self.checkpoint = thresholds, checkpoint
         self._rows: list[list] = []
         self._errors: list[list] = []
         self._counts = {READ_ERROR: 0, REFUSED: 0, INPUT_WARNING: 0}
@@ -257,7 +271,19 @@ class ProbabilityWriter:
             writer.writerow(header)
             writer.writerows(rows)
 
+    def thresholds(self) -> list[float] | None:
+        """The threshold of every class, in class order (:func:`read_thresholds`); ``None`` without thresholds."""
+        return read_thresholds(self.classes, self.threshold_setting, self.checkpoint)
+
     def _write(self, engine: Engine) -> None:
+        thresholds = self.thresholds()
+        if thresholds is not None:
+            decisions = [[row[0]] + [int(float(p) >= t) for p, t in zip(row[1:], thresholds)] for row in self._rows]
+            self._write_csv(self.decisions_file, ["image"] + self.classes, decisions)
+            print(f"wrote decisions (probability >= the class's operating threshold) to {self.decisions_file}",
+                  flush=True)
+        elif self.decisions_file.is_file():
+            self.decisions_file.unlink()  # from an earlier run into the same folder
         self._write_csv(self.output_file, ["image"] + self.classes, self._rows)
         if self._errors:
             self._write_csv(self.errors_file, ["image", "reason"], self._errors)
@@ -274,3 +300,48 @@ class ProbabilityWriter:
             image, reason = self._errors[0]
             raise ValueError(f"none of the {len(self._errors)} input image(s) could be read, e.g. {image}: {reason} "
                              f"(every image and its reason: {self.errors_file})")
+
+
+def read_thresholds(classes: Sequence[str], thresholds=None, checkpoint=None) -> list[float] | None:
+    """The operating threshold of every class, in class order, or ``None`` when there are none.
+
+    Args:
+        classes: the class names.
+        thresholds: ``class -> threshold``; a JSON file holding such a dict or a run record with
+            ``thresholds``; ``None``: the ``thresholds`` of the run record beside ``checkpoint``
+            (``model.json`` beside ``model.pt``), if any; an empty dict: none.
+        checkpoint: the weights file (it need not exist; only its record is read).
+
+    Raises:
+        ValueError: thresholds that miss a class or are not numbers in [0, 1].
+    """
+    import json
+
+    where = "thresholds"
+    if thresholds is None:
+        if checkpoint in (None, ""):
+            return None
+        record = Path(checkpoint).with_suffix(".json")
+        if not record.is_file():
+            return None
+        thresholds, where = json.loads(record.read_text()).get("thresholds"), f"thresholds of {record}"
+        if not thresholds:
+            return None
+    elif isinstance(thresholds, (str, Path)):
+        where = f"thresholds file {thresholds}"
+        content = json.loads(Path(thresholds).read_text())
+        thresholds = content.get("thresholds", content) if isinstance(content, dict) else content
+    if not thresholds:
+        return None
+    if not isinstance(thresholds, dict):
+        raise ValueError(f"{where} must be a dict class -> threshold, got {type(thresholds).__name__}")
+    missing = [c for c in classes if c not in thresholds]
+    if missing:
+        raise ValueError(f"{where} have no threshold for classes {missing}")
+    out = []
+    for c in classes:
+        value = thresholds[c]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{where}: the threshold of {c} must be a number in [0, 1], got {value!r}")
+        out.append(float(value))
+    return out

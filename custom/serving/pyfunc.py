@@ -10,8 +10,10 @@ answers a file path with "Incorrect padding". File paths are deliberately not ac
 model must not read files of the server on a client's request.
 
 It returns a ``pandas.DataFrame`` with one row per image and one column per class (the class
-names of the bundle's ``inference.json``), holding sigmoid probabilities. Preprocessing and
-postprocessing are those of ``inference.json`` (its image loader replaced by the decoder below),
+names of the bundle's ``inference.json``), holding sigmoid probabilities; when ``inference.json``
+holds operating ``thresholds`` (the deployable bundle of a trained run does), one more column per
+class follows them, ``<class>_positive``: 1 where the probability is ``>=`` the class's threshold, else 0.
+Preprocessing and postprocessing are those of ``inference.json`` (its image loader replaced by the decoder below),
 and the network is the bundle's TorchScript export, so the model predicts what
 ``inference.json`` predicts.
 
@@ -53,6 +55,8 @@ from .loaders import TorchScriptRunner
 
 #: the input column of the pyfunc model.
 IMAGE_COLUMN = "image"
+#: suffix of the decision column of a class (``<class>_positive``), returned when the model has thresholds.
+POSITIVE_SUFFIX = "_positive"
 NPY_MAGIC = b"\x93NUMPY"
 #: the largest image decoded, in pixels (height x width, x frames for DICOM), for PNG/JPEG, ``.npy`` and DICOM
 #: alike: Pillow's decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485, e.g. 9459 x 9459).
@@ -285,6 +289,9 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         pre = parser.get_parsed_content("preprocessing")
         self.preprocess = Compose([t for t in pre.transforms if not isinstance(t, LoadImaged)])
         self.postprocess = parser.get_parsed_content("postprocessing")
+        from .inference import read_thresholds
+
+        self.thresholds = read_thresholds(self.classes, parser.get("thresholds") or {})
         self.model = TorchScriptRunner(torch.jit.load(context.artifacts["model"], map_location="cpu")).eval()
 
     def _images(self, model_input) -> list:
@@ -353,4 +360,9 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
             more = f" (and {len(errors) - 1} more bad row(s): {'; '.join(errors[1:10])})" if len(errors) > 1 else ""
             raise MlflowException(f"{errors[0]}{more}", error_code=INVALID_PARAMETER_VALUE)
         values = torch.stack(probs).numpy() if probs else np.zeros((0, len(self.classes)), np.float32)
-        return pd.DataFrame(values.astype(np.float64), columns=self.classes)
+        out = pd.DataFrame(values.astype(np.float64), columns=self.classes)
+        thresholds = getattr(self, "thresholds", None)  # (models pickled before thresholds: none)
+        if thresholds:
+            for cls, threshold in zip(self.classes, thresholds):
+                out[f"{cls}{POSITIVE_SUFFIX}"] = (out[cls] >= threshold).astype(np.int64)
+        return out
