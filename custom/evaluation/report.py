@@ -1,5 +1,6 @@
-"""Test-set evaluation: per-class AUC with bootstrap confidence intervals and ROC figures, on one or more test
-sets, printed, saved and tracked."""
+"""Test-set evaluation: per-class AUC with bootstrap confidence intervals, the operating point and calibration
+(:mod:`.operating`), ROC and reliability figures (:mod:`.figures`), on one or more test sets, printed, saved and
+tracked."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from tqdm import tqdm
 
 from ..data.datalist import DataList
 from ..labels import NO_FINDING, disease_indices
-from .metrics import (bootstrap_auc, calibration_bins, expected_calibration_error, mean_auc, operating_thresholds,
-                      per_class_auc, sensitivity_specificity)
+from .metrics import (bootstrap_auc, mean_auc, operating_thresholds,
+                      per_class_auc)
 from ..networks import load_weights
-from .tables import markdown_table
+from .figures import reliability_figure, roc_figure
+from .operating import operating_table, sigmoid, write_thresholds
+from .tables import format_value, interval_text, markdown_table
 from ..flags import as_bool, resolve_auto
 
 
@@ -74,39 +77,6 @@ def auc_table(aucs: np.ndarray, labels: np.ndarray, classes: Sequence[str], low=
 
 #: name of the last row of an AUC table.
 MEAN_ROW = "Mean (diseases)"
-
-
-def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], table: pd.DataFrame, path,
-               title: str = "") -> Path:
-    """One PNG with the ROC curve of every class whose AUC is defined (matplotlib, Agg backend).
-
-    The legend gives each class's AUC and bootstrap interval; No Finding is drawn dashed.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
-    colours = plt.get_cmap("tab20").colors
-    for i, cls in enumerate(classes):
-        column = labels[:, i]
-        if not 0 < column.sum() < len(column):
-            continue
-        fpr, tpr, _ = roc_curve(column, scores[:, i])
-        row = table.iloc[i]
-        ci = _interval(table, row)
-        ax.plot(fpr, tpr, lw=1.2, color=colours[i % len(colours)], ls="--" if cls == NO_FINDING else "-",
-                label=f"{cls} {row['auc']:.3f}{ci}")
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title)
-    ax.legend(fontsize=6.5, loc="lower right", title="class, AUC [95% CI]", title_fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 class TestSet(NamedTuple):
@@ -288,7 +258,7 @@ class TestReport:
                              self.batch_size, self.num_workers, desc=f"test {test.name}", amp=self.amp)
             logits = logits[:, columns] if len(logits) else np.zeros(labels.shape, np.float32)
             table = self.table(logits, labels, test.datalist.classes)
-            table = operating_table(table, _sigmoid(logits), labels, test.datalist.classes, self.thresholds)
+            table = operating_table(table, sigmoid(logits), labels, test.datalist.classes, self.thresholds)
             self.results[test.name] = table
             self._report(test, table, logits, labels)
         if self.tracker is not None and self.end_run:
@@ -319,7 +289,7 @@ class TestReport:
         labels = self.datalist.labels("validation")
         logits = predict(self.network, items, self.transform, self.device, self.batch_size, self.num_workers,
                          desc="validation (thresholds)", amp=self.amp)
-        thresholds, self.threshold_notes = operating_thresholds(_sigmoid(logits), labels, self.datalist.classes)
+        thresholds, self.threshold_notes = operating_thresholds(sigmoid(logits), labels, self.datalist.classes)
         for cls, note in self.threshold_notes.items():
             print(f"threshold of {cls}: {note}", flush=True)
         if source == "validation" and record is not None:
@@ -353,12 +323,13 @@ class TestReport:
         table.to_csv(csv, index=False)
         md.write_text(_markdown_report(title, shown))
         mean = table.iloc[-1]
-        ci = _interval(table, mean)
+        ci = interval_text(table, mean)
         roc_figure(scores, labels, test.datalist.classes, table, png,
-                   title=f"{test.name}: {len(labels)} images, mean AUC over diseases {_fmt(mean['auc'])}{ci}")
+                   title=f"{test.name}: {len(labels)} images, mean AUC over diseases {format_value(mean['auc'])}{ci}")
         reliability = Path(f"{stem}_reliability.png")
-        reliability_figure(_sigmoid(scores), labels, test.datalist.classes, table, reliability,
-                           title=f"{test.name}: {len(labels)} images, mean ECE over diseases {_fmt(mean['ece'])}")
+        reliability_figure(sigmoid(scores), labels, test.datalist.classes, table, reliability,
+                           title=f"{test.name}: {len(labels)} images, mean ECE over diseases "
+                                 f"{format_value(mean['ece'])}")
         self.written += [(f"test table '{test.name}'", csv), (f"test table '{test.name}' (Markdown)", md),
                          (f"ROC figure '{test.name}'", png), (f"reliability figure '{test.name}'", reliability)]
         if self.tracker is not None:
@@ -373,11 +344,6 @@ class TestReport:
             self.tracker.log_values({k: v for k, v in values.items() if not np.isnan(v)})
             for path in (csv, md, png, reliability):
                 self.tracker.log_file(path, "test")
-
-
-def _interval(table: pd.DataFrame, row) -> str:
-    """`` [low, high]`` of a table row, or nothing when the table has no intervals or the row's is undefined."""
-    return f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if "ci_low" in table and not np.isnan(row["ci_low"]) else ""
 
 
 def _describe_checkpoint(path) -> str:
@@ -398,19 +364,16 @@ def _describe_checkpoint(path) -> str:
     return f"{path.resolve()} ({'; '.join(parts)})"
 
 
-def _fmt(v) -> str:
-    return "n/a" if v is None or np.isnan(v) else f"{v:.4f}"
-
-
 def _shown(table: pd.DataFrame) -> pd.DataFrame:
     """The table as printed: AUC with its interval as text, the diseases, the mean, then No Finding."""
-    out = pd.DataFrame({"class": table["class"], "positives": table["positives"], "auc": table["auc"].map(_fmt)})
+    out = pd.DataFrame({"class": table["class"], "positives": table["positives"],
+                        "auc": table["auc"].map(format_value)})
     if "ci_low" in table:
         out["95% CI"] = [("n/a" if np.isnan(lo) else f"{lo:.4f} - {hi:.4f}") for lo,
                          hi in zip(table["ci_low"], table["ci_high"])]
     for column in ("threshold", "sensitivity", "specificity", "ece"):
         if column in table:
-            out[column] = table[column].map(_fmt)
+            out[column] = table[column].map(format_value)
     apart = table["class"] == NO_FINDING
     return pd.concat([out[~apart], out[apart]], ignore_index=True)
 
@@ -425,96 +388,3 @@ def _markdown_report(title: str, shown: pd.DataFrame) -> str:
 
 def _markdown(df: pd.DataFrame) -> str:
     return markdown_table(df.columns, df.itertuples(index=False))
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-
-
-def write_thresholds(record, thresholds: Mapping[str, float], notes: Mapping[str, str] | None = None) -> Path:
-    """Put ``thresholds`` (class -> threshold), the rule and its notes into the run record file ``record``
-    (``model.json``), keeping everything else in it; written atomically."""
-    import json
-
-    from ..files import atomic_path
-
-    record = Path(record)
-    content = json.loads(record.read_text()) if record.is_file() else {}
-    content["thresholds"] = {str(k): float(v) for k, v in thresholds.items()}
-    content["threshold_rule"] = THRESHOLD_RULE
-    content["threshold_notes"] = dict(notes or {})
-    with atomic_path(record) as tmp:
-        tmp.write_text(json.dumps(content, indent=1) + "\n")
-    return record
-
-
-#: how the stored thresholds were chosen (written beside them in the run record).
-THRESHOLD_RULE = ("per class, the point of the validation ROC curve closest to (0, 1) (sklearn roc_curve); positive "
-                  "when probability >= threshold; 0.5 for a class with a single label value in validation")
-
-
-def operating_table(table: pd.DataFrame, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                    thresholds: Mapping[str, float] | None, num_bins: int = 10) -> pd.DataFrame:
-    """An AUC table (:func:`auc_table`) with the operating point and the calibration added.
-
-    Adds ``ece`` (expected calibration error of the probabilities, ``num_bins`` equal-width bins)
-    and, with ``thresholds``, ``threshold``, ``sensitivity`` and ``specificity`` (a case is
-    positive when its probability is ``>= threshold``; a class without a threshold gets NaN). The
-    ``Mean (diseases)`` row holds their mean over the diseases where the value is defined.
-    """
-    table = table.copy()
-    n = len(classes)
-    diseases = disease_indices(classes)
-    columns = {}
-    if thresholds is not None:
-        cut = np.array([thresholds.get(c, np.nan) for c in classes], dtype=np.float64)
-        if len(labels):
-            sens, spec = sensitivity_specificity(probs, labels, np.nan_to_num(cut, nan=np.inf))
-            sens[np.isnan(cut)], spec[np.isnan(cut)] = np.nan, np.nan
-        else:
-            sens = spec = np.full(n, np.nan)
-        columns.update(threshold=cut, sensitivity=sens, specificity=spec)
-    columns["ece"] = expected_calibration_error(probs, labels, num_bins) if len(labels) else np.full(n, np.nan)
-    for name, values in columns.items():
-        picked = values[diseases] if diseases else values[:0]
-        picked = picked[~np.isnan(picked)]
-        table[name] = list(values) + [float(picked.mean()) if picked.size else np.nan]
-    return table
-
-
-def reliability_figure(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], table: pd.DataFrame, path,
-                       title: str = "", num_bins: int = 10) -> Path:
-    """One PNG of reliability diagrams: a small panel per class (fraction of positives against the mean
-    probability in ``num_bins`` equal-width bins, marker area by the bin's images, the diagonal for
-    perfect calibration), each titled with its ECE from ``table``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = max(len(classes), 1)
-    cols = min(5, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows + 0.5), dpi=100, squeeze=False)
-    for i, ax in enumerate(axes.ravel()):
-        if i >= len(classes):
-            ax.axis("off")
-            continue
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-        if len(labels):
-            bins = calibration_bins(probs[:, i], labels[:, i], num_bins)
-            filled = bins["count"] > 0
-            sizes = 8 + 120 * bins["count"][filled] / max(bins["count"].sum(), 1)
-            ax.plot(bins["confidence"][filled], bins["frequency"][filled], color="tab:blue", lw=1)
-            ax.scatter(bins["confidence"][filled], bins["frequency"][filled], s=sizes, color="tab:blue", zorder=3)
-        ax.set(xlim=(0, 1), ylim=(0, 1))
-        ax.set_title(f"{classes[i]}\nECE {_fmt(table.iloc[i]['ece'])}", fontsize=7)
-        ax.tick_params(labelsize=6)
-    fig.supxlabel("mean predicted probability (10 equal-width bins)", fontsize=8)
-    fig.supylabel("fraction positive", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -1,8 +1,11 @@
-"""The one Markdown table writer of the project (test reports, benchmark and audit tables)."""
+"""The one Markdown table writer of the project (test reports, benchmark and audit tables), and how a test table's
+values and intervals are shown."""
 
 from __future__ import annotations
 
 from typing import Iterable, Sequence
+
+import numpy as np
 
 
 def markdown_table(header: Sequence, rows: Iterable[Sequence], align: str | Sequence[str] = "left", fmt=str) -> str:
@@ -28,3 +31,13 @@ def markdown_table(header: Sequence, rows: Iterable[Sequence], align: str | Sequ
     lines = ["| " + " | ".join(header) + " |", rule]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def format_value(v) -> str:
+    """A table value with 4 decimals, ``n/a`` when undefined."""
+    return "n/a" if v is None or np.isnan(v) else f"{v:.4f}"
+
+
+def interval_text(table, row) -> str:
+    """`` [low, high]`` of a table row, or nothing when the table has no intervals or the row's is undefined."""
+    return f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if "ci_low" in table and not np.isnan(row["ci_low"]) else ""

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from ..evaluation.figures import save_figure
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .inference import READ_ERROR
 
@@ -317,9 +318,4 @@ def heatmap_figure(index_csv, output, count: int = 4) -> Path:
         ax.imshow(np.asarray(Image.open(row["heatmap"])))
         ax.set_title(f"{Path(row['image']).name}\n{row['class']} {float(row['probability']):.2f}", fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=100)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output, dpi=100)

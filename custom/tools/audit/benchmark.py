@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from ...evaluation.figures import save_figure
 from ...evaluation.tables import markdown_table
 from ...training.checkpoints import find_checkpoint
 from ...data.synthetic import noise_slug, split_noise_specs
@@ -107,12 +108,7 @@ def plot_score_distributions(tables: dict, path, max_points: int | None = None) 
             ax.set_yticks([])
             if r == 0 and c == 0:
                 ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 def audit_benchmark(noise="symmetric:0.2,symmetric:0.4,report", output_dir="results/audit_benchmark",

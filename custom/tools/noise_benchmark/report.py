@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from ...data.synthetic import noise_slug
+from ...evaluation.figures import save_figure
 from .methods import Regime, Run, unique_runs
 from .tables import (
     ablation_markdown,
@@ -82,11 +83,7 @@ def curve_figure(runs: Sequence[Run], records: dict[str, dict], path, title: str
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _regime_text(regimes: dict[str, Regime], names) -> str:
