@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 
@@ -38,3 +39,8 @@ def check_writable(folder, what: str = "output folder") -> Path:
     except OSError as e:
         raise PermissionError(f"cannot write to the {what} {folder.resolve()}: {e.strerror or e}") from None
     return folder
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """Whether the resolved ``path`` is ``folder`` or under it (both already resolved: ``os.path.realpath``)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)

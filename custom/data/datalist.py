@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import is_inside
+from .messages import DEGENERATE_REFUSED, DEGENERATE_WARNED, MAX_LISTED, bad_images_message, listing
+
 logger = logging.getLogger(__name__)
 
 #: what to do with a missing or unreadable image.
@@ -38,8 +41,6 @@ ITEM_KEYS = {"image", "label", "patient", "clean_label"}
 REQUIRED_ITEM_KEYS = {"image", "label"}
 #: top-level keys that are not splits.
 META_KEYS = {"classes", "generator", "summary", "scheme", "source"}
-#: most problems (rows, images) listed in one error message.
-MAX_LISTED = 50
 
 #: the key of an item's position in its split: the row of the NVUM memory for training images.
 INDEX_KEY = "index"
@@ -60,13 +61,6 @@ def preflight_mode():
         yield
     finally:
         _PREFLIGHT.reset(token)
-
-
-def listing(first: str, lines: list[str], limit: int | None = MAX_LISTED) -> str:
-    """An error message: ``first`` (a self-contained line), then ``lines`` indented, at most ``limit``."""
-    shown = lines if limit is None else lines[:limit]
-    more = [f"... and {len(lines) - len(shown)} more"] if len(shown) < len(lines) else []
-    return "\n  ".join([first, *shown, *more])
 
 
 class DataListError(ValueError):
@@ -399,32 +393,3 @@ class DataList:
         for split in self._splits:
             self._splits[split] = [item for row, item in enumerate(self._splits[split]) if (split, row) not in drop]
         logger.warning("%s", self._bad_images_message(bad, "missing or unreadable and skipped (on_bad_image='skip')"))
-
-
-#: how :func:`bad_images_message` says what degenerate images are, refused or not.
-DEGENERATE_REFUSED = ("degenerate (far smaller than the network input, or constant) and refused "
-                      "(on_degenerate_image='refuse')")
-DEGENERATE_WARNED = ("degenerate (far smaller than the network input, or constant); used all the same "
-                     "(on_degenerate_image='refuse' refuses them)")
-
-
-def is_inside(path: str, folder: str) -> bool:
-    """Whether the resolved ``path`` is ``folder`` or under it (both already resolved: ``os.path.realpath``)."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def bad_images_message(path, dataset_dir, bad, total: int, what: str = "missing or unreadable",
-                       limit: int | None = MAX_LISTED) -> str:
-    """The error of :meth:`DataList.verify_images`: the count and the first bad image on the first line, then every one.
-
-    Args:
-        bad: ``(split, row, path, reason)`` tuples.
-        total: the number of images of the list (to say so when none is found: a wrong ``dataset_dir``).
-    """
-    split, row, image, why = bad[0]
-    verb = "is" if len(bad) == 1 else "are"
-    first = f"{len(bad)} image(s) of data list {path} {verb} {what}; the first: {image} (split '{split}', row {row})"
-    first += f": {why}"
-    if len(bad) == total and all(w == "file not found" for *_, w in bad):
-        first += f" (none of the {total} images is in dataset_dir {dataset_dir}: is it the right folder?)"
-    return listing(first, [f"{image} (split '{split}', row {row}): {why}" for split, row, image, why in bad], limit)

@@ -13,7 +13,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .datalist import DataList, DataListError, bad_images_message
+from .datalist import DataList, DataListError
+from .messages import bad_images_message, listing
 
 
 class DataListWithTests:
@@ -73,8 +74,6 @@ class DataListWithTests:
         return out
 
     def problems_message(self) -> str:
-        from .datalist import listing
-
         problems = self.problems
         first = f"data list {self.path}: {problems[0]}"
         if len(problems) > 1:

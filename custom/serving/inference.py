@@ -13,7 +13,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import Dataset, MetaTensor
 
-from ..data.datalist import DataList, is_inside
+from ..data.datalist import DataList
+from ..files import is_inside
 from ..data.dicom import DICOM_SUFFIXES, dicom_guard_enabled, guard_file, is_dicom
 from ..data.transforms import DEGENERATE_POLICIES, ImageReadError, degenerate_tensor_reason
 from ..flags import as_bool

@@ -201,7 +201,7 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
     report.run(DATALIST, datalist)
 
     def images():
-        from ..data.datalist import bad_images_message
+        from ..data.messages import bad_images_message
 
         if "datalist" not in state:  # a list with bad rows is built, and its images are checked too
             raise CheckSkipped("needs a data list that can be read")
@@ -219,7 +219,8 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
     report.run(IMAGES, images)
 
     def degenerate():
-        from ..data.datalist import DEGENERATE_REFUSED, DataListError, bad_images_message
+        from ..data.datalist import DataListError
+        from ..data.messages import DEGENERATE_REFUSED, bad_images_message
 
         if "degenerate" not in state:
             raise CheckSkipped("needs the images decoded by the image check")
