@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from . import harmonise
-from .core import (BuildError, Dropped, apply_scheme, assemble, format_summary, holdout_patients, keep_found,
-                   patient_split, positives_from_columns, positives_from_terms, read_table, summary_path, write_json)
+from .core import (BuildError, Dropped, apply_scheme, assemble, holdout_patients, keep_found, patient_split,
+                   positives_from_columns, positives_from_terms, read_table)
+from .output import format_summary, summary_path, write_json
 from .openi import build_openi
 from .padchest import build_padchest
 
