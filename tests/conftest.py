@@ -40,3 +40,40 @@ def train_tiny_bundle(root: Path, staging: Path):
     wf.run()
     wf.finalize()
     return build_bundle(root / "models" / "model.pt", root / "out", staging)
+
+
+def inference_preprocessing():
+    """The bundle's inference preprocessing (common.json's ``preprocessing``), built."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "common.json"))
+    return parser.get_parsed_content("preprocessing")
+
+
+def infer_with_stub(items, out: Path, classes, batch_size: int = 8, **dataset):
+    """inference.json's dataset and writer on ``items`` with a stand-in network (every probability 0.5), writing
+    into ``out``; returns ``(errors: {image: reason}, scored images, the probabilities file's header)``."""
+    import csv
+
+    import torch
+    from ignite.engine import Engine
+    from monai.data import DataLoader, decollate_batch
+
+    from custom.serving.inference import InferenceDataset, ProbabilityWriter
+
+    writer = ProbabilityWriter(Path(out) / "probs.csv", classes)
+
+    def step(engine, batch):
+        decoded = decollate_batch(batch)
+        engine.state.batch = decoded
+        return [{"image": o["image"], "pred": torch.full((len(classes),), 0.5)} for o in decoded]
+
+    engine = Engine(step)
+    writer.attach(engine)
+    engine.run(DataLoader(InferenceDataset(items, inference_preprocessing(), **dataset), batch_size=batch_size))
+    with open(Path(out) / "errors.csv", newline="") as f:
+        errors = {row["image"]: row["reason"] for row in csv.DictReader(f)}
+    with open(Path(out) / "probs.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    return errors, [row[0] for row in rows[1:]], rows[0]

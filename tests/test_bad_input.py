@@ -11,7 +11,7 @@ import torch
 from monai.networks.nets import DenseNet121
 from PIL import Image
 
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, infer_with_stub, inference_preprocessing
 
 from custom.data import DataList, DataListError
 from custom.networks import load_pretrained, read_state_dict
@@ -417,19 +417,9 @@ def test_a_list_of_good_images_has_no_degenerate_warning(tmp_path, capsys):
     assert len(DataList(path, on_degenerate_image="refuse", image_size=32)) == 6
 
 
-def _preprocessing():
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "common.json"))
-    return parser.get_parsed_content("preprocessing")
-
-
 def test_inference_lists_links_out_of_the_folder_and_degenerate_images_in_the_errors_file(tmp_path, capsys):
-    from ignite.engine import Engine
-    from monai.data import DataLoader
 
-    from custom.serving.inference import InferenceDataset, ProbabilityWriter, list_inputs
+    from custom.serving.inference import InferenceDataset, list_inputs
 
     folder = tmp_path / "in"
     _png(folder / "a.png", 40)
@@ -444,27 +434,10 @@ def test_inference_lists_links_out_of_the_folder_and_degenerate_images_in_the_er
                                                               "e_passwd.png", "f_in.png"]
 
     def run(policy):
-        dataset = InferenceDataset(items, _preprocessing(), image_size=32, degenerate_images=policy)
-        writer = ProbabilityWriter(tmp_path / policy / "probs.csv", CLASSES)
-
-        def step(engine, batch):
-            from monai.data import decollate_batch
-
-            out = decollate_batch(batch)
-            engine.state.batch = out
-            return [{"image": o["image"], "pred": torch.full((len(CLASSES),), 0.5)} for o in out]
-
-        engine = Engine(step)
-        writer.attach(engine)
-        engine.run(DataLoader(dataset, batch_size=4))
-        import csv
-
-        with open(tmp_path / policy / "errors.csv", newline="") as f:
-            errors = {row["image"]: row["reason"] for row in csv.DictReader(f)}
-        with open(tmp_path / policy / "probs.csv", newline="") as f:
-            rows = list(csv.reader(f))
-        assert rows[0] == ["image", *CLASSES]  # the probabilities file keeps its format
-        return errors, [row[0] for row in rows[1:]], capsys.readouterr().out.strip().splitlines()[-1]
+        errors, scored, header = infer_with_stub(items, tmp_path / policy, CLASSES, batch_size=4, image_size=32,
+                                                 degenerate_images=policy)
+        assert header == ["image", *CLASSES]  # the probabilities file keeps its format
+        return errors, scored, capsys.readouterr().out.strip().splitlines()[-1]
 
     errors, scored, last = run("warn")
     assert scored == [str(folder / n) for n in ("a.png", "b_tiny.png", "c_black.png", "f_in.png")]
@@ -481,4 +454,4 @@ def test_inference_lists_links_out_of_the_folder_and_degenerate_images_in_the_er
     assert errors[str(folder / "b_tiny.png")].startswith("degenerate image, not scored (degenerate_images='refuse')")
     assert last.endswith("; 4 skipped, refused (see " + str(tmp_path / "refuse" / "errors.csv") + ")")
     with pytest.raises(ImageReadError, match="d_out.png: a link that leaves the input folder"):
-        InferenceDataset(items, _preprocessing(), strict=True)[3]
+        InferenceDataset(items, inference_preprocessing(), strict=True)[3]

@@ -3,7 +3,6 @@ headers (inference's errors file, the served model's HTTP 400, the MONAI Deploy 
 chest DX is scored, an HTML page named .dcm is "not a DICOM file", and $NVUM_DICOM_GUARD=0 (or inference.json's
 ``dicom_guard``) lets the refused files through."""
 
-import csv
 import importlib.util
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pydicom
 import pytest
 import torch
 
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, infer_with_stub, inference_preprocessing
 from test_dicom import write_dicom
 
 from custom.data.dicom import DICOM_GUARD_ENV, dicom_guard_enabled, guard_file, guard_reason
@@ -87,36 +86,10 @@ def test_the_switch_is_on_by_default_and_named_when_misspelt(monkeypatch):
         dicom_guard_enabled()
 
 
-def _preprocessing():
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "common.json"))
-    return parser.get_parsed_content("preprocessing")
-
-
 def _infer(items, out: Path, classes, **dataset):
     """Run the inference dataset and writer with a stand-in network; ``(errors, scored names)``."""
-    from ignite.engine import Engine
-    from monai.data import DataLoader, decollate_batch
-
-    from custom.serving.inference import InferenceDataset, ProbabilityWriter
-
-    writer = ProbabilityWriter(out / "probs.csv", classes)
-
-    def step(engine, batch):
-        decoded = decollate_batch(batch)
-        engine.state.batch = decoded
-        return [{"image": o["image"], "pred": torch.full((len(classes),), 0.5)} for o in decoded]
-
-    engine = Engine(step)
-    writer.attach(engine)
-    engine.run(DataLoader(InferenceDataset(items, _preprocessing(), **dataset), batch_size=8))
-    with open(out / "errors.csv", newline="") as f:
-        errors = {Path(row["image"]).name: row["reason"] for row in csv.DictReader(f)}
-    with open(out / "probs.csv", newline="") as f:
-        scored = [Path(row[0]).name for row in list(csv.reader(f))[1:]]
-    return errors, scored
+    errors, scored, _ = infer_with_stub(items, out, classes, **dataset)
+    return {Path(k).name: v for k, v in errors.items()}, [Path(p).name for p in scored]
 
 
 def test_inference_lists_refused_dicom_files_in_the_errors_file_and_scores_the_frontal_chest(tmp_path, capsys,
@@ -135,7 +108,7 @@ def test_inference_lists_refused_dicom_files_in_the_errors_file_and_scores_the_f
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "wrote probabilities of 1 image(s)" in last and "1 skipped, unreadable; 3 skipped, refused" in last
     with pytest.raises(ImageReadError, match=r"a_ct.dcm: not a chest radiograph: Modality CT"):
-        InferenceDataset(items, _preprocessing(), strict=True)[0]
+        InferenceDataset(items, inference_preprocessing(), strict=True)[0]
     # the switch: inference.json's dicom_guard (false on the command line), or $NVUM_DICOM_GUARD=0
     errors, scored = _infer(items, tmp_path / "off", classes, dicom_guard="false")
     assert scored == ["a_ct.dcm", "b_lateral.dcm", "c_abdomen.dcm", "d_chest_pa.dcm"]
