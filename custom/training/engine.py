@@ -74,8 +74,8 @@ class NVUMTrainer(SupervisedTrainer):
         test_and_deploy: run ``after_training``.
 
     ``amp`` may be ``"auto"`` (on with a CUDA device) or given as ``"true"``/``"false"`` (as on a
-    command line). Whether training ends or
-    fails, the files the run wrote are listed last (:class:`custom.RunSummary`).
+    command line). Whether training ends or fails, the files the run wrote are listed last
+    (:class:`custom.RunSummary`).
     """
 
     def __init__(self, *args, seed: int | None = None, teacher=None, tracker=None, after_training=(),
