@@ -331,20 +331,22 @@ def noise_benchmark(**options):
     Args:
         noise: the headline noise model (report: report-mining noise).
         methods: methods of the main table, comma-separated.
-        seeds: seeds of every main-table method.
+        seeds: training seeds of every main-table method, on each draw of the data.
         output: folder of the results.
-        quick: the main table and the clean row on a tiny regime with one seed: a check of the pipeline in minutes.
+        quick: the main table and the clean rows on a tiny regime, one seed per draw: a check of the pipeline in minutes.
+        extended: add the further baselines, stress rows, update order, ablation and beta sweep (first draw).
+        data_seeds: the draws of the synthetic data (generator seeds) of the main table, comma-separated.
         clean_seeds: seeds of the clean-label rows (the ceiling).
-        stress_noise: noise models of the stress rows, comma-separated.
-        stress_seeds: seeds of the stress rows (0 leaves them out).
-        ablation_seeds: seeds of the ablation rows (0 leaves them out).
-        order_seeds: seeds of the memory-update-order comparison (0 leaves it out).
-        betas: memory momentums of the beta rows, comma-separated.
-        beta_seeds: seeds of the beta rows (0 leaves them out).
+        more_seeds: seeds of the further baselines (--extended).
+        stress_noise: noise models of the stress rows, comma-separated (--extended).
+        stress_seeds: seeds of the stress rows (--extended; 0 leaves them out).
+        ablation_seeds: seeds of the ablation rows (--extended; 0 leaves them out).
+        order_seeds: seeds of the memory-update-order comparison (--extended; 0 leaves it out).
+        betas: memory momentums of the beta rows, comma-separated (--extended).
+        beta_seeds: seeds of the beta rows (--extended; 0 leaves them out).
         gpu: auto adds the DenseNet121 matrix when CUDA is available; true requires it, false leaves it out.
         gpu_seeds: seeds of the GPU matrix.
         workers: processes, one thread each.
-        data_seed: seed of the synthetic data.
         resume: reuse the finished runs of an interrupted command.
 
     Example:

@@ -21,6 +21,10 @@ validation mean AUC (the checkpoint the bundle saves as ``model.pt``); "last" is
 "peak" is the best clean-test AUC over the epochs, reported only to measure memorisation
 (``drop`` = peak - last). Nothing is ever chosen on the clean test labels.
 
+The default plan trains the main methods on two draws of the synthetic set (``data_seeds``) and
+picks the bundle's default recipe by a rule fixed before the run (:mod:`.targets`); ``--extended``
+adds the further baselines, the stress rows, the update order, the ablation and the beta sweep.
+
 Runs are independent and deterministic (``monai.utils.set_determinism(seed)``, one CPU thread
 per run): they go to ``workers`` processes, each run writes ``runs/<name>.json`` in the output
 folder, and the tables and figures are built from those files.
@@ -37,9 +41,13 @@ from .recorder import CleanTestAUC
 from .compare import COMPARED, compare_results
 from .methods import (
     ABLATION_ROWS,
+    CLEAN_METHODS,
     DEFAULT_BETA,
+    DEFAULT_DATA_SEEDS,
     DEFAULT_METHODS,
+    EXTENDED_METHODS,
     METHODS,
+    NVUM_FAMILY,
     NETWORKS,
     REGIMES,
     STRESS_NOISE,
@@ -53,70 +61,72 @@ from .methods import (
 from .report import curve_figure, write_outputs
 from .runner import run_matrix, train_run
 from .tables import gaps_markdown, main_markdown, paired_gaps, results_table, run_metrics
-from .targets import evaluate_targets
+from .targets import RULE, choose_default, evaluate_targets
 
 
 def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int = 5,
-                    output: str = "results/noise_benchmark", quick: bool = False, clean_seeds: int = 3,
+                    output: str = "results/noise_benchmark", quick: bool = False, extended: bool = False,
+                    data_seeds=DEFAULT_DATA_SEEDS, clean_seeds: int = 2, more_seeds: int = 3,
                     stress_noise=STRESS_NOISE, stress_seeds: int = 1, ablation_seeds: int = 1, order_seeds: int = 3,
                     betas="0.5,0.9", beta_seeds: int = 1, gpu="auto", gpu_seeds: int = 3, workers: int = 2,
-                    data_seed: int = 0, resume: bool = False, command_line: str | None = None) -> Path:
+                    resume: bool = False, command_line: str | None = None) -> Path:
     """Train and test every method on the synthetic set; write tables and figures to ``output``.
 
     Args:
         noise: the headline noise model (``report``: report-mining noise).
         methods: the methods of the main table (see :data:`METHODS`).
-        seeds: seeds of every main-table method.
+        seeds: training seeds of every main-table method, on each draw.
         output: the output folder (``results.md``, ``results.csv``, ``runs/``, figures).
-        quick: the main table and the clean row on the tiny ``quick`` regime, one seed, nothing
-            else: a check of the whole pipeline in minutes.
+        quick: the main table and the clean rows on the tiny ``quick`` regime, one seed per draw,
+            nothing else: a check of the whole pipeline in minutes.
+        extended: add, on the first draw, the further baselines (:data:`EXTENDED_METHODS`,
+            ``more_seeds`` seeds), the stress rows, the memory update order, the ablation and the
+            beta sweep (their ``*_seeds``; 0 leaves a part out).
+        data_seeds: the draws of the synthetic set (generator seeds) of the main table; the first
+            one also serves the clean rows and the ``--extended`` parts.
         clean_seeds: seeds of the clean-label rows (BCE and NVUM on ``noise none``).
         stress_noise: the stress rows' noise models (BCE, NVUM, NVUM without the prior).
-        stress_seeds, ablation_seeds, order_seeds, beta_seeds: seeds of those parts (0 leaves a part out).
         betas: memory momentum values of the beta sweep.
         gpu: ``auto`` adds the DenseNet121 matrix (``gpu`` regime) when CUDA is available;
             ``true`` requires it, ``false`` leaves it out.
         gpu_seeds: seeds of the GPU matrix.
         workers: processes, one thread each (one per CPU core).
-        data_seed: the synthetic set's seed.
         resume: reuse finished runs of an interrupted command (same settings only).
         command_line: the command as typed, for ``results.md`` (default: rebuilt from the arguments).
 
-    See the module docstring for what a run is and bundle/docs/results.md for the default matrix.
+    See the module docstring for what a run is and bundle/docs/results.md for the default plan.
     """
     start = time.perf_counter()
-    quick, resume = as_bool(quick, "quick"), as_bool(resume, "resume")
+    quick, resume, extended = as_bool(quick, "quick"), as_bool(resume, "resume"), as_bool(extended, "extended")
     (head,), method_list = split_noise_specs(noise)[:1], split_list(methods)
+    draws = split_list(data_seeds, int)
     if quick:
-        plan = build_plan(head, method_list, seeds=1, regime="quick", clean_seeds=1, stress_noise=(), ablation_seeds=0,
-                          order_seeds=0, betas=(), beta_seeds=0)
+        plan = build_plan(head, method_list, seeds=1, regime="quick", clean_seeds=1, data_seeds=draws)
     else:
-        plan = build_plan(
-            head,
-            method_list,
-            int(seeds),
-            "cpu",
-            int(clean_seeds),
-            split_noise_specs(stress_noise) if stress_noise else (),
-            stress_seeds=int(stress_seeds),
-            ablation_seeds=int(ablation_seeds),
-            order_seeds=int(order_seeds),
-            betas=split_list(betas, float),
-            beta_seeds=int(beta_seeds),
-        )
-        plan["gpu"] = _gpu_part(head, method_list, gpu, int(gpu_seeds))
+        more = {}
+        if extended:
+            more = dict(
+                more_methods=[m for m in EXTENDED_METHODS if m not in method_list],
+                more_seeds=int(more_seeds),
+                stress_noise=split_noise_specs(stress_noise) if stress_noise else (),
+                stress_seeds=int(stress_seeds),
+                ablation_seeds=int(ablation_seeds),
+                order_seeds=int(order_seeds),
+                betas=split_list(betas, float),
+                beta_seeds=int(beta_seeds),
+            )
+        plan = build_plan(head, method_list, int(seeds), "cpu", int(clean_seeds), data_seeds=draws, **more)
+        plan["gpu"] = _gpu_part(head, method_list, gpu, int(gpu_seeds), draws[0])
     runs = unique_runs(plan)
     counts = ", ".join(f"{part} {len(r)}" for part, r in plan.items() if r)
     print(
         f"noise benchmark: {len(runs)} runs ({counts}; shared runs counted once in the total), {workers} worker(s)",
         flush=True,
     )
-    records = {
-        r["name"]: r
-        for r in run_matrix(runs, output, REGIMES, workers=int(workers), data_seed=int(data_seed), resume=resume)
-    }
+    records = {r["name"]: r for r in run_matrix(runs, output, REGIMES, workers=int(workers), resume=resume)}
     command = command_line or "python -m custom.cli noise_benchmark " + " ".join(
-        _command_args(dict(noise=noise, methods=methods, seeds=seeds, output=output, quick=quick))
+        _command_args(dict(noise=noise, methods=methods, seeds=seeds, data_seeds=data_seeds, output=output,
+                           quick=quick, extended=extended))
     )
     path = write_outputs(plan, records, output, REGIMES, command=command, wall_seconds=time.perf_counter() - start)
     print(path.read_text())
@@ -124,7 +134,7 @@ def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int =
     return path
 
 
-def _gpu_part(noise: str, methods, gpu, seeds: int) -> list[Run]:
+def _gpu_part(noise: str, methods, gpu, seeds: int, data_seed: int = 0) -> list[Run]:
     """The DenseNet121 runs of the ``gpu`` regime, when asked for and CUDA is available."""
     import torch
 
@@ -138,7 +148,7 @@ def _gpu_part(noise: str, methods, gpu, seeds: int) -> list[Run]:
             )
         print("no CUDA device: the GPU matrix (DenseNet121 at 64 px) is left out", flush=True)
         return []
-    return [Run(noise, "gpu", m, s) for m in methods for s in range(seeds)]
+    return [Run(noise, "gpu", m, s, data_seed=data_seed) for m in methods for s in range(seeds)]
 
 
 def _command_args(locals_: dict) -> list[str]:
@@ -146,9 +156,9 @@ def _command_args(locals_: dict) -> list[str]:
     for k, v in locals_.items():
         if isinstance(v, (list, tuple)):
             v = ",".join(str(x) for x in v)
-        if k == "quick":
+        if k in ("quick", "extended"):
             if v:
-                out.append("--quick")
+                out.append(f"--{k}")
             continue
         out.append(f"--{k} {v}")
     return out

@@ -11,8 +11,10 @@ as many positives among the training images as the noisy labels hold (the noisy 
 ``pi_c``): the ``pi_c`` share of images with the highest scores are called positive. A network
 that has learnt the clean signal ranks a false positive low and a missed positive high, so it
 fits neither; one that memorises the noisy labels ranks them where the noisy labels put them.
-At random (an untrained network), about ``pi_c`` of a class's false positives and ``1 - pi_c`` of
-its missed positives count as fitted.
+Two reference levels put a share in context (:func:`reference_levels`): *chance*, the share that
+scores carrying no information fit (in expectation ``k_c / N`` of a class's false positives and
+``1 - k_c / N`` of its missed positives, ``k_c`` the images called positive), and the share that a
+perfect ranking by the clean labels fits (the floor a network that learnt only the truth reaches).
 
 The two kinds are reported apart (``false_positive``: noisy 1, truth 0; ``missed``: noisy 0,
 truth 1), and together (``all``), over the 13 diseases (No Finding is a function of the others).
@@ -74,4 +76,33 @@ def wrong_labels_fitted(scores, noisy_labels, clean_labels, classes: Sequence[in
         "n_wrong": n_fp + n_missed,
         "n_false_positive": n_fp,
         "n_missed": n_missed,
+    }
+
+
+def chance_fitted(noisy_labels, clean_labels, classes: Sequence[int] | None = None) -> float:
+    """Expected share of the wrong labels fitted by scores that carry no information (a random
+    ranking of the images per class): the chance level of :func:`wrong_labels_fitted`'s ``all``.
+
+    Per class, ``k_c = sum(noisy_c)`` of the ``N`` images are called positive, so a false positive is
+    called positive (fitted) with probability ``k_c / N`` and a missed positive is left negative
+    (fitted) with probability ``1 - k_c / N``."""
+    noisy = np.asarray(noisy_labels).astype(bool)
+    clean = np.asarray(clean_labels).astype(bool)
+    cols = list(range(noisy.shape[1])) if classes is None else list(classes)
+    noisy, clean = noisy[:, cols], clean[:, cols]
+    share_positive = noisy.sum(axis=0) / noisy.shape[0]
+    n_fp, n_missed = (noisy & ~clean).sum(axis=0), (~noisy & clean).sum(axis=0)
+    total = int(n_fp.sum() + n_missed.sum())
+    if not total:
+        return float("nan")
+    return float((n_fp * share_positive + n_missed * (1 - share_positive)).sum() / total)
+
+
+def reference_levels(noisy_labels, clean_labels, classes: Sequence[int] | None = None) -> dict:
+    """``chance`` (:func:`chance_fitted`) and ``clean_ranking`` (the share fitted by scores that rank
+    every true positive above every true negative, ties in image order) of the wrong labels."""
+    clean = np.asarray(clean_labels, dtype=np.float64)
+    return {
+        "chance": chance_fitted(noisy_labels, clean_labels, classes),
+        "clean_ranking": wrong_labels_fitted(clean, noisy_labels, clean_labels, classes)["all"],
     }

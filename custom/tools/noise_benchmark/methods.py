@@ -16,29 +16,39 @@ from ...data.synthetic import noise_slug
 #: defaults does not change what a row of the benchmark measures.
 METHODS: dict[str, dict] = {
     # plain BCE (CheXNet-style), BCE summed over classes
-    "bce": {"nvum#loss": "bce"},
+    "bce": {"nvum#loss": "bce", "nvum#use_teacher": False},
     # BCE on z + log(pi) at train time (= the paper's "prior on BCE" ablation row)
-    "logit_adjusted_bce": {"nvum#loss": "logit_adjusted_bce"},
-    # plain BCE, validated and tested through an EMA teacher whose half-life is one epoch
+    "logit_adjusted_bce": {"nvum#loss": "logit_adjusted_bce", "nvum#use_teacher": False},
+    # plain BCE, validated, tested and saved through an EMA teacher whose half-life is one epoch
     "bce_ema": {"nvum#loss": "bce", "nvum#use_teacher": True, "nvum#teacher_halflife_epochs": 1.0},
     # NVUM as in the paper: dot REG, each memory row updated when its batch is visited, before the loss (eq. 3)
-    "nvum": {"nvum#loss": "nvum", "nvum#memory_schedule": "epoch", "nvum#update_before_loss": True},
-    # the same with every row updated at the end of the epoch (epoch k reads the memory of epoch k - 1)
-    "nvum_epoch_end": {"nvum#loss": "nvum", "nvum#memory_schedule": "epoch", "nvum#update_before_loss": False},
+    "nvum": {"nvum#loss": "nvum", "nvum#memory_schedule": "epoch", "nvum#update_before_loss": True,
+             "nvum#use_teacher": False},
+    # the paper's NVUM (memory from the student's logits, updated before the loss), validated, tested,
+    # saved and exported through an EMA teacher whose half-life is one epoch
+    "nvum_ema": {"nvum#loss": "nvum", "nvum#memory_schedule": "epoch", "nvum#update_before_loss": True,
+                 "nvum#use_teacher": True, "nvum#teacher_halflife_epochs": 1.0},
+    # the same as nvum with every row updated at the end of the epoch (epoch k reads the memory of epoch k - 1)
+    "nvum_epoch_end": {"nvum#loss": "nvum", "nvum#memory_schedule": "epoch", "nvum#update_before_loss": False,
+                       "nvum#use_teacher": False},
     # NVUM as in the authors' code: memory updated before the loss from an EMA teacher (half-life one
     # epoch), elementwise REG, memory mixing, clamping of p
     "nvum_iteration": {"nvum#loss": "nvum", "nvum#memory_schedule": "iteration", "nvum#update_before_loss": True,
                        "nvum#use_teacher": True, "nvum#teacher_halflife_epochs": 1.0, "nvum#reg": "elementwise",
                        "nvum#mix_memory": True, "nvum#reg_clamp": 1e-4},
     # NVUM without the class prior (the memory stores plain logits; paper's appendix)
-    "nvum_no_prior": {"nvum#loss": "nvum", "nvum#update_before_loss": True, "nvum#unbiased_memory": False},
+    "nvum_no_prior": {"nvum#loss": "nvum", "nvum#update_before_loss": True, "nvum#unbiased_memory": False,
+                      "nvum#use_teacher": False},
     # ablation: memory without the prior, prior added to the logits inside REG
     "prior_on_reg": {"nvum#loss": "nvum", "nvum#update_before_loss": True, "nvum#unbiased_memory": False,
-                     "nvum#prior_in_reg": True},
+                     "nvum#prior_in_reg": True, "nvum#use_teacher": False},
     # ablation: memory without the prior, prior inside both BCE and REG
     "prior_on_bce_and_reg": {"nvum#loss": "nvum", "nvum#update_before_loss": True, "nvum#unbiased_memory": False,
-                             "nvum#prior_in_bce": True, "nvum#prior_in_reg": True},
+                             "nvum#prior_in_bce": True, "nvum#prior_in_reg": True, "nvum#use_teacher": False},
 }
+
+#: The NVUM-family methods the default recipe is chosen from (see :mod:`.targets`), the paper's form first.
+NVUM_FAMILY = ("nvum", "nvum_ema")
 
 #: The paper's ablation rows (Fig. 2, left): label -> method.
 ABLATION_ROWS = {
@@ -73,9 +83,10 @@ class Regime:
         network: a key of :data:`NETWORKS`.
         image_size: image height and width.
         eval_every: measure the curve (clean-test AUC on ``curve_size`` images of each test split,
-            and the wrong labels fitted) every this many epochs and at the last epoch.
-        curve_size: images of each test split in the curve (0: all); the selected and last
-            figures are always measured on the whole splits.
+            and the wrong labels fitted on ``curve_size`` training images) every this many epochs
+            and at the last epoch.
+        curve_size: images of each test split, and of the training split, in the curve (0: all);
+            the selected and last figures are always measured on the whole splits.
         channels_last: store images and weights channels-last (1.3-1.5x faster training of the
             ResNet on a CPU).
         device: ``"cpu"`` or ``"cuda"`` (a ``cuda`` regime runs only where CUDA is available).
@@ -112,12 +123,11 @@ class Regime:
         return out
 
 
-#: The regimes. ``cpu``: the headline, chosen on training signals and noisy validation only (see
-#: bundle/docs/results.md); ``quick``: a check of the whole pipeline in minutes; ``gpu``: DenseNet121
+#: The regimes. ``cpu``: the headline (see bundle/docs/results.md for how it was chosen); ``quick``: a check of the whole pipeline in minutes; ``gpu``: DenseNet121
 #: at 64 px, run only where CUDA is available.
 REGIMES: dict[str, Regime] = {
     "cpu": Regime(num_training=2000, num_validation=1000, num_test=5000, num_test_shifted=5000, max_epochs=36,
-                  batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=2,
+                  batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=3,
                   curve_size=1000, channels_last=True),
     "quick": Regime(num_training=512, num_validation=256, num_test=512, num_test_shifted=512, max_epochs=4,
                     batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=2,
@@ -139,6 +149,7 @@ class Run:
     beta: float | None = None  # memory momentum override (beta sweep)
     curve: bool = True  # evaluate the clean test splits during training (else at best and last only)
     extra: tuple = ()  # further ((config id, value), ...) overrides, e.g. (("learning_rate", 3e-4),)
+    data_seed: int = 0  # the draw of the synthetic set (its generator's seed)
 
     @property
     def name(self) -> str:
@@ -147,7 +158,8 @@ class Run:
             f"_{k.replace('#', '-')}{v:g}" if isinstance(v, float) else f"_{k.replace('#', '-')}{v}"
             for k, v in self.extra
         )
-        return f"{noise_slug(self.noise)}_{self.regime}_{self.method}{beta}{extra}_seed{self.seed}"
+        draw = f"_data{self.data_seed}" if self.data_seed else ""
+        return f"{noise_slug(self.noise)}_{self.regime}_{self.method}{beta}{extra}_seed{self.seed}{draw}"
 
     def overrides(self, regimes: dict[str, Regime] | None = None) -> dict:
         """The train.json overrides of the run: its regime's recipe, its method, beta and extras."""
@@ -174,13 +186,19 @@ def dataset_params(noise: str, regime: Regime, data_seed: int = 0) -> dict:
     }
 
 
-#: the methods of the main table, in order.
-DEFAULT_METHODS = "bce,logit_adjusted_bce,bce_ema,nvum,nvum_iteration"
+#: the methods of the main table, in order (run on every draw of the data).
+DEFAULT_METHODS = "bce,bce_ema,nvum,nvum_ema"
+#: the further baselines of the ``--extended`` plan (first draw only, no curve).
+EXTENDED_METHODS = ("logit_adjusted_bce", "nvum_iteration")
+#: the draws of the synthetic set (generator seeds) of the main table.
+DEFAULT_DATA_SEEDS = "0,1"
 #: the memory momentum of train.json (runs with this beta are the plain ``nvum`` runs).
 DEFAULT_BETA = 0.9
 #: the stress rows: noise models other than the headline's, and the methods run on them.
 STRESS_NOISE = "symmetric:0.2,symmetric:0.4,bomd:0.2,0.2"
 STRESS_METHODS = ("bce", "nvum", "nvum_no_prior")
+#: the methods of the clean-label rows (the ceiling of the task).
+CLEAN_METHODS = ("bce", "nvum")
 
 
 def split_list(value, cast=str) -> list:
@@ -196,38 +214,49 @@ def split_list(value, cast=str) -> list:
     return [cast(v) for v in items]
 
 
-def build_plan(noise: str, methods: Sequence[str], seeds: int = 5, regime: str = "cpu", clean_seeds: int = 3,
+def build_plan(noise: str, methods: Sequence[str], seeds: int = 5, regime: str = "cpu", clean_seeds: int = 2,
                stress_noise: Sequence[str] = (), stress_methods: Sequence[str] = STRESS_METHODS, stress_seeds: int = 1,
-               ablation_seeds: int = 1, order_seeds: int = 0, betas: Sequence[float] = (0.5, 0.9),
-               beta_seeds: int = 1) -> dict[str, list[Run]]:
+               ablation_seeds: int = 0, order_seeds: int = 0, betas: Sequence[float] = (),
+               beta_seeds: int = 0, data_seeds: Sequence[int] = (0,), more_methods: Sequence[str] = (),
+               more_seeds: int = 0, clean_methods: Sequence[str] = CLEAN_METHODS) -> dict[str, list[Run]]:
     """The runs of each part of the benchmark (a run shared by two parts is listed in both).
 
     Parts:
-        ``main``: ``noise`` (the headline noise model), ``regime``, every method, ``seeds`` seeds, with curves.
-        ``clean``: clean labels (``noise none``), ``regime``, ``bce`` and ``nvum``, ``clean_seeds`` seeds:
-        the ceiling of the task.
+        ``main``: ``noise`` (the headline noise model), ``regime``, every method, every draw of
+        ``data_seeds``, ``seeds`` training seeds per draw, with curves.
+        ``clean``: clean labels (``noise none``), ``regime``, ``clean_methods``, ``clean_seeds``
+        seeds, first draw: the ceiling of the task.
+    The parts of the ``--extended`` plan, all on the first draw, evaluated at their selected and
+    last epochs only (no curve) unless they are ``main`` runs:
+        ``more``: further baselines, ``more_methods`` x ``more_seeds`` seeds (with the ``main``
+        ``bce`` runs of the first draw, to pair with).
         ``stress``: each of ``stress_noise``, ``regime``, ``stress_methods``, ``stress_seeds`` seeds.
         ``order``: the memory update order, ``nvum`` (before the loss) against ``nvum_epoch_end``,
-        ``order_seeds`` seeds (``main`` runs reused; 0: the ``main`` seeds when ``nvum_epoch_end``
-        is a main method, else none).
+        ``order_seeds`` seeds (``main`` runs reused).
         ``ablation``: ``noise``, ``regime``, the methods of :data:`ABLATION_ROWS`, ``ablation_seeds`` seeds.
         ``beta``: ``noise``, ``regime``, ``nvum`` with each memory momentum, ``beta_seeds`` seeds.
-    Runs outside ``main`` and ``clean`` are evaluated at their selected and last epochs only
-    (no curve) unless they are ``main`` runs.
     """
-    unknown = [m for m in list(methods) + list(stress_methods) if m not in METHODS]
+    unknown = [m for m in list(methods) + list(stress_methods) + list(more_methods) + list(clean_methods)
+               if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected some of {sorted(METHODS)}")
     for b in betas:
         if not 0.0 <= b < 1.0:
             raise ValueError(f"memory momentum beta must be in [0, 1), got {b}")
-    plan = {"main": [Run(noise, regime, m, s) for m in methods for s in range(seeds)]}
+    data_seeds = [int(d) for d in data_seeds]
+    if not data_seeds or len(set(data_seeds)) != len(data_seeds):
+        raise ValueError(f"data_seeds must be distinct draws, at least one, got {data_seeds}")
+    first = data_seeds[0]
+    plan = {"main": [Run(noise, regime, m, s, data_seed=d) for d in data_seeds for m in methods for s in range(seeds)]}
     main = {r.name: r for r in plan["main"]}
 
     def reuse(run: Run) -> Run:
+        run = dataclasses.replace(run, data_seed=first)
         return main.get(run.name, dataclasses.replace(run, curve=False))
 
-    plan["clean"] = [Run("none", regime, m, s) for m in ("bce", "nvum") for s in range(clean_seeds)]
+    plan["clean"] = [Run("none", regime, m, s, data_seed=first) for m in clean_methods for s in range(clean_seeds)]
+    more = [reuse(Run(noise, regime, m, s)) for m in more_methods for s in range(more_seeds)]
+    plan["more"] = [reuse(Run(noise, regime, "bce", s)) for s in range(more_seeds)] + more if more else []
     plan["stress"] = [
         reuse(Run(n, regime, m, s)) for n in stress_noise for m in stress_methods for s in range(stress_seeds)
     ]

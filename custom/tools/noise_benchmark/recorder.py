@@ -17,10 +17,10 @@ class CleanTestAUC:
     evaluator's key metric (noisy validation mean AUC) and keeps a copy of the weights of the best
     one. With ``every_epoch`` (a *curve* run) it also measures, every ``eval_every`` epochs and at
     the last one, the mean AUC on the first ``curve_size`` images of each test set (all of them
-    when ``curve_size`` is 0) and, with ``train_set``, the share of wrong training labels the
-    network has fitted (:mod:`.fitting`): the curve, from which the drop (peak minus last) is read.
+    when ``curve_size`` is 0) and, with ``train_set``, the share of wrong labels the network has
+    fitted among the first ``curve_size`` training images (:mod:`.fitting`): the curve, from which the drop (peak minus last) is read.
     When training completes, the kept best weights and the final weights are evaluated on the
-    whole test sets (the *selected* and *last* figures, at exactly those epochs) and on the
+    whole test sets (the *selected* and *last* figures, at exactly those epochs) and on the whole
     training set.
 
     The mean AUC of a test set is over the diseases with at least ``min_positives`` positives in
@@ -37,7 +37,7 @@ class CleanTestAUC:
         train_set: optional ``(images, noisy_labels, clean_labels)`` of the training split.
         min_positives: fewest positives for a disease to enter a test set's mean.
         eval_every: the curve's step in epochs.
-        curve_size: images of each test set in the curve (0: all).
+        curve_size: images of each test set, and of the training set, in the curve (0: all).
     """
 
     def __init__(self, network, evaluator, test_sets: dict, classes: Sequence[str], every_epoch: bool = True,
@@ -58,6 +58,7 @@ class CleanTestAUC:
         self.curve_sets = {
             name: (images[:n], labels[:n]) if n else (images, labels) for name, (images, labels) in test_sets.items()
         }
+        self.curve_train_set = tuple(part[:n] for part in train_set) if n and train_set is not None else train_set
         self.history: list[dict] = []
         self.best: dict | None = None
         self.last: dict | None = None
@@ -82,14 +83,26 @@ class CleanTestAUC:
             classes[name] = [None if math.isnan(a) else float(a) for a in aucs]
         return means, classes
 
-    def fitted(self, network=None) -> dict:
-        """Share of the wrong training labels the network sides with (:func:`.fitting.wrong_labels_fitted`)."""
+    def fitted(self, network=None, train_set=None) -> dict:
+        """Share of the wrong training labels the network sides with (:func:`.fitting.wrong_labels_fitted`),
+        on ``train_set`` (default: the whole training set)."""
         from .fitting import wrong_labels_fitted
 
-        images, noisy, clean = self.train_set
+        images, noisy, clean = train_set if train_set is not None else self.train_set
         return wrong_labels_fitted(
             self._logits(network if network is not None else self.network, images), noisy, clean, self.diseases
         )
+
+    def fitted_reference(self) -> dict | None:
+        """The shares of the wrong training labels fitted at chance and by a perfect clean ranking
+        (:func:`.fitting.reference_levels`), on the whole training set and on the curve's part."""
+        from .fitting import reference_levels
+
+        if self.train_set is None:
+            return None
+        out = reference_levels(self.train_set[1], self.train_set[2], self.diseases)
+        curve = reference_levels(self.curve_train_set[1], self.curve_train_set[2], self.diseases)
+        return {**out, **{f"curve_{k}": v for k, v in curve.items()}}
 
     def _logits(self, net, images):
         """(N, C) float32 logits of ``net`` (in eval mode) on preprocessed images."""
@@ -121,7 +134,7 @@ class CleanTestAUC:
         if self.every_epoch and (epoch % self.eval_every == 0 or epoch == engine.state.max_epochs):
             row["curve"] = self.evaluate(sets=self.curve_sets)[0]
             if self.train_set is not None:
-                row["fitted"] = self.fitted()
+                row["fitted"] = self.fitted(train_set=self.curve_train_set)
         self.history.append(row)
 
     def _measure(self, network=None) -> dict:

@@ -15,13 +15,14 @@ from .tables import (
     ablation_markdown,
     beta_markdown,
     gaps_markdown,
+    draws,
     group_runs,
     main_markdown,
     order_markdown,
     results_table,
     run_metrics,
 )
-from .targets import evaluate_targets, targets_markdown
+from .targets import RULE, choose_default, evaluate_targets, targets_markdown
 
 #: the panels of a curve figure: (history key, title, y label).
 PANELS = (("val", "noisy validation", "mean AUC over the diseases (points)"),
@@ -48,7 +49,8 @@ def _series(record: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def curve_figure(runs: Sequence[Run], records: dict[str, dict], path, title: str = "") -> Path:
     """Per epoch, every method (mean over seeds, band: min-max): noisy-validation AUC, clean-test AUC
-    on both splits, and the share of the wrong training labels the network has fitted."""
+    on both splits, and the share of the wrong training labels the network has fitted, with the
+    share that random scores fit (chance) and that a perfect clean ranking fits as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +60,7 @@ def curve_figure(runs: Sequence[Run], records: dict[str, dict], path, title: str
     panels = [p for p in PANELS if any(len(_series(records[r.name], p[0])[0]) for r in runs)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), dpi=90, sharex=True, squeeze=False)
     colours = plt.get_cmap("tab10").colors
-    for i, ((noise, regime, method, beta), group) in enumerate(group_runs(runs).items()):
+    for i, ((noise, regime, method, beta, draw), group) in enumerate(group_runs(runs, by_draw=False).items()):
         for ax, (key, name, ylabel) in zip(axes[0], panels):
             series = [_series(records[r.name], key) for r in group]
             epochs = series[0][0]
@@ -76,6 +78,15 @@ def curve_figure(runs: Sequence[Run], records: dict[str, dict], path, title: str
                 ax.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=colours[i % 10], alpha=0.15, lw=0)
             ax.set_title(name, fontsize=10)
             ax.set_ylabel(ylabel, fontsize=8)
+    fitted_panel = [ax for ax, p in zip(axes[0], panels) if p[0] == "fitted"]
+    references = [records[r.name].get("fitted_reference") or {} for r in runs]
+    for key, label, style in (("curve_chance", "chance (random scores)", "--"),
+                              ("curve_clean_ranking", "perfect clean ranking", ":")):
+        levels = [ref[key] for ref in references if ref.get(key) is not None]
+        if fitted_panel and levels:
+            fitted_panel[0].axhline(100 * float(np.mean(levels)), color="0.3", ls=style, lw=1, label=label)
+    if fitted_panel:
+        fitted_panel[0].legend(fontsize=7)
     for ax in axes[0]:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -112,7 +123,8 @@ def _left_out_text(records: dict, runs: Sequence[Run]) -> list[str]:
     ]
 
 
-PARTS = (("main", "Main table"), ("clean", "Clean labels: the ceiling"), ("stress", "Other noise models (stress rows)"),
+PARTS = (("main", "Main table"), ("clean", "Clean labels: the ceiling"),
+         ("more", "Further baselines (first draw; `--extended`)"), ("stress", "Other noise models (stress rows)"),
          ("gpu", "DenseNet121 at 64 px (GPU matrix)"))
 
 
@@ -156,7 +168,11 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
         "the share of "
         "the training labels that differ from the truth which the network's prediction sides with (per class, "
         "the images "
-        "ranked in the top noisy-prevalence share are called positive; custom/tools/noise_benchmark/fitting.py).",
+        "ranked in the top noisy-prevalence share are called positive; custom/tools/noise_benchmark/fitting.py); "
+        "scores that carry no information fit a share of them too (the *chance* level, drawn on the figures with "
+        "the share a perfect ranking by the clean labels fits). A *draw* is one synthetic set (its generator's seed, "
+        "`data_seed`); seeds are the training seeds of a draw. Paired differences pair runs of the same draw and "
+        "seed; their 95% t-interval is over the pairs, so it holds for these draws.",
         "",
         "Diseases left out of the mean (fewer than 10 positives in the split):",
         "",
@@ -169,26 +185,39 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
         "",
     ]
     if plan.get("main"):
-        text += ["## Targets", "", targets_markdown(evaluate_targets(plan, records)), ""]
+        choice = choose_default(plan["main"], records)
+        text += ["## The default recipe: the rule, fixed before the run", "", RULE, "", f"Outcome: {choice['text']}",
+                 "", "## Targets", "", f"About the default recipe, `{choice['default']}`.", "",
+                 targets_markdown(evaluate_targets(plan, records, choice["default"])), ""]
     for part, title in PARTS:
         runs = plan.get(part) or []
         if not runs:
             continue
-        text += [f"## {title} (`{runs[0].regime}` regime)", "", main_markdown(results_table(runs, records)), ""]
-        if part in ("main", "gpu"):
+        several = len(draws(runs)) > 1
+        rows = results_table(runs, records)
+        if several:
+            rows = sorted(rows, key=lambda r: [x["method"] for x in rows].index(r["method"]))
+            rows += results_table(runs, records, by_draw=False)
+        text += [f"## {title} (`{runs[0].regime}` regime)", ""]
+        if several:
+            text += ["Each draw, then every draw together (`all`: mean ± std over every run):", ""]
+        text += [main_markdown(rows, show_draw=several or any(r.data_seed for r in runs)), ""]
+        if part in ("main", "gpu", "more"):
             gaps = gaps_markdown(runs, records)
             if gaps:
                 text += [
-                    "Difference to plain BCE, paired by seed (points; mean [95% t-interval over the seeds]):",
+                    "Difference to plain BCE, paired by draw and seed (points; mean [95% t-interval over the pairs]):",
                     "",
                     gaps,
                     "",
                 ]
-        for (noise, reg), group in _by_noise_regime(runs).items():
+        for (noise, reg, draw), group in _by_noise_regime(runs).items():
             if all(r.curve for r in group):
-                name = f"curve_{noise_slug(noise)}_{reg}.png"
-                curve_figure(group, records, output / name, title=f"{noise} noise, {reg} regime")
-                text += [f"![Per epoch, {noise} noise, {reg} regime]({name})", ""]
+                suffix = f"_data{draw}" if draw else ""
+                name = f"curve_{noise_slug(noise)}_{reg}{suffix}.png"
+                caption = f"{noise} noise, {reg} regime, draw {draw}"
+                curve_figure(group, records, output / name, title=caption)
+                text += [f"![Per epoch, {caption}]({name})", ""]
     if plan.get("order"):
         text += ["## Memory update order (judged on noisy validation)", "", order_markdown(plan["order"], records), ""]
     if plan.get("ablation"):
@@ -208,5 +237,5 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
 def _by_noise_regime(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
     out: dict[tuple, list[Run]] = {}
     for r in runs:
-        out.setdefault((r.noise, r.regime), []).append(r)
+        out.setdefault((r.noise, r.regime, r.data_seed), []).append(r)
     return out

@@ -13,14 +13,17 @@ from .recorder import CleanTestAUC, preprocessed_test_sets, preprocessed_trainin
 from .methods import REGIMES, Regime, Run, dataset_params
 
 
-def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, data_seed: int = 0,
-              threads: int | None = 1, config_file=TRAIN_CONFIG) -> dict:
-    """Train one run of the matrix through ``train.json`` and return its record.
+def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, threads: int | None = 1,
+              config_file=TRAIN_CONFIG) -> dict:
+    """Train one run of the matrix through ``train.json`` (on its draw of the data, ``run.data_seed``)
+    and return its record.
 
     Returns:
         a JSON-ready dict: the run's fields, the config overrides, ``history`` (per epoch:
         noisy validation AUC, losses and, for curve runs, clean-test AUC per split), ``best``
-        (epoch chosen on noisy validation, its test AUCs), ``last`` and ``seconds``.
+        (epoch chosen on noisy validation, its test AUCs), ``last``, ``fitted_reference`` (the
+        wrong labels fitted by random scores and by a perfect clean ranking, :mod:`.fitting`) and
+        ``seconds``.
     """
     import tempfile
 
@@ -36,7 +39,7 @@ def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, 
         "mlflow": False,
         "seed": int(run.seed),
         "device": regime.device,
-        **{f"datalist#{k}": v for k, v in dataset_params(run.noise, regime, data_seed).items()},
+        **{f"datalist#{k}": v for k, v in dataset_params(run.noise, regime, run.data_seed).items()},
         **run.overrides(regimes),
     }
     trackers = []
@@ -75,18 +78,19 @@ def train_run(run: Run, regimes: dict[str, Regime] | None = None, workdir=None, 
         "best": tracker.best,
         "last": tracker.last,
         "left_out": tracker.left_out,
+        "fitted_reference": tracker.fitted_reference(),
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu_start,
         "threads": used_threads,
     }
 
 
-def _worker(run: Run, regimes: dict, data_seed: int) -> dict:
+def _worker(run: Run, regimes: dict) -> dict:
     import warnings
 
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    return train_run(run, regimes, data_seed=data_seed, threads=1)
+    return train_run(run, regimes, threads=1)
 
 
 def _summary_line(record: dict) -> str:
@@ -102,7 +106,7 @@ def _summary_line(record: dict) -> str:
 
 
 def run_matrix(runs: Sequence[Run], output, regimes: dict[str, Regime] | None = None, workers: int = 2,
-               data_seed: int = 0, resume: bool = False) -> list[dict]:
+               resume: bool = False) -> list[dict]:
     """Train every run (``workers`` processes, one thread each), writing ``runs/<name>.json``.
 
     With ``resume`` a run whose file exists with the same settings is read, not trained again.
@@ -124,20 +128,18 @@ def run_matrix(runs: Sequence[Run], output, regimes: dict[str, Regime] | None = 
             if (
                 {k: record.get(k) for k in spec} == spec
                 and record.get("regime_params") == dataclasses.asdict(regimes[run.regime])
-                and record.get("data_seed") == data_seed
             ):
                 records[run.name] = record
                 continue
         pending.append(run)
-    for noise, regime in sorted(
-        {(r.noise, r.regime) for r in pending}
+    for noise, regime, data_seed in sorted(
+        {(r.noise, r.regime, r.data_seed) for r in pending}
     ):  # generate the data once, before the workers start
         ensure_synthetic(None, progress=False, **dataset_params(noise, regimes[regime], data_seed))
     bar = tqdm(total=len(runs), initial=len(records), desc="runs", unit="run", dynamic_ncols=True)
 
     def finished(record):
         record["regime_params"] = dataclasses.asdict(regimes[record["regime"]])
-        record["data_seed"] = data_seed
         (runs_dir / f"{record['name']}.json").write_text(json.dumps(record, indent=1) + "\n")
         records[record["name"]] = record
         bar.update(1)
@@ -146,13 +148,13 @@ def run_matrix(runs: Sequence[Run], output, regimes: dict[str, Regime] | None = 
     start = time.perf_counter()
     if workers <= 1:
         for run in pending:
-            finished(_worker(run, regimes, data_seed))
+            finished(_worker(run, regimes))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_worker, run, regimes, data_seed) for run in pending]
+            futures = [pool.submit(_worker, run, regimes) for run in pending]
             for future in as_completed(futures):
                 finished(future.result())
     bar.close()

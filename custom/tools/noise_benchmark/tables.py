@@ -94,20 +94,27 @@ def _ci(values, digits: int = 1) -> str:
     return f"{mean:+.{digits}f}" if math.isnan(low) else f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def group_runs(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
-    """Runs grouped by everything but the seed, in first-seen order."""
+def group_runs(runs: Sequence[Run], by_draw: bool = True) -> dict[tuple, list[Run]]:
+    """Runs grouped by everything but the seed, in first-seen order: ``(noise, regime, method, beta,
+    data_seed)`` keys (``data_seed`` None when ``by_draw`` is off: every draw in one group)."""
     out: dict[tuple, list[Run]] = {}
     for r in runs:
-        out.setdefault((r.noise, r.regime, r.method, r.beta), []).append(r)
+        out.setdefault((r.noise, r.regime, r.method, r.beta, r.data_seed if by_draw else None), []).append(r)
     return out
 
 
-def results_table(runs: Sequence[Run], records: dict[str, dict]) -> list[dict]:
-    """One row per (noise, regime, method): the values over seeds of :data:`ROW_KEYS`."""
+def draws(runs: Sequence[Run]) -> list[int]:
+    """The draws of the data (``data_seed``) the runs use, in first-seen order."""
+    return list(dict.fromkeys(r.data_seed for r in runs))
+
+
+def results_table(runs: Sequence[Run], records: dict[str, dict], by_draw: bool = True) -> list[dict]:
+    """One row per (noise, regime, method, draw): the values over seeds of :data:`ROW_KEYS`
+    (``by_draw`` off: one row per method, every draw's runs together; ``draw`` is then None)."""
     rows = []
-    for (noise, regime, method, beta), group in group_runs(runs).items():
+    for (noise, regime, method, beta, draw), group in group_runs(runs, by_draw).items():
         metrics = [run_metrics(records[r.name]) for r in group]
-        row = {"noise": noise, "regime": regime, "method": method, "seeds": len(group)}
+        row = {"noise": noise, "regime": regime, "method": method, "draw": draw, "seeds": len(group)}
         for key in ROW_KEYS:
             row[key] = [m.get(key, float("nan")) for m in metrics]
         rows.append(row)
@@ -118,41 +125,58 @@ def results_table(runs: Sequence[Run], records: dict[str, dict]) -> list[dict]:
 COMPARED_HEADERS = ("selected: test", "selected: shifted", "last: test", "last: shifted")
 
 
-def main_markdown(rows: list[dict]) -> str:
-    header = ["noise", "method", "seeds", *COMPARED_HEADERS, "drop: test", "drop: shifted", "selected epoch",
-              "wrong labels fitted, last (%)"]
-    body = [[r["noise"], f"`{r['method']}`", r["seeds"], *(_pm(r[k]) for k in ROW_KEYS[:6]),
-             _pm(r["selected_epoch"], 0), _pm(r["fitted_last"], 0)] for r in rows]
+def main_markdown(rows: list[dict], show_draw: bool = False) -> str:
+    """Rows of :func:`results_table` as Markdown (``show_draw``: a column with each row's draw)."""
+    header = ["noise", *(["draw"] if show_draw else []), "method", "seeds", *COMPARED_HEADERS, "drop: test",
+              "drop: shifted", "selected epoch", "wrong labels fitted, last (%)"]
+    body = [[r["noise"], *([_draw_text(r["draw"])] if show_draw else []), f"`{r['method']}`", r["seeds"],
+             *(_pm(r[k]) for k in ROW_KEYS[:6]), _pm(r["selected_epoch"], 0), _pm(r["fitted_last"], 0)]
+            for r in rows]
     return markdown_table(header, body, align="first-left")
 
 
+def _draw_text(draw) -> str:
+    return "all" if draw is None else str(draw)
+
+
 def paired_gaps(runs: Sequence[Run], records: dict[str, dict], baseline: str = "bce", keys=COMPARED_KEYS) -> dict:
-    """Per method, the differences to ``baseline`` on the seeds both ran: ``{method: {key: [diff per seed]}}``."""
-    groups = group_runs(runs)
-    base = next((g for (n, rg, m, b), g in groups.items() if m == baseline and b is None), None)
+    """Per method, the differences to ``baseline`` on the (draw, seed) pairs both ran:
+    ``{method: {key: [diff per pair], "seeds": [(data_seed, seed), ...]}}``. Every draw among
+    ``runs`` is pooled: pass one draw's runs for that draw's differences."""
+    groups = group_runs(runs, by_draw=False)
+    base = next((g for (n, rg, m, b, d), g in groups.items() if m == baseline and b is None), None)
     if base is None:
         return {}
-    base_metrics = {r.seed: run_metrics(records[r.name]) for r in base}
+    base_metrics = {(r.data_seed, r.seed): run_metrics(records[r.name]) for r in base}
     out = {}
-    for (n, rg, method, b), group in groups.items():
+    for (n, rg, method, b, d), group in groups.items():
         if method == baseline or b is not None:
             continue
-        metrics = {r.seed: run_metrics(records[r.name]) for r in group}
-        seeds = sorted(set(metrics) & set(base_metrics))
+        metrics = {(r.data_seed, r.seed): run_metrics(records[r.name]) for r in group}
+        pairs = sorted(set(metrics) & set(base_metrics))
         out[method] = {
-            k: [metrics[s].get(k, float("nan")) - base_metrics[s].get(k, float("nan")) for s in seeds] for k in keys
+            k: [metrics[p].get(k, float("nan")) - base_metrics[p].get(k, float("nan")) for p in pairs] for k in keys
         }
-        out[method]["seeds"] = seeds
+        out[method]["seeds"] = pairs
     return out
 
 
 def gaps_markdown(runs: Sequence[Run], records: dict[str, dict], baseline: str = "bce") -> str:
-    """Difference of each method to ``baseline`` (AUC points), paired by seed: mean [95% t-interval]."""
-    gaps = paired_gaps(runs, records, baseline)
-    if not gaps:
+    """Difference of each method to ``baseline`` (AUC points), paired by draw and seed: mean [95%
+    t-interval over the pairs], one row per draw and, with several draws, one over every pair."""
+    found = draws(runs)
+    scopes = [(str(d), [r for r in runs if r.data_seed == d]) for d in found]
+    if len(found) > 1:
+        scopes.append(("all", list(runs)))
+    body = []
+    for label, scoped in scopes:
+        gaps = paired_gaps(scoped, records, baseline)
+        body += [[f"`{m}`", label, len(g["seeds"])] + [_ci(g[k]) for k in COMPARED_KEYS] for m, g in gaps.items()]
+    if not body:
         return ""
-    body = [[f"`{m}`", len(g["seeds"])] + [_ci(g[k]) for k in COMPARED_KEYS] for m, g in gaps.items()]
-    header = ["method", "paired seeds", f"selected: test - `{baseline}`", *COMPARED_HEADERS[1:]]
+    order = {m: i for i, m in enumerate(dict.fromkeys(row[0] for row in body))}
+    body.sort(key=lambda row: order[row[0]])  # each method's draws together, methods in plan order
+    header = ["method", "draw", "pairs", f"selected: test - `{baseline}`", *COMPARED_HEADERS[1:]]
     return markdown_table(header, body, align="first-left")
 
 
@@ -164,7 +188,8 @@ def _summary_rows(groups, records: dict[str, dict], keys) -> list[list]:
 
 def ablation_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
     by_method = group_runs(runs)
-    found = [(label, method, next((g for (n, rg, m, b), g in by_method.items() if m == method and b is None), None))
+    found = [(label, method, next((g for (n, rg, m, b, d), g in by_method.items() if m == method and b is None),
+                                  None))
              for label, method in ABLATION_ROWS.items()]
     found = [(label, method, group) for label, method, group in found if group]
     rows = _summary_rows([g for _, _, g in found], records, ("val_selected",) + COMPARED_KEYS)
