@@ -67,8 +67,7 @@ def test_reg_is_finite_for_large_memory_in_float32():
     for form in ("dot", "elementwise"):
         reg = NVUMLoss(mem, reg=form).per_image_reg(z, torch.arange(4))
         assert torch.isfinite(reg).all()
-        # the naive log(1 - sigmoid(s)) is -inf here; the stable form is ~ -s
-        assert torch.log(1 - torch.sigmoid(torch.tensor(100.0 * C))).isinf()
+        # (the naive log(1 - sigmoid(s)) is -inf at s = 100 * C; the stable form is ~ -s)
         (g,) = torch.autograd.grad(reg.sum(), z)
         assert torch.isfinite(g).all()
 
@@ -117,7 +116,6 @@ def test_loss_does_not_modify_the_memory():
     before = mem.values.clone()
     NVUMLoss(mem, mix_memory=True)(torch.randn(4, C), torch.ones(4, C), torch.arange(4))["loss"]
     assert torch.equal(mem.values, before)
-    assert not mem.values.requires_grad
 
 
 def test_memory_mixing_uses_a_convex_combination_of_batch_rows():
