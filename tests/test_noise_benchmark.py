@@ -124,9 +124,15 @@ def test_methods_are_overrides_of_existing_train_config_ids():
 
 
 @pytest.fixture(scope="module")
-def tiny_runs():
+def tiny_curve_dir(tmp_path_factory):
+    """The bundle folder of the curve run of ``tiny_runs`` (its ``models/model.pt``: the network selected)."""
+    return tmp_path_factory.mktemp("tiny_curve")
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_curve_dir):
     run = nb.Run("report", "tiny", "nvum", seed=1)
-    curve = nb.train_run(run, TINY)
+    curve = nb.train_run(run, TINY, workdir=tiny_curve_dir)
     again = nb.train_run(run, TINY)
     cheap = nb.train_run(dataclasses.replace(run, curve=False), TINY)
     return curve, again, cheap
@@ -153,6 +159,35 @@ def test_a_run_records_every_epoch_and_selects_on_noisy_validation(tiny_runs):
     assert (
         curve["overrides"]["network_def"]["name"] == "ResNet" and curve["overrides"]["nvum#update_before_loss"] is True
     )
+
+
+@pytest.mark.slow
+def test_the_recorded_validation_auc_is_against_the_noisy_labels_not_the_clean_ones(tiny_runs, tiny_curve_dir):
+    """The selected network (the run's models/model.pt) scored on the validation images: the AUC the
+    run recorded for its epoch is the one against the noisy validation labels (``label``), which
+    differs from the one against the truth (``clean_label``)."""
+    import torch
+
+    from custom.evaluation.metrics import mean_auc, per_class_auc
+    from custom.labels import disease_indices
+    from custom.networks import load_weights
+    from custom.tools.training import train_parser
+
+    curve, _, _ = tiny_runs
+    parser = train_parser({**curve["overrides"], "bundle_root": str(tiny_curve_dir)})
+    datalist = parser.get_parsed_content("data")
+    net = load_weights(parser.get_parsed_content("network_def"), tiny_curve_dir / "models" / "model.pt").eval()
+    transform = parser.get_parsed_content("validate#preprocessing")
+    images = torch.stack([torch.as_tensor(transform(dict(item))["image"]) for item in datalist.items("validation")])
+    with torch.no_grad():
+        logits = net(images.float())
+    diseases = disease_indices(datalist.classes)
+    noisy_auc = mean_auc(per_class_auc(logits, datalist.labels("validation")), diseases)
+    clean_auc = mean_auc(per_class_auc(logits, datalist.labels("validation", "clean_label")), diseases)
+    assert abs(noisy_auc - clean_auc) > 0.01  # the two label sets rank this network differently
+    assert curve["best"]["val"] == pytest.approx(noisy_auc, abs=1e-6)
+    best = next(row for row in curve["history"] if row["epoch"] == curve["best"]["epoch"])
+    assert best["val"] == curve["best"]["val"] == max(row["val"] for row in curve["history"])
 
 
 @pytest.mark.slow
