@@ -1,6 +1,6 @@
 """Runs the training workflow of ``train.json`` + ``multi_gpu_train.json`` and saves, per rank,
-the NVUM memory and the validation metric of each run, after checking the gathering and
-BatchNorm primitives on a small fixed input (used by ``test_distributed.py``).
+the NVUM memory (and its update order) and the validation metric of each run, after checking the
+gathering and BatchNorm primitives on a small fixed input (used by ``test_distributed.py``).
 
     torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py OUT_DIR RUNS_JSON
     python tests/ddp_worker.py OUT_DIR RUNS_JSON        (one process: the reference)
@@ -73,8 +73,10 @@ def run_all(out_dir, runs: dict) -> dict:
         wf.run()
         evaluator = wf.parser.get_parsed_content("validate#evaluator")
         trainer = wf.parser.get_parsed_content("train#trainer")
+        memory = wf.parser.get_parsed_content("memory")
         results[name] = {
-            "memory": wf.parser.get_parsed_content("memory").values.detach().cpu().clone(),
+            "memory": memory.values.detach().cpu().clone(),
+            "before_loss": memory.updater.before_loss,  # the update order the run used
             "val_mean_auc": float(evaluator.state.metrics["val_mean_auc"]),
             "train_loss": float(trainer.state.metrics["train_loss"]),
             "world_size": distributed.world_size(),

@@ -25,7 +25,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, TINY_RUN
 
 pytestmark = pytest.mark.slow  # trains a bundle, starts a model server and subprocesses
 
@@ -398,3 +398,62 @@ def test_register_command_logs_a_new_run_and_a_new_version(deployed, tmp_path):
         info = mlflow.models.get_model_info(f"models:/nvum-cli/{version.version}")
     positive = [f"{c}_positive" for c in CLASSES]  # the thresholds of models/model.json came along
     assert info.signature.outputs.input_names() == CLASSES + positive and info.saved_input_example_info is not None
+
+
+def test_with_an_ema_teacher_the_checkpoint_export_and_served_model_are_the_teacher(tmp_path):
+    """NVUM with an EMA teacher (half-life one epoch): models/model.pt holds the teacher's weights, not
+    the student's; so does the TorchScript export; inference.json (model.pt) and the pyfunc served model
+    (model.ts) give the teacher's probabilities. One tiny epoch: the selected network is the final teacher."""
+    from types import SimpleNamespace
+
+    from custom.deploy.export import build_bundle
+    from custom.serving.pyfunc import ChestXrayClassifier
+    from custom.tools.training import train_through_bundle
+
+    data, root = tmp_path / "data", tmp_path / "run"
+    teacher_run = {"nvum#loss": "nvum", "nvum#use_teacher": True, "nvum#teacher_halflife_epochs": 1.0}
+    run = train_through_bundle({"datalist#root": str(data), **TINY_RUN, **teacher_run}, bundle_root=root,
+                               quiet=True, resume_checkpoints=False)
+    teacher = run.parser.get_parsed_content("teacher")
+    student = run.parser.get_parsed_content("network")
+    assert teacher.model is not None and teacher.decay == pytest.approx(0.5 ** (1 / 2))  # 64 images, batch 32
+    teacher_state = {k: v.detach().clone() for k, v in teacher.model.state_dict().items()}
+    student_state = student.state_dict()
+    # the student has moved away from the teacher, so a checkpoint of the student would not pass below
+    assert any(not torch.equal(student_state[k], v) for k, v in teacher_state.items() if v.is_floating_point())
+
+    best = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert best.keys() == teacher_state.keys()
+    assert all(torch.equal(best[k], v) for k, v in teacher_state.items())
+
+    built = build_bundle(root / "models" / "model.pt", tmp_path / "out", tmp_path / "staging")
+    scripted = torch.jit.load(str(built.model_ts), map_location="cpu").eval()
+    scripted_state = scripted.state_dict()
+    assert scripted_state.keys() == teacher_state.keys()
+    assert all(torch.equal(scripted_state[k], v) for k, v in teacher_state.items())
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((data / "test").glob("*.png"))[:4]:
+        (images / p.name).write_bytes(p.read_bytes())
+    files = sorted(images.glob("*.png"))
+    pre = ConfigParser()
+    pre.read_config(str(built.config_dir / "inference.json"))
+    x = torch.stack([torch.as_tensor(pre.get_parsed_content("preprocessing")({"image": str(p)})["image"])
+                     for p in files]).float()
+    with torch.no_grad():
+        expected = torch.sigmoid(teacher.model.eval()(x)).numpy()
+        from_student = torch.sigmoid(student.eval()(x)).numpy()
+    assert np.abs(expected - from_student).max() > 1e-3  # the outputs tell teacher and student apart
+
+    csv = tmp_path / "probs.csv"  # inference.json on the training folder: reads models/model.pt
+    _run(_workflow("inference.json", "infer", bundle_root=str(root), input_path=str(images), output_file=str(csv)))
+    table = pd.read_csv(csv)
+    table.index = [Path(p).name for p in table.pop("image")]
+    assert np.abs(table.loc[[p.name for p in files], CLASSES].to_numpy() - expected).max() < TOL
+
+    served = ChestXrayClassifier()  # what the MLflow model server loads: model.ts and the bundle's inference.json
+    served.load_context(SimpleNamespace(artifacts={"model": str(built.model_ts),
+                                                   "inference_config": str(built.config_dir / "inference.json")}))
+    pred = served.predict(None, pd.DataFrame({"image": [p.read_bytes() for p in files]}))
+    assert np.abs(pred[CLASSES].to_numpy() - expected).max() < TOL

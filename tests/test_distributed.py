@@ -91,18 +91,24 @@ TINY = {
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_keep_one_memory_equal_to_a_single_process_run(tmp_path):
+@pytest.mark.parametrize("update_before_loss", [True, False], ids=["paper_order", "epoch_end_order"])
+def test_torchrun_two_processes_keep_one_memory_equal_to_a_single_process_run(tmp_path, update_before_loss):
     """``torchrun --nproc_per_node=2`` (gloo) on the overlay: both ranks end with the same memory,
-    equal (1e-5) to one process with the same global batch, for both memory schedules. The same
-    processes first check the primitives: row gathering and BatchNorm over the global batch."""
+    equal (1e-5) to one process with the same global batch, for both memory schedules and both update
+    orders: before the loss (each step's gathered rows written at once) and after (the epoch schedule
+    collects the gathered rows and writes them at the end of the epoch; the iteration schedule
+    writes them after the optimiser step). The same processes first check the primitives: row
+    gathering and BatchNorm over the global batch."""
     from custom.data.synthetic import ensure_synthetic
 
     data = tmp_path / "data"
     ensure_synthetic(data, seed=0, num_training=64, num_validation=33, num_test=32, num_test_shifted=32, image_size=32)
+    order = {"nvum#update_before_loss": update_before_loss}
     runs = {
-        "epoch": dict(TINY, **{"datalist#root": str(data)}),
+        "epoch": dict(TINY, **order, **{"datalist#root": str(data)}),
         "iteration_teacher": dict(
             TINY,
+            **order,
             **{
                 "nvum#memory_schedule": "iteration",
                 "nvum#use_teacher": True,
@@ -148,6 +154,7 @@ def test_torchrun_two_processes_keep_one_memory_equal_to_a_single_process_run(tm
     _check_primitives(rank0["primitives"], rank1["primitives"])
     for name in runs:
         assert rank0[name]["world_size"] == 2 and rank0[name]["ddp"] and single[name]["world_size"] == 1
+        assert rank0[name]["before_loss"] is single[name]["before_loss"] is update_before_loss
         assert torch.equal(rank0[name]["memory"], rank1[name]["memory"]), name
         assert (rank0[name]["memory"].abs().sum(dim=1) > 0).all()  # every image was seen
         assert torch.allclose(rank0[name]["memory"], single[name]["memory"], atol=1e-5, rtol=0), name

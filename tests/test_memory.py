@@ -43,7 +43,6 @@ def test_memory_starts_at_zero_float32_with_n_by_c_bytes():
     mem = NVUMMemory(7, [0.5, 0.25, 0.1])
     assert mem.values.dtype == torch.float32 and mem.values.shape == (7, 3)
     assert mem.values.abs().sum() == 0
-    assert mem.values.numel() * mem.values.element_size() == 7 * 3 * 4
     # the buffers, and the updater's state (none for a bare memory: it has no updater)
     assert set(mem.state_dict()) == {"values", "log_prior", "_extra_state"} and mem.state_dict()["_extra_state"] == {}
 
@@ -227,13 +226,20 @@ def test_epoch_end_order_leaves_reg_without_gradient_in_epoch_one():
 
 
 def test_teacher_halflife_sets_the_decay_from_the_epoch_length():
-    net = torch.nn.Linear(2, 1, bias=False)
-    teacher = EMATeacher(net, decay=0.99, halflife_epochs=1.0)
-    with torch.no_grad():
-        teacher.model.weight.fill_(1.0)
-        net.weight.fill_(0.0)  # the student stays at 0 (no optimiser step), the teacher starts at 1
-    engine = Engine(lambda e, b: None)
-    teacher.attach(engine)
-    engine.run(range(8), max_epochs=1)
-    assert math.isclose(teacher.decay, 0.5 ** (1 / 8))
-    assert torch.allclose(teacher.model.weight, torch.full((1, 2), 0.5))  # half of the start is left after one epoch
+    """decay = 0.5 ** (1 / (halflife_epochs * steps_per_epoch)), with the engine's epoch length (5
+    and 12 steps here), and the teacher moves by exactly that decay per step."""
+    # steps per epoch, halflife in epochs, decay = 0.5 ** (1 / 5) and 0.5 ** (1 / 24), teacher after one epoch:
+    # the teacher starts at 1, the student stays at 3, so after n steps the teacher is 3 - 2 * decay ** n:
+    # 5 steps of a 1-epoch half-life leave half the distance (3 - 1 = 2); 12 steps of a 2-epoch one 2 * 0.5 ** 0.5
+    cases = ((5, 1.0, 0.8705505632961241, 2.0), (12, 2.0, 0.9715319411536059, 1.5857864376269049))
+    for steps, halflife, decay, after in cases:
+        net = torch.nn.Linear(2, 1, bias=False)
+        teacher = EMATeacher(net, decay=0.99, halflife_epochs=halflife)
+        with torch.no_grad():
+            teacher.model.weight.fill_(1.0)
+            net.weight.fill_(3.0)  # no optimiser step: the student stays where it is
+        engine = Engine(lambda e, b: None)
+        teacher.attach(engine)
+        engine.run(range(steps), max_epochs=1)
+        assert math.isclose(teacher.decay, decay, rel_tol=1e-12), steps
+        assert torch.allclose(teacher.model.weight, torch.full((1, 2), after), atol=1e-6, rtol=0), steps

@@ -99,27 +99,36 @@ def test_the_benchmark_network_is_a_network_def_override_that_trains():
 
 
 def test_wrong_labels_fitted_on_a_hand_made_example():
+    """Per class, the top ``round(pi_c * N)`` scores are called positive, ``pi_c`` the NOISY prevalence.
+    Two classes, 8 images; noisy and clean prevalences differ in both, every score is positive in
+    class 0 and negative in class 1, so neither the clean prevalence nor a fixed ``score > 0``
+    threshold gives the hand-counted shares below."""
     from custom.tools.noise_benchmark.fitting import predicted_positive, wrong_labels_fitted
 
-    # one class, 6 images; noisy labels: images 0, 1 positive (prevalence 2/6: the top-2 scores are called positive)
-    noisy = np.array([[1], [1], [0], [0], [0], [0]])
-    clean = np.array([[1], [0], [1], [0], [0], [0]])  # image 1: false positive; image 2: missed positive
+    # class 0: noisy positives 0, 1, 2 (3/8), clean positives 0, 3 (2/8): false positives 1, 2; missed 3
+    # class 1: noisy positive 4 (1/8), clean positives 4, 5, 6 (3/8): missed 5, 6
+    noisy = np.array([[1, 0], [1, 0], [1, 0], [0, 0], [0, 1], [0, 0], [0, 0], [0, 0]])
+    clean = np.array([[1, 0], [0, 0], [0, 0], [1, 0], [0, 1], [0, 1], [0, 1], [0, 0]])
     scores = np.array(
-        [[5.0], [4.0], [-1.0], [0.0], [-2.0], [-3.0]]
-    )  # ranks images 0 and 1 on top: sides with both wrong labels
-    assert predicted_positive(scores, noisy)[:, 0].tolist() == [True, True, False, False, False, False]
-    fit = wrong_labels_fitted(scores, noisy, clean)
-    assert (fit["all"], fit["false_positive"], fit["missed"]) == (1.0, 1.0, 1.0) and fit["n_wrong"] == 2
-    clean_ranking = np.array(
-        [[5.0], [-4.0], [3.0], [0.0], [-2.0], [-3.0]]
-    )  # the truth's ranking: image 2 up, image 1 down
-    fit = wrong_labels_fitted(clean_ranking, noisy, clean)
-    assert (fit["all"], fit["false_positive"], fit["missed"]) == (0.0, 0.0, 0.0)
-    half = np.array(
-        [[3.0], [5.0], [4.0], [0.0], [-2.0], [-3.0]]
-    )  # top 2: the false positive (fitted) and the missed one (not)
-    fit = wrong_labels_fitted(half, noisy, clean)
-    assert (fit["all"], fit["false_positive"], fit["missed"]) == (0.5, 1.0, 0.0)
+        [[0.9, -0.9], [0.8, -0.8], [0.2, -0.7], [0.7, -0.6], [0.6, -0.1], [0.5, -0.2], [0.4, -0.3], [0.3, -0.5]]
+    )
+    # class 0: the top 3 scores are images 0, 1, 3; class 1: the top 1 is image 4
+    expected = np.zeros((8, 2), dtype=bool)
+    expected[[0, 1, 3], 0] = True
+    expected[4, 1] = True
+    assert predicted_positive(scores, noisy).tolist() == expected.tolist()
+    # class 0: false positive 1 fitted (called positive), 2 not; missed 3 not fitted (called positive)
+    assert wrong_labels_fitted(scores, noisy, clean, classes=[0]) == {
+        "all": 1 / 3, "false_positive": 1 / 2, "missed": 0.0, "n_wrong": 3, "n_false_positive": 2, "n_missed": 1}
+    # class 1: missed 5 and 6 both fitted (called negative); no false positive
+    one = wrong_labels_fitted(scores, noisy, clean, classes=[1])
+    assert (one["all"], one["missed"], one["n_wrong"]) == (1.0, 1.0, 2) and np.isnan(one["false_positive"])
+    # both classes: 3 of the 5 wrong labels fitted (1 of 2 false positives, 2 of 3 missed)
+    both = wrong_labels_fitted(scores, noisy, clean)
+    assert (both["all"], both["false_positive"], both["missed"]) == (3 / 5, 1 / 2, 2 / 3)
+    assert (both["n_wrong"], both["n_false_positive"], both["n_missed"]) == (5, 2, 3)
+    # (with the clean prevalence, top 2 in class 0 and top 3 in class 1, it would be (2/5, 1/2, 1/3);
+    # with score > 0, all of class 0 positive and none of class 1, (4/5, 1, 2/3))
     assert np.isnan(wrong_labels_fitted(scores, noisy, noisy)["all"])  # no wrong label: nothing to fit
 
 
@@ -138,9 +147,15 @@ def test_methods_are_overrides_of_existing_train_config_ids():
 
 
 @pytest.fixture(scope="module")
-def tiny_runs():
+def tiny_curve_dir(tmp_path_factory):
+    """The bundle folder of the curve run of ``tiny_runs`` (its ``models/model.pt``: the network selected)."""
+    return tmp_path_factory.mktemp("tiny_curve")
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_curve_dir):
     run = nb.Run("report", "tiny", "nvum", seed=1)
-    curve = nb.train_run(run, TINY)
+    curve = nb.train_run(run, TINY, workdir=tiny_curve_dir)
     again = nb.train_run(run, TINY)
     cheap = nb.train_run(dataclasses.replace(run, curve=False), TINY)
     return curve, again, cheap
@@ -178,6 +193,35 @@ def test_a_run_records_every_epoch_and_selects_on_noisy_validation(tiny_runs):
     assert (
         curve["overrides"]["network_def"]["name"] == "ResNet" and curve["overrides"]["nvum#update_before_loss"] is True
     )
+
+
+@pytest.mark.slow
+def test_the_recorded_validation_auc_is_against_the_noisy_labels_not_the_clean_ones(tiny_runs, tiny_curve_dir):
+    """The selected network (the run's models/model.pt) scored on the validation images: the AUC the
+    run recorded for its epoch is the one against the noisy validation labels (``label``), which
+    differs from the one against the truth (``clean_label``)."""
+    import torch
+
+    from custom.evaluation.metrics import mean_auc, per_class_auc
+    from custom.labels import disease_indices
+    from custom.networks import load_weights
+    from custom.tools.training import train_parser
+
+    curve, _, _ = tiny_runs
+    parser = train_parser({**curve["overrides"], "bundle_root": str(tiny_curve_dir)})
+    datalist = parser.get_parsed_content("data")
+    net = load_weights(parser.get_parsed_content("network_def"), tiny_curve_dir / "models" / "model.pt").eval()
+    transform = parser.get_parsed_content("validate#preprocessing")
+    images = torch.stack([torch.as_tensor(transform(dict(item))["image"]) for item in datalist.items("validation")])
+    with torch.no_grad():
+        logits = net(images.float())
+    diseases = disease_indices(datalist.classes)
+    noisy_auc = mean_auc(per_class_auc(logits, datalist.labels("validation")), diseases)
+    clean_auc = mean_auc(per_class_auc(logits, datalist.labels("validation", "clean_label")), diseases)
+    assert abs(noisy_auc - clean_auc) > 0.01  # the two label sets rank this network differently
+    assert curve["best"]["val"] == pytest.approx(noisy_auc, abs=1e-6)
+    best = next(row for row in curve["history"] if row["epoch"] == curve["best"]["epoch"])
+    assert best["val"] == curve["best"]["val"] == max(row["val"] for row in curve["history"])
 
 
 @pytest.mark.slow
