@@ -127,7 +127,7 @@ class Regime:
 #: at 64 px, run only where CUDA is available.
 REGIMES: dict[str, Regime] = {
     "cpu": Regime(num_training=2000, num_validation=1000, num_test=5000, num_test_shifted=5000, max_epochs=36,
-                  batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=3,
+                  batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=4,
                   curve_size=1000, channels_last=True),
     "quick": Regime(num_training=512, num_validation=256, num_test=512, num_test_shifted=512, max_epochs=4,
                     batch_size=32, learning_rate=2e-3, schedule="cosine", network="resnet_cifar", eval_every=2,
