@@ -70,13 +70,15 @@ def test_plan_reuses_runs_between_parts_and_checks_methods():
 
 def test_the_default_plan_has_two_draws_and_every_method_states_its_teacher():
     """The default plan: the headline rows on two draws; a method row does not change with train.json's defaults."""
-    plan = nb.build_plan("report", nb.split_list(nb.DEFAULT_METHODS), data_seeds=nb.split_list(nb.DEFAULT_DATA_SEEDS, int))
+    draws = nb.split_list(nb.DEFAULT_DATA_SEEDS, int)
+    plan = nb.build_plan("report", nb.split_list(nb.DEFAULT_METHODS), data_seeds=draws)
     assert {r.method for r in plan["main"]} >= {"bce", "bce_ema", "nvum", "nvum_ema"}
     assert sorted({r.data_seed for r in plan["main"]}) == [0, 1] and len(plan["main"]) == 4 * 2 * 5
     assert not any(plan[part] for part in ("more", "stress", "order", "ablation", "beta"))
     for method, overrides in nb.METHODS.items():
         assert "nvum#loss" in overrides and "nvum#use_teacher" in overrides, method
-    assert nb.METHODS["nvum_ema"] == {**nb.METHODS["nvum"], "nvum#use_teacher": True, "nvum#teacher_halflife_epochs": 1.0}
+    teacher = {"nvum#use_teacher": True, "nvum#teacher_halflife_epochs": 1.0}
+    assert nb.METHODS["nvum_ema"] == {**nb.METHODS["nvum"], **teacher}
 
 
 def test_the_benchmark_network_is_a_network_def_override_that_trains():
@@ -275,7 +277,9 @@ def test_tables_report_selected_last_and_drop_as_mean_and_std_over_seeds(tmp_pat
     targets = {t["target"]: t for t in nb.evaluate_targets({"main": runs}, records, default="nvum")}
     fit = targets["wrong training labels fitted at the last epoch (reported)"]
     assert fit["met"] is None and "`nvum` 35%, `bce` 85%" in fit["measured"]
-    selected = targets["default `nvum` at least 1.5 points above `bce` (selected, in-distribution), 95% interval above 0"]
+    selected = targets[
+        "default `nvum` at least 1.5 points above `bce` (selected, in-distribution), 95% interval above 0"
+    ]
     assert not selected["met"] and selected["measured"].startswith("-1.0 [")
     # last epoch: 81 - 74 and 79 - 76, mean +5 but the interval over 2 pairs reaches below 0
     last = targets["default `nvum` at least 3 points above `bce` (last epoch, in-distribution), 95% interval above 0"]
@@ -341,13 +345,16 @@ def test_the_rule_picks_the_candidate_on_the_first_draw_and_confirms_it_on_the_s
     assert nb.choose_default(runs, records)["candidate"] == "nvum"
     # one draw only: nothing confirms the candidate
     first = [r for r in runs if r.data_seed == 0]
-    assert nb.choose_default(first, records)["confirmed"] is None and nb.choose_default(first, records)["default"] == "nvum"
+    alone = nb.choose_default(first, records)
+    assert alone["confirmed"] is None and alone["default"] == "nvum"
 
 
 def test_targets_are_judged_on_every_pair_of_both_draws_and_show_each_draw(tmp_path):
     runs, records = _draws_records({"nvum": 2.0, "nvum_ema": 2.5}, {"nvum": 0.5, "nvum_ema": 3.5})
     rows = {t["target"]: t for t in nb.evaluate_targets({"main": runs}, records)}
-    selected = rows["default `nvum_ema` at least 1.5 points above `bce` (selected, in-distribution), 95% interval above 0"]
+    selected = rows[
+        "default `nvum_ema` at least 1.5 points above `bce` (selected, in-distribution), 95% interval above 0"
+    ]
     # the mean over the draws pools the 6 (draw, seed) pairs: (2.5 * 3 + 3.5 * 3) / 6 = 3.0
     assert selected["measured"].startswith("+3.0 [") and "(6 pairs)" in selected["measured"] and selected["met"]
     assert selected["per_draw"][0].startswith("+2.5") and selected["per_draw"][1].startswith("+3.5")

@@ -333,7 +333,7 @@ def noise_benchmark(**options):
         methods: methods of the main table, comma-separated.
         seeds: training seeds of every main-table method, on each draw of the data.
         output: folder of the results.
-        quick: the main table and the clean rows on a tiny regime, one seed per draw: a check of the pipeline in minutes.
+        quick: the main table and the clean rows on a tiny regime, one seed per draw: a pipeline check in minutes.
         extended: add the further baselines, stress rows, update order, ablation and beta sweep (first draw).
         data_seeds: the draws of the synthetic data (generator seeds) of the main table, comma-separated.
         clean_seeds: seeds of the clean-label rows (the ceiling).

@@ -123,7 +123,8 @@ class Regime:
         return out
 
 
-#: The regimes. ``cpu``: the headline (see bundle/docs/results.md for how it was chosen); ``quick``: a check of the whole pipeline in minutes; ``gpu``: DenseNet121
+#: The regimes. ``cpu``: the headline (see bundle/docs/results.md for how it was chosen); ``quick``: a
+#: check of the whole pipeline in minutes; ``gpu``: DenseNet121
 #: at 64 px, run only where CUDA is available.
 REGIMES: dict[str, Regime] = {
     "cpu": Regime(num_training=2000, num_validation=1000, num_test=5000, num_test_shifted=5000, max_epochs=36,

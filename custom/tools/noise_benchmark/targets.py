@@ -137,7 +137,8 @@ def evaluate_targets(plan: dict, records: dict, default: str | None = None) -> l
             gaps = paired_gaps(runs, records, baseline).get(method)
             if not gaps:
                 return "-", None
-            return f"{_interval_text(gaps[key])} ({len(gaps['seeds'])} pair{'s' if len(gaps['seeds']) > 1 else ''})", mean_interval(gaps[key])
+            pairs = len(gaps["seeds"])
+            return f"{_interval_text(gaps[key])} ({pairs} pair{'s' if pairs > 1 else ''})", mean_interval(gaps[key])
         return measure
 
     for split, name in (("test", "in-distribution"), ("test_shifted", "shifted")):
