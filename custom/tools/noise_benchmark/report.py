@@ -17,6 +17,7 @@ from .tables import (
     gaps_markdown,
     draws,
     group_runs,
+    in_method_order,
     main_markdown,
     order_markdown,
     results_table,
@@ -196,7 +197,7 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
         several = len(draws(runs)) > 1
         rows = results_table(runs, records)
         if several:
-            rows = sorted(rows, key=lambda r: [x["method"] for x in rows].index(r["method"]))
+            rows = in_method_order(rows, lambda r: r["method"])
             rows += results_table(runs, records, by_draw=False)
         text += [f"## {title} (`{runs[0].regime}` regime)", ""]
         if several:

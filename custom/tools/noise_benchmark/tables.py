@@ -103,9 +103,25 @@ def group_runs(runs: Sequence[Run], by_draw: bool = True) -> dict[tuple, list[Ru
     return out
 
 
+def method_runs(runs: Sequence[Run], method: str, by_draw: bool = False) -> list[Run]:
+    """The runs of ``method`` at the default memory momentum (the first group of :func:`group_runs`)."""
+    return next((g for (n, rg, m, b, d), g in group_runs(runs, by_draw).items() if m == method and b is None), [])
+
+
 def draws(runs: Sequence[Run]) -> list[int]:
     """The draws of the data (``data_seed``) the runs use, in first-seen order."""
     return list(dict.fromkeys(r.data_seed for r in runs))
+
+
+def of_draw(runs: Sequence[Run], data_seed: int) -> list[Run]:
+    """The runs on one draw of the data."""
+    return [r for r in runs if r.data_seed == data_seed]
+
+
+def in_method_order(rows: list, method_of) -> list:
+    """``rows`` (stable) sorted so that each method's rows are together, methods in first-seen order."""
+    order = {m: i for i, m in enumerate(dict.fromkeys(method_of(row) for row in rows))}
+    return sorted(rows, key=lambda row: order[method_of(row)])
 
 
 def results_table(runs: Sequence[Run], records: dict[str, dict], by_draw: bool = True) -> list[dict]:
@@ -143,13 +159,12 @@ def paired_gaps(runs: Sequence[Run], records: dict[str, dict], baseline: str = "
     """Per method, the differences to ``baseline`` on the (draw, seed) pairs both ran:
     ``{method: {key: [diff per pair], "seeds": [(data_seed, seed), ...]}}``. Every draw among
     ``runs`` is pooled: pass one draw's runs for that draw's differences."""
-    groups = group_runs(runs, by_draw=False)
-    base = next((g for (n, rg, m, b, d), g in groups.items() if m == baseline and b is None), None)
-    if base is None:
+    base = method_runs(runs, baseline)
+    if not base:
         return {}
     base_metrics = {(r.data_seed, r.seed): run_metrics(records[r.name]) for r in base}
     out = {}
-    for (n, rg, method, b, d), group in groups.items():
+    for (n, rg, method, b, d), group in group_runs(runs, by_draw=False).items():
         if method == baseline or b is not None:
             continue
         metrics = {(r.data_seed, r.seed): run_metrics(records[r.name]) for r in group}
@@ -165,7 +180,7 @@ def gaps_markdown(runs: Sequence[Run], records: dict[str, dict], baseline: str =
     """Difference of each method to ``baseline`` (AUC points), paired by draw and seed: mean [95%
     t-interval over the pairs], one row per draw and, with several draws, one over every pair."""
     found = draws(runs)
-    scopes = [(str(d), [r for r in runs if r.data_seed == d]) for d in found]
+    scopes = [(str(d), of_draw(runs, d)) for d in found]
     if len(found) > 1:
         scopes.append(("all", list(runs)))
     body = []
@@ -174,8 +189,7 @@ def gaps_markdown(runs: Sequence[Run], records: dict[str, dict], baseline: str =
         body += [[f"`{m}`", label, len(g["seeds"])] + [_ci(g[k]) for k in COMPARED_KEYS] for m, g in gaps.items()]
     if not body:
         return ""
-    order = {m: i for i, m in enumerate(dict.fromkeys(row[0] for row in body))}
-    body.sort(key=lambda row: order[row[0]])  # each method's draws together, methods in plan order
+    body = in_method_order(body, lambda row: row[0])  # each method's draws together, methods in plan order
     header = ["method", "draw", "pairs", f"selected: test - `{baseline}`", *COMPARED_HEADERS[1:]]
     return markdown_table(header, body, align="first-left")
 
@@ -187,10 +201,7 @@ def _summary_rows(groups, records: dict[str, dict], keys) -> list[list]:
 
 
 def ablation_markdown(runs: Sequence[Run], records: dict[str, dict]) -> str:
-    by_method = group_runs(runs)
-    found = [(label, method, next((g for (n, rg, m, b, d), g in by_method.items() if m == method and b is None),
-                                  None))
-             for label, method in ABLATION_ROWS.items()]
+    found = [(label, method, method_runs(runs, method, by_draw=True)) for label, method in ABLATION_ROWS.items()]
     found = [(label, method, group) for label, method, group in found if group]
     rows = _summary_rows([g for _, _, g in found], records, ("val_selected",) + COMPARED_KEYS)
     body = [[label, f"`{method}`", *row] for (label, method, _), row in zip(found, rows)]

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ...evaluation.tables import markdown_table
 from .methods import NVUM_FAMILY, Run
-from .tables import draws, group_runs, mean_interval, paired_gaps, run_metrics
+from .tables import draws, mean_interval, method_runs, of_draw, paired_gaps, run_metrics
 
 #: the paper's form of NVUM: the default when the rule's candidate is not confirmed.
 PAPER_FORM = "nvum"
@@ -36,13 +36,7 @@ def _mean(values) -> float:
 
 
 def _values(runs: Sequence[Run], records: dict, method: str, key: str) -> list[float]:
-    groups = group_runs(runs, by_draw=False)
-    group = next((g for (n, rg, m, b, d), g in groups.items() if m == method and b is None), [])
-    return [run_metrics(records[r.name]).get(key, float("nan")) for r in group]
-
-
-def _draw(runs: Sequence[Run], data_seed: int) -> list[Run]:
-    return [r for r in runs if r.data_seed == data_seed]
+    return [run_metrics(records[r.name]).get(key, float("nan")) for r in method_runs(runs, method)]
 
 
 def choose_default(main: Sequence[Run], records: dict) -> dict:
@@ -58,7 +52,7 @@ def choose_default(main: Sequence[Run], records: dict) -> dict:
     if not family:
         return {"default": None, "candidate": None, "scores": {}, "confirmation": {}, "confirmed": None,
                 "text": "no NVUM-family row was run: the rule does not apply"}
-    first = _draw(main, found[0])
+    first = of_draw(main, found[0])
     scores = {
         m: (_mean(_values(first, records, m, "selected_test")) + _mean(_values(first, records, m,
                                                                                "selected_test_shifted"))) / 2
@@ -67,7 +61,7 @@ def choose_default(main: Sequence[Run], records: dict) -> dict:
     candidate = max(family, key=lambda m: scores[m])
     confirmation, confirmed = {}, None
     if len(found) > 1:
-        gaps = paired_gaps(_draw(main, found[1]), records, "bce").get(candidate)
+        gaps = paired_gaps(of_draw(main, found[1]), records, "bce").get(candidate)
         if gaps:
             confirmation = {k: _mean(gaps[k]) for k in ("selected_test", "selected_test_shifted", "last_test",
                                                        "last_test_shifted")}
@@ -114,7 +108,7 @@ def evaluate_targets(plan: dict, records: dict, default: str | None = None) -> l
     def add(target, measure, met_of):
         """``measure(runs) -> (text, value)`` on all the main runs and on each draw's."""
         text, value = measure(main)
-        per_draw = {d: measure(_draw(main, d))[0] for d in found} if len(found) > 1 else {}
+        per_draw = {d: measure(of_draw(main, d))[0] for d in found} if len(found) > 1 else {}
         rows.append({"target": target, "measured": text, "per_draw": per_draw,
                      "met": None if met_of is None or value is None else bool(met_of(value))})
 
