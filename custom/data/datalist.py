@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: what to do with a missing or unreadable image.
 BAD_IMAGE_POLICIES = ("error", "skip")
-#: what to do with a degenerate image (far smaller than the network input, or constant).
+#: what to do with a degenerate image (far smaller than the network input, or constant), in a data list
+#: and at inference (``degenerate_images`` of :class:`custom.serving.inference.InferenceDataset`).
 DEGENERATE_IMAGE_POLICIES = ("warn", "refuse")
 #: keys an item of a data list may have.
 ITEM_KEYS = {"image", "label", "patient", "clean_label"}

@@ -218,8 +218,6 @@ def check_image(path) -> str | None:
 
 #: an image is degenerate when a side is under ``image_size / DEGENERATE_SIZE_FACTOR`` (or it is constant).
 DEGENERATE_SIZE_FACTOR = 4
-#: what to do with degenerate images (:func:`degenerate_reason`).
-DEGENERATE_POLICIES = ("warn", "refuse")
 
 
 def degenerate_reason(width: int, height: int, low, high, image_size: int | None = None) -> str | None:

@@ -16,7 +16,8 @@ from monai.data import Dataset, MetaTensor
 from ..data.datalist import DataList
 from ..files import is_inside
 from ..data.dicom import DICOM_SUFFIXES, dicom_guard_enabled, guard_file, is_dicom
-from ..data.transforms import DEGENERATE_POLICIES, ImageReadError, degenerate_tensor_reason
+from ..data.datalist import DEGENERATE_IMAGE_POLICIES
+from ..data.transforms import ImageReadError, degenerate_tensor_reason
 from ..flags import as_bool
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
@@ -104,8 +105,8 @@ class InferenceDataset(Dataset):
 
     def __init__(self, data, transform, strict: bool = False, image_size: int | None = None,
                  degenerate_images: str = "warn", dicom_guard=None):
-        if degenerate_images not in DEGENERATE_POLICIES:
-            raise ValueError(f"degenerate_images must be one of {DEGENERATE_POLICIES}, got {degenerate_images!r}")
+        if degenerate_images not in DEGENERATE_IMAGE_POLICIES:
+            raise ValueError(f"degenerate_images must be one of {DEGENERATE_IMAGE_POLICIES}, got {degenerate_images!r}")
         super().__init__(data, transform)
         self.strict = as_bool(strict, "strict")
         self.image_size = int(image_size) if image_size else None
