@@ -150,12 +150,8 @@ class InferenceDataset(Dataset):
         from monai.transforms import apply_transform
 
         item = dict(self.data[index])
-        refused = item.pop(REFUSED, "")
-        if refused:
-            if self.strict:
-                raise ImageReadError(item.get("image", ""), refused)
-            return self._placeholder(item, **{REFUSED: refused})
-        refused = self._guard(item.get("image"))
+        # refused when listed (a link out of the folder) or, unread, by the DICOM guard
+        refused = item.pop(REFUSED, "") or self._guard(item.get("image"))
         if refused:
             if self.strict:
                 raise ImageReadError(item.get("image", ""), refused)

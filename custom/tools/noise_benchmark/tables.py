@@ -87,7 +87,8 @@ def _pm(values, digits: int = 1) -> str:
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _ci(values, digits: int = 1) -> str:
+def ci_text(values, digits: int = 1) -> str:
+    """``mean [low, high]`` of :func:`mean_interval` in signed points (``-`` without values; the mean alone for one)."""
     mean, low, high = mean_interval(values)
     if math.isnan(mean):
         return "-"
@@ -186,7 +187,7 @@ def gaps_markdown(runs: Sequence[Run], records: dict[str, dict], baseline: str =
     body = []
     for label, scoped in scopes:
         gaps = paired_gaps(scoped, records, baseline)
-        body += [[f"`{m}`", label, len(g["seeds"])] + [_ci(g[k]) for k in COMPARED_KEYS] for m, g in gaps.items()]
+        body += [[f"`{m}`", label, len(g["seeds"])] + [ci_text(g[k]) for k in COMPARED_KEYS] for m, g in gaps.items()]
     if not body:
         return ""
     body = in_method_order(body, lambda row: row[0])  # each method's draws together, methods in plan order

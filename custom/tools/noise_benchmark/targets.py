@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ...evaluation.tables import markdown_table
 from .methods import NVUM_FAMILY, Run
-from .tables import draws, mean_interval, method_runs, of_draw, paired_gaps, run_metrics
+from .tables import ci_text, draws, mean_interval, method_runs, of_draw, paired_gaps, run_metrics
 
 #: the paper's form of NVUM: the default when the rule's candidate is not confirmed.
 PAPER_FORM = "nvum"
@@ -89,13 +89,6 @@ def choose_default(main: Sequence[Run], records: dict) -> dict:
             "confirmed": confirmed, "text": text}
 
 
-def _interval_text(values) -> str:
-    mean, low, high = mean_interval(values)
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:+.1f}" if math.isnan(low) else f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]"
-
-
 def evaluate_targets(plan: dict, records: dict, default: str | None = None) -> list[dict]:
     """One row per target: ``target``, ``measured`` (mean over the draws: every paired draw and seed),
     ``per_draw`` (draw -> text), ``met`` (bool, or ``None`` when only reported). ``default`` is the
@@ -132,7 +125,7 @@ def evaluate_targets(plan: dict, records: dict, default: str | None = None) -> l
             if not gaps:
                 return "-", None
             pairs = len(gaps["seeds"])
-            return f"{_interval_text(gaps[key])} ({pairs} pair{'s' if pairs > 1 else ''})", mean_interval(gaps[key])
+            return f"{ci_text(gaps[key])} ({pairs} pair{'s' if pairs > 1 else ''})", mean_interval(gaps[key])
         return measure
 
     for split, name in (("test", "in-distribution"), ("test_shifted", "shifted")):
