@@ -44,3 +44,40 @@ def check_writable(folder, what: str = "output folder") -> Path:
 def is_inside(path: str, folder: str) -> bool:
     """Whether the resolved ``path`` is ``folder`` or under it (both already resolved: ``os.path.realpath``)."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def read_json(path, what: str = "file"):
+    """The content of a ``.json`` or ``.json.gz`` file; a missing or invalid file raises naming it and ``what`` it
+    is (``FileNotFoundError`` / ``ValueError``). The one JSON reader of the project."""
+    import gzip
+    import json
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, EOFError, OSError) as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+def write_json(content, path, indent: int | None = 1) -> Path:
+    """Write ``content`` as JSON, atomically (:func:`atomic_path`), creating the folder; a name ending in ``.gz`` is
+    gzipped byte-reproducibly (no timestamp, compact separators). The one JSON writer of the project."""
+    import gzip
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gz = path.suffix == ".gz"
+    text = json.dumps(content, separators=(",", ":") if gz else (",", ": "), indent=None if gz else indent)
+    with atomic_path(path) as tmp:
+        if gz:
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                       compresslevel=9) as f:
+                f.write(text.encode("utf-8"))
+        else:
+            tmp.write_text(text + "\n", encoding="utf-8")
+    return path

@@ -8,7 +8,6 @@ values into plain JSON types.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -69,12 +68,9 @@ class RunRecord:
 
     def write(self, path) -> Path:
         """Write the record as JSON (atomically: a temporary file renamed over ``path``)."""
-        from .files import atomic_path
+        from .files import write_json
 
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.state_dict(), indent=1) + "\n")
-        return path
+        return write_json(self.state_dict(), path)
 
     def check(self, state: dict, path) -> None:
         """Raise :class:`~custom.data.DataListError` when ``state`` (from checkpoint ``path``) does not match."""
@@ -112,20 +108,40 @@ def plain_json(value):
     return str(value)
 
 
+def record_path(weights) -> Path:
+    """The run record file written beside a weights file: ``model.pt`` -> ``model.json``. The one place that
+    derives it."""
+    return Path(weights).with_suffix(".json")
+
+
 def read_record(checkpoint) -> dict | None:
     """The :class:`RunRecord` of a checkpoint: ``run_record`` inside a resume checkpoint, or the
-    ``<name>.json`` written beside a weights file such as ``model.pt``; ``None`` when there is none."""
+    ``<name>.json`` written beside a weights file such as ``model.pt`` (or that ``.json`` file itself);
+    ``None`` when there is none."""
+    from .files import read_json
+
     path = Path(checkpoint)
-    sidecar = path.with_suffix(".json")
+    sidecar = path if path.suffix == ".json" else record_path(path)
     if sidecar.is_file():
-        try:
-            return json.loads(sidecar.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"run record {sidecar} is not valid JSON: {e}") from None
+        return read_json(sidecar, "run record")
+    if path.suffix == ".json":
+        return None
     from .networks import read_checkpoint
 
     ckpt = read_checkpoint(path)
     return ckpt.get("run_record") if isinstance(ckpt, dict) else None
+
+
+def update_record(weights, **fields) -> Path:
+    """Add or replace top-level ``fields`` (e.g. the operating thresholds chosen after training) in the run
+    record beside ``weights`` (or in that ``.json`` file), keeping everything else; written atomically."""
+    from .files import write_json
+
+    path = Path(weights)
+    path = path if path.suffix == ".json" else record_path(path)
+    content = dict(read_record(path) or {})
+    content.update(plain_json(fields))
+    return write_json(content, path)
 
 
 def run_record(record):
