@@ -310,15 +310,18 @@ def load_test(**options):
         requests: how many requests to send.
         clients: concurrent clients (threads).
         images: images per request.
+        max_errors: failed requests allowed before the command exits with status 1 (default 0).
 
     Example:
         python -m custom.cli load_test --url http://127.0.0.1:5001/invocations --requests 200 --clients 4 --images 8
     """
+    from .loadtest import LoadTestFailed
     from .loadtest import load_test as run
 
+    options.setdefault("max_errors", 0)
     try:
         run(**options)
-    except ValueError as e:
+    except (ValueError, LoadTestFailed) as e:
         sys.exit(f"load_test: {e}")
 
 
