@@ -18,8 +18,8 @@ one) on the clean test splits and the training images (:class:`CleanTestAUC`).
 
 Model selection uses the noisy validation labels only: "best" is the epoch of the best noisy
 validation mean AUC (the checkpoint the bundle saves as ``model.pt``); "last" is the final epoch;
-"peak" is the best clean-test AUC over the epochs, reported only to measure memorisation
-(``drop`` = peak - last). Nothing is ever chosen on the clean test labels.
+``drop`` = selected - last, both on the whole test splits, measures memorisation (the curve, on
+part of each split every few epochs, draws the figures). Nothing is ever chosen on the clean test labels.
 
 The default plan trains the main methods on two draws of the synthetic set (``data_seeds``) and
 picks the bundle's default recipe by a rule fixed before the run (:mod:`.targets`); ``--extended``
@@ -60,8 +60,17 @@ from .methods import (
 )
 from .report import curve_figure, write_outputs
 from .runner import run_matrix, train_run
-from .tables import gaps_markdown, main_markdown, paired_gaps, results_table, run_metrics
-from .targets import RULE, choose_default, evaluate_targets
+from .tables import (
+    common_diseases,
+    gaps_markdown,
+    kept_diseases,
+    main_markdown,
+    paired_gaps,
+    results_table,
+    run_metrics,
+    scope_metrics,
+)
+from .targets import PAPER_FORM, RULE, choose_default, evaluate_targets
 
 
 def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int = 5,
@@ -123,15 +132,29 @@ def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int =
         f"noise benchmark: {len(runs)} runs ({counts}; shared runs counted once in the total), {workers} worker(s)",
         flush=True,
     )
+    before = _record_stamps(runs, output)
     records = {r["name"]: r for r in run_matrix(runs, output, REGIMES, workers=int(workers), resume=resume)}
+    trained = sum(1 for name, stamp in _record_stamps(runs, output).items() if stamp != before.get(name))
     command = command_line or "python -m custom.cli noise_benchmark " + " ".join(
         _command_args(dict(noise=noise, methods=methods, seeds=seeds, data_seeds=data_seeds, output=output,
                            quick=quick, extended=extended))
     )
-    path = write_outputs(plan, records, output, REGIMES, command=command, wall_seconds=time.perf_counter() - start)
+    path = write_outputs(plan, records, output, REGIMES, command=command, wall_seconds=time.perf_counter() - start,
+                         trained=trained)
     print(path.read_text())
     print(f"written to {Path(output)} ({(time.perf_counter() - start) / 60:.1f} min)")
     return path
+
+
+def _record_stamps(runs, output) -> dict[str, tuple]:
+    """(modification time, size) of each run's record file that exists: a run trained by the command rewrote it."""
+    out = {}
+    for run in runs:
+        path = Path(output) / "runs" / f"{run.name}.json"
+        if path.is_file():
+            stat = path.stat()
+            out[run.name] = (stat.st_mtime_ns, stat.st_size)
+    return out
 
 
 def _gpu_part(noise: str, methods, gpu, seeds: int, data_seed: int = 0) -> list[Run]:

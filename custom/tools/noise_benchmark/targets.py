@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ...evaluation.tables import markdown_table
 from .methods import NVUM_FAMILY, Run
-from .tables import ci_text, draws, mean_interval, method_runs, of_draw, paired_gaps, run_metrics
+from .tables import ci_text, draws, mean_interval, method_runs, of_draw, paired_gaps, scope_metrics
 
 #: the paper's form of NVUM: the default when the rule's candidate is not confirmed.
 PAPER_FORM = "nvum"
@@ -36,7 +36,9 @@ def _mean(values) -> float:
 
 
 def _values(runs: Sequence[Run], records: dict, method: str, key: str) -> list[float]:
-    return [run_metrics(records[r.name]).get(key, float("nan")) for r in method_runs(runs, method)]
+    """``key`` of every run of ``method`` among ``runs``, over the diseases every one of ``runs`` keeps."""
+    scoped = scope_metrics(runs, records)
+    return [scoped[r.name].get(key, float("nan")) for r in method_runs(runs, method)]
 
 
 def choose_default(main: Sequence[Run], records: dict) -> dict:
@@ -172,3 +174,4 @@ def targets_markdown(rows: list[dict]) -> str:
     body = [[r["target"], r["measured"], *(r.get("per_draw", {}).get(d, "") for d in found), verdict[r["met"]]]
             for r in rows]
     return markdown_table(header, body)
+
