@@ -79,6 +79,14 @@ def test_the_default_plan_has_two_draws_and_every_method_states_its_teacher():
         assert "nvum#loss" in overrides and "nvum#use_teacher" in overrides, method
     teacher = {"nvum#use_teacher": True, "nvum#teacher_halflife_epochs": 1.0}
     assert nb.METHODS["nvum_ema"] == {**nb.METHODS["nvum"], **teacher}
+    # the head-to-head rule's command: the default plan plus the four main methods on the new draws, 5 seeds each
+    assert not set(nb.NEW_DRAWS) & set(draws)
+    command = nb.NEW_DRAWS_COMMAND.split()
+    every = nb.split_list(command[command.index("--data_seeds") + 1], int)
+    assert command[command.index("--output") + 1] == "bundle/docs/noise_benchmark" and "--resume" in command
+    more = nb.build_plan("report", nb.split_list(nb.DEFAULT_METHODS), data_seeds=every)
+    added = {r.name for r in nb.unique_runs(more)} - {r.name for r in nb.unique_runs(plan)}
+    assert len(added) == 4 * 2 * 5 and {r.data_seed for r in more["main"] if r.name in added} == set(nb.NEW_DRAWS)
 
 
 def test_wrong_labels_fitted_on_a_hand_made_example():
@@ -379,6 +387,70 @@ def test_the_first_rule_falls_back_to_the_paper_form_without_holding_it_to_the_b
     runs, records = _draws_records({0: {"nvum": 3.0, "nvum_ema": 2.5}, 1: {"nvum": 0.5, "nvum_ema": 9.0}})
     choice = nb.choose_default(runs, records)
     assert (choice["candidate"], choice["confirmed"], choice["default"]) == ("nvum", False, "nvum")
+
+
+def _head_to_head(new: dict, old: dict | None = None, seeds: int = 5):
+    """Runs on the new draws 2 and 3 where ``nvum_ema`` - ``nvum`` is ``new`` (number or dict over
+    :data:`KEYS`), and on draws 0 and 1 where it is ``old`` (left out when None)."""
+    def gains(diff):
+        ema = {k: 1.0 + (diff if not isinstance(diff, dict) else diff.get(k, 0.0)) for k in KEYS}
+        return {"nvum": 1.0, "nvum_ema": ema}
+
+    draws = {d: gains(new) for d in nb.NEW_DRAWS}
+    if old is not None:
+        draws = {0: gains(old), 1: gains(old), **draws}
+    return _draws_records(draws, seeds=seeds)
+
+
+def test_the_head_to_head_rule_decides_on_both_splits_and_both_epochs_of_the_new_draws():
+    even = dict.fromkeys(KEYS, 0.3) | {"last_test": -0.4, "last_test_shifted": 0.0}
+    runs, records = _head_to_head(even)
+    choice = nb.choose_default_head_to_head(runs, records)
+    assert choice["status"] == "decided" and choice["default"] == "nvum_ema" and choice["pairs"] == 10
+    assert choice["decision"] == pytest.approx(even)  # -0.4 at the last epoch is within the 0.5 allowance
+    assert "Default recipe: **`nvum_ema`**" in choice["text"]
+    # one figure short flips the outcome: the selected epoch of either split below 0, the last of either below -0.5
+    for key, value in (("selected_test_shifted", -0.2), ("selected_test", -0.2), ("last_test", -0.6),
+                       ("last_test_shifted", -0.6)):
+        runs, records = _head_to_head({**even, key: value})
+        choice = nb.choose_default_head_to_head(runs, records)
+        assert choice["default"] == "nvum" and [k for k, ok in choice["passed"].items() if not ok] == [key], key
+
+
+def test_the_head_to_head_rule_uses_only_the_new_draws():
+    for new, outcome in ((0.3, "nvum_ema"), ({"selected_test_shifted": -0.2}, "nvum")):
+        runs, records = _head_to_head(new)
+        alone = nb.choose_default_head_to_head(runs, records)
+        for old in (-5.0, 5.0):  # draws 0 and 1 that would say the opposite do not change the outcome
+            runs, records = _head_to_head(new, old=old)
+            choice = nb.choose_default_head_to_head(runs, records)
+            assert choice["default"] == alone["default"] == outcome
+            assert choice["decision"] == pytest.approx(alone["decision"]) and choice["pairs"] == 10
+            # they are shown: per draw, and pooled with the new draws over all four
+            assert list(choice["differences"]) == ["draw 0", "draw 1", "draw 2", "draw 3", "new draws", "all draws"]
+            assert np.mean(choice["differences"]["draw 0"]["selected_test"]) == pytest.approx(old)
+    # no run of the new draws: not run yet, no default; one new-draw pair missing: incomplete, no default
+    runs, records = _head_to_head(0.3, old=0.3)
+    old_only = [r for r in runs if r.data_seed not in nb.NEW_DRAWS]
+    choice = nb.choose_default_head_to_head(old_only, records)
+    assert choice["status"] == "not run" and choice["default"] is None and "not run yet" in choice["text"]
+    assert nb.NEW_DRAWS_COMMAND in choice["text"] and "--data_seeds 0,1,2,3 --resume true" in nb.NEW_DRAWS_COMMAND
+    missing = [r for r in runs if not (r.data_seed == 3 and r.seed == 4 and r.method == "nvum_ema")]
+    choice = nb.choose_default_head_to_head(missing, records)
+    assert choice["status"] == "incomplete" and choice["default"] is None and "9 of 10 pairs" in choice["text"]
+
+
+def test_results_print_both_rules_and_the_head_to_head_outcome_or_not_run_yet(tmp_path):
+    runs, records = _head_to_head(0.3, old=-1.0)
+    old_only = [r for r in runs if r.data_seed not in nb.NEW_DRAWS]
+    text = nb.write_outputs({"main": old_only}, records, tmp_path / "a", {"cpu": nb.REGIMES["cpu"]}).read_text()
+    assert nb.HEAD_TO_HEAD_RULE in text and nb.RULE in text and "Outcome: **not run yet**" in text
+    assert "Until the head-to-head rule is decided, the default recipe is the first rule's, `nvum`." in text
+    text = nb.write_outputs({"main": runs}, records, tmp_path / "b", {"cpu": nb.REGIMES["cpu"]}).read_text()
+    assert "Outcome: Data seeds 2 and 3 (10 pairs)" in text and "Default recipe: **`nvum_ema`**" in text
+    assert "| new draws | 10 | +0.3 [" in text and "| all draws | 20 |" in text and "| draw 0 | 5 | -1.0 [" in text
+    assert "About the default recipe, `nvum_ema`." in text and "Until the head-to-head" not in text
+    assert "| report | all | `nvum_ema` | 20 |" in text  # the main table over all four draws
 
 
 def test_targets_are_judged_on_every_pair_of_both_draws_and_show_each_draw(tmp_path):

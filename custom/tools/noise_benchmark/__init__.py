@@ -21,9 +21,12 @@ validation mean AUC (the checkpoint the bundle saves as ``model.pt``); "last" is
 ``drop`` = selected - last, both on the whole test splits, measures memorisation (the curve, on
 part of each split every few epochs, draws the figures). Nothing is ever chosen on the clean test labels.
 
-The default plan trains the main methods on two draws of the synthetic set (``data_seeds``) and
-picks the bundle's default recipe by a rule fixed before the run (:mod:`.targets`); ``--extended``
-adds the further baselines, the stress rows, the update order, the ablation and the beta sweep.
+The default plan trains the main methods on two draws of the synthetic set (``data_seeds`` 0 and 1,
+under an hour); the head-to-head rule (:mod:`.targets`, fixed before their run) picks the bundle's
+default recipe on two new draws (:data:`NEW_DRAWS`), run into the same folder by
+``--data_seeds 0,1,2,3 --resume true`` (:data:`NEW_DRAWS_COMMAND`: the finished draws are read, not
+trained). ``--extended`` adds the further baselines, the stress rows, the update order, the
+ablation and the beta sweep.
 
 Runs are independent and deterministic (``monai.utils.set_determinism(seed)``, one CPU thread
 per run): they go to ``workers`` processes, each run writes ``runs/<name>.json`` in the output
@@ -47,6 +50,7 @@ from .methods import (
     DEFAULT_METHODS,
     EXTENDED_METHODS,
     METHODS,
+    NEW_DRAWS,
     NVUM_FAMILY,
     NETWORKS,
     REGIMES,
@@ -70,7 +74,17 @@ from .tables import (
     run_metrics,
     scope_metrics,
 )
-from .targets import PAPER_FORM, RULE, choose_default, evaluate_targets
+from .targets import (
+    HEAD_TO_HEAD_RULE,
+    NEW_DRAWS_COMMAND,
+    PAPER_FORM,
+    RULE,
+    TEACHER_FORM,
+    choose_default,
+    choose_default_head_to_head,
+    evaluate_targets,
+    head_to_head_markdown,
+)
 
 
 def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int = 5,
@@ -92,7 +106,9 @@ def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int =
             ``more_seeds`` seeds), the stress rows, the memory update order, the ablation and the
             beta sweep (their ``*_seeds``; 0 leaves a part out).
         data_seeds: the draws of the synthetic set (generator seeds) of the main table; the first
-            one also serves the clean rows and the ``--extended`` parts.
+            one also serves the clean rows and the ``--extended`` parts. ``0,1,2,3`` with ``resume``
+            into the default plan's output trains the head-to-head rule's new draws only
+            (:data:`NEW_DRAWS_COMMAND`).
         clean_seeds: seeds of the clean-label rows (BCE and NVUM on ``noise none``).
         stress_noise: the stress rows' noise models (BCE, NVUM, NVUM without the prior).
         betas: memory momentum values of the beta sweep.

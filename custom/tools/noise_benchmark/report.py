@@ -10,7 +10,7 @@ import numpy as np
 
 from ...data.synthetic import noise_slug
 from ...evaluation.figures import save_figure
-from .methods import Regime, Run, unique_runs
+from .methods import NEW_DRAWS, Regime, Run, unique_runs
 from .tables import (
     ablation_markdown,
     common_diseases,
@@ -25,7 +25,17 @@ from .tables import (
     results_table,
     run_metrics,
 )
-from .targets import RULE, choose_default, evaluate_targets, targets_markdown
+from .targets import (
+    HEAD_TO_HEAD_RULE,
+    PAPER_FORM,
+    RULE,
+    TEACHER_FORM,
+    choose_default,
+    choose_default_head_to_head,
+    evaluate_targets,
+    head_to_head_markdown,
+    targets_markdown,
+)
 
 #: the panels of a curve figure: (history key, title, y label).
 PANELS = (("val", "noisy validation", "mean AUC over the diseases (points)"),
@@ -209,10 +219,22 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
         "",
     ]
     if plan.get("main"):
-        choice = choose_default(plan["main"], records)
-        text += ["## The default recipe: the rule, fixed before the run", "", RULE, "", f"Outcome: {choice['text']}",
-                 "", "## Targets", "", f"About the default recipe, `{choice['default']}`.", "",
-                 targets_markdown(evaluate_targets(plan, records, choice["default"])), ""]
+        first = choose_default(plan["main"], records)
+        head = choose_default_head_to_head(plan["main"], records)
+        table = head_to_head_markdown(head)
+        default = head["default"] or first["default"]
+        text += ["## The default recipe: the rules, each fixed before its run", "",
+                 f"### Head to head on new draws (data seeds {', '.join(str(d) for d in NEW_DRAWS)})", "",
+                 HEAD_TO_HEAD_RULE, "", f"Outcome: {head['text']}", ""]
+        if table:
+            text += [f"`{TEACHER_FORM}` - `{PAPER_FORM}`, paired by draw and seed (points; mean [95% t-interval over "
+                     "the pairs]; only the new draws decide):", "", table, ""]
+        text += ["### The first rule (draws 0 and 1)", "", RULE, "", f"Outcome: {first['text']}", ""]
+        if head["default"] is None:
+            text += [f"Until the head-to-head rule is decided, the default recipe is the first rule's, "
+                     f"`{first['default']}`.", ""]
+        text += ["## Targets", "", f"About the default recipe, `{default}`.", "",
+                 targets_markdown(evaluate_targets(plan, records, default)), ""]
     for part, title in PARTS:
         runs = plan.get(part) or []
         if not runs:
