@@ -56,7 +56,11 @@ def test_total_gradient_is_p_minus_y_plus_g():
 
 def test_reg_weight_lambda_scales_reg_in_the_loss_and_the_gradient():
     """lambda = 0.3: loss = BCE + 0.3 * REG and d loss_i / d z_i = p_i - y_i + 0.3 * g_i (eq. 4), for the
-    loss built directly and through build_loss (as train.json's ``nvum#reg_weight`` builds it)."""
+    loss built directly, through build_loss, and as train.json builds its ``loss`` with ``nvum#reg_weight``
+    0.3 (MONAI's ConfigParser; the memory given as an object): a config that stops passing
+    ``reg_weight`` to the loss builds lambda = 1 and fails here."""
+    from custom.tools.training import train_parser
+
     torch.manual_seed(2)
     n = 6
     mem = _memory(n, torch.randn(n, C) * 2, dtype=torch.float64)
@@ -69,7 +73,9 @@ def test_reg_weight_lambda_scales_reg_in_the_loss_and_the_gradient():
     reg = torch.log(1 - torch.sigmoid((t * p).sum(1))).mean()
     g = -torch.sigmoid((t * p).sum(1, keepdim=True)) * p * (1 - p) * t
     built = build_loss("nvum", mem, reg_weight=0.3, reg="dot", class_reduction=None)
-    for loss in (NVUMLoss(mem, reg="dot", reg_weight=0.3), built):
+    configured = train_parser({"nvum#reg_weight": 0.3, "memory": mem}).get_parsed_content("loss")
+    assert isinstance(configured, NVUMLoss) and configured.memory is mem
+    for loss in (NVUMLoss(mem, reg="dot", reg_weight=0.3), built, configured):
         assert loss.reg_weight == 0.3
         z = z0.clone().requires_grad_(True)
         out = loss(z, y, torch.arange(n))

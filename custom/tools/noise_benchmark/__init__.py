@@ -18,12 +18,15 @@ one) on the clean test splits and the training images (:class:`CleanTestAUC`).
 
 Model selection uses the noisy validation labels only: "best" is the epoch of the best noisy
 validation mean AUC (the checkpoint the bundle saves as ``model.pt``); "last" is the final epoch;
-"peak" is the best clean-test AUC over the epochs, reported only to measure memorisation
-(``drop`` = peak - last). Nothing is ever chosen on the clean test labels.
+``drop`` = selected - last, both on the whole test splits, measures memorisation (the curve, on
+part of each split every few epochs, draws the figures). Nothing is ever chosen on the clean test labels.
 
-The default plan trains the main methods on two draws of the synthetic set (``data_seeds``) and
-picks the bundle's default recipe by a rule fixed before the run (:mod:`.targets`); ``--extended``
-adds the further baselines, the stress rows, the update order, the ablation and the beta sweep.
+The default plan trains the main methods on two draws of the synthetic set (``data_seeds`` 0 and 1,
+under an hour); the head-to-head rule (:mod:`.targets`, fixed before their run) picks the bundle's
+default recipe on two new draws (:data:`NEW_DRAWS`), run into the same folder by
+``--data_seeds 0,1,2,3 --resume true`` (:data:`NEW_DRAWS_COMMAND`: the finished draws are read, not
+trained). ``--extended`` adds the further baselines, the stress rows, the update order, the
+ablation and the beta sweep.
 
 Runs are independent and deterministic (``monai.utils.set_determinism(seed)``, one CPU thread
 per run): they go to ``workers`` processes, each run writes ``runs/<name>.json`` in the output
@@ -47,6 +50,7 @@ from .methods import (
     DEFAULT_METHODS,
     EXTENDED_METHODS,
     METHODS,
+    NEW_DRAWS,
     NVUM_FAMILY,
     NETWORKS,
     REGIMES,
@@ -60,8 +64,27 @@ from .methods import (
 )
 from .report import curve_figure, write_outputs
 from .runner import run_matrix, train_run
-from .tables import gaps_markdown, main_markdown, paired_gaps, results_table, run_metrics
-from .targets import RULE, choose_default, evaluate_targets
+from .tables import (
+    common_diseases,
+    gaps_markdown,
+    kept_diseases,
+    main_markdown,
+    paired_gaps,
+    results_table,
+    run_metrics,
+    scope_metrics,
+)
+from .targets import (
+    HEAD_TO_HEAD_RULE,
+    NEW_DRAWS_COMMAND,
+    PAPER_FORM,
+    RULE,
+    TEACHER_FORM,
+    choose_default,
+    choose_default_head_to_head,
+    evaluate_targets,
+    head_to_head_markdown,
+)
 
 
 def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int = 5,
@@ -83,7 +106,9 @@ def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int =
             ``more_seeds`` seeds), the stress rows, the memory update order, the ablation and the
             beta sweep (their ``*_seeds``; 0 leaves a part out).
         data_seeds: the draws of the synthetic set (generator seeds) of the main table; the first
-            one also serves the clean rows and the ``--extended`` parts.
+            one also serves the clean rows and the ``--extended`` parts. ``0,1,2,3`` with ``resume``
+            into the default plan's output trains the head-to-head rule's new draws only
+            (:data:`NEW_DRAWS_COMMAND`).
         clean_seeds: seeds of the clean-label rows (BCE and NVUM on ``noise none``).
         stress_noise: the stress rows' noise models (BCE, NVUM, NVUM without the prior).
         betas: memory momentum values of the beta sweep.
@@ -123,15 +148,29 @@ def noise_benchmark(noise: str = "report", methods=DEFAULT_METHODS, seeds: int =
         f"noise benchmark: {len(runs)} runs ({counts}; shared runs counted once in the total), {workers} worker(s)",
         flush=True,
     )
+    before = _record_stamps(runs, output)
     records = {r["name"]: r for r in run_matrix(runs, output, REGIMES, workers=int(workers), resume=resume)}
+    trained = sum(1 for name, stamp in _record_stamps(runs, output).items() if stamp != before.get(name))
     command = command_line or "python -m custom.cli noise_benchmark " + " ".join(
         _command_args(dict(noise=noise, methods=methods, seeds=seeds, data_seeds=data_seeds, output=output,
                            quick=quick, extended=extended))
     )
-    path = write_outputs(plan, records, output, REGIMES, command=command, wall_seconds=time.perf_counter() - start)
+    path = write_outputs(plan, records, output, REGIMES, command=command, wall_seconds=time.perf_counter() - start,
+                         trained=trained)
     print(path.read_text())
     print(f"written to {Path(output)} ({(time.perf_counter() - start) / 60:.1f} min)")
     return path
+
+
+def _record_stamps(runs, output) -> dict[str, tuple]:
+    """(modification time, size) of each run's record file that exists: a run trained by the command rewrote it."""
+    out = {}
+    for run in runs:
+        path = Path(output) / "runs" / f"{run.name}.json"
+        if path.is_file():
+            stat = path.stat()
+            out[run.name] = (stat.st_mtime_ns, stat.st_size)
+    return out
 
 
 def _gpu_part(noise: str, methods, gpu, seeds: int, data_seed: int = 0) -> list[Run]:

@@ -193,6 +193,8 @@ DEFAULT_METHODS = "bce,bce_ema,nvum,nvum_ema"
 EXTENDED_METHODS = ("logit_adjusted_bce", "nvum_iteration")
 #: the draws of the synthetic set (generator seeds) of the main table.
 DEFAULT_DATA_SEEDS = "0,1"
+#: the draws of the head-to-head rule (:mod:`.targets`): never run before that rule was committed.
+NEW_DRAWS = (2, 3)
 #: the memory momentum of train.json (runs with this beta are the plain ``nvum`` runs).
 DEFAULT_BETA = 0.9
 #: the stress rows: noise models other than the headline's, and the methods run on them.

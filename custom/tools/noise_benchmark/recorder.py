@@ -18,8 +18,8 @@ class CleanTestAUC:
     one. With ``every_epoch`` (a *curve* run) it also measures, every ``eval_every`` epochs and at
     the last one, the mean AUC on the first ``curve_size`` images of each test set (all of them
     when ``curve_size`` is 0) and, with ``train_set``, the share of wrong labels the network has
-    fitted among the first ``curve_size`` training images (:mod:`.fitting`): the curve, from which
-    the drop (peak minus last) is read.
+    fitted among the first ``curve_size`` training images (:mod:`.fitting`): the curve the figures
+    draw (the drop is read on the whole test sets, selected minus last: :func:`.tables.run_metrics`).
     When training completes, the kept best weights and the final weights are evaluated on the
     whole test sets (the *selected* and *last* figures, at exactly those epochs) and on the whole
     training set.

@@ -10,9 +10,11 @@ import numpy as np
 
 from ...data.synthetic import noise_slug
 from ...evaluation.figures import save_figure
-from .methods import Regime, Run, unique_runs
+from .methods import NEW_DRAWS, Regime, Run, unique_runs
 from .tables import (
     ablation_markdown,
+    common_diseases,
+    kept_diseases,
     beta_markdown,
     gaps_markdown,
     draws,
@@ -23,7 +25,17 @@ from .tables import (
     results_table,
     run_metrics,
 )
-from .targets import RULE, choose_default, evaluate_targets, targets_markdown
+from .targets import (
+    HEAD_TO_HEAD_RULE,
+    PAPER_FORM,
+    RULE,
+    TEACHER_FORM,
+    choose_default,
+    choose_default_head_to_head,
+    evaluate_targets,
+    head_to_head_markdown,
+    targets_markdown,
+)
 
 #: the panels of a curve figure: (history key, title, y label).
 PANELS = (("val", "noisy validation", "mean AUC over the diseases (points)"),
@@ -113,15 +125,29 @@ def _regime_text(regimes: dict[str, Regime], names) -> str:
 
 
 def _left_out_text(records: dict, runs: Sequence[Run]) -> list[str]:
-    """The diseases each test split leaves out of its mean (fewer than the minimum of positives)."""
-    seen = {}
+    """The diseases each test split leaves out of its mean (fewer than the minimum of positives), per
+    regime and draw (each run's own), and what the rows pooled over several draws leave out."""
+    seen: dict[tuple, dict[tuple, None]] = {}
     for r in runs:
         for split, names in (records[r.name].get("left_out") or {}).items():
-            seen.setdefault((r.regime, split), names)
-    return [
-        f"- `{regime}`, `{split}`: " + (", ".join(names) if names else "none")
-        for (regime, split), names in seen.items()
+            seen.setdefault((r.regime, r.data_seed, split), {})[tuple(names)] = None
+    lines = [
+        f"- `{regime}`, draw {draw}, `{split}`: " + " or ".join(", ".join(names) or "none" for names in found)
+        for (regime, draw, split), found in seen.items()
     ]
+    for regime in dict.fromkeys(r.regime for r in runs):
+        scoped = [r for r in runs if r.regime == regime]
+        if len(draws(scoped)) > 1:
+            common = common_diseases([records[r.name] for r in scoped])
+            every = kept_diseases({})
+            lines.append(
+                f"- `{regime}`, every draw pooled (`all` rows, differences and targets over the draws): "
+                + "; ".join(f"`{split}`: " + (", ".join(sorted(every[split] - common[split])) or "none")
+                            for split in common)
+                + " (the diseases every pooled draw keeps, so that every run enters a pooled mean with the same "
+                "diseases)"
+            )
+    return lines
 
 
 PARTS = (("main", "Main table"), ("clean", "Clean labels: the ceiling"),
@@ -130,8 +156,12 @@ PARTS = (("main", "Main table"), ("clean", "Clean labels: the ceiling"),
 
 
 def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, regimes: dict[str, Regime],
-                  command: str = "", wall_seconds: float | None = None) -> Path:
-    """Write ``results.md``, ``results.csv`` (one row per run) and the curve figures; returns ``results.md``."""
+                  command: str = "", wall_seconds: float | None = None, trained: int | None = None) -> Path:
+    """Write ``results.md``, ``results.csv`` (one row per run) and the curve figures; returns ``results.md``.
+
+    ``command`` (with its ``wall_seconds`` and the number of runs it ``trained``) is added to the folder's
+    :data:`COMMANDS` file unless it trained nothing: a report rewritten from the run records (every run
+    read, none trained) names the commands that trained them, with their wall times."""
     import pandas as pd
 
     output = Path(output)
@@ -152,9 +182,11 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
     pd.DataFrame(rows).to_csv(output / "results.csv", index=False)
 
     cpu = sum(records[r.name].get("cpu_seconds", float("nan")) for r in used) / 60
+    commands = _commands(output, command, wall_seconds, trained)
     text = ["# Synthetic noisy-label benchmark", ""]
-    if command:
-        text += ["Command:", "", f"    {command}", ""]
+    if commands:
+        text += ["Command:" if len(commands) == 1 else "Commands (each trained the runs the folder lacked):", ""]
+        text += [f"    {c['command']}" for c in commands] + [""]
     regimes_used = sorted({r.regime for r in used}, key=list(regimes).index)
     text += [
         f"Regimes: {_regime_text(regimes, regimes_used)}.",
@@ -163,9 +195,10 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
         "in points (x100); "
         "mean ± std over seeds (one value: one seed). `selected`: the epoch with the best mean AUC on the "
         "*noisy* validation "
-        "split (the checkpoint the bundle keeps); `last`: the final epoch; `drop`: best clean-test AUC over the "
-        "measured "
-        "epochs minus the last epoch's (the memorisation signature; curve runs only). *Wrong labels fitted*: "
+        "split (the checkpoint the bundle keeps); `last`: the final epoch; `drop`: selected minus last, both on "
+        "the whole test split (what training on from the shipped checkpoint costs: the memorisation signature; "
+        "negative when the last epoch is better). The figures show the curve (every few epochs, on part of each "
+        "test split) for the shape only. *Wrong labels fitted*: "
         "the share of "
         "the training labels that differ from the truth which the network's prediction sides with (per class, "
         "the images "
@@ -181,15 +214,27 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
         "",
         f"{len(used)} runs; {cpu:.1f} min of CPU time (one thread per run), "
         f"{sum(records[r.name]['seconds'] for r in used) / 60:.1f} min of run wall time"
-        + (f", {wall_seconds / 60:.1f} min wall for the command" if wall_seconds else "")
+        + "".join(_wall_text(c, len(commands)) for c in commands)
         + ".",
         "",
     ]
     if plan.get("main"):
-        choice = choose_default(plan["main"], records)
-        text += ["## The default recipe: the rule, fixed before the run", "", RULE, "", f"Outcome: {choice['text']}",
-                 "", "## Targets", "", f"About the default recipe, `{choice['default']}`.", "",
-                 targets_markdown(evaluate_targets(plan, records, choice["default"])), ""]
+        first = choose_default(plan["main"], records)
+        head = choose_default_head_to_head(plan["main"], records)
+        table = head_to_head_markdown(head)
+        default = head["default"] or first["default"]
+        text += ["## The default recipe: the rules, each fixed before its run", "",
+                 f"### Head to head on new draws (data seeds {', '.join(str(d) for d in NEW_DRAWS)})", "",
+                 HEAD_TO_HEAD_RULE, "", f"Outcome: {head['text']}", ""]
+        if table:
+            text += [f"`{TEACHER_FORM}` - `{PAPER_FORM}`, paired by draw and seed (points; mean [95% t-interval over "
+                     "the pairs]; only the new draws decide):", "", table, ""]
+        text += ["### The first rule (draws 0 and 1)", "", RULE, "", f"Outcome: {first['text']}", ""]
+        if head["default"] is None:
+            text += [f"Until the head-to-head rule is decided, the default recipe is the first rule's, "
+                     f"`{first['default']}`.", ""]
+        text += ["## Targets", "", f"About the default recipe, `{default}`.", "",
+                 targets_markdown(evaluate_targets(plan, records, default)), ""]
     for part, title in PARTS:
         runs = plan.get(part) or []
         if not runs:
@@ -233,6 +278,34 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
     path = output / "results.md"
     path.write_text("\n".join(text) + "\n")
     return path
+
+
+#: the file of an output folder listing the commands that trained its runs (command, runs trained, wall seconds).
+COMMANDS = "commands.json"
+
+
+def _commands(output: Path, command: str, wall_seconds: float | None, trained: int | None) -> list[dict]:
+    """The commands that trained the folder's runs: those of :data:`COMMANDS`, with ``command`` added
+    (and the file rewritten) unless it trained no run."""
+    from ...files import read_json, write_json
+
+    path = output / COMMANDS
+    commands = read_json(path, "the noise benchmark's command list") if path.is_file() else []
+    if command and trained != 0:
+        commands.append({"command": command, "runs_trained": trained, "wall_seconds": wall_seconds})
+        write_json(commands, path)
+    return commands
+
+
+def _wall_text(command: dict, count: int) -> str:
+    wall = command.get("wall_seconds")
+    if not wall:
+        return ""
+    if count == 1:
+        return f", {wall / 60:.1f} min wall for the command"
+    runs = command.get("runs_trained")
+    trained = f" ({runs} run{'s' if runs != 1 else ''})" if runs else ""
+    return f", {wall / 60:.1f} min wall for `{command['command']}`{trained}"
 
 
 def _by_noise_regime(runs: Sequence[Run]) -> dict[tuple, list[Run]]:

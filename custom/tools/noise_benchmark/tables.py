@@ -8,7 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ...data.synthetic import CLASSES
 from ...evaluation.tables import markdown_table
+from ...labels import disease_indices
 from .methods import ABLATION_ROWS, DEFAULT_BETA, Run
 
 SPLITS = ("test", "test_shifted")
@@ -28,24 +30,60 @@ ROW_KEYS = (
 COMPARED_KEYS = ("selected_test", "selected_test_shifted", "last_test", "last_test_shifted")
 
 
-def run_metrics(record: dict) -> dict:
+def kept_diseases(record: dict, classes: Sequence[str] = CLASSES) -> dict[str, frozenset]:
+    """Per test split, the diseases a run's mean AUC averages over (No Finding and its split's
+    ``left_out`` diseases excluded: fewer positives than the minimum in that run's split)."""
+    diseases = [classes[c] for c in disease_indices(classes)]
+    left_out = record.get("left_out") or {}
+    return {split: frozenset(d for d in diseases if d not in (left_out.get(split) or ())) for split in SPLITS}
+
+
+def common_diseases(records: Sequence[dict]) -> dict[str, frozenset]:
+    """Per test split, the diseases that every one of ``records`` keeps (:func:`kept_diseases`): what a
+    mean pooled over runs of several draws averages over, so that every run enters with the same diseases."""
+    kept = [kept_diseases(r) for r in records]
+    return {split: frozenset.intersection(*(k[split] for k in kept)) if kept else frozenset() for split in SPLITS}
+
+
+def _mean_over(record: dict, when: str, split: str, diseases: frozenset, classes: Sequence[str] = CLASSES) -> float:
+    """The mean AUC of ``record[when]`` on ``split`` over ``diseases`` (its per-class AUCs)."""
+    per_class = (record[when].get("test_classes") or {}).get(split)
+    if per_class is None:
+        raise ValueError(f"run {record.get('name')!r}: no per-class AUCs ({when}, {split}) to average over {diseases}")
+    values = [per_class[classes.index(d)] for d in classes if d in diseases]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def run_metrics(record: dict, diseases: dict[str, frozenset] | None = None) -> dict:
     """The figures of one run: AUC points (x100) at the selected (noisy-validation best) and last
-    epoch per split (whole test splits), the peak of the curve and ``drop`` = peak - last on the
-    curve (curve runs only),
-    the selected epoch, and the share of wrong training labels fitted (%, :mod:`.fitting`) at the
-    selected and last epochs (``fitted_*``; with its false-positive and missed-positive parts)."""
+    epoch per split (whole test splits), ``drop`` = selected - last (whole test splits), the
+    selected epoch, and the share of wrong training labels fitted (%, :mod:`.fitting`) at the
+    selected and last epochs (``fitted_*``; with its false-positive and missed-positive parts).
+
+    The mean AUC of a split is over the diseases the run keeps (:func:`kept_diseases`), or over
+    ``diseases`` (split -> names, e.g. :func:`common_diseases` of pooled runs) where it names others,
+    recomputed from the recorded per-class AUCs.
+
+    Why ``drop`` is selected minus last on the whole splits: the targets are judged at the selected
+    epoch (the checkpoint the bundle ships), so the drop is what training on to the last epoch costs
+    from there; both figures are measured on every image of the split. The former drop, the best of
+    the curve's points (every ``eval_every`` epochs on the first ``curve_size`` test images) minus
+    the last one, was the maximum of noisy values, biased upward, and read the clean test labels to
+    find its peak. A negative drop: the last epoch is better than the selected one."""
     out = {
         "selected_epoch": record["best"]["epoch"],
         "val_selected": 100 * record["best"]["val"],
         "val_last": 100 * record["last"]["val"],
     }
+    own = kept_diseases(record)
     for split in SPLITS:
-        out[f"selected_{split}"] = 100 * record["best"]["test"][split]
-        out[f"last_{split}"] = 100 * record["last"]["test"][split]
-        curve = [row["curve"][split] for row in record["history"] if "curve" in row]
-        if len(curve) > 1:  # the curve (a subset of the test split): peak and drop read on it, last epoch included
-            out[f"peak_{split}"] = 100 * max(curve)
-            out[f"drop_{split}"] = 100 * (max(curve) - curve[-1])
+        for when, key in (("best", "selected"), ("last", "last")):
+            if diseases is None or diseases[split] == own[split]:
+                out[f"{key}_{split}"] = 100 * record[when]["test"][split]
+            else:
+                out[f"{key}_{split}"] = 100 * _mean_over(record, when, split, diseases[split])
+        out[f"drop_{split}"] = out[f"selected_{split}"] - out[f"last_{split}"]
     for when in ("selected", "last"):
         fitted = record["best" if when == "selected" else "last"].get("fitted")
         if fitted:
@@ -53,6 +91,14 @@ def run_metrics(record: dict) -> dict:
                 key = f"fitted_{when}" if part == "all" else f"fitted_{part}_{when}"
                 out[key] = 100 * fitted[part] if fitted[part] is not None else float("nan")
     return out
+
+
+def scope_metrics(runs: Sequence[Run], records: dict[str, dict]) -> dict[str, dict]:
+    """:func:`run_metrics` of every run, each mean over the diseases that every run of ``runs`` keeps
+    (:func:`common_diseases`): one draw's runs keep the same diseases (their own means); runs pooled
+    over draws are averaged over the same diseases."""
+    common = common_diseases([records[r.name] for r in runs])
+    return {r.name: run_metrics(records[r.name], common) for r in runs}
 
 
 def _clean(values) -> list[float]:
@@ -128,9 +174,13 @@ def in_method_order(rows: list, method_of) -> list:
 def results_table(runs: Sequence[Run], records: dict[str, dict], by_draw: bool = True) -> list[dict]:
     """One row per (noise, regime, method, draw): the values over seeds of :data:`ROW_KEYS`
     (``by_draw`` off: one row per method, every draw's runs together; ``draw`` is then None)."""
+    if by_draw:  # each draw's runs over that draw's diseases
+        scoped = {name: m for d in draws(runs) for name, m in scope_metrics(of_draw(runs, d), records).items()}
+    else:  # every draw's runs over the diseases that every draw keeps
+        scoped = scope_metrics(runs, records)
     rows = []
     for (noise, regime, method, beta, draw), group in group_runs(runs, by_draw).items():
-        metrics = [run_metrics(records[r.name]) for r in group]
+        metrics = [scoped[r.name] for r in group]
         row = {"noise": noise, "regime": regime, "method": method, "draw": draw, "seeds": len(group)}
         for key in ROW_KEYS:
             row[key] = [m.get(key, float("nan")) for m in metrics]
@@ -159,16 +209,18 @@ def _draw_text(draw) -> str:
 def paired_gaps(runs: Sequence[Run], records: dict[str, dict], baseline: str = "bce", keys=COMPARED_KEYS) -> dict:
     """Per method, the differences to ``baseline`` on the (draw, seed) pairs both ran:
     ``{method: {key: [diff per pair], "seeds": [(data_seed, seed), ...]}}``. Every draw among
-    ``runs`` is pooled: pass one draw's runs for that draw's differences."""
+    ``runs`` is pooled, over the diseases that every draw keeps (:func:`scope_metrics`): pass one
+    draw's runs for that draw's differences."""
     base = method_runs(runs, baseline)
     if not base:
         return {}
-    base_metrics = {(r.data_seed, r.seed): run_metrics(records[r.name]) for r in base}
+    scoped = scope_metrics(runs, records)
+    base_metrics = {(r.data_seed, r.seed): scoped[r.name] for r in base}
     out = {}
     for (n, rg, method, b, d), group in group_runs(runs, by_draw=False).items():
         if method == baseline or b is not None:
             continue
-        metrics = {(r.data_seed, r.seed): run_metrics(records[r.name]) for r in group}
+        metrics = {(r.data_seed, r.seed): scoped[r.name] for r in group}
         pairs = sorted(set(metrics) & set(base_metrics))
         out[method] = {
             k: [metrics[p].get(k, float("nan")) - base_metrics[p].get(k, float("nan")) for p in pairs] for k in keys
@@ -197,7 +249,8 @@ def gaps_markdown(runs: Sequence[Run], records: dict[str, dict], baseline: str =
 
 def _summary_rows(groups, records: dict[str, dict], keys) -> list[list]:
     """Per group of runs: its seed count and mean ± std of each key."""
-    return [[len(group)] + [_pm([run_metrics(records[r.name]).get(k, float("nan")) for r in group]) for k in keys]
+    scoped = scope_metrics([r for group in groups for r in group], records)
+    return [[len(group)] + [_pm([scoped[r.name].get(k, float("nan")) for r in group]) for k in keys]
             for group in groups]
 
 
