@@ -70,10 +70,14 @@ def _mean(values) -> float:
     return mean_interval(values)[0]
 
 
-def _method_values(runs, records: dict, method: str, key: str) -> list[float]:
-    from .noise_benchmark.tables import method_runs, run_metrics
+def _pooled_row(plan: dict, records: dict, method: str) -> dict:
+    """The row of ``method`` over both draws in the benchmark's own main table (:func:`results_table`)."""
+    from .noise_benchmark.tables import results_table
 
-    return [run_metrics(records[r.name]).get(key, float("nan")) for r in method_runs(runs, method)]
+    rows = [r for r in results_table(plan["main"], records, by_draw=False) if r["method"] == method]
+    if not rows:
+        raise ValueError(f"the benchmark's main table has no `{method}` row")
+    return rows[0]
 
 
 def summary_table(plan: dict, records: dict) -> str:
@@ -82,15 +86,14 @@ def summary_table(plan: dict, records: dict) -> str:
     from .noise_benchmark.tables import COMPARED_HEADERS, COMPARED_KEYS, ci_text
     from .noise_benchmark.targets import choose_default
 
-    main = plan["main"]
-    default = choose_default(main, records)["default"]
+    default = choose_default(plan["main"], records)["default"]
     gaps = _pooled_gaps(plan, records)
-    body = [["`bce` (mean AUC)", *(f"{_mean(_method_values(main, records, 'bce', k)):.1f}" for k in COMPARED_KEYS),
-             f"{_mean(_method_values(main, records, 'bce', 'fitted_last')):.0f}%"]]
+    bce = _pooled_row(plan, records, "bce")
+    body = [["`bce` (mean AUC)", *(f"{_mean(bce[k]):.1f}" for k in COMPARED_KEYS), f"{_mean(bce['fitted_last']):.0f}%"]]
     for method, gap in gaps.items():
         label = f"`{method}` - `bce`" + (" (**default**)" if method == default else "")
-        body.append([label, *(ci_text(gap[k]) for k in COMPARED_KEYS),
-                     f"{_mean(_method_values(main, records, method, 'fitted_last')):.0f}%"])
+        fitted = _mean(_pooled_row(plan, records, method)["fitted_last"])
+        body.append([label, *(ci_text(gap[k]) for k in COMPARED_KEYS), f"{fitted:.0f}%"])
     return markdown_table(["method", *COMPARED_HEADERS, "wrong labels fitted, last"], body, align="first-left")
 
 
@@ -119,7 +122,7 @@ def headline(plan: dict, records: dict) -> str:
     main = plan["main"]
     default = choose_default(main, records)["default"]
     gap = _pooled_gaps(plan, records)[default]
-    fitted = {m: _mean(_method_values(main, records, m, "fitted_last")) for m in ("bce", default)}
+    fitted = {m: _mean(_pooled_row(plan, records, m)["fitted_last"]) for m in ("bce", default)}
     return (
         f"On the noise benchmark ({len(gap['seeds'])} paired runs over two draws of the synthetic set with "
         f"report-mining noise), the default `{default}` is ahead of plain BCE at the last epoch by "
