@@ -383,6 +383,22 @@ def noise_benchmark_compare(first: str, second: str, tolerance: float = 0.5):
         sys.exit(f"noise_benchmark_compare: {e}")
 
 
+@cli.command()
+def docs(tests: bool = True):
+    """Rewrite the generated figures of the pages from the result files (benchmark runs, metadata, test count).
+
+    Args:
+        tests: also restate the number of tests (a pytest collection, about half a minute).
+
+    Example:
+        python -m custom.cli docs
+    """
+    from ..flags import as_bool
+    from .pages import refresh
+
+    changed = refresh(tests=as_bool(tests, "tests"))
+    print("rewrote " + ", ".join(changed) if changed else "every generated block is up to date")
+
 def main(argv: list[str] | None = None) -> None:
     """Run ``python -m custom.cli`` with ``argv`` (default: the process's arguments)."""
     status = cli.main(argv)
