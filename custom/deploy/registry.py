@@ -29,7 +29,7 @@ def runtime_requirements() -> list[str]:
 def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
                      registered_model_name: str | None = DEFAULT_MODEL_NAME, tracking_uri: str | None = None,
                      run_id: str | None = None, experiment_name: str = "nvum", name: str = "model"):
-    """Log the bundle as an MLflow pyfunc model (:class:`custom.serving.ChestXrayClassifier`) and register it.
+    """Log the bundle as an MLflow pyfunc model (:class:`custom.serving.pyfunc.ChestXrayClassifier`) and register it.
 
     The model's artifacts are the TorchScript file and the deployable ``inference.json``; the
     ``custom`` package goes with it as ``code_paths``. The input example is the bytes of
