@@ -4,7 +4,7 @@ The runtime part, what the configs name at run time, is organised by concern:
 
 - :mod:`custom.nvum`: the method (memory, losses, the memory and teacher handlers);
 - :mod:`custom.training`: engine, checkpoints and resume, progress, MLflow tracking, multi-process training;
-- :mod:`custom.data`: data lists and image transforms;
+- :mod:`custom.data`: data lists and image transforms; the synthetic data set (:mod:`custom.data.synthetic`);
 - :mod:`custom.evaluation`: AUC metrics and test reports;
 - :mod:`custom.serving`: network loaders, inference components, the MLflow pyfunc model;
 - :mod:`custom.deploy`: TorchScript export, bundle zip and MLflow registration at the end of training;
@@ -12,7 +12,7 @@ The runtime part, what the configs name at run time, is organised by concern:
   config flags;
 - :mod:`custom.console`: what a command prints when it fails (the project's message on the last line), noise filters.
 
-The tools (synthetic data, data-list builders, audit, benchmarks, pre-flight check, command line)
+The tools (data-list builders, audit, benchmarks, noise benchmark, pre-flight check, command line)
 live in :mod:`custom.tools`; they import the runtime part, never the other way round, and they
 are not shipped with the deployable bundle.
 """
@@ -25,13 +25,13 @@ from .deploy import ModelRegistrar
 from .evaluation import MultiLabelAUC, TestReport, mean_auc, per_class_auc, predict
 from .flags import as_bool
 from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indices
-from .networks import build_network, load_pretrained, load_weights, prepare_network
+from .networks import build_network, load_pretrained, load_weights, memory_format, prepare_network
 from .nvum import (BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUMMemory, build_loss, class_prior,
                    log1m_sigmoid)
 from .serving import (BundleNetwork, HeatmapWriter, InferenceDataset, ProbabilityWriter, list_inputs,
                       load_inference_network)
 from .training import (CheckpointSaver, CheckpointWriteError, LossAverages, MLflowTracker, NonFiniteLossError,
-                       NVUMTrainer, RunRecord, RunSummary, default_tracking_uri, distributed, memory_format)
+                       NVUMTrainer, RunRecord, RunSummary, default_tracking_uri, distributed)
 
 filter_third_party_noise()
 if install_excepthook():  # only under `python -m monai.bundle` (custom.cli installs it itself)

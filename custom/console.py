@@ -174,7 +174,12 @@ def report(exc_type, exc, tb) -> None:
     except Exception:  # a closed or broken stdout must not hide the report
         pass
     settle_pool_workers()
-    full = os.environ.get(TRACEBACK_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    from .flags import as_bool
+
+    try:
+        full = as_bool(os.environ.get(TRACEBACK_ENV, ""), TRACEBACK_ENV)
+    except ValueError:  # any other value asks for the traceback too
+        full = True
     try:
         text = format_report(exc, full)
     except Exception:  # never lose the original error to a bug here

@@ -1,6 +1,8 @@
 """Class vocabularies of the label schemes the bundle supports.
 
-The order of each list is the order of the network's output channels.
+The order of each list is the order of the network's output channels. The bundle's classes are those of
+``bundle/configs/common.json`` (``classes``); :data:`NIH14_CLASSES` and ``metadata.json``'s outputs are held to
+it by ``tests/test_bundle.py`` (this module ships in the deployable bundle, where common.json does not).
 """
 
 NO_FINDING = "No Finding"

@@ -11,19 +11,20 @@ import torch
 
 #: parameters that may differ in shape from pretrained weights (the classification head).
 HEAD_PATTERN = re.compile(r"^class_layers\.out\.")
+#: how a network config names its number of outputs: filled in from the run record's classes when it is rebuilt.
+NUM_CLASSES_REF = "@num_classes"
 
 
 def build_network(name: str, num_classes: int, **kwargs) -> torch.nn.Module:
-    """A network of ``monai.networks.nets`` by class name, with one output per class.
-
-    The definition (``name`` and ``kwargs``) is kept on the network as ``architecture`` so that
-    a run records what it trained (:class:`custom.record.RunRecord`) and export, inference and
-    the audit rebuild the same network from a checkpoint without being told.
+    """A network of ``monai.networks.nets`` by class name, with one output per class: a ``network_def`` target
+    for networks whose output-size argument is not known in advance (``out_channels`` or ``num_classes``).
 
     Args:
         name: class name in ``monai.networks.nets``, e.g. ``"DenseNet121"``, ``"ResNet"``.
         num_classes: number of outputs; passed as the class's ``out_channels`` or ``num_classes``.
         kwargs: the other constructor arguments (``spatial_dims``, ``in_channels``, ...).
+
+    The network keeps its ``network_def`` config as ``architecture`` (``num_classes`` as ``"@num_classes"``).
 
     Raises:
         ValueError: no such network, or one whose output size is not an ``out_channels`` or
@@ -39,34 +40,100 @@ def build_network(name: str, num_classes: int, **kwargs) -> torch.nn.Module:
     if output is None:
         raise ValueError(f"network_def: {name} takes neither 'out_channels' nor 'num_classes'")
     network = cls(**kwargs, **{output: int(num_classes)})
-    network.architecture = {"name": str(name), **kwargs}
+    network.architecture = {"_target_": "custom.build_network", "name": str(name), "num_classes": NUM_CLASSES_REF,
+                            **kwargs}
     return network
+
+
+def memory_format(channels_last, device="cpu") -> torch.memory_format:
+    """``torch.channels_last`` when the flag is set (``"auto"``: with a CUDA ``device``), else
+    ``torch.contiguous_format``."""
+    from .flags import resolve_auto
+
+    return torch.channels_last if resolve_auto(channels_last, device, "channels_last") else torch.contiguous_format
 
 
 def prepare_network(network: torch.nn.Module, device="cpu", pretrained_weights: str = "",
                     channels_last=False) -> torch.nn.Module:
     """The network train.json trains: ``pretrained_weights`` loaded (a local file; ``""``: none, see
     :func:`load_pretrained`), moved to ``device``, its weights channels-last when ``channels_last`` (``"auto"``:
-    with a CUDA ``device``)."""
-    from .flags import resolve_auto
-
+    with a CUDA ``device``, see :func:`memory_format`)."""
     network = load_pretrained(network, pretrained_weights)
-    layout = torch.channels_last if resolve_auto(channels_last, device, "channels_last") else torch.contiguous_format
-    return network.to(device, memory_format=layout)
+    return network.to(device, memory_format=memory_format(channels_last, device))
 
 
-def rebuildable(architecture) -> bool:
-    """Whether a recorded network (:class:`custom.record.RunRecord`'s ``network``) holds a whole definition
-    (:func:`build_network`'s ``name`` and arguments), rather than only the class of the config's ``network_def``."""
-    return isinstance(architecture, dict) and "name" in architecture
+def network_record(network) -> dict | None:
+    """What a run record keeps of its network (:class:`custom.record.RunRecord`'s ``network``): the
+    ``network_def`` config as it is, stock (``{"_target_": "DenseNet121", ...}``) or custom, which
+    :func:`rebuild_network` builds again.
+
+    Args:
+        network: the ``network_def`` config (a dict with ``_target_``; references other than ``@num_classes``
+            must be resolved to values), a config component made callable (``"_mode_": "callable"``: a
+            ``functools.partial``), or a built network: one built by :func:`build_network` gives its config;
+            any other gives only its class (``{"class": ...}``), and readers then use the bundle's own
+            ``network_def``, checked to build that class.
+    """
+    import functools
+
+    from .record import plain_json
+
+    if network is None:
+        return None
+    if isinstance(network, dict):
+        return plain_json({k: v for k, v in network.items() if k not in ("_desc_", "_requires_", "_disabled_")})
+    if isinstance(network, functools.partial):
+        func = network.func
+        return plain_json({"_target_": f"{func.__module__}.{func.__qualname__}", **network.keywords})
+    if isinstance(getattr(network, "architecture", None), dict):
+        return plain_json(dict(network.architecture))
+    return {"class": type(network).__name__}
 
 
-def network_from_record(architecture: dict, num_classes: int) -> torch.nn.Module:
-    """The network a run recorded (:func:`build_network` definition), with ``num_classes`` outputs."""
-    if not isinstance(architecture, dict) or "name" not in architecture:
-        raise ValueError(f"not a recorded network definition: {architecture!r}")
-    kwargs = {k: v for k, v in architecture.items() if k != "name"}
-    return build_network(architecture["name"], num_classes, **kwargs)
+def network_config(recorded) -> dict | None:
+    """The ``network_def`` config of a recorded network (:func:`network_record`), or ``None`` when the record
+    names only a class. Records of older runs (``{"name": ..., <arguments>}``, written by
+    :func:`build_network` before the config was recorded) are read as :func:`build_network` configs."""
+    if not isinstance(recorded, dict):
+        return None
+    if "_target_" in recorded:
+        return dict(recorded)
+    if "name" in recorded:
+        return {"_target_": "custom.build_network", "num_classes": NUM_CLASSES_REF, **recorded}
+    return None
+
+
+def rebuild_network(recorded, num_classes: int, network_def: torch.nn.Module | None = None,
+                    where: str = "the run record") -> torch.nn.Module:
+    """The network a run recorded (:func:`network_record`), with ``num_classes`` outputs: the one way export,
+    inference and the audit build it again. The config is built by MONAI's ``ConfigParser`` (its
+    ``@num_classes`` set to ``num_classes``).
+
+    A record naming only a class (``{"class": "DenseNet121"}``, a network given without its config) is
+    served by ``network_def`` (the bundle's own), which must build that class.
+
+    Raises:
+        ValueError: the config does not build (the message names ``where``), or the record names a class that
+            ``network_def`` does not build, or none.
+    """
+    from monai.bundle import ConfigParser
+
+    config = network_config(recorded)
+    if config is None:
+        trained = recorded.get("class") if isinstance(recorded, dict) else None
+        if network_def is None or (trained and type(network_def).__name__ != trained):
+            built = f"builds a {type(network_def).__name__}" if network_def is not None else "is not given"
+            raise ValueError(f"{where} records a {trained or recorded!r} network without its config, and the "
+                             f"network_def {built}: give the network_def the model was trained with")
+        return network_def
+    parser = ConfigParser({"num_classes": int(num_classes), "network_def": config})
+    try:
+        network = parser.get_parsed_content("network_def")
+    except Exception as e:
+        raise ValueError(f"{where}: the recorded network {config} cannot be built: {e}") from None
+    if not isinstance(network, torch.nn.Module):
+        raise ValueError(f"{where}: the recorded network {config} builds a {type(network).__name__}, not a network")
+    return network
 
 
 def _torchvision_to_monai(key: str) -> str:

@@ -31,8 +31,8 @@ class RunRecord:
         datalist: the data list trained on (a ``DataList``-like object with ``path`` and
             ``dataset_dir``, or a path).
         image_size: the network's input height and width.
-        network: the trained network; its definition is recorded when it was built by
-            :func:`custom.networks.build_network`.
+        network: the ``network_def`` config, or the network (:func:`custom.networks.network_record` says what
+            is kept); :func:`custom.networks.rebuild_network` builds it again.
         nvum: the method's settings (train.json's ``nvum`` group).
         recipe: other settings worth recording (learning rate, batch size, epochs, seed, ...).
     """
@@ -44,11 +44,9 @@ class RunRecord:
         dataset_dir = getattr(datalist, "dataset_dir", None)
         self.dataset_dir = str(dataset_dir) if dataset_dir is not None else None
         self.image_size = int(image_size) if image_size is not None else None
-        architecture = getattr(network, "architecture", None)
-        if isinstance(architecture, dict):  # built by custom.build_network: rebuildable from the record
-            self.network = dict(architecture)
-        else:  # a stock network of the config (network_def): its class, checked by inference
-            self.network = {"class": type(network).__name__} if network is not None else None
+        from .networks import network_record
+
+        self.network = network_record(network)
         self.nvum = plain_json(dict(nvum or {}))
         self.recipe = plain_json(dict(recipe or {}))
 
@@ -63,7 +61,7 @@ class RunRecord:
         """The MLflow parameters of the run: the method's settings, the recipe, the data and the input size."""
         out = {**self.nvum, **self.recipe, "datalist": self.datalist, "image_size": self.image_size}
         if self.network:
-            out["network"] = self.network.get("name") or self.network.get("class")
+            out["network"] = self.network.get("name") or self.network.get("class") or self.network.get("_target_")
         return out
 
     def write(self, path) -> Path:

@@ -325,12 +325,17 @@ def test_the_model_contract_is_defined_once_for_training_and_inference():
         assert bool(found) == (path.name == "common.json" or path.parent.name == "datasets"), (path, found)
 
 
-def test_metadata_describes_the_model_contract():
+def test_metadata_and_the_class_vocabulary_follow_the_model_contract():
+    """common.json holds the classes; metadata.json's outputs and custom.labels.NIH14_CLASSES are held to them."""
+    from custom.labels import NIH14_CLASSES
+
     common = json.loads((CONFIGS / "common.json").read_text())
     fmt = json.loads((CONFIGS / "metadata.json").read_text())["network_data_format"]
     image, pred = next(iter(fmt["inputs"].values())), next(iter(fmt["outputs"].values()))
     assert image["spatial_shape"] == [common["image_size"]] * 2 and image["num_channels"] == common["channels"]
     assert pred["channel_def"] == {str(i): c for i, c in enumerate(common["classes"])}
+    assert pred["num_channels"] == len(common["classes"]) and pred["spatial_shape"] == [len(common["classes"])]
+    assert NIH14_CLASSES == common["classes"]
 
 
 def test_default_data_is_the_synthetic_set_in_one_place():

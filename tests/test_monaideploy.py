@@ -2,7 +2,7 @@
 loader, the multi-label output handling), and the application run by the real App SDK on PNG and
 DICOM files against ``inference.json``.
 
-The real run needs the SDK's own environment (``python -m custom.tools.monaideploy --install true``
+The real run needs the SDK's own environment (``python -m custom.cli monaideploy --install true``
 builds it in ``~/venv-monaideploy``, or ``$NVUM_MONAIDEPLOY_VENV``); it is skipped where that is not
 there, as on a fresh CI machine."""
 
@@ -80,7 +80,7 @@ def test_monai_deploy_application_gives_the_probabilities_of_inference_json_for_
 
     if not venv_ready(DEFAULT_VENV):
         pytest.skip(f"no MONAI Deploy App SDK environment at {DEFAULT_VENV} (build it with "
-                    "`python -m custom.tools.monaideploy --install true`, or set NVUM_MONAIDEPLOY_VENV)")
+                    "`python -m custom.cli monaideploy --install true`, or set NVUM_MONAIDEPLOY_VENV)")
     built = train_tiny_bundle(tmp_path / "run", tmp_path / "staging")
     png, dcm = tmp_path / "png", tmp_path / "dcm"
     png.mkdir()

@@ -1,6 +1,6 @@
 """A real MONAI Label server (``monailabel start_server``) on the deployable bundle, against ``inference.json``.
 
-Needs MONAI Label's own environment (``python -m custom.tools.monailabel --install true`` builds it in
+Needs MONAI Label's own environment (``python -m custom.cli monailabel --install true`` builds it in
 ``~/venv-monailabel``, or ``$NVUM_MONAILABEL_VENV``); skipped where it is not there, as on a fresh CI machine."""
 
 import shutil
@@ -17,7 +17,7 @@ def test_monai_label_server_answers_with_the_probabilities_of_inference_json(tmp
 
     if not venv_ready(DEFAULT_VENV):
         pytest.skip(f"no MONAI Label environment at {DEFAULT_VENV} (build it with "
-                    "`python -m custom.tools.monailabel --install true`, or set NVUM_MONAILABEL_VENV)")
+                    "`python -m custom.cli monailabel --install true`, or set NVUM_MONAILABEL_VENV)")
     built = train_tiny_bundle(tmp_path / "run", tmp_path / "staging")
     studies = tmp_path / "studies"
     studies.mkdir()

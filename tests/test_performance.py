@@ -12,8 +12,7 @@ from custom.training.engine import NVUMTrainer
 from custom.nvum.memory import MemoryUpdater
 from custom.nvum.losses import build_loss
 from custom.nvum.memory import NVUMMemory
-from custom.networks import prepare_network
-from custom.training.performance import memory_format
+from custom.networks import memory_format, prepare_network
 
 
 def test_prepare_network_stores_weights_channels_last_on_request():
@@ -22,6 +21,8 @@ def test_prepare_network_stores_weights_channels_last_on_request():
     net = prepare_network(torch.nn.Conv2d(3, 4, 3), "cpu", "", channels_last="false")
     assert net.weight.is_contiguous() and not net.weight.is_contiguous(memory_format=torch.channels_last)
     assert memory_format("false") == torch.contiguous_format and memory_format(True) == torch.channels_last
+    assert memory_format("auto", "cpu") == torch.contiguous_format
+    assert memory_format("auto", "cuda") == torch.channels_last
     with pytest.raises(ValueError, match="channels_last"):
         memory_format("maybe")
 

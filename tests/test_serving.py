@@ -191,6 +191,48 @@ def test_the_deployable_configs_take_the_model_contract_of_the_run():
     assert deployable_train_config(CONFIGS, {})["classes"] == common["classes"]
 
 
+def test_a_recorded_network_config_is_what_export_inference_and_the_audit_rebuild():
+    """The run record keeps the network_def config as it is (stock or custom target); rebuild_network builds it
+    with the record's number of classes; a record naming only a class is served by a network_def of that class."""
+    import functools
+
+    from monai.networks.nets import DenseNet121, ResNet
+
+    from custom.deploy.export import bundle_configs
+    from custom.deploy.layout import deployable_train_config
+    from custom.networks import build_network, network_record, rebuild_network
+    from custom.record import RunRecord
+
+    stock = {"_target_": "DenseNet121", "spatial_dims": 2, "in_channels": 1, "out_channels": "@num_classes"}
+    record = RunRecord(["a", "b", "No Finding"], 4, network=stock).state_dict()
+    assert record["network"] == stock
+    net = rebuild_network(record["network"], 3)
+    assert isinstance(net, DenseNet121) and net.features.conv0.in_channels == 1
+    assert net.class_layers.out.out_features == 3
+    # the config, not common.json's, goes into the deployable configs
+    assert bundle_configs(CONFIGS, record)[0]["network_def"] == stock
+    assert deployable_train_config(CONFIGS, record)["network_def"] == stock
+    # a custom target, given as a callable component or built
+    resnet = dict(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 8, 8, 8], spatial_dims=2,
+                  n_input_channels=3, conv1_t_stride=1, no_max_pool=True)
+    built = network_record(build_network("ResNet", 5, **resnet))
+    assert built == {"_target_": "custom.build_network", "name": "ResNet", "num_classes": "@num_classes", **resnet}
+    assert isinstance(rebuild_network(built, 2), ResNet) and rebuild_network(built, 2).fc.out_features == 2
+    partial = network_record(functools.partial(DenseNet121, spatial_dims=2, in_channels=3, out_channels=7))
+    assert partial["_target_"].endswith("DenseNet121") and partial["out_channels"] == 7
+    assert isinstance(rebuild_network(partial, 7), DenseNet121)
+    # records of older runs: a build_network definition, or only a class
+    old = {"name": "ResNet", **resnet}
+    assert rebuild_network(old, 4).fc.out_features == 4
+    assert deployable_train_config(CONFIGS, {"network": old})["network_def"]["_target_"] == "custom.build_network"
+    given = DenseNet121(spatial_dims=2, in_channels=3, out_channels=3)
+    assert rebuild_network({"class": "DenseNet121"}, 3, given) is given
+    with pytest.raises(ValueError, match="records a 'ResNet' network without its config.*builds a DenseNet121"):
+        rebuild_network({"class": "ResNet"}, 3, given, "model.json")
+    with pytest.raises(ValueError, match="model.json: the recorded network .* cannot be built.*@channels"):
+        rebuild_network({**stock, "in_channels": "@channels"}, 3, where="model.json")
+
+
 def _npy_header_only(shape, dtype=np.uint8) -> bytes:
     """The header of a ``.npy`` file of ``shape`` with no pixel data after it (the function writes the magic too)."""
     buf = io.BytesIO()

@@ -300,7 +300,8 @@ def test_interrupted_generation_leaves_nothing_complete(monkeypatch, tmp_path, e
 
 
 def test_derive_label_stats(tmp_path):
-    from custom.data.synthetic.stats import derive_label_stats, main
+    from custom.data.synthetic.stats import derive_label_stats
+    from custom.tools.cli import cli
 
     nih = tmp_path / "nih.csv"
     nih.write_text(
@@ -338,7 +339,8 @@ def test_derive_label_stats(tmp_path):
     assert pc["prevalence"]["Nodule"] == 0
 
     out = tmp_path / "stats.json"
-    assert main([str(nih), str(padchest), str(out), "--min-count", "2"]) == 0
+    assert cli.main(["synthetic_stats", "--nih_csv", str(nih), "--padchest_csv", str(padchest), "--output", str(out),
+                     "--min_count", "2"]) == 0
     written = json.loads(out.read_text())
     assert len(written["nih"]["combos"]) == 2 and "left out" in written["notes"][1]
 

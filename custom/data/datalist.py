@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import gzip
-import json
 import logging
 import os
 from collections import defaultdict
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import is_inside
+from ..files import read_json as read_file
 from .messages import DEGENERATE_REFUSED, DEGENERATE_WARNED, MAX_LISTED, bad_images_message, listing
 
 logger = logging.getLogger(__name__)
@@ -69,16 +68,12 @@ class DataListError(ValueError):
 
 
 def read_json(path) -> dict:
-    """Read a ``.json`` or ``.json.gz`` file."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    """A data list file's content (``.json`` or ``.json.gz``, :func:`custom.files.read_json`); invalid JSON raises
+    :class:`DataListError` naming the file."""
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"data list not found: {path}") from None
-    except (json.JSONDecodeError, OSError, EOFError) as e:
-        raise DataListError(f"data list {path} is not valid JSON: {e}") from None
+        return read_file(path, "data list")
+    except ValueError as e:
+        raise DataListError(str(e)) from None
 
 
 class DataList:

@@ -80,13 +80,16 @@ def dicom_guard_enabled() -> bool:
     Raises:
         ValueError: another value, naming the variable.
     """
-    text = os.environ.get(DICOM_GUARD_ENV, "").strip().lower()
-    if text in ("", "1", "true", "yes", "on"):
+    from ..flags import as_bool
+
+    text = os.environ.get(DICOM_GUARD_ENV, "").strip()
+    if not text:
         return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"${DICOM_GUARD_ENV} must be 1 (guard DICOM inputs, the default) or 0 (let every DICOM "
-                     f"image through), got {text!r}")
+    try:
+        return as_bool(text, f"${DICOM_GUARD_ENV}")
+    except ValueError:
+        raise ValueError(f"${DICOM_GUARD_ENV} must be 1 (guard DICOM inputs, the default) or 0 (let every DICOM "
+                         f"image through), got {text.lower()!r}") from None
 
 
 def _text(ds, keyword: str) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import shutil
 import zipfile
@@ -32,12 +31,12 @@ from typing import Sequence
 
 import torch
 
-from ..files import atomic_path
 from ..config import resolve_includes
-from ..networks import load_weights, rebuildable
-from ..record import read_record
+from ..files import atomic_path, read_json, write_json
+from ..networks import load_weights, network_config
+from ..record import read_record, record_path
 from ..serving.loaders import TorchScriptRunner
-from .layout import network_definition, read_json_file, write_configs, write_docs, write_large_files, write_licences
+from .layout import write_configs, write_docs, write_large_files, write_licences
 
 #: folder name of the deployable bundle (MONAI Label infers the task type "classification" from it).
 BUNDLE_NAME = "nvum_cxr_classification"
@@ -83,7 +82,7 @@ def checkpoint_record(checkpoint, classes=None, image_size=None) -> dict:
     """What a checkpoint was trained on: the run record beside it (``model.json``, written by training;
     ``{}`` without one), with ``classes``/``image_size`` (given on the command line, for weights files
     that come without a record) taking precedence. Only the record file is read, not the weights."""
-    record = dict(read_record(checkpoint) or {}) if Path(checkpoint).with_suffix(".json").is_file() else {}
+    record = dict(read_record(record_path(checkpoint)) or {}) if record_path(checkpoint).is_file() else {}
     if classes:
         record["classes"] = [classes] if isinstance(classes, str) else list(classes)
     if image_size:
@@ -106,8 +105,8 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         ``channel_def`` and ``num_channels``, the size into the input's ``spatial_shape``.
     """
     config_dir = Path(config_dir)
-    inference = resolve_includes(read_json_file(config_dir / "inference.json"), config_dir.parent.parent)
-    meta = copy.deepcopy(read_json_file(config_dir / "metadata.json"))
+    inference = resolve_includes(read_json(config_dir / "inference.json", "bundle config"), config_dir.parent.parent)
+    meta = copy.deepcopy(read_json(config_dir / "metadata.json", "bundle metadata"))
     try:
         fmt = meta["network_data_format"]
         in_key, out_key = next(iter(fmt["inputs"])), next(iter(fmt["outputs"]))
@@ -122,8 +121,9 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         inference["classes"] = [str(c) for c in record["classes"]]
     if record.get("image_size") is not None:
         inference["image_size"] = int(record["image_size"])
-    if rebuildable(record.get("network")):
-        inference["network_def"] = network_definition(record)
+    network_def = network_config(record.get("network"))  # None: a record naming only a class keeps the config's
+    if network_def:
+        inference["network_def"] = network_def
     if record.get("thresholds"):  # the run's operating thresholds, read by inference and the served model
         inference["thresholds"] = {str(k): float(v) for k, v in record["thresholds"].items()}
     out = meta["network_data_format"]["outputs"][out_key]
@@ -137,7 +137,7 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
 def schema_file(config_dir) -> Path:
     """The local copy of the JSON schema that ``metadata.json`` names: ``<bundle>/docs/<schema file name>``."""
     config_dir = Path(config_dir)
-    url = read_json_file(config_dir / "metadata.json").get("schema")
+    url = read_json(config_dir / "metadata.json", "bundle metadata").get("schema")
     if not url:
         raise ValueError(f"{config_dir / 'metadata.json'} has no 'schema' entry")
     path = config_dir.parent / "docs" / url.rsplit("/", 1)[-1]
@@ -309,7 +309,7 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
     (folder / "models").mkdir()
     shutil.copy2(checkpoint, folder / "models" / "model.pt")
     if record:
-        (folder / "models" / "model.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_json(record, record_path(folder / "models" / "model.pt"))
     shutil.copy2(model_ts, folder / "models" / "model.ts")
     write_large_files(folder, weights_url)
     archive = models_dir / f"{name}.zip"

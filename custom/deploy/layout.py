@@ -26,7 +26,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from ..config import resolve_includes
-from ..networks import rebuildable
+from ..files import read_json, write_json
+from ..networks import network_config
 
 #: what the code is licensed under (the model-zoo requires the file) and the datasets' terms.
 LICENSE_FILE, DATA_LICENSE_FILE = "LICENSE", "docs/data_license.txt"
@@ -43,35 +44,14 @@ LARGE_FILE_BYTES = 25 * 1000 * 1000
 TOOLS_MODULE = "custom.tools"
 
 
-def read_json_file(path: Path) -> dict:
-    """A JSON file's content; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"bundle file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-
-
-def write_json(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=4) + "\n")
-
-
 def _read_config(config_dir: Path, name: str) -> dict:
     """A config of ``config_dir`` with its ``%`` includes written in (paths relative to the repository root)."""
-    return resolve_includes(read_json_file(config_dir / name), config_dir.parent.parent)
+    return resolve_includes(read_json(config_dir / name, "bundle config"), config_dir.parent.parent)
 
 
 def _check_runtime_only(config: dict, where) -> None:
     if TOOLS_MODULE in json.dumps(config):
         raise ValueError(f"{where} names {TOOLS_MODULE}, which the deployable bundle does not carry")
-
-
-def network_definition(record: dict) -> dict:
-    """The ``network_def`` component of a recorded network (:class:`custom.record.RunRecord`'s ``network``)."""
-    return {"_target_": "custom.build_network", **record["network"], "num_classes": "@num_classes"}
 
 
 def deployable_train_config(config_dir, record: dict | None = None) -> dict:
@@ -93,8 +73,9 @@ def deployable_train_config(config_dir, record: dict | None = None) -> dict:
         train["image_size"] = int(record["image_size"])
     if record.get("classes"):  # the model contract of the run: what its network outputs
         train["classes"] = [str(c) for c in record["classes"]]
-    if rebuildable(record.get("network")):
-        train["network_def"] = network_definition(record)
+    network_def = network_config(record.get("network"))  # None: a record naming only a class keeps the config's
+    if network_def:
+        train["network_def"] = network_def
     if isinstance(record.get("nvum"), dict) and isinstance(train.get("nvum"), dict):
         train["nvum"].update({k: v for k, v in record["nvum"].items() if k in train["nvum"]})
     _check_runtime_only(train, f"the deployable train.json made from {config_dir / 'train.json'}")
@@ -124,24 +105,24 @@ def write_configs(source_dir: Path, folder: Path, inference: dict, metadata: dic
     source, configs = Path(source_dir) / "configs", Path(folder) / "configs"
     inference = dict(inference, bundle_root=".")
     _check_runtime_only(inference, f"the deployable inference.json made from {source / 'inference.json'}")
-    write_json(configs / "inference.json", inference)
-    write_json(configs / "metadata.json", metadata)
-    write_json(configs / "train.json", deployable_train_config(source, record))
+    write_json(inference, configs / "inference.json", indent=4)
+    write_json(metadata, configs / "metadata.json", indent=4)
+    write_json(deployable_train_config(source, record), configs / "train.json", indent=4)
     for name in PLAIN_CONFIGS:
         if name.endswith(".json"):
             config = _read_config(source, name)
             _check_runtime_only(config, source / name)
-            write_json(configs / name, config)
+            write_json(config, configs / name, indent=4)
         else:
             if not (source / name).is_file():
                 raise FileNotFoundError(f"bundle file not found: {source / name}")
             shutil.copy2(source / name, configs / name)
     for path in sorted((source / "datasets").glob("*.json")):
-        overlay = resolve_includes(read_json_file(path), source.parent.parent)
+        overlay = resolve_includes(read_json(path, "dataset overlay"), source.parent.parent)
         if TOOLS_MODULE in json.dumps(overlay):  # an overlay naming a tool cannot run from the zip
             continue
         overlay, names = deployable_overlay(overlay)
-        write_json(configs / "datasets" / path.name, overlay)
+        write_json(overlay, configs / "datasets" / path.name, indent=4)
         for name in names:  # the repository's data lists that exist (others are built by the user)
             if (source.parent.parent / DATA_LISTS / name).is_file():
                 (folder / DATA_LISTS).mkdir(exist_ok=True)

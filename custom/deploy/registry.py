@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .export import BUNDLE_NAME, Deployable, build_bundle
-from .layout import read_json_file
+from ..files import read_json
 
 #: default name of the model in the MLflow registry.
 DEFAULT_MODEL_NAME = "nvum-chestxray"
@@ -29,7 +29,7 @@ def runtime_requirements() -> list[str]:
 def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
                      registered_model_name: str | None = DEFAULT_MODEL_NAME, tracking_uri: str | None = None,
                      run_id: str | None = None, experiment_name: str = "nvum", name: str = "model"):
-    """Log the bundle as an MLflow pyfunc model (:class:`custom.serving.ChestXrayClassifier`) and register it.
+    """Log the bundle as an MLflow pyfunc model (:class:`custom.serving.pyfunc.ChestXrayClassifier`) and register it.
 
     The model's artifacts are the TorchScript file and the deployable ``inference.json``; the
     ``custom`` package goes with it as ``code_paths``. The input example is the bytes of
@@ -55,7 +55,7 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
 
     from ..serving.pyfunc import IMAGE_COLUMN, POSITIVE_SUFFIX, ChestXrayClassifier
 
-    inference = read_json_file(deployable.config_dir / "inference.json")
+    inference = read_json(deployable.config_dir / "inference.json", "bundle config")
     if not example_images:
         example_images = _example_pngs(deployable.folder / "examples", inference["image_size"])
     example = pd.DataFrame({IMAGE_COLUMN: [Path(p).read_bytes() for p in example_images]})
@@ -257,11 +257,11 @@ class ModelRegistrar:
         """The run record that goes into the bundle (``models/model.json``): the run's, with the operating
         thresholds (``thresholds``, ``threshold_rule``, ``threshold_notes``) that the test report wrote into
         the record beside the checkpoint, else those the test report holds."""
-        import json
+        from ..record import read_record, record_path
 
         record = dict(self.record) if self.record else None
-        sidecar = Path(self.checkpoint).with_suffix(".json")
-        stored = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        sidecar = record_path(self.checkpoint)
+        stored = (read_record(sidecar) or {}) if sidecar.is_file() else {}
         keys = ("thresholds", "threshold_rule", "threshold_notes")
         extra = {k: stored[k] for k in keys if stored.get(k) is not None}
         if not extra.get("thresholds") and getattr(self.test_report, "thresholds", None):

@@ -3,7 +3,6 @@ specificity at them, expected calibration error."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -16,23 +15,6 @@ from .metrics import expected_calibration_error, sensitivity_specificity
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """The probabilities of logits, in float64."""
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-
-
-def write_thresholds(record, thresholds: Mapping[str, float], notes: Mapping[str, str] | None = None) -> Path:
-    """Put ``thresholds`` (class -> threshold), the rule and its notes into the run record file ``record``
-    (``model.json``), keeping everything else in it; written atomically."""
-    import json
-
-    from ..files import atomic_path
-
-    record = Path(record)
-    content = json.loads(record.read_text()) if record.is_file() else {}
-    content["thresholds"] = {str(k): float(v) for k, v in thresholds.items()}
-    content["threshold_rule"] = THRESHOLD_RULE
-    content["threshold_notes"] = dict(notes or {})
-    with atomic_path(record) as tmp:
-        tmp.write_text(json.dumps(content, indent=1) + "\n")
-    return record
 
 
 #: how the stored thresholds were chosen (written beside them in the run record).

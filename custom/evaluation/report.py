@@ -18,8 +18,9 @@ from ..labels import NO_FINDING, disease_indices
 from .metrics import (bootstrap_auc, mean_auc, operating_thresholds,
                       per_class_auc)
 from ..networks import load_weights
+from ..record import read_record, record_path, update_record
 from .figures import reliability_figure, roc_figure
-from .operating import operating_table, sigmoid, write_thresholds
+from .operating import THRESHOLD_RULE, operating_table, sigmoid
 from .tables import format_value, interval_text, markdown_table
 from ..flags import as_bool, resolve_auto
 
@@ -266,19 +267,17 @@ class TestReport:
         return self.results
 
     def _record_file(self) -> Path | None:
-        return Path(self.checkpoint).with_suffix(".json") if self.checkpoint not in (None, "") else None
+        return record_path(self.checkpoint) if self.checkpoint not in (None, "") else None
 
     def _operating_thresholds(self) -> dict[str, float] | None:
         """The thresholds of :attr:`threshold_source` (class -> threshold), chosen and stored when asked."""
-        import json
-
         source, record = self.threshold_source, self._record_file()
         if source is None:
             return None
         if isinstance(source, Mapping):
             return {str(k): float(v) for k, v in source.items()}
         if source == "record" and record is not None and record.is_file():
-            stored = json.loads(record.read_text()).get("thresholds")
+            stored = (read_record(record) or {}).get("thresholds")
             if stored:
                 print(f"operating thresholds from {record}", flush=True)
                 return {str(k): float(v) for k, v in stored.items()}
@@ -294,7 +293,8 @@ class TestReport:
             print(f"threshold of {cls}: {note}", flush=True)
         if source == "validation" and record is not None:
             if record.is_file():
-                write_thresholds(record, thresholds, self.threshold_notes)
+                update_record(record, thresholds={str(k): float(v) for k, v in thresholds.items()},
+                              threshold_rule=THRESHOLD_RULE, threshold_notes=dict(self.threshold_notes or {}))
                 print(f"operating thresholds (ROC point closest to (0, 1) on the {len(items)} validation images) "
                       f"written to {record}", flush=True)
             else:
@@ -349,14 +349,13 @@ class TestReport:
 def _describe_checkpoint(path) -> str:
     """``<absolute path> (written <time>; <classes and input size of its run record>)``."""
     import datetime
-    import json
 
     path = Path(path)
     parts = [f"written {datetime.datetime.fromtimestamp(path.stat().st_mtime):%Y-%m-%d %H:%M}"]
-    record = path.with_suffix(".json")
+    record = record_path(path)
     if record.is_file():
         try:
-            info = json.loads(record.read_text())
+            info = read_record(record)
             parts.append(f"{len(info.get('classes') or [])} classes, {info.get('image_size')} px, data list "
                          f"{info.get('datalist')}")
         except (ValueError, AttributeError):

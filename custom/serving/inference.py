@@ -313,21 +313,22 @@ def read_thresholds(classes: Sequence[str], thresholds=None, checkpoint=None) ->
     Raises:
         ValueError: thresholds that miss a class or are not numbers in [0, 1].
     """
-    import json
+    from ..files import read_json
+    from ..record import read_record, record_path
 
     where = "thresholds"
     if thresholds is None:
         if checkpoint in (None, ""):
             return None
-        record = Path(checkpoint).with_suffix(".json")
+        record = record_path(checkpoint)
         if not record.is_file():
             return None
-        thresholds, where = json.loads(record.read_text()).get("thresholds"), f"thresholds of {record}"
+        thresholds, where = (read_record(record) or {}).get("thresholds"), f"thresholds of {record}"
         if not thresholds:
             return None
     elif isinstance(thresholds, (str, Path)):
         where = f"thresholds file {thresholds}"
-        content = json.loads(Path(thresholds).read_text())
+        content = read_json(thresholds, "thresholds file")
         thresholds = content.get("thresholds", content) if isinstance(content, dict) else content
     if not thresholds:
         return None

@@ -59,13 +59,14 @@ class BundleNetwork(torch.nn.Module):
         return self.network
 
     def _recorded_network(self) -> torch.nn.Module:
-        """``network_def``, or the network the record beside a weights file names (checked against the config)."""
-        record_file = self.model_file.with_suffix(".json")
+        """``network_def``, or the network the record beside a weights file holds (checked against the config)."""
+        from ..networks import rebuild_network
+        from ..record import read_record, record_path
+
+        record_file = record_path(self.model_file)
         if self.model_file.suffix == ".ts" or not record_file.is_file():
             return self._network_def[0]
-        from ..record import read_record
-
-        record = read_record(self.model_file)
+        record = read_record(record_file)
         if self.classes is not None and record.get("classes") and list(record["classes"]) != self.classes:
             raise ValueError(
                 f"{self.model_file} was trained on classes {record['classes']} (see {record_file}), but the "
@@ -76,18 +77,8 @@ class BundleNetwork(torch.nn.Module):
                 f"{self.model_file} was trained on {record['image_size']} px images (see {record_file}), but "
                 f"the inference config resizes to {self.image_size} px: pass --image_size {record['image_size']}"
             )
-        from ..networks import network_from_record, rebuildable
-
-        if not rebuildable(record.get("network")):
-            network = self._network_def[0]
-            trained = (record.get("network") or {}).get("class")
-            if trained and type(network).__name__ != trained:
-                raise ValueError(
-                    f"{self.model_file} holds a {trained} (see {record_file}), but the inference config's network_def "
-                    f"builds a {type(network).__name__}: give the network_def the model was trained with"
-                )
-            return network
-        return network_from_record(record["network"], len(record.get("classes") or self.classes or []))
+        return rebuild_network(record.get("network"), len(record.get("classes") or self.classes or []),
+                               self._network_def[0], f"{self.model_file} (see {record_file})")
 
     def forward(self, *args):
         return self.load()(*args)

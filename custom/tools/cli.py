@@ -3,6 +3,15 @@
 Every public function decorated with ``@cli.command`` below is a command of that name; its help
 (``python -m custom.cli <command> --help``) is built from its signature and docstring by
 :mod:`custom.tools.commands`, and never runs anything. ``python -m custom.cli --help`` lists them.
+
+This is the project's one command-line style. Adding a command is one decorated function here: its
+docstring's summary, ``Args:`` and ``Example:`` are its help; a thin wrapper names the function whose
+parameters are its options (``options_from="module:function"``) and imports it when run. The
+registry (:mod:`custom.tools.commands`), rather than plain ``fire``, because it checks a command line
+before anything is imported or run (an unknown or missing option stops with one line naming it, where
+fire hands an unknown option of a ``**options`` wrapper on to the code) and because ``--help`` lists
+a wrapper's real options with their defaults and an example (fire shows ``**options``, in a pager);
+fire still reads the values.
 """
 
 from __future__ import annotations
@@ -398,6 +407,59 @@ def docs(tests: bool = True):
 
     changed = refresh(tests=as_bool(tests, "tests"))
     print("rewrote " + ", ".join(changed) if changed else "every generated block is up to date")
+
+
+@cli.command(options_from="custom.tools.monailabel:check")
+def monailabel(**options):
+    """Serve the deployable bundle with a real MONAI Label server and compare its answers with inference.json.
+
+    MONAI Label runs in its own environment (custom/tools/monailabel_requirements.txt; --install true
+    builds it); prints the largest probability difference and the time of each step (bundle/docs/deploy.md).
+
+    Example:
+        python -m custom.cli monailabel --bundle_zip bundle/models/nvum_cxr_classification.zip --images /path/to/pngs
+    """
+    from .monailabel import check as run
+
+    run(**options)
+
+
+@cli.command(options_from="custom.tools.monaideploy:check")
+def monaideploy(**options):
+    """Run the deployable bundle's MONAI Deploy application and compare its answers with inference.json.
+
+    The MONAI Deploy App SDK runs in its own environment (custom/tools/monaideploy_requirements.txt;
+    --install true builds it); prints the largest probability difference per folder (bundle/docs/deploy.md).
+
+    Args:
+        bundle_zip: the deployable bundle zip.
+        images: a folder of PNG or DICOM images, or a list of folders ("[png_dir, dcm_dir]").
+        work: scratch folder (default: a new temporary folder).
+        venv: the MONAI Deploy App SDK's environment.
+        install: build the environment first when it is not there.
+
+    Example:
+        python -m custom.cli monaideploy --bundle_zip bundle/models/nvum_cxr_classification.zip --images "[pngs,dicoms]"
+    """
+    from .monaideploy import check as run
+
+    run(**options)
+
+
+@cli.command(options_from="custom.data.synthetic.stats:write_label_stats")
+def synthetic_stats(**options):
+    """Derive the synthetic set's label statistics from the NIH (and PadChest) metadata tables.
+
+    The result is committed as custom/data/synthetic/nih_label_stats.json; the generator and the
+    tests read that file, never the tables.
+
+    Example:
+        python -m custom.cli synthetic_stats --nih_csv Data_Entry_2017_v2020.csv --output nih_label_stats.json
+    """
+    from ..data.synthetic.stats import write_label_stats
+
+    write_label_stats(**options)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``python -m custom.cli`` with ``argv`` (default: the process's arguments)."""

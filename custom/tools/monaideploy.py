@@ -1,6 +1,6 @@
 """The bundle's MONAI Deploy application run for real, checked against ``inference.json``.
 
-``python -m custom.tools.monaideploy --bundle_zip bundle/models/nvum_cxr_classification.zip \
+``python -m custom.cli monaideploy --bundle_zip bundle/models/nvum_cxr_classification.zip \
 --images "[png_dir, dcm_dir]"``
 
 1. builds the MONAI Deploy App SDK's own environment when asked (``--install true``): a venv
@@ -24,6 +24,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from ..files import read_json
 from .monailabel import MODEL, reference_probabilities
 
 #: where the MONAI Deploy environment is looked for (``$NVUM_MONAIDEPLOY_VENV`` overrides).
@@ -82,7 +83,7 @@ def run_app(bundle: Path, images: Path, output: Path, venv=DEFAULT_VENV) -> tupl
     (output.parent / f"{output.name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"the MONAI Deploy application failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads((output / "probabilities.json").read_text()), took
+    return read_json(output / "probabilities.json", "MONAI Deploy output"), took
 
 
 def check(bundle_zip="bundle/models/nvum_cxr_classification.zip", images=(), work=None, venv=str(DEFAULT_VENV),
@@ -123,8 +124,3 @@ def check(bundle_zip="bundle/models/nvum_cxr_classification.zip", images=(), wor
     print(json.dumps(result, indent=2))
     return result
 
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire(check, serialize=lambda result: None)  # check() prints its result

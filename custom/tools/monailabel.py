@@ -1,6 +1,6 @@
 """A real MONAI Label server on the deployable bundle, checked against ``inference.json``.
 
-``python -m custom.tools.monailabel --bundle_zip bundle/models/nvum_cxr_classification.zip --images <PNG folder>``
+``python -m custom.cli monailabel --bundle_zip bundle/models/nvum_cxr_classification.zip --images <PNG folder>``
 
 1. builds MONAI Label's own environment when asked (``--install true``): a venv (default
    ``~/venv-monailabel``) with the pins of ``monailabel_requirements.txt`` (MONAI Label 0.8.5 needs
@@ -215,8 +215,3 @@ def check(bundle_zip="bundle/models/nvum_cxr_classification.zip", images=None, w
     print(json.dumps(result, indent=2))
     return result
 
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire(check, serialize=lambda result: None)  # check() prints its result

@@ -35,6 +35,8 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+from ..flags import as_bool
+
 #: the numeric settings checked when the config is parsed (see custom.flags.NUMERIC_SETTINGS).
 NUMERIC_IDS = ("image_size", "batch_size", "max_epochs", "learning_rate", "val_interval", "num_workers", "seed")
 #: most bad images listed by the image check (all of them up to this number).
@@ -278,8 +280,6 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
     report.run(BATCHES, batches, needs=(DATALIST,))
 
     def tests():
-        from ..flags import as_bool
-
         if not as_bool(parser.get_parsed_content("test_and_deploy"), "test_and_deploy"):
             return "test_and_deploy is off: no test after training"
         return ", ".join(t.name for t in parser.get_parsed_content("test_report").test_sets())
@@ -297,8 +297,12 @@ def check(config_file="bundle/configs/train.json", **overrides) -> int:
         report.run(PRETRAINED, pretrained)
 
     resume = parser.get("resume", False)
+    try:
+        resuming = as_bool(resume, "resume")
+    except ValueError:  # a checkpoint file, or "latest"
+        resuming = True
 
-    if resume not in (None, False, "", "false", "False"):
+    if resuming:
         def resumable():
             from ..networks import read_checkpoint
             from ..record import RunRecord

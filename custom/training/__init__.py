@@ -5,6 +5,5 @@ from . import distributed
 from ..record import RunRecord, read_record, run_record
 from .checkpoints import CheckpointSaver, CheckpointWriteError, ValidationState, find_checkpoint
 from .engine import INDEX_KEY, NonFiniteLossError, NVUMTrainer, epoch_seed
-from .performance import memory_format
 from .progress import LossAverages, RunSummary
 from .tracking import MLflowTracker, default_tracking_uri

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ...files import atomic_path
+from ...files import atomic_path, read_json
 from .labels import (
     CLASSES,
     NUM_CLASSES,
@@ -262,8 +262,8 @@ def ensure_synthetic(root=None, **params) -> pathlib.Path:
 
 def _check_existing(path, canonical):
     try:
-        found = json.loads(path.read_text())["generator"]
-    except (ValueError, KeyError) as exc:
+        found = read_json(path, "synthetic data list")["generator"]
+    except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a synthetic datalist: {exc}") from None
     differ = {k: (found.get(k), v) for k, v in canonical.items() if found.get(k) != v}
     if differ:

@@ -8,12 +8,13 @@ iterative proportional fitting to PadChest's per-class prevalence.
 
 from __future__ import annotations
 
+import copy
 import functools
-import json
 import pathlib
 
 import numpy as np
 
+from ...files import read_json
 from ...labels import NIH14_CLASSES, NO_FINDING, disease_indices
 
 #: Committed label statistics (see :mod:`custom.data.synthetic.stats`).
@@ -27,8 +28,8 @@ NF_IDX = CLASSES.index(NO_FINDING)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_stats_text(path):
-    return pathlib.Path(path).read_text()
+def _load_stats(path) -> dict:
+    return read_json(path, "label statistics")
 
 
 def load_label_stats(path=None) -> dict:
@@ -38,9 +39,9 @@ def load_label_stats(path=None) -> dict:
         path: another statistics file written by :mod:`custom.data.synthetic.stats`.
 
     Returns:
-        dict as written by :func:`custom.synthetic_stats.derive_label_stats`.
+        dict as written by :func:`custom.data.synthetic.stats.derive_label_stats`.
     """
-    stats = json.loads(_load_stats_text(str(path or STATS_FILE)))
+    stats = copy.deepcopy(_load_stats(str(path or STATS_FILE)))
     if stats.get("classes") != CLASSES:
         raise ValueError(f"{path or STATS_FILE}: classes {stats.get('classes')} != {CLASSES}")
     return stats

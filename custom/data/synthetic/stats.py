@@ -4,12 +4,12 @@ The synthetic generator (:mod:`custom.data.synthetic`) samples its clean multi-l
 from the empirical distribution of NIH ChestX-ray14 label combinations, and re-weights
 that distribution towards PadChest-like per-class prevalence for its shifted test split.
 This module derives those statistics once from the metadata tables that ship with the
-real datasets; the result is committed as ``custom/resources/nih_label_stats.json`` so
+real datasets; the result is committed as ``custom/data/synthetic/nih_label_stats.json`` so
 that neither the generator nor the tests need the tables.
 
 Usage::
 
-    python -m custom.synthetic_stats NIH_CSV [PADCHEST_CSV] OUTPUT_JSON
+    python -m custom.cli synthetic_stats --nih_csv NIH_CSV [--padchest_csv PADCHEST_CSV] --output OUTPUT_JSON
 
 Rules
 -----
@@ -35,16 +35,15 @@ PadChest (``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv``):
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from custom.labels import NIH14_CLASSES, NO_FINDING, disease_indices
+from ...files import atomic_path
+from ...labels import NIH14_CLASSES, NO_FINDING, disease_indices
 
 #: torchxrayvision's 28 PadChest pathologies (``"Tube'"`` keeps its quote: it selects
 #: terms that end with "tube", such as "endotracheal tube").
@@ -243,24 +242,21 @@ def dumps_stats(stats):
     return text.replace(json.dumps(placeholder), "[\n   " + lines + "\n  ]") + "\n"
 
 
-def main(argv=None):
-    """Command line entry: ``NIH_CSV [PADCHEST_CSV] OUTPUT_JSON``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m custom.synthetic_stats",
-        description="Derive NIH label-combination and PadChest prevalence statistics.",
-    )
-    parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="NIH_CSV [PADCHEST_CSV] OUTPUT_JSON")
-    parser.add_argument("--min-count", type=int, default=1,
-                        help="keep NIH combinations seen at least this often (default 1)")
-    args = parser.parse_args(argv)
-    if len(args.paths) not in (2, 3):
-        parser.error("expected NIH_CSV [PADCHEST_CSV] OUTPUT_JSON")
-    nih_csv, padchest_csv = args.paths[0], (args.paths[1] if len(args.paths) == 3 else None)
-    output = Path(args.paths[-1])
-    stats = derive_label_stats(nih_csv, padchest_csv, min_count=args.min_count)
+def write_label_stats(nih_csv: str, output: str, padchest_csv: str | None = None, min_count: int = 1) -> Path:
+    """Derive the label statistics (:func:`derive_label_stats`) and write them to ``output`` (:func:`dumps_stats`).
+
+    Args:
+        nih_csv: NIH's ``Data_Entry_2017_v2020.csv``.
+        output: the statistics file to write (the committed one is ``custom/data/synthetic/nih_label_stats.json``).
+        padchest_csv: PadChest's ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` (default: none, no
+            shifted prevalences).
+        min_count: keep NIH combinations seen at least this often.
+    """
+    output = Path(output)
+    stats = derive_label_stats(nih_csv, padchest_csv, min_count=int(min_count))
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(dumps_stats(stats))
+    with atomic_path(output) as tmp:
+        tmp.write_text(dumps_stats(stats))
     nih = stats["nih"]
     print(f"NIH: {nih['num_images']} images, {nih['num_combos_kept']} combos kept "
           f"of {nih['num_combos_total']}")
@@ -269,8 +265,4 @@ def main(argv=None):
         print(f"PadChest: {pc['num_images']} images, "
               f"No Finding {pc['prevalence'][NO_FINDING]:.3f}")
     print(f"wrote {output} ({output.stat().st_size} bytes)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return output

@@ -80,11 +80,12 @@ def _completed_epochs(trainer: dict) -> int:
 
 def _network(state: dict, record: dict, num_classes: int):
     """The trained network: the recorded definition (else the bundle's network), with the checkpoint's weights."""
-    from ...networks import network_from_record, rebuildable
+    from ...networks import network_config, rebuild_network
     from ..training import bundle_network
 
     recorded = record.get("network")
-    net = network_from_record(recorded, num_classes) if rebuildable(recorded) else bundle_network(num_classes)
+    stock = None if network_config(recorded) else bundle_network(num_classes)  # a record naming only a class
+    net = rebuild_network(recorded, num_classes, stock, "the checkpoint's run record")
     try:
         net.load_state_dict(state)
     except RuntimeError as e:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +11,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from ...evaluation.figures import save_figure
+from ...files import read_json, write_json
+from ...record import plain_json
 from ...evaluation.tables import markdown_table
 from ...training.checkpoints import find_checkpoint
 from ...data.synthetic import noise_slug, split_noise_specs
@@ -134,8 +135,8 @@ def audit_benchmark(noise="symmetric:0.2,symmetric:0.4,report", output_dir="resu
         root = output_dir / noise_slug(spec)
         settings = {"noise": spec, **{k: overrides[k] for k in sorted(overrides)}}
         marker = root / "settings.json"
-        wanted = json.loads(json.dumps(settings, default=str))
-        found = json.loads(marker.read_text()) if marker.is_file() else None
+        wanted = plain_json(settings)
+        found = read_json(marker, "audit benchmark settings") if marker.is_file() else None
         if retrain or found is None or {k: v for k, v in found.items() if k != "training_seconds"} != wanted:
             print(f"\n=== training with noise {spec} into {root} ===", flush=True)
             marker.unlink(missing_ok=True)
@@ -144,7 +145,7 @@ def audit_benchmark(noise="symmetric:0.2,symmetric:0.4,report", output_dir="resu
             start = time.perf_counter()
             datalist = train_through_bundle({"datalist#noise": spec, **overrides}, bundle_root=root).datalist
             settings["training_seconds"] = round(time.perf_counter() - start, 1)
-            marker.write_text(json.dumps({**settings}, indent=1, default=str) + "\n")
+            write_json(plain_json(settings), marker)
         else:
             print(f"\n=== reusing the training run in {root} (noise {spec}) ===", flush=True)
             datalist = train_parser({"datalist#noise": spec, **overrides}).get_parsed_content("data")

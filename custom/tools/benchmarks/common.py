@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ...files import write_json
 from ...nvum import NVUMMemory
 
 #: what the speed benchmarks' shared options mean (their ``--help``).
@@ -44,7 +44,7 @@ def order(names, repeat: int) -> list:
 def write(result: dict, output: str | None) -> None:
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, output, indent=2)
         print(f"written to {output}")
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...files import write_json
 from . import harmonise
 from .core import (BuildError, Dropped, apply_scheme, assemble, holdout_patients, keep_found, patient_split,
                    positives_from_columns, positives_from_terms, read_table)
-from .output import format_summary, summary_path, write_json
+from .output import format_summary, summary_path
 from .openi import build_openi
 from .padchest import build_padchest
 

@@ -33,10 +33,10 @@ OpenI's "lung consolidation" (Consolidation, outside both schemes) and "enlarged
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
+from ...files import read_json
 from ...labels import NO_FINDING, SCHEMES
 
 #: match modes for the sources whose terms are free text.
@@ -299,7 +299,7 @@ def known_terms() -> dict[str, frozenset]:
     automatic terms), used to tell terms that map to no class (expected: "kyphosis") from terms
     never seen in these datasets (reported as unknown; fatal with ``--strict``)."""
     path = Path(__file__).resolve().parent / "source_terms.json"
-    raw = json.loads(path.read_text())
+    raw = read_json(path, "source terms")
     out = {k: frozenset(v) for k, v in raw.items() if not k.startswith("_")}
     for source in ("nih", "chexpert", "google"):
         out[source] = frozenset(t for syns in synonyms(source).values() for t in syns)

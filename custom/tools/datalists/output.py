@@ -1,30 +1,11 @@
-"""Writing a built data list and its summary, and the summary as a person reads it."""
+"""A built data list's summary file name, and the summary as a person reads it (the files are written by
+:func:`custom.files.write_json`)."""
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
-from ...files import atomic_path
 from .core import SPLITS
-
-
-def write_json(obj: dict, path) -> Path:
-    """Write ``obj`` as JSON (gzipped, byte-reproducible, when the name ends in ``.gz``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(
-        obj, separators=(",", ":") if path.suffix == ".gz" else (",", ": "), indent=None if path.suffix == ".gz" else 1
-    )
-    with atomic_path(path) as tmp:
-        if path.suffix == ".gz":
-            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                                       compresslevel=9) as f:
-                f.write(text.encode("utf-8"))
-        else:
-            tmp.write_text(text + "\n", encoding="utf-8")
-    return path
 
 
 def summary_path(output) -> Path:
