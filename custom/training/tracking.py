@@ -26,13 +26,14 @@ class MLflowTracker(MLFlowHandler):
 
     Why not the stock handler: an unnamed run never continues another unfinished run of the
     experiment, the store defaults to ``output_dir``, and code outside the engines (the test report,
-    the registration) logs to the same run. In train.json it is left out with ``mlflow`` false
-    (``_disabled_``).
+    the registration) logs to the same run. In train.json it is the last of ``train#handlers``, left out
+    with ``mlflow`` false (``_disabled_``), and finished by the workflow after the steps after training.
 
     Args:
         enabled: false attaches nothing and logs nothing (for code; configs disable the component).
         output_dir: where the default sqlite store and artifacts go (see :func:`default_tracking_uri`).
-        record: the run record or its settings (train.json's ``run_record``): its parameters are the run's.
+        record: the run record (train.json's ``run_record``, a :class:`custom.RunRecord`): its parameters are the
+            run's.
         evaluator: the validation engine, attached to as well when the tracker is attached to the trainer
             (its metrics are logged per epoch).
         kwargs: passed to ``MLFlowHandler`` (``tracking_uri`` overrides the default).
@@ -42,9 +43,7 @@ class MLflowTracker(MLFlowHandler):
                  **kwargs):
         self.evaluator = evaluator
         if record is not None:
-            from ..record import run_record
-
-            kwargs.setdefault("experiment_param", run_record(record).params())
+            kwargs.setdefault("experiment_param", record.params())
         self.enabled = as_bool(enabled, "mlflow")
         if not self.enabled:  # no MLflow client at all: it would create a store in the working directory
             self.cur_run, self.run_name, self.experiment_param = None, kwargs.get("run_name"), None
