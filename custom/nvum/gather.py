@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 def world_size() -> int:
     """The number of processes of the running process group; 1 without one (also ``custom.distributed.world_size``)."""
-    return dist.getworld_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _comm_device(tensor: torch.Tensor) -> torch.device:
