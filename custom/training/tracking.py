@@ -68,13 +68,18 @@ class MLflowTracker(MLFlowHandler):
         if not self.enabled:
             return
         if not self.cur_run:
-            self._set_experiment()
+            if not self.experiment:
+                client, name = self.client, self.experiment_name
+                self.experiment = client.get_experiment_by_name(name) or client.get_experiment(
+                    client.create_experiment(name, artifact_location=self.artifact_location))
             name = self.run_name or f"run_{time.strftime('%Y%m%d_%H%M%S')}"
             self.cur_run = self.client.create_run(experiment_id=self.experiment.experiment_id, run_name=name)
         if engine is not None:
             super().start(engine)
         elif self.experiment_param:
-            self._log_params(self.experiment_param)
+            from mlflow.entities import Param
+
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in self.experiment_param.items()])
 
     @property
     def run_id(self) -> str | None:
@@ -90,7 +95,10 @@ class MLflowTracker(MLFlowHandler):
         """Log scalar metrics to the current run (started if needed; no-op when disabled)."""
         self.start()
         if self.run_id:
-            self._log_metrics(metrics, step=step)
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step or 0) for k, v in metrics.items()])
 
     def finish(self) -> None:
         """End the current run (marks it FINISHED)."""
