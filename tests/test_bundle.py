@@ -86,6 +86,8 @@ def test_every_handler_of_the_trainer_is_listed_in_train_json(tmp_path):
         custom.EpochReseed, custom.CheckpointLoader, custom.RunSummary, custom.EMATeacher, custom.MemoryUpdater,
         custom.LossAverages, LrScheduleHandler, ProgressBar, ValidationHandler, custom.CheckpointSaver, StatsHandler,
         custom.MLflowTracker]
+    assert [type(h) for h in wf.parser.get_parsed_content("validate#handlers")] == [
+        custom.BestModelSaver, StatsHandler, custom.MLflowTracker]
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert trainer.has_event_handler(handlers[0], Events.EPOCH_STARTED)
     assert handlers[4].enabled and handlers[4].teacher is handlers[3]  # the updater of the loss's memory

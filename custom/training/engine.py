@@ -46,7 +46,8 @@ class NonFiniteLossError(FloatingPointError):
 def listed(handler):
     """``handler`` itself: an object defined (and referenced) elsewhere in the config, listed in a handler list
     as ``{"_target_": "custom.listed", "handler": "@teacher"}`` (MONAI's bundle checks read every entry of
-    ``train#handlers`` as a ``_target_`` component). A disabled component (``None``) is skipped by the trainer."""
+    ``train#handlers`` as a ``_target_`` component). For a disabled component it is ``None``, which MONAI's
+    config parser leaves out of the list."""
     return handler
 
 

@@ -26,22 +26,19 @@ class MLflowTracker(MLFlowHandler):
 
     Why not the stock handler: an unnamed run never continues another unfinished run of the
     experiment, the store defaults to ``output_dir``, and code outside the engines (the test report,
-    the registration) logs to the same run. In train.json it is the last of ``train#handlers``, left out
-    with ``mlflow`` false (``_disabled_``), and finished by the workflow after the steps after training.
+    the registration) logs to the same run. In train.json it is the last of ``train#handlers`` and of
+    ``validate#handlers`` (the validation metrics are logged per epoch), left out with ``mlflow`` false
+    (``_disabled_``), and finished by the workflow after the steps after training.
 
     Args:
         enabled: false attaches nothing and logs nothing (for code; configs disable the component).
         output_dir: where the default sqlite store and artifacts go (see :func:`default_tracking_uri`).
         record: the run record (train.json's ``run_record``, a :class:`custom.RunRecord`): its parameters are the
             run's.
-        evaluator: the validation engine, attached to as well when the tracker is attached to the trainer
-            (its metrics are logged per epoch).
         kwargs: passed to ``MLFlowHandler`` (``tracking_uri`` overrides the default).
     """
 
-    def __init__(self, enabled: bool = True, output_dir: str = ".", record=None, evaluator: Engine | None = None,
-                 **kwargs):
-        self.evaluator = evaluator
+    def __init__(self, enabled: bool = True, output_dir: str = ".", record=None, **kwargs):
         if record is not None:
             kwargs.setdefault("experiment_param", record.params())
         self.enabled = as_bool(enabled, "mlflow")
@@ -56,8 +53,6 @@ class MLflowTracker(MLFlowHandler):
     def attach(self, engine: Engine) -> None:
         if self.enabled:
             super().attach(engine)
-            if self.evaluator is not None and self.evaluator is not engine:
-                super().attach(self.evaluator)
 
     def start(self, engine: Engine | None = None) -> None:
         """Start a new run, unless this tracker already has one.
