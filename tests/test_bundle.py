@@ -412,10 +412,12 @@ def test_inference_rebuilds_the_recorded_network_and_refuses_another_input_size(
 
 
 @pytest.mark.slow
-def test_test_and_deploy_switch_leaves_only_the_trained_checkpoints(tmp_path):
+def test_test_and_deploy_switch_leaves_only_the_trained_checkpoints(tmp_path, capsys):
     wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), test_and_deploy=False,
                    **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
     _run(wf)
+    assert wf.parser.get_parsed_content("test_report") is None  # the steps are left out (_disabled_) ...
+    assert "not run (switched off): test report, export and registration" in capsys.readouterr().out  # ... and said
     assert (tmp_path / "models" / "model.pt").is_file()
     assert not list((tmp_path / "eval").glob("test_*"))
     assert not (tmp_path / "models" / "model.ts").exists()
