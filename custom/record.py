@@ -25,11 +25,14 @@ class RunRecord:
     network), and a resumed run, which is refused when the data list has other classes or another
     size than the memory's rows.
 
+    train.json builds it once (``run_record``) for the checkpoints, ``model.json``, MLflow and the
+    registration.
+
     Args:
-        classes: the data list's class names (the network's outputs, in order).
-        num_training: the number of training images (the memory's rows).
-        datalist: the data list trained on (a ``DataList``-like object with ``path`` and
-            ``dataset_dir``, or a path).
+        classes: the data list's class names (the network's outputs, in order); default the data list's.
+        num_training: the number of training images (the memory's rows); default the data list's.
+        datalist: the data list trained on (a ``DataList``-like object with ``path``, ``dataset_dir``,
+            ``classes`` and a length, or a path).
         image_size: the network's input height and width.
         network: the ``network_def`` config, or the network (:func:`custom.networks.network_record` says what
             is kept); :func:`custom.networks.rebuild_network` builds it again.
@@ -37,8 +40,12 @@ class RunRecord:
         recipe: other settings worth recording (learning rate, batch size, epochs, seed, ...).
     """
 
-    def __init__(self, classes, num_training: int, datalist=None, image_size: int | None = None, network=None,
-                 nvum: dict | None = None, recipe: dict | None = None):
+    def __init__(self, classes=None, num_training: int | None = None, datalist=None, image_size: int | None = None,
+                 network=None, nvum: dict | None = None, recipe: dict | None = None):
+        if classes is None:
+            classes = getattr(datalist, "classes", None) or []
+        if num_training is None:
+            num_training = len(datalist) if hasattr(datalist, "classes") else 0  # a DataList: its training images
         self.classes, self.num_training = [str(c) for c in classes], int(num_training)
         self.datalist = str(getattr(datalist, "path", datalist)) if datalist is not None else None
         dataset_dir = getattr(datalist, "dataset_dir", None)
@@ -140,16 +147,3 @@ def update_record(weights, **fields) -> Path:
     content = dict(read_record(path) or {})
     content.update(plain_json(fields))
     return write_json(content, path)
-
-
-def run_record(record):
-    """A :class:`RunRecord` from train.json's ``run_record`` settings (a dict of ``datalist``, ``image_size``,
-    ``network``, ``nvum``, ``recipe``; the classes and the number of training images come from the data
-    list), or the record itself; ``None`` stays ``None``."""
-    if record is None or isinstance(record, RunRecord):
-        return record
-    settings = dict(record)
-    datalist = settings.get("datalist")
-    settings.setdefault("classes", getattr(datalist, "classes", None) or [])
-    settings.setdefault("num_training", len(datalist) if datalist is not None else 0)
-    return RunRecord(**settings)

@@ -76,7 +76,7 @@ def run_all(out_dir, runs: dict) -> dict:
         memory = wf.parser.get_parsed_content("memory")
         results[name] = {
             "memory": memory.values.detach().cpu().clone(),
-            "before_loss": memory.updater.before_loss,  # the update order the run used
+            "before_loss": wf.parser.get_parsed_content("memory_updater").before_loss,  # the update order the run used
             "val_mean_auc": float(evaluator.state.metrics["val_mean_auc"]),
             "train_loss": float(trainer.state.metrics["train_loss"]),
             "world_size": distributed.world_size(),

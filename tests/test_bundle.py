@@ -66,6 +66,34 @@ def test_train_config_has_monai_train_properties(tmp_path):
     assert wf.check_properties() in (None, [])
 
 
+def test_every_handler_of_the_trainer_is_listed_in_train_json(tmp_path):
+    """The trainer attaches nothing of its own: what runs is train#handlers, in the order listed (the
+    memory updater after the teacher, the checkpoints after validation, the tracker last)."""
+    from ignite.engine import Events
+    from ignite.handlers import ProgressBar
+    from monai.handlers import LrScheduleHandler, StatsHandler, ValidationHandler
+
+    import custom
+
+    bare = custom.NVUMTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[{}],
+                              network=torch.nn.Linear(1, 1), optimizer=None, loss_function=None, decollate=False)
+    assert not any(bare._event_handlers.values())  # no hidden handler (MONAI adds none either with these settings)
+    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), **{"datalist#root": str(tmp_path / "data")},
+                   **TINY)
+    wf.initialize()
+    handlers = wf.parser.get_parsed_content("train#handlers")
+    assert [type(h) for h in handlers] == [
+        custom.EpochReseed, custom.CheckpointLoader, custom.RunSummary, custom.EMATeacher, custom.MemoryUpdater,
+        custom.LossAverages, LrScheduleHandler, ProgressBar, ValidationHandler, custom.CheckpointSaver, StatsHandler,
+        custom.MLflowTracker]
+    assert [type(h) for h in wf.parser.get_parsed_content("validate#handlers")] == [
+        custom.BestModelSaver, StatsHandler, custom.MLflowTracker]
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.has_event_handler(handlers[0], Events.EPOCH_STARTED)
+    assert handlers[4].enabled and handlers[4].teacher is handlers[3]  # the updater of the loss's memory
+    assert wf.parser.get_parsed_content("run_record") is handlers[9].save_dict["run_record"]  # one record
+
+
 def test_inference_config_has_monai_infer_properties(tmp_path):
     from PIL import Image
 
@@ -82,7 +110,8 @@ def test_training_writes_best_and_resume_checkpoints_with_the_memory(trained):
     assert "class_layers.out.weight" in best  # a bare state dict of the deployable network
     (resume,) = sorted(models.glob("checkpoint_epoch=*.pt"))
     state = torch.load(resume, weights_only=True)
-    assert {"model", "memory", "optimizer", "lr_scheduler", "trainer", "validation", "run_record"} <= set(state)
+    assert {"model", "memory", "memory_updater", "optimizer", "lr_scheduler", "trainer", "validation",
+            "run_record"} <= set(state)
     values = state["memory"]["values"]
     assert values.shape == (TINY["datalist#num_training"], 14) and values.dtype == torch.float32
     # after 2 epochs every row has had 2 updates (1 - 0.9^2 of the way to its targets): no row is still zero
@@ -156,7 +185,7 @@ def test_evaluate_config_reproduces_the_training_test_table(trained, capsys):
 
 @pytest.mark.slow
 def test_training_ends_by_listing_every_file_it_wrote(trained):
-    root, files = trained["root"], dict(trained["wf"].parser.get_parsed_content("train#trainer").summary.files())
+    root, files = trained["root"], dict(trained["wf"].parser.get_parsed_content("run_summary").files())
     models, eval_dir = (root / "models").resolve(), (root / "eval").resolve()
     assert files["best network"] == str(models / "model.pt") and files["its run record"] == str(models / "model.json")
     assert files["resume checkpoint (audit it)"] == str(models / "checkpoint_epoch=2.pt")
@@ -388,10 +417,12 @@ def test_inference_rebuilds_the_recorded_network_and_refuses_another_input_size(
 
 
 @pytest.mark.slow
-def test_test_and_deploy_switch_leaves_only_the_trained_checkpoints(tmp_path):
+def test_test_and_deploy_switch_leaves_only_the_trained_checkpoints(tmp_path, capsys):
     wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), test_and_deploy=False,
                    **{"datalist#root": str(tmp_path / "data")}, **dict(TINY, max_epochs=1))
     _run(wf)
+    assert wf.parser.get_parsed_content("test_report") is None  # the steps are left out (_disabled_) ...
+    assert "not run (switched off): test report, export and registration" in capsys.readouterr().out  # ... and said
     assert (tmp_path / "models" / "model.pt").is_file()
     assert not list((tmp_path / "eval").glob("test_*"))
     assert not (tmp_path / "models" / "model.ts").exists()

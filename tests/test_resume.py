@@ -14,8 +14,9 @@ from ignite.engine import Engine
 
 from conftest import CONFIGS, ROOT
 
-from custom.training.checkpoints import CheckpointSaver, CheckpointWriteError, find_checkpoint
-from custom.training.engine import NVUMTrainer, epoch_seed
+from custom.training.checkpoints import BestModelSaver, CheckpointSaver, CheckpointWriteError, find_checkpoint
+from custom.training.engine import EpochReseed, NVUMTrainer, epoch_seed
+from custom.training.progress import RunSummary
 from custom.data import DataListError
 
 TINY = [
@@ -147,7 +148,7 @@ def test_resume_without_a_checkpoint_names_the_folder(tmp_path):
     assert find_checkpoint("latest", tmp_path).name == "checkpoint_epoch=10.pt"  # numeric, not lexical order
 
 
-def test_trainer_makes_each_epoch_a_function_of_seed_and_epoch():
+def test_epoch_reseed_makes_each_epoch_a_function_of_seed_and_epoch():
     from ignite.engine import Events
     from monai.data import DataLoader, Dataset
     from monai.transforms import RandFlipd
@@ -155,14 +156,16 @@ def test_trainer_makes_each_epoch_a_function_of_seed_and_epoch():
     flip = RandFlipd(keys="image", prob=0.5)
     net = torch.nn.Linear(2, 2)
     loader = DataLoader(Dataset([{"image": torch.zeros(1, 2, 2)}], transform=flip), batch_size=1)
+    reseed = EpochReseed(seed=3)
     trainer = NVUMTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=loader, network=net,
-                          optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=None, seed=3)
-    first_handler = trainer._event_handlers[Events.EPOCH_STARTED][0][0]
-    assert first_handler == trainer._reseed  # reseeds before any other handler of the epoch
+                          optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=None,
+                          train_handlers=[reseed])
+    assert reseed.transform is loader.dataset.transform  # the training set's transforms, found when attached
+    assert trainer.has_event_handler(reseed, Events.EPOCH_STARTED)
 
     def draws(epoch):
         trainer.state.epoch = epoch
-        trainer._reseed(trainer)
+        reseed(trainer)
         return torch.rand(3).tolist(), flip.R.rand()
 
     first = draws(2)
@@ -204,13 +207,7 @@ def test_a_newer_checkpoint_replaces_every_older_one_of_the_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=2.pt", "model.pt"]
 
 
-def test_best_model_file_survives_a_better_epoch(tmp_path):
-    """The fixed-name best model (model.pt) of MONAI's stock saver, made safe by the run's CheckpointSaver, is
-    replaced in place, never deleted after the write."""
-    from monai.handlers import CheckpointSaver as StockSaver
-
-    net = torch.nn.Linear(2, 2)
-    scores = iter([0.5, 0.7, 0.6])
+def _scored_engine(net, scores):
     engine = Engine(lambda e, b: None)
 
     @engine.on(__import__("ignite").engine.Events.EPOCH_COMPLETED)
@@ -218,19 +215,37 @@ def test_best_model_file_survives_a_better_epoch(tmp_path):
         net.weight.data.fill_(float(e.state.epoch))
         e.state.metrics["auc"] = next(scores)
 
-    engine.state.metrics = {}
-    saver = StockSaver(
-        save_dir=str(tmp_path),
-        save_dict={"model": net},
-        save_key_metric=True,
-        key_metric_name="auc",
-        key_metric_filename="model.pt",
-    )
-    CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, best_model_saver=saver, save_interval=0)
-    saver.attach(engine)
+    return engine
+
+
+def test_best_model_file_survives_a_better_epoch_and_carries_its_record(tmp_path):
+    """The fixed-name best model (model.pt) is replaced in place, never deleted after the write, and its run
+    record model.json is written beside it."""
+    from custom.record import RunRecord
+
+    net = torch.nn.Linear(2, 2)
+    engine = _scored_engine(net, iter([0.5, 0.7, 0.6]))
+    record = RunRecord(["A", "No Finding"], 10, "list.json", image_size=32)
+    BestModelSaver(str(tmp_path), net, record=record, key_metric_name="auc").attach(engine)
     engine.run([0], max_epochs=3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pt"]
     assert float(torch.load(tmp_path / "model.pt", weights_only=True)["weight"][0, 0]) == 2.0  # epoch 2 was best
+    assert __import__("json").loads((tmp_path / "model.json").read_text())["classes"] == ["A", "No Finding"]
+
+
+def test_best_model_saver_resumes_its_best_score(tmp_path):
+    """Restored from its state, the saver does not overwrite model.pt with a worse network."""
+    net = torch.nn.Linear(2, 2)
+    first = BestModelSaver(str(tmp_path), net, key_metric_name="auc")
+    engine = _scored_engine(net, iter([0.5, 0.7]))
+    first.attach(engine)
+    engine.run([0], max_epochs=2)
+    resumed = BestModelSaver(str(tmp_path), net, key_metric_name="auc")
+    resumed.load_state_dict(first.state_dict())
+    later = _scored_engine(net, iter([0.6]))
+    resumed.attach(later)
+    later.run([0], max_epochs=1)
+    assert float(torch.load(tmp_path / "model.pt", weights_only=True)["weight"][0, 0]) == 2.0  # 0.6 < 0.7: kept
 
 
 def test_a_failing_run_still_lists_the_files_it_wrote(tmp_path, capsys):
@@ -249,7 +264,7 @@ def test_a_failing_run_still_lists_the_files_it_wrote(tmp_path, capsys):
     saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1)
     trainer = NVUMTrainer(device=torch.device("cpu"), max_epochs=3, train_data_loader=batches, network=net,
                           optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=loss, decollate=False,
-                          train_handlers=[saver])
+                          train_handlers=[RunSummary(tmp_path), saver])
     with pytest.raises(NonFiniteLossError):
         trainer.run()
     out = capsys.readouterr().out

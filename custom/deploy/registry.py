@@ -216,7 +216,7 @@ class ModelRegistrar:
         tracker: the workflow's :class:`~custom.training.MLflowTracker`.
         models_dir: where ``model.ts`` and the zip are written.
         checkpoint: the best weights (default: ``models_dir/model.pt``).
-        record: the run's :class:`~custom.record.RunRecord` or its settings (classes, input size, network).
+        record: the run's :class:`~custom.record.RunRecord` (or its state dict: classes, input size, network).
         example_images: image files for the MLflow input example (the first two are used), or a data list
             (its first two validation images).
         registered_model_name: name in the registry; ``null``/empty logs the model unregistered.
@@ -225,18 +225,15 @@ class ModelRegistrar:
         bundle_dir: source bundle folder (default: the repository's ``bundle/``).
         bundle_name: folder name inside the zip.
 
-    In train.json it is a step of :class:`custom.NVUMTrainer`'s ``after_training``, run when
-    ``test_and_deploy`` is true.
+    In train.json it is a step of the workflow's ``training`` list after ``trainer.run()``, left out
+    (``_disabled_``) when ``test_and_deploy`` is false.
     """
 
     def __init__(self, tracker, models_dir, checkpoint=None, record=None, example_images: Sequence = (),
                  registered_model_name: str | None = DEFAULT_MODEL_NAME, bundle_dir=None,
                  bundle_name: str = BUNDLE_NAME, test_report=None):
-        from ..record import run_record
-
         self.tracker, self.models_dir = tracker, models_dir
         self.checkpoint = checkpoint if checkpoint not in (None, "") else Path(models_dir) / "model.pt"
-        record = run_record(record)
         self.record = record.state_dict() if hasattr(record, "state_dict") else record
         if hasattr(example_images, "items"):  # a data list: its first validation images
             example_images = [item["image"] for item in example_images.items("validation")[:2]]
@@ -248,7 +245,7 @@ class ModelRegistrar:
         self.written: list[tuple[str, object]] = []  # (what, path) of what it wrote, for custom.RunSummary
 
     def check(self) -> None:
-        """Before training (:class:`custom.NVUMTrainer`): the model folder is writable."""
+        """Before training (:class:`custom.RunSummary`): the model folder is writable."""
         from ..files import check_writable
 
         check_writable(self.models_dir, "model folder (ckpt_dir)")

@@ -4,7 +4,8 @@
 it collects the dataset indices and logits of every rank and keeps each image once per epoch, so
 that the memory stays identical on every rank. :func:`all_gather_rows` (also used by the AUC
 metric on sharded evaluation sets) and :func:`first_unseen` are its two steps. In a single process
-everything here is the identity. The training package re-exports them as ``custom.distributed.*``.
+everything here is the identity. The training package re-exports them (and :func:`world_size`) as
+``custom.distributed.*``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 import torch.distributed as dist
 
 
-def _world_size() -> int:
-    """The number of processes of the running process group; 1 without one."""
+def world_size() -> int:
+    """The number of processes of the running process group; 1 without one (also ``custom.distributed.world_size``)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -31,7 +32,7 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     The identity in a single process. The result is a plain tensor (a MONAI ``MetaTensor``'s
     metadata is dropped) on the input's device.
     """
-    ws = _world_size()
+    ws = world_size()
     if ws == 1:
         return tensor
     device = _comm_device(tensor)
@@ -79,7 +80,7 @@ class RowGatherer:
         self._seen = None
 
     def __call__(self, index: torch.Tensor, logits: torch.Tensor, epoch: int | None = None):
-        if _world_size() == 1:
+        if world_size() == 1:
             return index, logits
         index = all_gather_rows(torch.as_tensor(index).long().flatten().to(logits.device))
         logits = all_gather_rows(logits)

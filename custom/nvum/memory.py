@@ -137,30 +137,12 @@ class NVUMMemory(nn.Module):
 
     @classmethod
     def from_datalist(cls, datalist, prior: str = "frequency", momentum: float = 0.9, unbiased: bool = True,
-                      schedule: str = "epoch", before_loss: bool = False, teacher=None, device=None) -> "NVUMMemory":
-        """The memory of a data list's training split, with its updater (train.json's ``memory``).
-
-        One row per training image; the prior is estimated from the training labels with
-        :func:`class_prior` (``prior`` names the method). Its :class:`custom.nvum.MemoryUpdater`
-        (``schedule``, ``before_loss``, ``teacher``) is the memory's ``updater``, which
-        :class:`custom.NVUMTrainer` attaches when its loss reads the memory; the updater's state (logits
-        collected during an epoch) travels in the memory's ``state_dict``.
-        """
+                      device=None) -> "NVUMMemory":
+        """The memory of a data list's training split (train.json's ``memory``): one row per training image,
+        the prior estimated from the training labels with :func:`class_prior` (``prior`` names the method).
+        train.json's ``memory_updater`` (:class:`custom.nvum.MemoryUpdater`) writes it."""
         labels = datalist.labels("training")
-        memory = cls(len(labels), class_prior(labels, datalist.classes, prior), momentum, unbiased, device)
-        memory.updater = MemoryUpdater(memory, schedule=schedule, teacher=teacher, before_loss=before_loss)
-        return memory
-
-    #: the handler that writes the memory (:meth:`from_datalist`); ``None`` for a bare memory.
-    updater = None
-
-    def get_extra_state(self) -> dict:
-        """The updater's state (the epoch schedule's logits collected so far), for exact resume."""
-        return self.updater.state_dict() if self.updater is not None else {}
-
-    def set_extra_state(self, state) -> None:
-        if self.updater is not None:
-            self.updater.load_state_dict(state or {})
+        return cls(len(labels), class_prior(labels, datalist.classes, prior), momentum, unbiased, device)
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, num_classes={self.num_classes}, momentum={self.momentum}, "
@@ -168,7 +150,8 @@ class NVUMMemory(nn.Module):
 
 
 class MemoryUpdater:
-    """Updates the NVUM memory from the training engine (eq. 3); the loss only reads it.
+    """Updates the NVUM memory from the training engine (eq. 3); the loss only reads it. A handler of
+    ``train#handlers`` (after the EMA teacher), saved in the resume checkpoints (``memory_updater``).
 
     Every training image's row is updated once per epoch. When, and from which logits:
 
@@ -192,7 +175,8 @@ class MemoryUpdater:
         schedule: ``"epoch"`` or ``"iteration"``.
         teacher: optional :class:`custom.nvum.teacher.EMATeacher`; used by the ``iteration`` schedule. Attach the
             teacher before this handler so that it is updated first.
-        enabled: false to leave the memory untouched (losses without a memory).
+        enabled: false to leave the memory untouched (losses without a memory: train.json passes the loss's
+            ``uses_memory``).
         before_loss: update each row when its batch is visited, before the loss (see above).
     """
 

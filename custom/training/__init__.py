@@ -2,8 +2,9 @@
 training."""
 
 from . import distributed
-from ..record import RunRecord, read_record, run_record
-from .checkpoints import CheckpointSaver, CheckpointWriteError, ValidationState, find_checkpoint
-from .engine import INDEX_KEY, NonFiniteLossError, NVUMTrainer, epoch_seed
+from ..record import RunRecord, read_record
+from .checkpoints import (BestModelSaver, CheckpointLoader, CheckpointSaver, CheckpointWriteError, ValidationState,
+                          epoch_checkpoints, find_checkpoint)
+from .engine import INDEX_KEY, EpochReseed, NonFiniteLossError, NVUMTrainer, epoch_seed, listed
 from .progress import LossAverages, RunSummary
 from .tracking import MLflowTracker, default_tracking_uri

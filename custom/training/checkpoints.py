@@ -1,20 +1,24 @@
-"""Checkpoints that survive crashes: safe writes, exact resume, per-epoch random seeds.
+"""Checkpoints that survive crashes: safe writes, exact resume, the best model with its run record.
 
-A training run can be stopped at any point (``kill -9`` in the middle of an epoch included) and
-continued with ``--resume true``: it restarts from the last epoch checkpoint with the network,
-optimiser, learning-rate scheduler, EMA teacher, NVUM memory (and the logits the memory updater
-had collected), the trainer's epoch/iteration counters, the best validation score so far and the
-AMP grad scaler restored. The random streams are made a function of ``(seed, epoch)``: every
-random number generator (torch, numpy, python, and the random transforms of the training
-pipeline) is reseeded at the start of every epoch by :class:`custom.NVUMTrainer`, so the resumed epoch
-draws exactly the same shuffling, augmentation and memory mixing as the uninterrupted run would
-have. The final memory and validation AUC of a resumed run therefore equal those of an
-uninterrupted run with the same seed (tested with a real ``SIGKILL``).
+Three handlers of train.json, built on ignite's public ``Checkpoint`` and ``DiskSaver``:
 
-Every checkpoint is written to a temporary file in its folder and renamed over the target
-(ignite's atomic ``DiskSaver``): a crash or a failed write never leaves a truncated checkpoint,
-and the previous checkpoint is deleted only after the new one is complete. A failed write stops
-training with :class:`CheckpointWriteError`, whose message names the path.
+- :class:`CheckpointLoader` (first in ``train#handlers``): with ``resume``, restores the last epoch
+  checkpoint before any other handler starts: network, optimiser, learning-rate scheduler, EMA
+  teacher, NVUM memory and its updater, the trainer's epoch/iteration counters, the best validation
+  score so far (:class:`ValidationState`) and the AMP grad scaler;
+- :class:`CheckpointSaver` (after the validation handler): ``checkpoint_epoch=K.pt`` every epoch;
+- :class:`BestModelSaver` (in ``validate#handlers``): ``model.pt``, the evaluated network of the best
+  validation score, and its run record ``model.json`` beside it.
+
+The random streams are a function of ``(seed, epoch)`` (:class:`custom.EpochReseed`), so a run
+killed at any point (``kill -9`` in the middle of an epoch included) and continued with
+``--resume true`` ends exactly like an uninterrupted run with the same seed (tested with a real
+``SIGKILL``).
+
+Every file is written to a temporary file in its folder and renamed over the target (ignite's atomic
+``DiskSaver``): a crash or a failed write never leaves a truncated file, and the previous checkpoint is
+deleted only after the new one is complete. A failed write stops training with
+:class:`CheckpointWriteError`, whose message names the path.
 """
 
 from __future__ import annotations
@@ -24,15 +28,13 @@ import re
 from pathlib import Path
 
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint
-from ignite.handlers.checkpoint import BaseSaveHandler
-from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
+from ignite.handlers import Checkpoint, DiskSaver
 
-from ..record import RunRecord, run_record
+from ..record import RunRecord, record_path
 
 logger = logging.getLogger(__name__)
 
-#: file names of the per-epoch training checkpoints (ignite's ``{prefix}_{name}={epoch}.pt``).
+#: file names of the per-epoch training checkpoints (ignite's ``{name}_{score_name}={epoch}.pt``).
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
@@ -40,54 +42,58 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (no space, no permission, ...); names the path."""
 
 
-class _ReportingSaveHandler(BaseSaveHandler):
-    """Wraps ignite's atomic ``DiskSaver``: a failed write names its file, and older checkpoints
-    are deleted only after the new one is complete.
+def epoch_checkpoints(folder) -> list[tuple[int, Path]]:
+    """The ``checkpoint_epoch=K.pt`` files of ``folder`` as ``(K, path)``, by epoch (numeric order)."""
+    found = ((CHECKPOINT_PATTERN.search(p.name), p) for p in Path(folder).glob("checkpoint_epoch=*.pt"))
+    return sorted((int(m.group(1)), p) for m, p in found if m)
 
-    (ignite's ``Checkpoint`` asks to remove the checkpoint it replaces *before* writing the new
-    one; here that removal is deferred until the write has succeeded.)
+
+class SafeDiskSaver(DiskSaver):
+    """ignite's atomic ``DiskSaver`` whose failed write names its file, which deletes a replaced checkpoint
+    only after the new one is complete, and which can write a fixed file name and a run record beside it.
+
+    (ignite's ``Checkpoint`` asks to remove the checkpoint it replaces *before* writing the new one; here
+    that removal is deferred until the write has succeeded.)
+
+    Args:
+        dirname: the folder.
+        filename: a fixed file name (e.g. ``model.pt``), overwritten in place; ``None``: ignite's names.
+        record: a :class:`custom.RunRecord` written as ``<name>.json`` beside every file written.
     """
 
-    def __init__(self, inner: BaseSaveHandler, record=None):
-        self.inner, self.record = inner, record
-        self._pending_removals: list[str] = []
+    def __init__(self, dirname, filename: str | None = None, record: RunRecord | None = None):
+        super().__init__(dirname, atomic=True, require_empty=False)
+        self.filename, self.record = filename, record
+        self.pending_removals: list[str] = []
+        self.kept: list[str] = []  #: the files written and not (yet) removed, oldest first
 
     def __call__(self, checkpoint, filename: str, metadata=None) -> None:
-        path = Path(getattr(self.inner, "dirname", ".")) / (getattr(self.inner, "filename", None) or filename)
+        import ignite.distributed as idist
+
+        filename = self.filename or filename
+        path = self.dirname / filename
         try:
-            self.inner(checkpoint, filename, metadata)
+            super().__call__(checkpoint, filename, metadata)
         except OSError as e:
             raise CheckpointWriteError(
                 e.errno,
                 f"could not write checkpoint {path}: {e.strerror or e}. Nothing was replaced: checkpoints "
                 "are written to a temporary file and renamed, so the previous checkpoint in that folder is intact",
             ) from e
-        if self.record is not None and self._writes_here():
-            self.record.write(path.with_suffix(".json"))
-        pending, self._pending_removals = self._pending_removals, []
-        if getattr(self.inner, "filename", None):  # MONAI's fixed-name saver (model.pt): overwritten in place
+        # under several processes the files are written on ``save_on_rank`` only (the record follows them)
+        if self.record is not None and idist.get_rank() == self.save_on_rank:
+            self.record.write(record_path(path))
+        pending, self.pending_removals = self.pending_removals, []
+        if self.filename:  # a fixed name is overwritten in place
+            self.kept = [filename]
             return
         for old in pending:
             if old != filename:
-                self.inner.remove(old)
+                super().remove(old)
+        self.kept = [name for name in self.kept if name not in pending] + [filename]
 
     def remove(self, filename: str) -> None:
-        self._pending_removals.append(filename)
-
-    def _writes_here(self) -> bool:
-        """Whether this process writes the files: under several processes, ignite's ``DiskSaver`` writes on
-        its ``save_on_rank`` only (the run record beside the weights follows it; every rank writing it
-        raced on the same temporary file)."""
-        import ignite.distributed as idist
-
-        return idist.get_rank() == getattr(self.inner, "save_on_rank", 0)
-
-
-def _make_safe(saver: _MonaiCheckpointSaver, record=None) -> None:
-    for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
-        checkpoint = getattr(saver, name, None)
-        if isinstance(checkpoint, Checkpoint) and not isinstance(checkpoint.save_handler, _ReportingSaveHandler):
-            checkpoint.save_handler = _ReportingSaveHandler(checkpoint.save_handler, record)
+        self.pending_removals.append(filename)
 
 
 class ValidationState:
@@ -98,121 +104,179 @@ class ValidationState:
 
     Args:
         evaluator: the validation engine (its ``state.best_metric`` / ``best_metric_epoch``).
-        best_saver: the ``CheckpointSaver`` writing the best model.
+        best_model_saver: the :class:`BestModelSaver` writing the best model.
     """
 
-    def __init__(self, evaluator: Engine, best_saver: _MonaiCheckpointSaver | None = None):
-        self.evaluator, self.best_saver = evaluator, best_saver
-
-    def _checkpoint(self):
-        return getattr(self.best_saver, "_key_metric_checkpoint", None)
+    def __init__(self, evaluator: Engine, best_model_saver: BestModelSaver | None = None):
+        self.evaluator, self.best_model_saver = evaluator, best_model_saver
 
     def state_dict(self) -> dict:
         state = {
             "best_metric": float(self.evaluator.state.best_metric),
             "best_metric_epoch": int(self.evaluator.state.best_metric_epoch),
         }
-        if self._checkpoint() is not None:
-            state["saved"] = [[float(p), str(f)] for p, f in self._checkpoint().state_dict()["_saved"]]
+        if self.best_model_saver is not None:
+            state["best_model"] = self.best_model_saver.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.evaluator.state.best_metric = state["best_metric"]
         self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
-        if self._checkpoint() is not None and "saved" in state:
-            self._checkpoint().load_state_dict({"_saved": [(p, f) for p, f in state["saved"]]})
+        if self.best_model_saver is not None and "best_model" in state:
+            self.best_model_saver.load_state_dict(state["best_model"])
 
 
-class CheckpointSaver(_MonaiCheckpointSaver):
-    """The run's checkpoints: one per epoch for resume, and the run record beside the best model.
+class BestModelSaver:
+    """``model.pt``: the network of the best validation score (a bare state dict), with its run record
+    ``model.json`` beside it; attached to the validation engine.
 
-    MONAI's ``CheckpointSaver`` (ignite's atomic writes) attached to the trainer after the
-    validation handler (so that each checkpoint holds that epoch's validation state), saving
-    ``save_dict`` every ``save_interval`` epochs (``checkpoint_epoch=K.pt``, the last ``n_saved``
-    kept) and, with ``resume``, loading the last one when training starts. Why not the stock saver
-    and loader: here the previous checkpoint is deleted only after the new one is complete (ignite
-    deletes it first), a failed write names its file (:class:`CheckpointWriteError`), ``resume`` may
-    be ``true``/``latest`` or a path and is checked against the run record, and the best-model
-    saver's state (the best score so far) is saved and restored, so a resumed run continues exactly.
+    ignite's ``Checkpoint`` with the key metric as score, as MONAI's ``CheckpointSaver`` with
+    ``save_key_metric`` and ``key_metric_filename`` builds it, writing through :class:`SafeDiskSaver` (atomic,
+    the failed write named, the record beside the weights). Its state (the best score so far) is saved in the
+    resume checkpoints through :class:`ValidationState`.
 
     Args:
-        save_dir: the checkpoint folder.
-        save_dict: the objects to save; the engine it is attached to (and its AMP scaler), the run record
-            and the validation state are added.
-        resume: ``false`` (start fresh), ``true``/``"latest"`` (the last checkpoint in ``save_dir``) or a path.
-        record: the run record (:func:`run_record` settings): saved in every checkpoint and written as
-            ``model.json`` beside every ``model.pt`` the best-model saver writes.
-        best_model_saver: the evaluator's stock ``CheckpointSaver`` of the best model (its writes are made
-            safe the same way).
-        evaluator: the validation engine whose best score is saved.
-        save_interval: epochs between checkpoints; 0: none (the best model and its record are still written).
+        save_dir: the folder.
+        network: the network to save (train.json's ``eval_network``: the EMA teacher when used).
+        record: the run record (:class:`custom.RunRecord`) written as ``model.json``.
+        filename: the weights file's name.
+        key_metric_name: the metric compared; default the engine's key metric.
+    """
+
+    def __init__(self, save_dir, network, record: RunRecord | None = None, filename: str = "model.pt",
+                 key_metric_name: str | None = None):
+        self.save_dir, self.key_metric_name = save_dir, key_metric_name
+        self.checkpoint = Checkpoint(
+            {"model": network},
+            save_handler=SafeDiskSaver(save_dir, filename=filename, record=record),
+            filename_prefix="",
+            score_function=self.score,
+            score_name="key_metric",
+            n_saved=1,
+        )
+
+    def score(self, engine: Engine) -> float:
+        return engine.state.metrics[self.key_metric_name or engine.state.key_metric_name]
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.checkpoint)
+
+    def state_dict(self) -> dict:
+        return self.checkpoint.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.checkpoint.load_state_dict(state)
+
+
+def _with_engine(objects: dict, engine: Engine) -> dict:
+    """``objects`` and the engine's own state (epoch, iteration) and AMP scaler: a config cannot reference the
+    trainer from the trainer's own handler list (a circular reference)."""
+    objects = dict(objects)
+    objects.setdefault("trainer", engine)
+    if getattr(engine, "scaler", None) is not None:
+        objects.setdefault("scaler", engine.scaler)
+    return objects
+
+
+class CheckpointSaver:
+    """The resume checkpoints: ``checkpoint_epoch=K.pt`` every ``save_interval`` epochs, the last ``n_saved``
+    kept (older ones of the folder deleted once a newer one is complete: one resume point).
+
+    Attach it to the trainer after the validation handler, so that each checkpoint holds that epoch's
+    validation state. ignite's ``Checkpoint`` (as MONAI's ``CheckpointSaver`` with ``save_interval``),
+    writing through :class:`SafeDiskSaver`.
+
+    Args:
+        save_dir: the checkpoint folder (checked writable when attached, before training).
+        save_dict: the objects to save (train.json's ``checkpoint_objects``); the trainer it is attached to
+            and its AMP scaler are added.
+        save_interval: epochs between checkpoints; 0: none.
         n_saved: checkpoints kept.
     """
 
-    def __init__(self, save_dir, save_dict, resume=False, record=None, best_model_saver=None, evaluator=None,
-                 save_interval: int = 1, n_saved: int = 1):
-        self.resume_dict = save_dict
-        self.record = run_record(record)
-        if self.record is not None:
-            save_dict["run_record"] = self.record
-        if best_model_saver is not None:
-            _make_safe(best_model_saver, self.record)
-            if evaluator is not None:
-                save_dict["validation"] = ValidationState(evaluator, best_model_saver)
-        self.resume = resume
-        self.path: Path | None = None
-        super().__init__(save_dir=save_dir, save_dict=save_dict, save_interval=int(save_interval),
-                         n_saved=n_saved, epoch_level=True)
-        _make_safe(self)
+    def __init__(self, save_dir, save_dict: dict, save_interval: int = 1, n_saved: int = 1):
+        self.save_dir, self.save_dict = save_dir, save_dict
+        self.save_interval, self.n_saved = int(save_interval), int(n_saved)
+        self.checkpoint: Checkpoint | None = None
+        self.saver: SafeDiskSaver | None = None
 
     def attach(self, engine: Engine) -> None:
-        # the engine's own state (epoch, iteration) and AMP scaler: a config cannot reference the trainer
-        # from the trainer's own handler list (a circular reference)
-        self.resume_dict.setdefault("trainer", engine)
-        if getattr(engine, "scaler", None) is not None:
-            self.resume_dict.setdefault("scaler", engine.scaler)
         from ..files import check_writable
 
         check_writable(self.save_dir, "checkpoint folder (ckpt_dir)")  # before training, not after its first epoch
-        self.path = find_checkpoint(self.resume, self.save_dir)
-        if self.path is not None:  # restored before any other handler starts
-            engine.add_event_handler(Events.STARTED, self._load)
-            started = engine._event_handlers[Events.STARTED]
-            started.insert(0, started.pop())
-        if self.save_interval > 0:
-            super().attach(engine)
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_stale)
+        if self.save_interval <= 0:
+            return
+        self.saver = SafeDiskSaver(self.save_dir)
+        self.checkpoint = Checkpoint(
+            _with_engine(self.save_dict, engine),
+            save_handler=self.saver,
+            filename_prefix="",
+            score_function=lambda e: e.state.epoch,
+            score_name="epoch",
+            n_saved=self.n_saved,
+        )
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
 
-    def _remove_stale(self, engine: Engine) -> None:
+    def save(self, engine: Engine) -> None:
+        self.checkpoint(engine)
+        self.remove_stale()
+
+    def remove_stale(self) -> None:
         """Delete the ``checkpoint_epoch=K.pt`` files of the folder that this saver no longer keeps (the one
         a resumed run started from, an earlier run's), once a newer one is complete: one resume point."""
         import ignite.distributed as idist
 
         if idist.get_rank() != 0:  # the rank that writes them
             return
-        checkpoint = getattr(self, "_interval_checkpoint", None)
-        kept = {item.filename for item in getattr(checkpoint, "_saved", [])}
+        kept = set(self.saver.kept)
         if not kept or not all((Path(self.save_dir) / name).is_file() for name in kept):
             return
-        for path in Path(self.save_dir).glob("checkpoint_epoch=*.pt"):
-            if CHECKPOINT_PATTERN.search(path.name) and path.name not in kept:
+        for _, path in epoch_checkpoints(self.save_dir):
+            if path.name not in kept:
                 path.unlink(missing_ok=True)
                 logger.info("removed %s: %s is the newer resume checkpoint", path, ", ".join(sorted(kept)))
 
-    def _load(self, engine: Engine) -> None:
+
+class CheckpointLoader:
+    """Resume: the last training checkpoint restored when training starts (first in ``train#handlers``, as
+    MONAI's ``CheckpointLoader``).
+
+    Why not the stock loader: ``resume`` may be ``true``/``latest`` (the last ``checkpoint_epoch=K.pt`` of
+    ``save_dir``) or a path, the checkpoint's run record is checked against this run's (another data list
+    is refused), and ``max_epochs`` stays this run's.
+
+    Args:
+        save_dir: the checkpoint folder.
+        load_dict: the objects to restore (train.json's ``checkpoint_objects``); the trainer it is attached to
+            and its AMP scaler are added. A :class:`custom.RunRecord` among them is checked, not loaded.
+        resume: ``false`` (start fresh), ``true``/``"latest"`` or a checkpoint path.
+    """
+
+    def __init__(self, save_dir, load_dict: dict, resume=False):
+        self.save_dir, self.load_dict, self.resume = save_dir, load_dict, resume
+        self.path: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self.path = find_checkpoint(self.resume, self.save_dir)
+        if self.path is not None:
+            self.load_dict = _with_engine(self.load_dict, engine)
+            engine.add_event_handler(Events.STARTED, self.load)
+
+    def load(self, engine: Engine) -> None:
         from ..networks import read_checkpoint
 
         checkpoint = read_checkpoint(self.path)
-        missing = [k for k in self.resume_dict if k not in checkpoint]
+        missing = [k for k in self.load_dict if k not in checkpoint]
         if missing:
             raise KeyError(
                 f"checkpoint {self.path} has no {missing} (it holds {sorted(checkpoint)}); is it a training "
                 f"checkpoint of this bundle?"
             )
-        if isinstance(self.record, RunRecord):
-            self.record.check(checkpoint["run_record"], self.path)
+        records = {k for k, v in self.load_dict.items() if isinstance(v, RunRecord)}
+        for key in records:
+            self.load_dict[key].check(checkpoint[key], self.path)
         max_epochs = engine.state.max_epochs
-        to_load = {k: v for k, v in self.resume_dict.items() if k != "run_record"}
+        to_load = {k: v for k, v in self.load_dict.items() if k not in records}
         Checkpoint.load_objects(to_load=to_load, checkpoint={k: checkpoint[k] for k in to_load})
         if engine.state.epoch > max_epochs:
             raise ValueError(f"checkpoint {self.path} is at epoch {engine.state.epoch}, beyond max_epochs={max_epochs}")
@@ -227,16 +291,10 @@ def find_checkpoint(resume, ckpt_dir) -> Path | None:
     if resume is None or resume is False or str(resume).strip().lower() in ("", "false", "0", "no", "none"):
         return None
     if resume is True or str(resume).strip().lower() in ("true", "1", "yes", "latest"):
-        folder = Path(ckpt_dir)
-        found = sorted(
-            (
-                (int(m.group(1)), p)
-                for p in folder.glob("checkpoint_epoch=*.pt")
-                if (m := CHECKPOINT_PATTERN.search(p.name))
-            ),
-        )
+        found = epoch_checkpoints(ckpt_dir)
         if not found:
-            raise FileNotFoundError(f"--resume: no training checkpoint (checkpoint_epoch=K.pt) in {folder.resolve()}")
+            raise FileNotFoundError(
+                f"--resume: no training checkpoint (checkpoint_epoch=K.pt) in {Path(ckpt_dir).resolve()}")
         return found[-1][1]
     path = Path(str(resume))
     if not path.is_file():

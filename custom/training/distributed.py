@@ -28,23 +28,19 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..flags import as_bool
-from ..nvum.gather import RowGatherer, all_gather_rows, first_unseen  # noqa: F401 (re-exported)
+from ..nvum.gather import RowGatherer, all_gather_rows, first_unseen, world_size  # noqa: F401 (re-exported)
 
 
 def is_distributed() -> bool:
     """Whether a process group with more than one process is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
@@ -127,7 +123,7 @@ def train_sampler(dataset, seed: int = 0):
 
 def eval_sampler(dataset):
     """MONAI's ``DistributedSampler`` for evaluation: contiguous order, no padding (ranks may hold
-    one image more than others; :class:`custom.metrics.MultiLabelAUC` gathers uneven shards)."""
+    one image more than others; :class:`custom.MultiLabelAUC` gathers uneven shards)."""
     from monai.data import DistributedSampler
 
     return DistributedSampler(dataset, even_divisible=False, num_replicas=world_size(), rank=rank(), shuffle=False)
@@ -153,11 +149,6 @@ def drop_on_workers(handlers: Iterable, types: Iterable) -> list:
     names = {t for t in types if isinstance(t, str)}
     classes = tuple(t for t in types if isinstance(t, type))
     return [h for h in handlers if not (isinstance(h, classes) or type(h).__name__ in names)]
-
-
-def on_main_process(function: Callable, *args, **kwargs):
-    """Call ``function`` on rank 0 only (e.g. the test report); ``None`` elsewhere."""
-    return function(*args, **kwargs) if is_main_process() else None
 
 
 def main_process_flag(flag) -> bool:

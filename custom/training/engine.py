@@ -43,67 +43,73 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the iteration and the dataset indices."""
 
 
+def listed(handler):
+    """``handler`` itself: an object defined (and referenced) elsewhere in the config, listed in a handler list
+    as ``{"_target_": "custom.listed", "handler": "@teacher"}`` (MONAI's bundle checks read every entry of
+    ``train#handlers`` as a ``_target_`` component). For a disabled component it is ``None``, which MONAI's
+    config parser leaves out of the list."""
+    return handler
+
+
+class EpochReseed:
+    """Every random generator (torch, numpy, python, the training transforms) reseeded at the start of epoch
+    ``k`` with :func:`epoch_seed` ``(seed, k)``, so that what an epoch draws (shuffling, augmentation) does not
+    depend on whether the run was interrupted and resumed. First in ``train#handlers``: it runs before every
+    other handler of the epoch.
+
+    Args:
+        seed: the run's seed; ``None``: no reseeding.
+        transform: the random transforms to reseed; default those of the engine's training data set.
+    """
+
+    def __init__(self, seed: int | None, transform=None):
+        self.seed = None if seed is None else int(seed)
+        self.transform = transform
+
+    def attach(self, engine) -> None:
+        if self.seed is None:
+            return
+        if self.transform is None:
+            self.transform = getattr(getattr(getattr(engine, "data_loader", None), "dataset", None), "transform", None)
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine) -> None:
+        s = epoch_seed(self.seed, engine.state.epoch)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=s)
+
+
 class NVUMTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` whose loss is called as ``loss(logits, labels, index)``.
 
     The loss returns a dict with ``loss`` and its parts (``bce``, ``reg``); all of them land in
     ``engine.state.output`` next to ``image``, ``label``, ``pred`` and ``index`` (the batch's
-    dataset indices, (B,) int64), where the memory handler and the metrics read them. The loss
+    dataset indices, (B,) int64), where the memory updater and the loss averages read them. The loss
     is computed in float32 even when the forward pass runs under mixed precision, and a NaN or
     infinite loss stops training with the iteration and dataset indices in the message.
 
-    Why not the stock trainer: the loss needs the batch's dataset indices (NVUM's memory rows), and
-    the method's own handlers (the EMA teacher, the memory update) must run before the config's.
-    Besides :class:`monai.engines.SupervisedTrainer`'s arguments (gradient accumulation is not
-    supported: NVUM's memory is updated per optimiser step) it takes:
-
-    Args:
-        seed: every random generator (torch, numpy, python, the training transforms) is reseeded at
-            the start of epoch ``k`` with :func:`epoch_seed` ``(seed, k)``, so what an epoch draws does
-            not depend on whether the run was interrupted and resumed; ``None``: no reseeding.
-        teacher: the EMA teacher (:class:`custom.EMATeacher`), attached before the config's handlers.
-            The updater of the loss's memory (``loss_function.memory.updater``, when the loss reads a
-            memory) is attached after it, and the epoch averages of the loss and its parts become
-            ``train_loss``, ``train_bce``, ``train_reg`` in ``state.metrics``.
-        tracker: the run's MLflow tracker (:class:`custom.MLflowTracker`; ``None`` with tracking off),
-            attached after the config's handlers (it attaches itself to the validation engine too) and
-            finished after the steps below, which log to it.
-        after_training: steps run after the last epoch (objects with ``run()``: the test report, the
-            export and registration), in order, when ``test_and_deploy`` is true. ``None`` entries
-            (components the config disabled) are skipped.
-        test_and_deploy: run ``after_training``.
-
-    ``amp`` may be ``"auto"`` (on with a CUDA device) or given as ``"true"``/``"false"`` (as on a
-    command line). Whether training ends or fails, the files the run wrote are listed last
-    (:class:`custom.RunSummary`).
+    Why not the stock trainer: the loss needs the batch's dataset indices (NVUM's memory rows). Every
+    handler (the EMA teacher, the memory updater, the checkpoints, ...) is listed in train.json's
+    ``train#handlers``; ``None`` entries (components the config disabled) are skipped. Takes
+    :class:`monai.engines.SupervisedTrainer`'s arguments (gradient accumulation is not supported:
+    NVUM's memory is updated per optimiser step); ``amp`` may be ``"auto"`` (on with a CUDA device) or
+    given as ``"true"``/``"false"`` (as on a command line). Invalid epochs or learning rate, and a last
+    batch of one image under batch norm, are refused before any work.
     """
 
-    def __init__(self, *args, seed: int | None = None, teacher=None, tracker=None, after_training=(),
-                 test_and_deploy=True, **kwargs):
-        from ..flags import as_bool, resolve_auto
-        from .progress import LossAverages
+    def __init__(self, *args, **kwargs):
+        from ..flags import resolve_auto
 
-        handlers = [h for h in (kwargs.pop("train_handlers", None) or []) if h is not None]
+        kwargs["train_handlers"] = [h for h in (kwargs.get("train_handlers") or []) if h is not None]
         if "amp" in kwargs:
             kwargs["amp"] = resolve_auto(kwargs["amp"], kwargs.get("device", "cpu"), "amp")
-        loss = kwargs.get("loss_function", args[5] if len(args) > 5 else None)
-        memory = getattr(loss, "memory", None) if getattr(loss, "uses_memory", False) else None
-        updater = getattr(memory, "updater", None)
-        first = [h for h in (teacher, updater) if h is not None] + [LossAverages()]
-        self.tracker = tracker
-        last = [tracker] if tracker is not None else []
-        super().__init__(*args, train_handlers=first + handlers + last, **kwargs)
+        super().__init__(*args, **kwargs)
         if self.accumulation_steps != 1:
             raise ValueError("NVUMTrainer does not support gradient accumulation (accumulation_steps must be 1)")
         self._check_setup()
-        self.seed = None if seed is None else int(seed)
-        self.run_handlers = handlers
-        self.after_training = [s for s in (after_training or []) if s is not None]
-        self.test_and_deploy = as_bool(test_and_deploy, "test_and_deploy")
-        if self.seed is not None:
-            self.add_event_handler(Events.EPOCH_STARTED, self._reseed)
-            handlers_ = self._event_handlers[Events.EPOCH_STARTED]
-            handlers_.insert(0, handlers_.pop())  # before every other handler of the epoch
 
     def _check_setup(self) -> None:
         """Refuse, before any work, what would fail mid-run: invalid epochs or learning rate, a last batch of
@@ -116,47 +122,6 @@ class NVUMTrainer(SupervisedTrainer):
         problem = last_batch_problem(self.data_loader, self.network)
         if problem:
             raise ValueError(problem)
-
-    def check_steps(self) -> None:
-        """Check, before training, that the steps after training can run (``check()`` of each: the test report
-        needs test sets, the folders must be writable); nothing when ``test_and_deploy`` is off."""
-        if self.test_and_deploy:
-            for step in self.after_training:
-                if callable(getattr(step, "check", None)):
-                    step.check()
-
-    def _reseed(self, engine) -> None:
-        s = epoch_seed(self.seed, engine.state.epoch)
-        torch.manual_seed(s)
-        np.random.seed(s)
-        random.seed(s)
-        transform = getattr(getattr(self.data_loader, "dataset", None), "transform", None)
-        if transform is not None and hasattr(transform, "set_random_state"):
-            transform.set_random_state(seed=s)
-
-    def run(self) -> None:
-        """Train, then (with ``test_and_deploy``) run the steps after training; list the files written."""
-        try:
-            self.check_steps()
-            super().run()
-            if self.test_and_deploy:
-                for step in self.after_training:
-                    step.run()
-            elif self.after_training:
-                print("test_and_deploy is off: no test report, the model is neither exported nor registered",
-                      flush=True)
-            if self.tracker is not None:
-                self.tracker.finish()
-        finally:
-            self.summary.run()
-
-    @property
-    def summary(self):
-        """The :class:`custom.RunSummary` printed at the end: the checkpoints and what the steps wrote."""
-        from .progress import RunSummary
-
-        ckpt_dir = next((h.save_dir for h in self.run_handlers if hasattr(h, "resume_dict")), None)
-        return RunSummary(ckpt_dir, self.after_training)
 
     def _iteration(self, engine, batchdata: dict) -> dict:
         if batchdata is None:

@@ -26,25 +26,21 @@ class MLflowTracker(MLFlowHandler):
 
     Why not the stock handler: an unnamed run never continues another unfinished run of the
     experiment, the store defaults to ``output_dir``, and code outside the engines (the test report,
-    the registration) logs to the same run. In train.json it is left out with ``mlflow`` false
-    (``_disabled_``).
+    the registration) logs to the same run. In train.json it is the last of ``train#handlers`` and of
+    ``validate#handlers`` (the validation metrics are logged per epoch), left out with ``mlflow`` false
+    (``_disabled_``), and finished by the workflow after the steps after training.
 
     Args:
         enabled: false attaches nothing and logs nothing (for code; configs disable the component).
         output_dir: where the default sqlite store and artifacts go (see :func:`default_tracking_uri`).
-        record: the run record or its settings (train.json's ``run_record``): its parameters are the run's.
-        evaluator: the validation engine, attached to as well when the tracker is attached to the trainer
-            (its metrics are logged per epoch).
+        record: the run record (train.json's ``run_record``, a :class:`custom.RunRecord`): its parameters are the
+            run's.
         kwargs: passed to ``MLFlowHandler`` (``tracking_uri`` overrides the default).
     """
 
-    def __init__(self, enabled: bool = True, output_dir: str = ".", record=None, evaluator: Engine | None = None,
-                 **kwargs):
-        self.evaluator = evaluator
+    def __init__(self, enabled: bool = True, output_dir: str = ".", record=None, **kwargs):
         if record is not None:
-            from ..record import run_record
-
-            kwargs.setdefault("experiment_param", run_record(record).params())
+            kwargs.setdefault("experiment_param", record.params())
         self.enabled = as_bool(enabled, "mlflow")
         if not self.enabled:  # no MLflow client at all: it would create a store in the working directory
             self.cur_run, self.run_name, self.experiment_param = None, kwargs.get("run_name"), None
@@ -57,8 +53,6 @@ class MLflowTracker(MLFlowHandler):
     def attach(self, engine: Engine) -> None:
         if self.enabled:
             super().attach(engine)
-            if self.evaluator is not None and self.evaluator is not engine:
-                super().attach(self.evaluator)
 
     def start(self, engine: Engine | None = None) -> None:
         """Start a new run, unless this tracker already has one.
@@ -69,13 +63,18 @@ class MLflowTracker(MLFlowHandler):
         if not self.enabled:
             return
         if not self.cur_run:
-            self._set_experiment()
+            if not self.experiment:
+                client, name = self.client, self.experiment_name
+                self.experiment = client.get_experiment_by_name(name) or client.get_experiment(
+                    client.create_experiment(name, artifact_location=self.artifact_location))
             name = self.run_name or f"run_{time.strftime('%Y%m%d_%H%M%S')}"
             self.cur_run = self.client.create_run(experiment_id=self.experiment.experiment_id, run_name=name)
         if engine is not None:
             super().start(engine)
         elif self.experiment_param:
-            self._log_params(self.experiment_param)
+            from mlflow.entities import Param
+
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in self.experiment_param.items()])
 
     @property
     def run_id(self) -> str | None:
@@ -91,7 +90,10 @@ class MLflowTracker(MLFlowHandler):
         """Log scalar metrics to the current run (started if needed; no-op when disabled)."""
         self.start()
         if self.run_id:
-            self._log_metrics(metrics, step=step)
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step or 0) for k, v in metrics.items()])
 
     def finish(self) -> None:
         """End the current run (marks it FINISHED)."""
