@@ -31,8 +31,8 @@ from .nvum import (BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUM
 from .serving import (BundleNetwork, HeatmapWriter, InferenceDataset, ProbabilityWriter, list_inputs,
                       load_inference_network)
 from .training import (BestModelSaver, CheckpointLoader, CheckpointSaver, CheckpointWriteError, EpochReseed,
-                       LossAverages, MLflowTracker, NonFiniteLossError, NVUMTrainer, RunRecord, RunSummary,
-                       ValidationState, default_tracking_uri, distributed, listed)
+                       FolderInUseError, LossAverages, MLflowTracker, NonFiniteLossError, NVUMTrainer, RunLock,
+                       RunRecord, RunSummary, ValidationState, default_tracking_uri, distributed, listed)
 
 filter_third_party_noise()
 if install_excepthook():  # only under `python -m monai.bundle` (custom.cli installs it itself)

@@ -27,17 +27,30 @@ def atomic_path(path, tmp=None):
 
 
 def check_writable(folder, what: str = "output folder") -> Path:
-    """Create ``folder`` if needed and write a file into it (removed at once); raise naming the folder when that
-    fails (a read-only file system, no permission): a run checks where it will write before it starts."""
+    """Create ``folder`` if needed and write a file into it (removed at once); raise naming the folder and the cause
+    when that fails: a file where a folder is needed (the folder itself or one above it), a read-only file system,
+    no permission. A run checks where it will write before it starts."""
+    import errno
     import tempfile
 
     folder = Path(folder)
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        where = "it" if blocking == folder else f"{blocking} (above it)"
+        raise NotADirectoryError(f"cannot write to the {what} {folder.resolve()}: {where} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise PermissionError(f"cannot write to the {what} {folder.resolve()}: {e.strerror or e}") from None
+        cause = e.strerror or str(e)
+        if e.errno == errno.EROFS:
+            cause = "the file system is read-only"
+        elif e.errno in (errno.EACCES, errno.EPERM):
+            cause = "permission denied"
+        missing = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
+        made = f" (it does not exist and {missing} could not be made)" if missing is not None else ""
+        raise PermissionError(f"cannot write to the {what} {folder.resolve()}{made}: {cause}") from None
     return folder
 
 

@@ -42,6 +42,8 @@ class RunRecord:
 
     def __init__(self, classes=None, num_training: int | None = None, datalist=None, image_size: int | None = None,
                  network=None, nvum: dict | None = None, recipe: dict | None = None):
+        self.training_items = training_items_hash(datalist)
+        self.resumed: list[dict] = []
         if classes is None:
             classes = getattr(datalist, "classes", None) or []
         if num_training is None:
@@ -58,11 +60,14 @@ class RunRecord:
         self.recipe = plain_json(dict(recipe or {}))
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "classes": self.classes, "num_training": self.num_training, "datalist": self.datalist,
-            "dataset_dir": self.dataset_dir, "image_size": self.image_size, "network": self.network,
-            "nvum": self.nvum, "recipe": self.recipe,
+            "dataset_dir": self.dataset_dir, "training_items": self.training_items, "image_size": self.image_size,
+            "network": self.network, "nvum": self.nvum, "recipe": self.recipe,
         }
+        if self.resumed:
+            state["resumed"] = self.resumed
+        return state
 
     def params(self) -> dict:
         """The MLflow parameters of the run: the method's settings, the recipe, the data and the input size."""
@@ -77,8 +82,14 @@ class RunRecord:
 
         return write_json(self.state_dict(), path)
 
-    def check(self, state: dict, path) -> None:
-        """Raise :class:`~custom.data.DataListError` when ``state`` (from checkpoint ``path``) does not match."""
+    def check(self, state: dict, path, allow_changes=None, epoch: int | None = None) -> list:
+        """Check that this run may continue the run of checkpoint ``path`` (its record ``state``): the same classes
+        and training images (:class:`~custom.data.DataListError` otherwise), and no other change of the experiment's
+        settings than ``allow_changes`` accepts (:class:`ResumeChangedError` listing each difference otherwise,
+        :mod:`custom.training.changes`). Accepted changes are added to this record's ``resumed`` history (with the
+        ``epoch`` they take effect after) and returned as ``(setting, old, new)``."""
+        from .training.changes import accepted, changes_message, record_changes
+
         if list(state["classes"]) != self.classes:
             unknown = [c for c in self.classes if c not in state["classes"]]
             missing = [c for c in state["classes"] if c not in self.classes]
@@ -93,13 +104,37 @@ class RunRecord:
                 f"{state['datalist']}), but the data list {self.datalist} has {self.num_training}; the memory rows "
                 "would not match the images: resume with the data list it was trained on, or start a new run"
             )
-        seed, own = (state.get("recipe") or {}).get("seed"), self.recipe.get("seed")
-        if seed is not None and own is not None and seed != own:
-            logger.warning("resuming a run trained with seed %s under seed %s: the rest of the run will not match an "
-                           "uninterrupted run", seed, own)
+        ok, refused = accepted(record_changes(state, self.state_dict()), allow_changes)
+        if refused:
+            raise ResumeChangedError(changes_message(path, refused))
+        self.resumed = list(state.get("resumed") or [])
+        if ok:
+            self.resumed.append({"checkpoint": str(path), "after_epoch": epoch,
+                                 "changes": {key: {"before": old, "after": new} for key, old, new in ok}})
+            logger.warning("resuming %s with accepted changes: %s", path,
+                           ", ".join(f"{k} {o!r} -> {n!r}" for k, o, n in ok))
+        return ok
 
     def load_state_dict(self, state: dict) -> None:
         self.check(state, "being loaded")
+
+
+class ResumeChangedError(ValueError):
+    """A resume whose settings differ from the checkpoint's run; the message lists each difference and the override."""
+
+
+def training_items_hash(datalist) -> str | None:
+    """A short hash of the training split's content in order (each image's path and labels): each image owns a row
+    of the NVUM memory, so a reordered or edited list is another experiment. ``None`` without a data list."""
+    import hashlib
+
+    raw_items = getattr(datalist, "raw_items", None)
+    if raw_items is None:
+        return None
+    digest = hashlib.sha256()
+    for item in raw_items("training"):
+        digest.update(f"{item['image']}\t{[float(v) for v in item['label']]}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def plain_json(value):

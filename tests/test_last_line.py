@@ -163,7 +163,10 @@ def test_setups_that_would_fail_after_the_work_stop_before_it(tmp_path):
     blocked = tmp_path / "a_file"  # a folder that cannot be made (as root, a read-only mode would not stop a write)
     blocked.write_text("not a folder")
     last = _train(tmp_path, path, bundle_root=str(blocked))
-    assert last.startswith("error: ") and f"{blocked}/models" in last
+    assert last == (f"error: cannot write to the output folder (bundle_root) {blocked}: it is a file, not a folder")
+    last = _train(tmp_path, path, bundle_root=str(blocked / "under"))  # a path under a file
+    assert last == (f"error: cannot write to the output folder (bundle_root) {blocked}/under: {blocked} (above it) "
+                    "is a file, not a folder")
     last = _train(tmp_path, path, image_size=0)
     assert last == "error: invalid setting: image_size must be a positive integer, got 0"
     last = _train(tmp_path, path, max_epochs=0)

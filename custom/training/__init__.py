@@ -7,4 +7,5 @@ from .checkpoints import (BestModelSaver, CheckpointLoader, CheckpointSaver, Che
                           epoch_checkpoints, find_checkpoint)
 from .engine import INDEX_KEY, EpochReseed, NonFiniteLossError, NVUMTrainer, epoch_seed, listed
 from .progress import LossAverages, RunSummary
+from .runlock import FolderInUseError, RunLock
 from .tracking import MLflowTracker, default_tracking_uri

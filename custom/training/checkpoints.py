@@ -250,10 +250,15 @@ class CheckpointLoader:
         load_dict: the objects to restore (train.json's ``checkpoint_objects``); the trainer it is attached to
             and its AMP scaler are added. A :class:`custom.RunRecord` among them is checked, not loaded.
         resume: ``false`` (start fresh), ``true``/``"latest"`` or a checkpoint path.
+        allow_changes: settings that may differ from the checkpoint's run (``resume_changes``: names, or ``all``);
+            any other difference stops the resume, listing each (:mod:`custom.training.changes`). An accepted
+            ``learning_rate`` or ``lr_milestones`` is applied to the restored optimiser and scheduler, so that the
+            record says what the rest of the run uses.
     """
 
-    def __init__(self, save_dir, load_dict: dict, resume=False):
+    def __init__(self, save_dir, load_dict: dict, resume=False, allow_changes=None):
         self.save_dir, self.load_dict, self.resume = save_dir, load_dict, resume
+        self.allow_changes = allow_changes
         self.path: Path | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -273,16 +278,38 @@ class CheckpointLoader:
                 f"checkpoint of this bundle?"
             )
         records = {k for k, v in self.load_dict.items() if isinstance(v, RunRecord)}
+        trainer = checkpoint.get("trainer") or {}
+        epoch = trainer.get("epoch") or (trainer.get("iteration", 0) // max(int(trainer.get("epoch_length") or 1), 1))
+        changes = []
         for key in records:
-            self.load_dict[key].check(checkpoint[key], self.path)
+            changes += self.load_dict[key].check(checkpoint[key], self.path, self.allow_changes, epoch)
         max_epochs = engine.state.max_epochs
         to_load = {k: v for k, v in self.load_dict.items() if k not in records}
         Checkpoint.load_objects(to_load=to_load, checkpoint={k: checkpoint[k] for k in to_load})
+        apply_schedule_changes(changes, self.load_dict.get("optimizer"), self.load_dict.get("lr_scheduler"))
         if engine.state.epoch > max_epochs:
             raise ValueError(f"checkpoint {self.path} is at epoch {engine.state.epoch}, beyond max_epochs={max_epochs}")
         engine.state.max_epochs = max_epochs
         logger.info("resumed from %s at epoch %d (iteration %d)", self.path, engine.state.epoch, engine.state.iteration)
         print(f"resumed from {self.path}: epoch {engine.state.epoch}/{max_epochs} done", flush=True)
+
+
+def apply_schedule_changes(changes, optimizer, scheduler) -> None:
+    """Apply accepted ``recipe.learning_rate`` / ``recipe.lr_milestones`` changes to a restored optimiser and
+    scheduler (their saved state holds the old ones): the learning rate keeps the decay already applied."""
+    for key, old, new in changes:
+        if key == "recipe.learning_rate" and optimizer is not None and old:
+            factor = float(new) / float(old)
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * factor
+                if "initial_lr" in group:
+                    group["initial_lr"] = group["initial_lr"] * factor
+            if scheduler is not None and hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+        elif key == "recipe.lr_milestones" and scheduler is not None and hasattr(scheduler, "milestones"):
+            from collections import Counter
+
+            scheduler.milestones = Counter(int(m) for m in new)
 
 
 def find_checkpoint(resume, ckpt_dir) -> Path | None:

@@ -88,6 +88,9 @@ class RunLock:
                                  "command": " ".join(sys.argv)[:500]}) + "\n")
         handle.flush()
         self._file = _HELD[key] = handle
+        import atexit
+
+        atexit.register(self.release)  # a process that ends (even on an error) gives it back; a killed one leaves it
 
     @property
     def held(self) -> bool:
