@@ -12,6 +12,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform, RandomizableTransform, Transform
 
+from .store import STORE_SIZE_KEY, StoreError, is_store_ref, read_store_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -46,8 +48,15 @@ class ChestXrayToTensor(Transform):
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
-    def __call__(self, img):
+    def grey(self, img) -> torch.Tensor:
+        """The grey image scaled to 0-1 and resized: a (1, size, size) float32 tensor, before normalisation
+        (what the prepared store keeps, in 8 bits: :mod:`custom.data.store`)."""
         meta = img.meta if isinstance(img, MetaTensor) else None
+        stored = (meta or {}).get(STORE_SIZE_KEY)
+        if stored is not None and int(stored) != self.size:
+            raise StoreError(f"{meta.get('filename_or_obj')} comes from a store prepared at {int(stored)} pixels, "
+                             f"but image_size is {self.size}: prepare a store at {self.size} or train with "
+                             f"--image_size {int(stored)}")
         if isinstance(img, MetaTensor):
             x = img.as_tensor()
         else:
@@ -66,7 +75,11 @@ class ChestXrayToTensor(Transform):
         if tuple(x.shape[1:]) != (self.size, self.size):
             x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=True)[0]
-        x = (x.clamp(0, 1).expand(3, -1, -1) - self.mean) / self.std
+        return x.clamp(0, 1)
+
+    def __call__(self, img):
+        meta = img.meta if isinstance(img, MetaTensor) else None
+        x = (self.grey(img).expand(3, -1, -1) - self.mean) / self.std
         return MetaTensor(x, meta=meta) if meta is not None else x
 
 
@@ -180,7 +193,8 @@ class ImageReadError(RuntimeError):
 
 
 class LoadImageChestXrayd(LoadImaged):
-    """MONAI's ``LoadImaged`` whose read errors name the file and give Pillow's reason.
+    """MONAI's ``LoadImaged`` whose read errors name the file and give Pillow's reason, and which reads a
+    prepared store's references ``<folder>/images.npy#<row>`` from its memory map (:mod:`custom.data.store`).
 
     (Its name keeps ``LoadImage`` in it: MONAI Deploy's bundle operator drops the transforms whose
     class name contains ``LoadImage`` from the preprocessing it runs on images it has loaded itself.)
@@ -194,6 +208,14 @@ class LoadImageChestXrayd(LoadImaged):
     """
 
     def __call__(self, data, reader=None):
+        d = dict(data)
+        refs = [k for k in self.key_iterator(d) if is_store_ref(d[k])]
+        if refs:  # a prepared store (custom.data.store): the 8-bit grey image, already at the training size
+            for key in refs:
+                image = read_store_image(d[key])
+                d[key] = MetaTensor(torch.from_numpy(image)[None], meta={"filename_or_obj": str(d[key]),
+                                                                        STORE_SIZE_KEY: image.shape[-1]})
+            return d
         try:
             return super().__call__(data, reader)
         except Exception as e:

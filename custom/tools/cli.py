@@ -380,6 +380,35 @@ def noise_benchmark_compare(first: str, second: str, tolerance: float = 0.5):
         sys.exit(f"noise_benchmark_compare: {e}")
 
 
+@cli.command(options_from="custom.tools.prepare:prepare")
+def prepare(**options):
+    """Decode every image of a data list once into a prepared store (8-bit, one channel, memory-mapped).
+
+    Writes the store and a data list pointing into it (labels, patients and splits kept); train and
+    evaluate with --datalist <output>/datalist.json (bundle/docs/scaling.md). Resumes an interrupted run.
+
+    Args:
+        datalist: the data list whose images are prepared (.json or .json.gz).
+        image_size: the training input size the images are stored at.
+        output: the store's folder.
+        dataset_dir: folder the list's image paths are relative to (default: the list's folder).
+        workers: decoding processes (default: the CPU count, at most 8; 0: in this process).
+        chunk: images per task of a worker.
+        progress: show a progress bar.
+
+    Example:
+        python -m custom.cli prepare --datalist lists/nih_nih14.json.gz --dataset_dir /data/nih \\
+            --image_size 512 --output /data/nih_store_512
+    """
+    from ..data.store import StoreError
+    from .prepare import prepare as run
+
+    try:
+        run(**options)
+    except (StoreError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"prepare: {e}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run ``python -m custom.cli`` with ``argv`` (default: the process's arguments)."""
     status = cli.main(argv)

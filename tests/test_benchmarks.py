@@ -1,0 +1,44 @@
+"""Every benchmark command of ``python -m custom.cli`` runs at a tiny size, so that none can break unseen."""
+
+import json
+
+import pytest
+
+from custom.tools.cli import cli
+
+#: each benchmark command's tiny options (a benchmark command missing here fails the first test).
+TINY = {
+    "benchmark_step": ["--steps", "2", "--repeats", "1", "--batch_size", "4", "--image_size", "32"],
+    "benchmark_loop": ["--steps", "2", "--epochs", "1", "--repeats", "1", "--batch_size", "4", "--image_size", "32"],
+    "benchmark_pipeline": ["--num_images", "24", "--source_size", "48", "--image_size", "32", "--batch_size", "8",
+                           "--repeats", "1", "--epochs", "2"],
+    "benchmark_memory": ["--sizes", "100,1000", "--batch_sizes", "16,64", "--repeats", "3"],
+}
+
+
+def test_every_benchmark_command_has_a_tiny_run_here():
+    assert sorted(c for c in cli.commands if c.startswith("benchmark")) == sorted(TINY)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(TINY))
+def test_benchmark_command_runs_at_a_tiny_size_and_writes_consistent_results(command, tmp_path):
+    output = tmp_path / f"{command}.json"
+    assert cli.main([command, *TINY[command], "--output", str(output)]) in (0, None)
+    result = json.loads(output.read_text())
+    if command == "benchmark_step":
+        assert set(result["images_per_s"]) == {"bce", "nvum", "nvum_epoch_end", "nvum_iteration"}
+        assert result["ratio_to_bce"]["bce"] == 1.0 and all(v > 0 for v in result["images_per_s"].values())
+        assert result["ratio_to_bce"]["nvum"] == pytest.approx(result["images_per_s"]["nvum"]
+                                                               / result["images_per_s"]["bce"])
+    elif command == "benchmark_loop":
+        assert result["max_memory_difference"] < 1e-5  # the bundle's loop and the bare loop end with the same memory
+        assert result["ratio_bundle_to_plain"] == pytest.approx(result["images_per_s"]["bundle"]
+                                                                / result["images_per_s"]["plain"])
+    elif command == "benchmark_pipeline":
+        assert result["num_images"] == 24 and result["images_per_s"]["cached"] > 0
+        assert result["ratio_cached_to_naive"] == pytest.approx(result["images_per_s"]["cached"]
+                                                                / result["images_per_s"]["naive"])
+    elif command == "benchmark_memory":
+        assert result["footprint"]["1000"]["bytes"] == 1000 * 14 * 4
+        assert set(result["update_us"]["1000"]) == {"16", "64"} and set(result["update_us"]["100"]) == {"16", "64"}
