@@ -1,6 +1,7 @@
 """Every benchmark command of ``python -m custom.cli`` runs at a tiny size, so that none can break unseen."""
 
 import json
+import math
 
 import pytest
 
@@ -12,6 +13,8 @@ TINY = {
     "benchmark_loop": ["--steps", "2", "--epochs", "1", "--repeats", "1", "--batch_size", "4", "--image_size", "32"],
     "benchmark_pipeline": ["--num_images", "24", "--source_size", "48", "--image_size", "32", "--batch_size", "8",
                            "--repeats", "1", "--epochs", "2"],
+    "benchmark_data": ["--num_images", "6", "--source_size", "96", "--image_size", "48", "--batch_size", "3",
+                       "--repeats", "1"],
     "benchmark_memory": ["--sizes", "100,1000", "--batch_sizes", "16,64", "--repeats", "3"],
 }
 
@@ -39,6 +42,11 @@ def test_benchmark_command_runs_at_a_tiny_size_and_writes_consistent_results(com
         assert result["num_images"] == 24 and result["images_per_s"]["cached"] > 0
         assert result["ratio_cached_to_naive"] == pytest.approx(result["images_per_s"]["cached"]
                                                                 / result["images_per_s"]["naive"])
+    elif command == "benchmark_data":
+        rate = result["images_per_s_per_worker"]
+        assert set(rate) == {"originals", "resized", "store"} and result["num_images"] == 6
+        assert result["ratio_store_to_originals"] == pytest.approx(rate["store"] / rate["originals"])
+        assert all(result["workers_for_target"][k] == math.ceil(460 / rate[k]) for k in rate)
     elif command == "benchmark_memory":
         assert result["footprint"]["1000"]["bytes"] == 1000 * 14 * 4
         assert set(result["update_us"]["1000"]) == {"16", "64"} and set(result["update_us"]["100"]) == {"16", "64"}

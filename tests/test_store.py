@@ -143,3 +143,24 @@ def test_unreadable_images_go_to_the_errors_file_and_out_of_the_list(image_set, 
     dl = DataList(listed)
     assert [i["image"].rsplit("/", 1)[-1] for i in dl.items("training")] == [f"{IMAGES_FILE}#{r}" for r in (0, 1, 2)]
     assert [i["image"].rsplit("/", 1)[-1] for i in dl.items("validation")] == [f"{IMAGES_FILE}#5"]
+
+
+def test_the_nih_training_chain_crops_the_grey_image_and_gives_the_tensor_of_cropping_the_network_input(image_set):
+    """nih.json crops and flips the one-channel grey image and normalises last (three times less resampling);
+    bilinear resampling and flips commute with the per-channel normalisation, so the result is that of
+    cropping the normalised three-channel input, with the same random draws."""
+    from monai.transforms import Compose, RandFlipd
+
+    from custom.data import RandResizedCropd
+    from custom.tools.training import CONFIG_DIR
+
+    parser = train_parser({"image_size": SIZE}, [CONFIG_DIR / "train.json", CONFIG_DIR / "datasets" / "nih.json"])
+    nih = parser.get_parsed_content("train#preprocessing")
+    three_channels = Compose([parser.get_parsed_content("load_image"), parser.get_parsed_content("to_network_input"),
+                              RandResizedCropd("image", scale=parser["crop_scale"]),
+                              RandFlipd("image", prob=0.5, spatial_axis=1)])
+    nih.set_random_state(3), three_channels.set_random_state(3)
+    for item in DataList(image_set).items("training") * 3:
+        a, b = nih(dict(item))["image"], three_channels(dict(item))["image"]
+        assert a.shape == b.shape == (3, SIZE, SIZE)
+        assert torch.allclose(a.as_tensor(), b.as_tensor(), atol=1e-5)

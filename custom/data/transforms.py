@@ -38,13 +38,18 @@ class ChestXrayToTensor(Transform):
 
     Args:
         size: output height and width (bilinear resize, antialiased when shrinking).
+        normalise: false to stop before the last step: the grey (1, size, size) 0-1 image, which
+            :class:`NormaliseChestXrayd` turns into the network's input later (after the random crop and
+            flip, which then work on one channel instead of three; bilinear resampling and flips commute
+            with the per-channel normalisation, so the result is the same).
     """
 
-    def __init__(self, size: int):
-        from ..flags import check_settings
+    def __init__(self, size: int, normalise: bool = True):
+        from ..flags import as_bool, check_settings
 
         check_settings({"image_size": size})  # the config's image_size: a bad one is named before any image
         self.size = int(size)
+        self.normalise = as_bool(normalise, "normalise")
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -79,7 +84,9 @@ class ChestXrayToTensor(Transform):
 
     def __call__(self, img):
         meta = img.meta if isinstance(img, MetaTensor) else None
-        x = (self.grey(img).expand(3, -1, -1) - self.mean) / self.std
+        x = self.grey(img)
+        if self.normalise:
+            x = (x.expand(3, -1, -1) - self.mean) / self.std
         return MetaTensor(x, meta=meta) if meta is not None else x
 
 
@@ -105,14 +112,38 @@ def _intensity_max(x: torch.Tensor) -> float:
 class ChestXrayToTensord(MapTransform):
     """Dictionary version of :class:`ChestXrayToTensor`."""
 
-    def __init__(self, keys: KeysCollection, size: int, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, size: int, normalise: bool = True, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.converter = ChestXrayToTensor(size)
+        self.converter = ChestXrayToTensor(size, normalise)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
+        return d
+
+
+class NormaliseChestXrayd(MapTransform):
+    """The last step of :class:`ChestXrayToTensor`, for a chain that crops and flips the grey image first
+    (``normalise: false``): a (1, H, W) 0-1 grey image -> the (3, H, W) network input, repeated over 3
+    channels and normalised with the ImageNet mean and std."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            meta = img.meta if isinstance(img, MetaTensor) else None
+            x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+            if x.ndim != 3 or x.shape[0] != 1:
+                raise ValueError(f"NormaliseChestXrayd expects a (1, H, W) grey image (ChestXrayToTensord with "
+                                 f"normalise: false), got shape {tuple(x.shape)}")
+            x = (x.float().expand(3, -1, -1) - self.mean) / self.std
+            d[key] = MetaTensor(x, meta=meta) if meta is not None else x
         return d
 
 

@@ -409,6 +409,28 @@ def prepare(**options):
         sys.exit(f"prepare: {e}")
 
 
+@cli.command(options_from="custom.tools.benchmarks.datapath:data_path")
+def benchmark_data(**options):
+    """Images/s per data-loading worker at 512 pixels from 1024-pixel originals, pre-resized PNGs and the store.
+
+    Args:
+        num_images: images of each source (synthetic, generated once into the data cache).
+        source_size: side of the originals.
+        image_size: the training input size.
+        batch_size: images per batch.
+        repeats: measurements per source (the median is reported).
+        seed: seed of the images.
+        root: folder of the three sources (default: the data cache).
+        output: JSON file of the results (empty: none).
+
+    Example:
+        python -m custom.cli benchmark_data --num_images 64 --repeats 3
+    """
+    from .benchmarks.datapath import data_path
+
+    data_path(**options)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run ``python -m custom.cli`` with ``argv`` (default: the process's arguments)."""
     status = cli.main(argv)
