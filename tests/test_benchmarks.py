@@ -50,3 +50,23 @@ def test_benchmark_command_runs_at_a_tiny_size_and_writes_consistent_results(com
     elif command == "benchmark_memory":
         assert result["footprint"]["1000"]["bytes"] == 1000 * 14 * 4
         assert set(result["update_us"]["1000"]) == {"16", "64"} and set(result["update_us"]["100"]) == {"16", "64"}
+
+
+@pytest.mark.slow
+def test_gpu_report_dry_run_measures_every_row_of_the_table(tmp_path):
+    from custom.tools.benchmarks.gpu_report import DRY, MODES
+
+    output = tmp_path / "gpu_report.md"
+    assert cli.main(["gpu_report", "--dry_run", "true", "--output", str(output), "--root", str(tmp_path / "s")]) in (
+        0, None)
+    rows = dict(line.strip("| ").split(" | ") for line in output.read_text().splitlines()[4:])
+    small, large = DRY["sizes"]
+    expected = [f"training images/s, {s} px, batch 2, {m}" for s in DRY["sizes"] for m in MODES] + [
+        f"NVUM / BCE step, {large} px, AMP + channels-last"] + [
+        f"data loader images/s from the store, {large} px, {w} workers" for w in DRY["workers"]] + [
+        f"inference images/s, {large} px, batch 2, AMP + channels-last",
+        f"peak memory of this process (CPU dry run), training {large} px, batch 2, AMP + channels-last",
+        f"torchrun, 2 CPU processes: training images/s per process, {large} px"]
+    assert list(rows) == expected
+    values = [float(v.split()[0]) for v in rows.values()]
+    assert all(v > 0 for v in values)

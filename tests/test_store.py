@@ -145,22 +145,29 @@ def test_unreadable_images_go_to_the_errors_file_and_out_of_the_list(image_set, 
     assert [i["image"].rsplit("/", 1)[-1] for i in dl.items("validation")] == [f"{IMAGES_FILE}#5"]
 
 
-def test_the_nih_training_chain_crops_the_grey_image_and_gives_the_tensor_of_cropping_the_network_input(image_set):
-    """nih.json crops and flips the one-channel grey image and normalises last (three times less resampling);
-    bilinear resampling and flips commute with the per-channel normalisation, so the result is that of
-    cropping the normalised three-channel input, with the same random draws."""
+def test_the_nih_training_chain_crops_one_channel_and_the_trainer_gets_the_tensor_of_cropping_the_network_input(
+        image_set):
+    """nih.json crops and flips the one-channel grey image and its trainer's prepare_batch normalises the batch
+    (a third of the workers' resampling and collation); bilinear resampling and flips commute with the
+    per-channel normalisation, so the network gets the tensor of cropping the three-channel input."""
+    from monai.data import list_data_collate
     from monai.transforms import Compose, RandFlipd
 
     from custom.data import RandResizedCropd
     from custom.tools.training import CONFIG_DIR
 
     parser = train_parser({"image_size": SIZE}, [CONFIG_DIR / "train.json", CONFIG_DIR / "datasets" / "nih.json"])
-    nih = parser.get_parsed_content("train#preprocessing")
+    nih, prepare_batch = parser.get_parsed_content("train#preprocessing"), parser.get_parsed_content(
+        "train#trainer#prepare_batch")
     three_channels = Compose([parser.get_parsed_content("load_image"), parser.get_parsed_content("to_network_input"),
                               RandResizedCropd("image", scale=parser["crop_scale"]),
                               RandFlipd("image", prob=0.5, spatial_axis=1)])
     nih.set_random_state(3), three_channels.set_random_state(3)
-    for item in DataList(image_set).items("training") * 3:
-        a, b = nih(dict(item))["image"], three_channels(dict(item))["image"]
-        assert a.shape == b.shape == (3, SIZE, SIZE)
-        assert torch.allclose(a.as_tensor(), b.as_tensor(), atol=1e-5)
+    items = DataList(image_set).items("training") * 3
+    grey = list_data_collate([nih(dict(item)) for item in items])
+    assert grey["image"].shape == (len(items), 1, SIZE, SIZE)
+    image, label = prepare_batch(grey, torch.device("cpu"))
+    expected = torch.stack([three_channels(dict(item))["image"].as_tensor() for item in items])
+    assert image.shape == expected.shape == (len(items), 3, SIZE, SIZE)
+    assert torch.allclose(image, expected, atol=1e-5)
+    assert torch.equal(label, torch.stack([torch.as_tensor(item["label"]) for item in items]))

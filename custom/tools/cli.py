@@ -431,6 +431,23 @@ def benchmark_data(**options):
     data_path(**options)
 
 
+@cli.command(options_from="custom.tools.benchmarks.gpu_report:gpu_report")
+def gpu_report(**options):
+    """Every speed figure of a GPU machine in one Markdown table, in a few minutes (bundle/docs/scaling.md).
+
+    Args:
+        dry_run: a tiny version of every row (on the CPU without a GPU), to check that the command runs.
+        output: Markdown file of the table (empty: none).
+        root: folder of the prepared store the loader rows read (default: the data cache).
+
+    Example:
+        python -m custom.cli gpu_report --output results/gpu_report.md
+    """
+    from .benchmarks.gpu_report import gpu_report as run
+
+    run(**options)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run ``python -m custom.cli`` with ``argv`` (default: the process's arguments)."""
     status = cli.main(argv)

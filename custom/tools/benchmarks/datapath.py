@@ -19,7 +19,7 @@ TARGET_IMAGES_PER_S = 460
 RECIPE = ("train.json", "datasets/nih.json")
 
 
-def _sources(root: Path, num_images: int, source_size: int, image_size: int, seed: int) -> dict:
+def _sources(root: Path, num_images: int, source_size: int, image_size: int, seed: int, workers: int = 0) -> dict:
     """Data lists of the same images as ``source_size`` originals, ``image_size`` PNGs and a store (made once)."""
     from PIL import Image
 
@@ -45,7 +45,7 @@ def _sources(root: Path, num_images: int, source_size: int, image_size: int, see
         originals.append({"image": f"{i:05d}.png", "label": item["label"]})
     classes = content["classes"]
     lists["originals"].write_text(json.dumps({"classes": classes, "training": originals}))
-    store_list = prepare(str(lists["originals"]), image_size, str(root / "store"), workers=0, progress=False)
+    store_list = prepare(str(lists["originals"]), image_size, str(root / "store"), workers=workers, progress=False)
     (root / "resized").mkdir(exist_ok=True)
     stored = np.load(root / "store" / "images.npy", mmap_mode="r")
     for i in range(len(originals)):  # pre-resized PNGs: the same 8-bit grey images as the store
