@@ -70,3 +70,24 @@ def test_gpu_report_dry_run_measures_every_row_of_the_table(tmp_path):
     assert list(rows) == expected
     values = [float(v.split()[0]) for v in rows.values()]
     assert all(v > 0 for v in values)
+
+
+def test_scaling_page_figures_are_those_of_their_result_files():
+    """bundle/docs/scaling.md's data-path table, footprint table and GPU-report dry run come from the files in
+    bundle/docs/scaling/ (regenerate both together)."""
+    from conftest import ROOT
+
+    docs = ROOT / "bundle" / "docs"
+    page = (docs / "scaling.md").read_text()
+    data = json.loads((docs / "scaling" / "benchmark_data.json").read_text())
+    rate, workers = data["images_per_s_per_worker"], data["workers_for_target"]
+    for label, key in [("1024-pixel PNG originals", "originals"), ("PNGs pre-resized to 512", "resized"),
+                       ("prepared store", "store")]:
+        assert f"| {label} | {rate[key]:.1f} | {workers[key]} |" in page
+    assert f"Store / originals: **{data['ratio_store_to_originals']:.1f}x**" in page
+    memory = json.loads((docs / "scaling" / "benchmark_memory_scale.json").read_text())
+    for n, c in [(112120, 14), (224316, 8), (1000000, 14)]:
+        row = (f"| {n * 224 * 224 / 1e9:.1f} GB | {n * 512 * 512 / 1e9:.1f} GB | {n * c * 4 / 1e6:.1f} MB (C = {c}) | "
+               f"{memory['epoch_update_all_rows_ms'][str(n)]:.0f} ms |")
+        assert row in page, row
+    assert (docs / "scaling" / "gpu_report_dry_run.md").read_text().strip() in page
