@@ -11,6 +11,10 @@ Image paths are relative to ``dataset_dir`` and must stay inside it, also once l
 listed once in the whole list (two splits sharing an image would leak it). Every item handed to a
 dataset carries its position in its split as ``index``: that is the row of the NVUM memory for
 training images (:data:`INDEX_KEY`).
+
+A list with a top-level ``store`` entry is a prepared store's list (``python -m custom.cli prepare``,
+:mod:`custom.data.store`): its images are rows ``images.npy#<row>`` of the store beside it, checked when the
+list is opened (size, source list, finished), not decoded again.
 """
 
 from __future__ import annotations

@@ -127,13 +127,13 @@ def _run(out: Path, size: int, todo, workers, chunk: int, progress: bool, status
                mininterval=1)
     if workers <= 0:
         _start(str(out), size)
-        results = map(_prepare_chunk, chunks)
-        pool = None
-    else:
+        results, pool = map(_prepare_chunk, chunks), None
+    else:  # a worker that fails to start or dies stops the run (BrokenProcessPool) instead of being replaced
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        pool = multiprocessing.get_context("spawn").Pool(workers, _start, (str(out), size))
-        results = pool.imap_unordered(_prepare_chunk, chunks)
+        pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start, (str(out), size))
+        results = (f.result() for f in as_completed([pool.submit(_prepare_chunk, c) for c in chunks]))
     try:
         for done in results:
             for row, reason in done:
@@ -145,8 +145,7 @@ def _run(out: Path, size: int, todo, workers, chunk: int, progress: bool, status
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
         _WORKER.clear()
     return reasons
 
