@@ -20,7 +20,7 @@ are not shipped with the deployable bundle.
 from .config import check_bundle_command
 from .console import filter_third_party_noise, install_excepthook
 from .data import (ChestXrayDicomReader, ChestXrayToTensord, DataList, DataListError, LoadImageChestXrayd,
-                   RandResizedCropd, dicom_guard_enabled, open_datalist, real_datalist)
+                   NormaliseChestXrayBatch, RandResizedCropd, dicom_guard_enabled, open_datalist, real_datalist)
 from .deploy import ModelRegistrar
 from .evaluation import MultiLabelAUC, TestReport, mean_auc, per_class_auc, predict
 from .flags import as_bool

@@ -30,8 +30,8 @@ def no_fire(monkeypatch):
 def test_the_commands_are_the_documented_ones():
     assert COMMANDS == sorted(["synthetic", "check", "build_datalist", "audit", "audit_benchmark", "export", "register",
                                "benchmark_step", "benchmark_loop", "benchmark_pipeline", "benchmark_memory",
-                               "noise_benchmark", "noise_benchmark_compare", "load_test", "docs", "monailabel",
-                               "monaideploy", "synthetic_stats"])
+                               "benchmark_data", "noise_benchmark", "noise_benchmark_compare", "load_test", "prepare",
+                               "gpu_report", "docs", "monailabel", "monaideploy", "synthetic_stats"])
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

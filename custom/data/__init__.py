@@ -5,4 +5,5 @@ from .dicom import (ChestXrayDicomReader, DicomReadError, dicom_guard_enabled, g
                     read_dicom)
 from .sources import open_datalist
 from .real_datasets import DataListWithTests, real_datalist
-from .transforms import ChestXrayToTensord, ImageReadError, LoadImageChestXrayd, RandResizedCropd
+from .transforms import (ChestXrayToTensord, ImageReadError, LoadImageChestXrayd, NormaliseChestXrayBatch,
+                         RandResizedCropd)

@@ -11,6 +11,10 @@ Image paths are relative to ``dataset_dir`` and must stay inside it, also once l
 listed once in the whole list (two splits sharing an image would leak it). Every item handed to a
 dataset carries its position in its split as ``index``: that is the row of the NVUM memory for
 training images (:data:`INDEX_KEY`).
+
+A list with a top-level ``store`` entry is a prepared store's list (``python -m custom.cli prepare``,
+:mod:`custom.data.store`): its images are rows ``images.npy#<row>`` of the store beside it, checked when the
+list is opened (size, source list, finished), not decoded again.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ ITEM_KEYS = {"image", "label", "patient", "clean_label"}
 #: keys an item must have.
 REQUIRED_ITEM_KEYS = {"image", "label"}
 #: top-level keys that are not splits.
-META_KEYS = {"classes", "generator", "summary", "scheme", "source"}
+META_KEYS = {"classes", "generator", "summary", "scheme", "source", "store"}
 
 #: the key of an item's position in its split: the row of the NVUM memory for training images.
 INDEX_KEY = "index"
@@ -151,6 +155,11 @@ class DataList:
             raise DataListError(f"data list {self.path}: class name(s) {twice} listed more than once in 'classes'")
         self.meta = {k: raw[k] for k in META_KEYS if k in raw}
         self.dataset_dir = Path(dataset_dir) if dataset_dir not in (None, "") else self.path.parent
+        self.store = raw.get("store")
+        if self.store is not None:  # a prepared store's list: its images are rows of the store beside it
+            from .store import check_store
+
+            self.dataset_dir = check_store(self.path, self.store, self.image_size)
         if not self.dataset_dir.is_dir():
             raise FileNotFoundError(f"dataset folder not found: {self.dataset_dir} (set 'dataset_dir' to the folder "
                                     "holding the images)")
@@ -169,6 +178,8 @@ class DataList:
             return
         if problems:
             raise DataListError(self.problems_message())
+        if self.store is not None:
+            return  # every row was decoded by `prepare`; the unreadable ones are in its errors file
         if on_bad_image == "skip" or verify_images or on_degenerate_image == "refuse":
             self.verify_images(skip=on_bad_image == "skip")
         elif check_images:
@@ -360,6 +371,8 @@ class DataList:
 
         from .transforms import inspect_image
 
+        if self.store is not None:  # decoded by `prepare`, which left the unreadable images out
+            return [], []
         size = image_size or self.image_size
         jobs = self._image_jobs()
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:

@@ -12,6 +12,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform, RandomizableTransform, Transform
 
+from .store import STORE_SIZE_KEY, StoreError, is_store_ref, read_store_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -36,18 +38,31 @@ class ChestXrayToTensor(Transform):
 
     Args:
         size: output height and width (bilinear resize, antialiased when shrinking).
+        normalise: false to stop before the last step: the grey (1, size, size) 0-1 image, which
+            is turned into the network's input later (after the random crop and
+            flip, which then work on one channel instead of three; bilinear resampling and flips commute
+            with the per-channel normalisation, so the result is the same); :class:`NormaliseChestXrayBatch`
+            finishes it on the device.
     """
 
-    def __init__(self, size: int):
-        from ..flags import check_settings
+    def __init__(self, size: int, normalise: bool = True):
+        from ..flags import as_bool, check_settings
 
         check_settings({"image_size": size})  # the config's image_size: a bad one is named before any image
         self.size = int(size)
+        self.normalise = as_bool(normalise, "normalise")
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
-    def __call__(self, img):
+    def grey(self, img) -> torch.Tensor:
+        """The grey image scaled to 0-1 and resized: a (1, size, size) float32 tensor, before normalisation
+        (what the prepared store keeps, in 8 bits: :mod:`custom.data.store`)."""
         meta = img.meta if isinstance(img, MetaTensor) else None
+        stored = (meta or {}).get(STORE_SIZE_KEY)
+        if stored is not None and int(stored) != self.size:
+            raise StoreError(f"{meta.get('filename_or_obj')} comes from a store prepared at {int(stored)} pixels, "
+                             f"but image_size is {self.size}: prepare a store at {self.size} or train with "
+                             f"--image_size {int(stored)}")
         if isinstance(img, MetaTensor):
             x = img.as_tensor()
         else:
@@ -66,7 +81,13 @@ class ChestXrayToTensor(Transform):
         if tuple(x.shape[1:]) != (self.size, self.size):
             x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=True)[0]
-        x = (x.clamp(0, 1).expand(3, -1, -1) - self.mean) / self.std
+        return x.clamp(0, 1)
+
+    def __call__(self, img):
+        meta = img.meta if isinstance(img, MetaTensor) else None
+        x = self.grey(img)
+        if self.normalise:
+            x = (x.expand(3, -1, -1) - self.mean) / self.std
         return MetaTensor(x, meta=meta) if meta is not None else x
 
 
@@ -92,15 +113,42 @@ def _intensity_max(x: torch.Tensor) -> float:
 class ChestXrayToTensord(MapTransform):
     """Dictionary version of :class:`ChestXrayToTensor`."""
 
-    def __init__(self, keys: KeysCollection, size: int, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, size: int, normalise: bool = True, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.converter = ChestXrayToTensor(size)
+        self.converter = ChestXrayToTensor(size, normalise)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
         return d
+
+
+class NormaliseChestXrayBatch:
+    """A trainer's ``prepare_batch`` that finishes :class:`ChestXrayToTensor` on the device: a batch of
+    (B, 1, H, W) 0-1 grey images (``ChestXrayToTensord`` with ``normalise: false``, then cropped and flipped)
+    -> the (B, 3, H, W) network input, repeated over 3 channels and normalised with the ImageNet mean and std.
+
+    The NIH overlay's training chain uses it: the data-loader workers then crop, flip and collate one
+    channel instead of three (a third of the work and of the bytes per image), and the GPU does the rest.
+    Bilinear resampling and flips commute with the per-channel normalisation, so the network gets the same
+    tensor. Returns ``(image, label)`` as MONAI's ``default_prepare_batch`` does.
+    """
+
+    def __init__(self):
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        image = batchdata["image"]
+        image = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+        if image.ndim != 4 or image.shape[1] != 1:
+            raise ValueError(f"NormaliseChestXrayBatch expects (B, 1, H, W) grey images (ChestXrayToTensord with "
+                             f"normalise: false), got shape {tuple(image.shape)}")
+        image = image.to(device=device, non_blocking=non_blocking, **kwargs).float()
+        mean, std = self.mean.to(image.device), self.std.to(image.device)
+        label = torch.as_tensor(batchdata["label"]).to(device=device, non_blocking=non_blocking, **kwargs)
+        return (image.expand(-1, 3, -1, -1) - mean) / std, label
 
 
 class RandResizedCropd(RandomizableTransform, MapTransform):
@@ -180,7 +228,8 @@ class ImageReadError(RuntimeError):
 
 
 class LoadImageChestXrayd(LoadImaged):
-    """MONAI's ``LoadImaged`` whose read errors name the file and give Pillow's reason.
+    """MONAI's ``LoadImaged`` whose read errors name the file and give Pillow's reason, and which reads a
+    prepared store's references ``<folder>/images.npy#<row>`` from its memory map (:mod:`custom.data.store`).
 
     (Its name keeps ``LoadImage`` in it: MONAI Deploy's bundle operator drops the transforms whose
     class name contains ``LoadImage`` from the preprocessing it runs on images it has loaded itself.)
@@ -194,6 +243,14 @@ class LoadImageChestXrayd(LoadImaged):
     """
 
     def __call__(self, data, reader=None):
+        d = dict(data)
+        refs = [k for k in self.key_iterator(d) if is_store_ref(d[k])]
+        if refs:  # a prepared store (custom.data.store): the 8-bit grey image, already at the training size
+            for key in refs:
+                image = read_store_image(d[key])
+                d[key] = MetaTensor(torch.from_numpy(image)[None], meta={"filename_or_obj": str(d[key]),
+                                                                        STORE_SIZE_KEY: image.shape[-1]})
+            return d
         try:
             return super().__call__(data, reader)
         except Exception as e:

@@ -424,6 +424,74 @@ def monailabel(**options):
     run(**options)
 
 
+@cli.command(options_from="custom.tools.prepare:prepare")
+def prepare(**options):
+    """Decode every image of a data list once into a prepared store (8-bit, one channel, memory-mapped).
+
+    Writes the store and a data list pointing into it (labels, patients and splits kept); train and
+    evaluate with --datalist <output>/datalist.json (bundle/docs/scaling.md). Resumes an interrupted run.
+
+    Args:
+        datalist: the data list whose images are prepared (.json or .json.gz).
+        image_size: the training input size the images are stored at.
+        output: the store's folder.
+        dataset_dir: folder the list's image paths are relative to (default: the list's folder).
+        workers: decoding processes (default: the CPU count, at most 8; 0: in this process).
+        chunk: images per task of a worker.
+        progress: show a progress bar.
+
+    Example:
+        python -m custom.cli prepare --datalist lists/nih_nih14.json.gz --dataset_dir /data/nih \\
+            --image_size 512 --output /data/nih_store_512
+    """
+    from ..data.store import StoreError
+    from .prepare import prepare as run
+
+    try:
+        run(**options)
+    except (StoreError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"prepare: {e}")
+
+
+@cli.command(options_from="custom.tools.benchmarks.datapath:data_path")
+def benchmark_data(**options):
+    """Images/s per data-loading worker at 512 pixels from 1024-pixel originals, pre-resized PNGs and the store.
+
+    Args:
+        num_images: images of each source (synthetic, generated once into the data cache).
+        source_size: side of the originals.
+        image_size: the training input size.
+        batch_size: images per batch.
+        repeats: measurements per source (the median is reported).
+        seed: seed of the images.
+        root: folder of the three sources (default: the data cache).
+        output: JSON file of the results (empty: none).
+
+    Example:
+        python -m custom.cli benchmark_data --num_images 64 --repeats 3
+    """
+    from .benchmarks.datapath import data_path
+
+    data_path(**options)
+
+
+@cli.command(options_from="custom.tools.benchmarks.gpu_report:gpu_report")
+def gpu_report(**options):
+    """Every speed figure of a GPU machine in one Markdown table, in a few minutes (bundle/docs/scaling.md).
+
+    Args:
+        dry_run: a tiny version of every row (on the CPU without a GPU), to check that the command runs.
+        output: Markdown file of the table (empty: none).
+        root: folder of the prepared store the loader rows read (default: the data cache).
+
+    Example:
+        python -m custom.cli gpu_report --output results/gpu_report.md
+    """
+    from .benchmarks.gpu_report import gpu_report as run
+
+    run(**options)
+
+
 @cli.command(options_from="custom.tools.monaideploy:check")
 def monaideploy(**options):
     """Run the deployable bundle's MONAI Deploy application and compare its answers with inference.json.

@@ -6,6 +6,8 @@ benchmark_<name>``); not tests. Every benchmark prints a table and writes ``resu
   hand-written PyTorch loop doing the same work (same network, optimiser, loss, batches).
 - :func:`pipeline`: the bundle's cached data pipeline over decoding and resizing the PNGs anew
   in every epoch.
+- :func:`data_path`: images/s per data-loading worker from originals, pre-resized PNGs and the prepared
+  store.
 - :func:`memory`: bytes of the NVUM memory and the time of its updates for several N and batch
   sizes.
 
@@ -13,6 +15,7 @@ Timings on a shared machine are noisy: the compared variants run in turn, ``repe
 and medians are reported.
 """
 
+from .datapath import data_path
 from .footprint import memory
 from .loop import loop
 from .pipeline import pipeline

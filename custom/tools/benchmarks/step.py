@@ -24,7 +24,6 @@ def _step_trainer(
     from ...training import NVUMTrainer
     from ...nvum import EMATeacher, MemoryUpdater
     from ...nvum import build_loss
-    from ...training import PrepareImageBatch
 
     loss_name, schedule, before_loss, use_teacher = STEP_METHODS[method]
     net, memory = network_and_memory(num_samples, num_classes, seed, settings, tiny)
@@ -40,7 +39,6 @@ def _step_trainer(
         loss_function=loss,
         decollate=False,
         amp=settings.amp,
-        prepare_batch=PrepareImageBatch(settings.channels_last),
         train_handlers=[teacher, updater],
     )
 
