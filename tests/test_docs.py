@@ -74,10 +74,18 @@ def test_the_stated_test_count_is_what_pytest_collects():
     assert block.group(1).strip() == pages.tests_text(), "run `python -m custom.cli docs` to restate the count"
 
 
+#: the pages a person writes: README and bundle/docs/*.md (the set that was 204 KB); the tables that the benchmark
+#: commands write under bundle/docs/noise_benchmark/ and bundle/docs/scaling/ are result files, held to a bound of
+#: their own.
+WRITTEN_PAGES = [ROOT / "README.md", *sorted((ROOT / "bundle" / "docs").glob("*.md"))]
+
+
 def test_the_pages_stay_small():
-    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_bytes()) for p in ALL_PAGES}
+    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_bytes()) for p in WRITTEN_PAGES}
     assert sizes["README.md"] <= 6 * 1024, sizes["README.md"]
     assert sum(sizes.values()) <= 110 * 1024, sizes
+    generated = {p.relative_to(ROOT).as_posix(): len(p.read_bytes()) for p in ALL_PAGES if p not in WRITTEN_PAGES}
+    assert sum(generated.values()) <= 40 * 1024, generated
 
 
 def _headings(page: Path) -> set[str]:
