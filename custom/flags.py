@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "none", "")
+
+
+def truth_word(value) -> bool | None:
+    """``True``/``False`` for a bool, ``None`` or a truth word as given on a command line (``true``, ``yes``, ``off``,
+    ``none``, ...); ``None`` for anything else (a setting that also takes other values, such as a path). The one
+    place the words are listed."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    lowered = str(value).strip().lower()
+    return True if lowered in TRUE_WORDS else False if lowered in FALSE_WORDS else None
+
+
 def as_bool(value, name: str = "value") -> bool:
     """A config flag as a bool; accepts ``true``/``false`` strings as given on a command line.
 
@@ -10,12 +23,10 @@ def as_bool(value, name: str = "value") -> bool:
         ValueError: for a string that is not a recognised truth value.
     """
     if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off", "none", ""):
-            return False
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        word = truth_word(value)
+        if word is None:
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return word
     return bool(value)
 
 

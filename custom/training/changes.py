@@ -52,14 +52,11 @@ def accepted(changes, allow) -> tuple[list, list]:
     """Split ``changes`` into those ``allow`` accepts and the rest. ``allow``: none (``None``, empty, ``false``),
     every change (``all``, ``true``), or setting names (``learning_rate`` or ``recipe.learning_rate``, ``nvum.loss``,
     ...; a list, or a comma-separated string)."""
+    from ..flags import truth_word
+
     if isinstance(allow, str):
-        word = allow.strip().lower()
-        if word in ("", "false", "no", "none", "0"):
-            allow = None
-        elif word in ("all", "true", "yes", "1"):
-            allow = True
-        else:
-            allow = [n.strip() for n in allow.strip("[]").split(",")]
+        word = True if allow.strip().lower() == "all" else truth_word(allow)
+        allow = [n.strip() for n in allow.strip("[]").split(",")] if word is None else word
     if allow is None or allow is False or allow == []:
         return [], list(changes)
     if allow is True:

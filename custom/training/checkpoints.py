@@ -315,9 +315,12 @@ def apply_schedule_changes(changes, optimizer, scheduler) -> None:
 def find_checkpoint(resume, ckpt_dir) -> Path | None:
     """The checkpoint a ``resume`` setting points to: ``false``/empty: none; ``true``/``latest``:
     the highest-epoch ``checkpoint_epoch=K.pt`` in ``ckpt_dir``; anything else: that file."""
-    if resume is None or resume is False or str(resume).strip().lower() in ("", "false", "0", "no", "none"):
+    from ..flags import truth_word
+
+    word = True if str(resume).strip().lower() == "latest" else truth_word(resume)
+    if word is False:
         return None
-    if resume is True or str(resume).strip().lower() in ("true", "1", "yes", "latest"):
+    if word is True:
         found = epoch_checkpoints(ckpt_dir)
         if not found:
             raise FileNotFoundError(

@@ -177,11 +177,13 @@ def _gpu_part(noise: str, methods, gpu, seeds: int, data_seed: int = 0) -> list[
     """The DenseNet121 runs of the ``gpu`` regime, when asked for and CUDA is available."""
     import torch
 
-    wanted = str(gpu).strip().lower()
-    if wanted in ("false", "0", "no", "off") or seeds < 1:
+    from ...flags import truth_word
+
+    wanted = None if str(gpu).strip().lower() == "auto" else truth_word(gpu)
+    if wanted is False or seeds < 1:
         return []
     if not torch.cuda.is_available():
-        if wanted in ("true", "1", "yes", "on"):
+        if wanted is True:
             raise RuntimeError(
                 "--gpu true: the GPU matrix (DenseNet121 at 64 px) needs CUDA, which is not available here"
             )
