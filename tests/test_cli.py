@@ -30,7 +30,7 @@ def no_fire(monkeypatch):
 def test_the_commands_are_the_documented_ones():
     assert COMMANDS == sorted(["synthetic", "check", "build_datalist", "audit", "audit_benchmark", "export", "register",
                                "benchmark_step", "benchmark_loop", "benchmark_pipeline", "benchmark_memory",
-                               "noise_benchmark", "noise_benchmark_compare", "load_test"])
+                               "noise_benchmark", "noise_benchmark_compare", "load_test", "fit_ood"])
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

@@ -1,0 +1,294 @@
+"""The out-of-distribution gate: only images like the training images get an answer (bundle/docs/ood.md).
+
+A Mahalanobis distance in the classifier's own feature space (as FRODO, Çallı et al., MIDL 2019): the
+input of the network's last linear layer (DenseNet121's pooled features) is taken in the forward pass
+that gives the logits (:func:`logits_and_features`); the training images' features give a mean and a
+shrunk covariance (scikit-learn's ``LedoitWolf``); the threshold is the ``share`` quantile (99%) of the
+validation images' distances. An image farther than the threshold is refused with the reason
+"not like the training images: distance 412 > 97".
+
+The gate is stored beside the weights (:func:`ood_path`: ``model.pt`` -> ``model.ood.npz``), written by
+the test report after training (:class:`custom.evaluation.report.TestReport`) or by
+``python -m custom.cli fit_ood``, and read by inference (:class:`OODGate`), the served model, the MONAI
+Label task and the Deploy app. ``$NVUM_OOD_GATE=0`` turns it off (:func:`ood_gate_enabled`).
+
+This module is runtime code: it imports nothing from :mod:`custom.tools`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: the environment variable that turns the gate off (``0``, ``false``, ``no``, ``off``).
+OOD_GATE_ENV = "NVUM_OOD_GATE"
+#: the share of the validation images the threshold accepts, by default.
+DEFAULT_SHARE = 0.99
+#: the start of every refusal reason.
+REFUSAL = "not like the training images"
+
+
+def ood_path(weights) -> Path:
+    """The gate file of a weights file: ``model.pt`` -> ``model.ood.npz`` (the one place the name is made)."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + ".ood.npz")
+
+
+def ood_gate_enabled() -> bool:
+    """Whether the gate is on: yes unless ``$NVUM_OOD_GATE`` is ``0``, ``false``, ``no`` or ``off`` (any case).
+
+    Raises:
+        ValueError: another value, naming the variable.
+    """
+    text = os.environ.get(OOD_GATE_ENV, "").strip().lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"${OOD_GATE_ENV} must be 1 (refuse images unlike the training images, the default) or 0 "
+                     f"(score every image), got {text!r}")
+
+
+class FeatureDistance:
+    """A fitted gate: mean, precision (inverse shrunk covariance) and threshold of the distance.
+
+    Args:
+        mean: (D,) mean feature of the training images.
+        precision: (D, D) inverse of their shrunk covariance.
+        threshold: the largest accepted distance.
+        share: the share of the validation images the threshold accepts.
+        num_fit, num_threshold: the numbers of training and validation images used.
+    """
+
+    def __init__(self, mean, precision, threshold: float, share: float = DEFAULT_SHARE, num_fit: int = 0,
+                 num_threshold: int = 0):
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.precision = np.asarray(precision, dtype=np.float64)
+        self.threshold, self.share = float(threshold), float(share)
+        self.num_fit, self.num_threshold = int(num_fit), int(num_threshold)
+
+    def distance(self, features) -> np.ndarray:
+        """(N,) Mahalanobis distances ``sqrt((x - mean)^T precision (x - mean))`` of (N, D) features."""
+        x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+        if x.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"the gate was fitted on {self.mean.shape[0]} features, the network gives {x.shape[1]}: "
+                             "refit it for this model (python -m custom.cli fit_ood)")
+        x = x - self.mean
+        return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", x, self.precision, x), 0.0))
+
+    def reason(self, distance: float) -> str:
+        """Why an image at ``distance`` is refused ("" when it is accepted)."""
+        if distance <= self.threshold:
+            return ""
+        return f"{REFUSAL}: distance {distance:.0f} > {self.threshold:.0f}"
+
+    def reasons(self, features) -> list[str]:
+        """The refusal reason of every image ("" for the accepted ones)."""
+        return [self.reason(d) for d in self.distance(features)]
+
+    def save(self, path) -> Path:
+        """Write the gate as ``.npz`` (atomically)."""
+        from ..files import atomic_path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),
+                     threshold=self.threshold, share=self.share, num_fit=self.num_fit,
+                     num_threshold=self.num_threshold)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "FeatureDistance":
+        """Read a gate written by :meth:`save`; ValueError naming the file when it is not one."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(z["mean"], z["precision"], float(z["threshold"]), float(z["share"]), int(z["num_fit"]),
+                           int(z["num_threshold"]))
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{path}: not a gate file written by custom.evaluation.ood ({e}); refit it with "
+                             "python -m custom.cli fit_ood") from None
+
+
+def fit_gate(training_features, validation_features, share: float = DEFAULT_SHARE) -> FeatureDistance:
+    """The gate of training features (mean, Ledoit-Wolf covariance) with the threshold accepting ``share`` of the
+    validation features (their ``share`` quantile)."""
+    from sklearn.covariance import LedoitWolf
+
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    train = np.asarray(training_features, dtype=np.float64)
+    if len(train) < 2 or len(validation_features) < 1:
+        raise ValueError(f"the gate needs at least 2 training and 1 validation image, got {len(train)} and "
+                         f"{len(validation_features)}")
+    lw = LedoitWolf().fit(train)
+    gate = FeatureDistance(lw.location_, lw.precision_, 0.0, share, len(train), len(validation_features))
+    gate.threshold = float(np.quantile(gate.distance(validation_features), share))
+    return gate
+
+
+def load_gate(weights) -> FeatureDistance | None:
+    """The gate stored beside ``weights`` (:func:`ood_path`), or ``None`` when there is none."""
+    if weights in (None, ""):
+        return None
+    path = ood_path(weights)
+    return FeatureDistance.load(path) if path.is_file() else None
+
+
+def _scripted_densenet(module) -> bool:
+    layers = getattr(module, "class_layers", None)
+    return isinstance(module, torch.jit.ScriptModule) and layers is not None and hasattr(module, "features")
+
+
+def _last_linear(network: torch.nn.Module) -> torch.nn.Module:
+    linear = [m for m in network.modules() if isinstance(m, torch.nn.Linear)]
+    if not linear:
+        raise ValueError(f"{type(network).__name__} has no linear layer: the gate reads the input of the last one")
+    return linear[-1]
+
+
+class FeatureTap:
+    """Keeps the input of a network's last linear layer (DenseNet121: the pooled features) at every forward pass,
+    through a forward pre-hook; :attr:`features` holds the last batch's, detached, float32 on the CPU.
+
+    Use as a context manager, or call :meth:`remove`.
+    """
+
+    def __init__(self, network: torch.nn.Module):
+        self.features: torch.Tensor | None = None
+        self._handle = _last_linear(network).register_forward_pre_hook(self._keep)
+
+    def _keep(self, module, inputs):
+        self.features = inputs[0].detach().float().flatten(1).cpu()
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def logits_and_features(network, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of ``images`` and the input of the last linear layer, from one forward pass.
+
+    A Python network is run with a :class:`FeatureTap`; a TorchScript DenseNet (the bundle's ``model.ts``, also
+    inside a :class:`~custom.serving.loaders.TorchScriptRunner`) is run layer by layer as its own ``forward``
+    does (``features``, then ``class_layers``: relu, pool, flatten, out), since hooks cannot be added to it.
+    """
+    module = getattr(network, "module", network)
+    if _scripted_densenet(module):
+        with torch.jit.optimized_execution(False):
+            layers = module.class_layers
+            pooled = layers.flatten(layers.pool(layers.relu(module.features(images))))
+            return layers.out(pooled), pooled.detach().float().cpu()
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ValueError("the gate reads the pooled features of a TorchScript DenseNet (features, class_layers); "
+                         f"this TorchScript model has no such layers ({type(module).__name__})")
+    with FeatureTap(network) as tap:
+        logits = network(images)
+    return logits, tap.features
+
+
+@torch.no_grad()
+def predict_features(network, items: list[dict], transform, device="cpu", batch_size: int = 256,
+                     num_workers: int = 0, desc: str = "features", amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits, features)`` of data-list items (as :func:`custom.evaluation.report.predict`, with the features)."""
+    from monai.data import DataLoader, Dataset
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    loader = DataLoader(Dataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    network.eval()
+    logits, features = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, mininterval=2.0, disable=None):
+        with torch.autocast(device.type, enabled=amp):
+            z, f = logits_and_features(network, batch["image"].to(device))
+        logits.append(z.float().cpu())
+        features.append(f)
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return torch.cat(logits).numpy(), torch.cat(features).numpy()
+
+
+class OODGate:
+    """Inference handler: refuses the images of a batch whose features are too far from the training images'.
+
+    It registers a :class:`FeatureTap` on the network when the run starts (the features come from the pass that
+    gives the probabilities) and, after each iteration, marks every refused item of the decollated batch with
+    the reason under ``refused`` (:data:`custom.serving.inference.REFUSED`), so that
+    :class:`~custom.serving.inference.ProbabilityWriter` puts it in ``errors.csv`` instead of the probabilities
+    and decisions, and :class:`~custom.serving.heatmaps.HeatmapWriter` draws no heatmap. List it before those
+    handlers. Without a gate file beside ``checkpoint`` (or the ``.ts`` model's weights) it does nothing and
+    says so once.
+
+    Args:
+        network: the inference network (a :class:`~custom.serving.loaders.BundleNetwork` is loaded first).
+        checkpoint: the weights whose gate file (:func:`ood_path`) is read; a ``.ts`` model's gate is
+            ``model.ood.npz`` beside it too.
+        enabled: the switch; default (``None``): on unless ``$NVUM_OOD_GATE`` is ``0``.
+    """
+
+    def __init__(self, network, checkpoint=None, enabled=None):
+        from ..flags import as_bool
+
+        self.network, self.checkpoint = network, checkpoint
+        self.enabled = ood_gate_enabled() if enabled is None else as_bool(enabled, "ood_gate")
+        self.gate: FeatureDistance | None = None
+        self.refused = 0
+        self._tap: FeatureTap | None = None
+        self._scripted = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._apply)
+        engine.add_event_handler(Events.COMPLETED, self._stop)
+
+    def _start(self, engine) -> None:
+        self.refused = 0
+        if not self.enabled:
+            print(f"out-of-distribution gate off (${OOD_GATE_ENV}=0 or ood_gate false): every image is scored",
+                  flush=True)
+            return
+        loaded = self.network.load() if hasattr(self.network, "load") else self.network
+        source = getattr(self.network, "model_file", None) or self.checkpoint
+        self.gate = load_gate(source) or load_gate(self.checkpoint)
+        if self.gate is None:
+            print(f"no out-of-distribution gate beside {source} ({ood_path(source).name}): every image is scored; "
+                  "fit one with python -m custom.cli fit_ood", flush=True)
+            return
+        module = getattr(loaded, "module", loaded)
+        if isinstance(module, torch.jit.ScriptModule):
+            raise ValueError(f"the out-of-distribution gate needs the weights file beside {source}, not a "
+                             "TorchScript model; or turn the gate off with ood_gate false")
+        self._tap = FeatureTap(loaded)
+
+    def _apply(self, engine) -> None:
+        if self.gate is None or self._tap is None or self._tap.features is None:
+            return
+        from ..serving.inference import READ_ERROR, REFUSED
+
+        batch = engine.state.batch
+        if not isinstance(batch, list):
+            return
+        for item, reason in zip(batch, self.gate.reasons(self._tap.features.numpy())):
+            if reason and isinstance(item, dict) and not item.get(READ_ERROR) and not item.get(REFUSED):
+                item[REFUSED] = reason
+                self.refused += 1
+        self._tap.features = None
+
+    def _stop(self, engine) -> None:
+        if self._tap is not None:
+            self._tap.remove()
+            self._tap = None
+        if self.gate is not None:
+            print(f"out-of-distribution gate: {self.refused} image(s) refused (distance > {self.gate.threshold:.0f})",
+                  flush=True)

@@ -1,0 +1,70 @@
+"""``python -m custom.cli fit_ood``: refit the out-of-distribution gate of a trained model on local images
+(bundle/docs/ood.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def fit_ood(checkpoint: str, datalist: str = "", dataset_dir: str = "", images: str = "", share: float = 0.99,
+            batch_size: int = 64, device: str = "cpu", seed: int = 0) -> Path:
+    """Fit the gate of ``checkpoint`` and write it beside it (``model.ood.npz``), replacing the one training wrote.
+
+    Args:
+        checkpoint: the trained weights (model.pt with its run record model.json).
+        datalist: a data list whose training split is fitted and whose validation split sets the threshold
+            (default: the one the run trained on, from its record).
+        dataset_dir: folder of the data list's images (default: the data list's, or the run's).
+        images: instead of a data list, a folder of local chest X-rays (PNG, JPEG, DICOM; searched recursively):
+            a random 80% is fitted, the other 20% sets the threshold.
+        share: the share of the threshold images accepted.
+        batch_size: images per forward pass.
+        device: cpu or cuda.
+        seed: seed of the 80/20 split of ``images``.
+
+    Returns:
+        the gate file written.
+    """
+    from ..data.datalist import DataList
+    from ..evaluation.ood import fit_gate, ood_path, predict_features
+    from ..networks import load_weights, network_from_record, rebuildable
+    from ..record import read_record
+    from ..serving.inference import list_inputs
+    from .training import bundle_network, train_parser
+
+    checkpoint = Path(checkpoint)
+    record = read_record(checkpoint) if checkpoint.is_file() else None
+    if not record or not record.get("classes") or not record.get("image_size"):
+        raise ValueError(f"{checkpoint}: no run record with classes and image_size beside it (model.json): give the "
+                         "model.pt a training run wrote")
+    classes = record["classes"]
+    network = (network_from_record(record["network"], len(classes)) if rebuildable(record.get("network"))
+               else bundle_network(len(classes)))
+    network = load_weights(network, checkpoint).to(device).eval()
+    transform = train_parser({"image_size": int(record["image_size"])}).get_parsed_content("preprocessing")
+    if images:
+        items = list_inputs(images)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(items))
+        cut = max(1, int(round(0.8 * len(items))))
+        fit_items, threshold_items = [items[i] for i in order[:cut]], [items[i] for i in order[cut:]]
+        source = f"{len(items)} images under {images} (80% fitted, 20% for the threshold, seed {seed})"
+    else:
+        path = datalist or record.get("datalist")
+        if not path:
+            raise ValueError(f"{checkpoint}: its record names no data list: pass --datalist or --images")
+        dl = DataList(path, dataset_dir or (None if datalist else record.get("dataset_dir")),
+                      required_splits=("training", "validation"))
+        fit_items, threshold_items = dl.items("training"), dl.items("validation")
+        source = f"data list {dl.path}: {len(fit_items)} training, {len(threshold_items)} validation images"
+    if len(fit_items) < 2 or not threshold_items:
+        raise ValueError(f"too few images to fit the gate: {source}")
+    fitted = predict_features(network, fit_items, transform, device, batch_size, desc="fit (gate)")[1]
+    held = predict_features(network, threshold_items, transform, device, batch_size, desc="threshold (gate)")[1]
+    gate = fit_gate(fitted, held, share)
+    path = gate.save(ood_path(checkpoint))
+    print(f"out-of-distribution gate fitted on {source}: distance threshold {gate.threshold:.1f} (accepts "
+          f"{share:.0%} of the threshold images); written to {path}", flush=True)
+    return path
