@@ -184,3 +184,39 @@ def test_the_ood_sets_are_real_images_of_the_installed_packages(tmp_path):
     assert np.asarray(Image.open(sets["quarter_crop"][0])).shape == (15, 20)
     assert np.array_equal(np.asarray(Image.open(sets["rotated_90"][0])), np.rot90(np.asarray(Image.open(chest))))
     assert np.array_equal(np.asarray(Image.open(sets["inverted"][0])), 255 - np.asarray(Image.open(chest)))
+
+
+def test_the_monai_label_task_and_deploy_app_helper_refuses_the_same_images(setup, tmp_path):
+    import json
+    import shutil
+
+    from conftest import CONFIGS
+
+    from custom.evaluation.ood import refused_files
+
+    common = json.loads((CONFIGS / "common.json").read_text())
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "inference.json").write_text(json.dumps({
+        "imports": ["$import custom"], "image_size": 32, "load_image": common["load_image"],
+        "to_network_input": common["to_network_input"], "preprocessing": common["preprocessing"]}))
+    (tmp_path / "models").mkdir()
+    torch.jit.save(torch.jit.script(setup.network), str(tmp_path / "models" / "model.ts"))
+    shutil.copy(ood_path(setup.root / "model.pt"), ood_path(tmp_path / "models" / "model.pt"))
+    errors, _ = _infer(setup, tmp_path / "inference")
+    refused = dict(refused_files(setup.images, tmp_path))
+    assert {p.name: r for p, r in refused.items()} == errors  # same images, same distances and threshold
+    assert refused_files(setup.images, tmp_path, enabled=False) == []
+
+
+def test_the_fit_adds_one_jittered_copy_of_the_training_images_and_sets_the_threshold_on_validation(setup):
+    from custom.evaluation.ood import acquisition_jitter, fit_on_images
+
+    x = torch.stack([setup.transform({"image": str(p)})["image"] for p in setup.chest[:4]]).float()
+    a = acquisition_jitter(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, acquisition_jitter(x, torch.Generator().manual_seed(1))) and a.shape == x.shape
+    assert 0.01 < (a - x).abs().mean() < 1.0  # another exposure of the same image, not another image
+    fit, held = [{"image": str(p)} for p in setup.chest[:6]], [{"image": str(p)} for p in setup.chest[6:]]
+    gate = fit_on_images(setup.network, fit, held, setup.transform, share=1.0)
+    assert gate.num_fit == 12 and gate.num_threshold == len(held)
+    assert gate.threshold == pytest.approx(gate.distance(predict_features(setup.network, held,
+                                                                          setup.transform)[1]).max())

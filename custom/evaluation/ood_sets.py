@@ -50,36 +50,49 @@ def _save(array: np.ndarray, path: Path, seen: set) -> bool:
 
 def pydicom_images(folder) -> list[Path]:
     """pydicom's test images as PNG files in ``folder`` (see the module docstring)."""
-    import warnings
+    import logging
 
-    import pydicom
     from pydicom.data import get_testdata_files
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out, seen = [], set()
-    for i, name in enumerate(sorted(get_testdata_files())):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(name)
-                if "PixelData" not in ds or str(ds.get("Modality", "")).upper() in RADIOGRAPH_MODALITIES:
-                    continue
-                pixels = np.asarray(ds.pixel_array)
-        except Exception:  # not an image, or a syntax without a decoder here
-            continue
-        rgb = str(ds.get("PhotometricInterpretation", "")).upper() not in ("MONOCHROME1", "MONOCHROME2", "")
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if frames > 1:
-            pixels = pixels[0]
-        if rgb and pixels.ndim == 3 and pixels.shape[-1] == 3:
-            pixels = pixels.mean(axis=-1)
-        if pixels.ndim != 2 or min(pixels.shape) < 16:
-            continue
-        path = folder / f"pydicom_{i:03d}_{Path(name).stem}.png"
-        if _save(_to_uint8(pixels), path, seen):
-            out.append(path)
+    logger = logging.getLogger("pydicom")
+    level, logger.level = logger.level, logging.CRITICAL  # files made to fail (no decoder, bombs) log errors
+    try:
+        for i, name in enumerate(sorted(get_testdata_files())):
+            _render(i, name, folder, out, seen)
+    finally:
+        logger.setLevel(level)
     return out
+
+
+def _render(i: int, name: str, folder: Path, out: list, seen: set) -> None:
+    """Render one of pydicom's test files into ``folder`` when it is a non-radiograph image (module docstring)."""
+    import warnings
+
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(name)
+            if "PixelData" not in ds or str(ds.get("Modality", "")).upper() in RADIOGRAPH_MODALITIES:
+                return
+            pixels = np.asarray(ds.pixel_array)
+    except Exception:  # not an image, or a syntax without a decoder here
+        return
+    rgb = str(ds.get("PhotometricInterpretation", "")).upper() not in ("MONOCHROME1", "MONOCHROME2", "")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        pixels = pixels[0]
+    if rgb and pixels.ndim == 3 and pixels.shape[-1] == 3:
+        pixels = pixels.mean(axis=-1)
+    if pixels.ndim != 2 or min(pixels.shape) < 16:
+        return
+    path = folder / f"pydicom_{i:03d}_{Path(name).stem}.png"
+    if _save(_to_uint8(pixels), path, seen):
+        out.append(path)
 
 
 def photo_images(folder, seed: int = 0) -> list[Path]:

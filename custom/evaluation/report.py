@@ -290,7 +290,7 @@ class TestReport:
     def _ood_gate(self):
         """The out-of-distribution gate: fitted (training features, threshold on validation) and written beside the
         checkpoint with ``thresholds="validation"``; otherwise the stored one, else fitted without writing."""
-        from .ood import fit_gate, load_gate, ood_path, predict_features
+        from .ood import fit_on_images, load_gate, ood_path
 
         if not any(isinstance(m, torch.nn.Linear) for m in self.network.modules()):
             print(f"no out-of-distribution gate: {type(self.network).__name__} has no linear layer (the gate reads "
@@ -305,12 +305,9 @@ class TestReport:
         if not ("training" in splits and "validation" in splits and self.datalist.items("validation")):
             print("no training or validation split: no out-of-distribution gate", flush=True)
             return None
-        features = {}
-        for split in ("training", "validation"):
-            features[split] = predict_features(self.network, self.datalist.items(split), self.transform,
-                                               self.device, self.batch_size, self.num_workers,
-                                               desc=f"{split} (out-of-distribution gate)", amp=self.amp)[1]
-        gate = fit_gate(features["training"], features["validation"], self.ood_share)
+        gate = fit_on_images(self.network, self.datalist.items("training"), self.datalist.items("validation"),
+                             self.transform, self.ood_share, device=self.device, batch_size=self.batch_size,
+                             num_workers=self.num_workers, amp=self.amp)
         if self.threshold_source == "validation" and self.checkpoint not in (None, ""):
             path = gate.save(ood_path(self.checkpoint))
             print(f"out-of-distribution gate (distance threshold {gate.threshold:.1f}, accepting {self.ood_share:.0%} "
@@ -334,7 +331,7 @@ class TestReport:
                              auroc=table["auroc"].map(format_value))
         title = (f"Out-of-distribution gate: distance threshold {self.ood.threshold:.1f} (accepts "
                  f"{self.ood.share:.0%} of the {self.ood.num_threshold} validation images; fitted on "
-                 f"{self.ood.num_fit} training images); AUROC against all the test images")
+                 f"{self.ood.num_fit} training images, half of them jittered); AUROC against all the test images")
         print(f"\n{title}\n{shown.to_string(index=False)}\n", flush=True)
         csv, md = self.output_dir / "ood.csv", self.output_dir / "ood.md"
         table.to_csv(csv, index=False)

@@ -19,7 +19,8 @@ def fit_ood(checkpoint: str, datalist: str = "", dataset_dir: str = "", images: 
         dataset_dir: folder of the data list's images (default: the data list's, or the run's).
         images: instead of a data list, a folder of local chest X-rays (PNG, JPEG, DICOM; searched recursively):
             a random 80% is fitted, the other 20% sets the threshold.
-        share: the share of the threshold images accepted.
+        share: the share of the threshold images accepted (the fitted images enter as taken and once under
+            :func:`custom.evaluation.ood.acquisition_jitter`).
         batch_size: images per forward pass.
         device: cpu or cuda.
         seed: seed of the 80/20 split of ``images``.
@@ -28,7 +29,7 @@ def fit_ood(checkpoint: str, datalist: str = "", dataset_dir: str = "", images: 
         the gate file written.
     """
     from ..data.datalist import DataList
-    from ..evaluation.ood import fit_gate, ood_path, predict_features
+    from ..evaluation.ood import fit_on_images, ood_path
     from ..networks import load_weights, network_from_record, rebuildable
     from ..record import read_record
     from ..serving.inference import list_inputs
@@ -61,9 +62,8 @@ def fit_ood(checkpoint: str, datalist: str = "", dataset_dir: str = "", images: 
         source = f"data list {dl.path}: {len(fit_items)} training, {len(threshold_items)} validation images"
     if len(fit_items) < 2 or not threshold_items:
         raise ValueError(f"too few images to fit the gate: {source}")
-    fitted = predict_features(network, fit_items, transform, device, batch_size, desc="fit (gate)")[1]
-    held = predict_features(network, threshold_items, transform, device, batch_size, desc="threshold (gate)")[1]
-    gate = fit_gate(fitted, held, share)
+    gate = fit_on_images(network, fit_items, threshold_items, transform, share, device=device,
+                         batch_size=batch_size)
     path = gate.save(ood_path(checkpoint))
     print(f"out-of-distribution gate fitted on {source}: distance threshold {gate.threshold:.1f} (accepts "
           f"{share:.0%} of the threshold images); written to {path}", flush=True)
