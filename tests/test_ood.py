@@ -186,26 +186,48 @@ def test_the_ood_sets_are_real_images_of_the_installed_packages(tmp_path):
     assert np.array_equal(np.asarray(Image.open(sets["inverted"][0])), 255 - np.asarray(Image.open(chest)))
 
 
-def test_the_monai_label_task_and_deploy_app_helper_refuses_the_same_images(setup, tmp_path):
+def test_the_bundle_carries_the_gate_to_the_served_model_monai_label_and_deploy(setup, tmp_path, monkeypatch):
+    """An unzipped bundle (models/model.ts, models/model.ood.npz copied as the export copies it, inference.json):
+    the served model loaded from its artifacts and the MONAI Label / Deploy helper refuse what inference refuses."""
     import json
-    import shutil
+
+    from mlflow.exceptions import MlflowException
 
     from conftest import CONFIGS
 
+    from custom.deploy.export import copy_gate
     from custom.evaluation.ood import refused_files
+    from custom.serving.pyfunc import ChestXrayClassifier
 
     common = json.loads((CONFIGS / "common.json").read_text())
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "inference.json").write_text(json.dumps({
-        "imports": ["$import custom"], "image_size": 32, "load_image": common["load_image"],
-        "to_network_input": common["to_network_input"], "preprocessing": common["preprocessing"]}))
+        "imports": ["$import custom"], "image_size": 32, "classes": [str(i) for i in range(14)],
+        "load_image": common["load_image"], "to_network_input": common["to_network_input"],
+        "preprocessing": common["preprocessing"],
+        "postprocessing": {"_target_": "Activationsd", "keys": "pred", "sigmoid": True}}))
     (tmp_path / "models").mkdir()
     torch.jit.save(torch.jit.script(setup.network), str(tmp_path / "models" / "model.ts"))
-    shutil.copy(ood_path(setup.root / "model.pt"), ood_path(tmp_path / "models" / "model.pt"))
+    assert copy_gate(setup.root / "model.pt", tmp_path / "models") == tmp_path / "models" / "model.ood.npz"
+    assert copy_gate(tmp_path / "none.pt", tmp_path / "models") is None
     errors, _ = _infer(setup, tmp_path / "inference")
     refused = dict(refused_files(setup.images, tmp_path))
     assert {p.name: r for p, r in refused.items()} == errors  # same images, same distances and threshold
     assert refused_files(setup.images, tmp_path, enabled=False) == []
+
+    artifacts = {"model": str(tmp_path / "models" / "model.ts"),
+                 "inference_config": str(tmp_path / "configs" / "inference.json"),
+                 "ood": str(tmp_path / "models" / "model.ood.npz")}
+    served = ChestXrayClassifier()
+    served.load_context(SimpleNamespace(artifacts=artifacts))
+    request = pd.DataFrame({"image": [p.read_bytes() for p in setup.images]})
+    flagged = served.predict(None, request, params={"ood": "flag"})
+    assert {setup.images[i].name for i in np.flatnonzero(flagged["in_distribution"].to_numpy() == 0)} == set(errors)
+    with pytest.raises(MlflowException, match="not like the training images"):
+        served.predict(None, request)
+    monkeypatch.setenv("NVUM_OOD_GATE", "0")  # the switch: every image answered
+    served.load_context(SimpleNamespace(artifacts=artifacts))
+    assert served.predict(None, request).shape == (len(setup.images), 14)
 
 
 def test_the_fit_adds_one_jittered_copy_of_the_training_images_and_sets_the_threshold_on_validation(setup):
@@ -220,3 +242,13 @@ def test_the_fit_adds_one_jittered_copy_of_the_training_images_and_sets_the_thre
     assert gate.num_fit == 12 and gate.num_threshold == len(held)
     assert gate.threshold == pytest.approx(gate.distance(predict_features(setup.network, held,
                                                                           setup.transform)[1]).max())
+
+
+def test_the_figures_of_ood_md_are_those_of_the_committed_result_files():
+    from conftest import ROOT
+
+    from custom.evaluation.ood_sets import ood_markdown
+
+    page = (ROOT / "bundle" / "docs" / "ood.md").read_text()
+    for name in ("synthetic.csv", "real_nih.csv"):
+        assert ood_markdown(pd.read_csv(ROOT / "bundle" / "docs" / "ood" / name)) in page, name

@@ -172,3 +172,11 @@ def ood_table(test_distances: dict[str, np.ndarray], ood_distances: dict[str, np
         rows.append({"set": name, "kind": kind, "images": len(d),
                      "accepted": float((d <= threshold).mean()) if len(d) else np.nan, "auroc": auroc})
     return pd.DataFrame(rows, columns=["set", "kind", "images", "accepted", "auroc"])
+
+
+def ood_markdown(table) -> str:
+    """The table of :func:`ood_table` in Markdown: shares in percent, AUROC to 4 decimals (as the report shows it)."""
+    from .tables import format_value, markdown_table
+
+    shown = table.assign(accepted=table["accepted"].map(lambda v: f"{v:.1%}"), auroc=table["auroc"].map(format_value))
+    return markdown_table(shown.columns, shown.itertuples(index=False))

@@ -319,7 +319,7 @@ class TestReport:
         ``ood.csv`` and ``ood.md``, and tracked (``ood_<set>_accepted``, ``ood_<set>_auroc``)."""
         import tempfile
 
-        from .ood_sets import ood_sets, ood_table
+        from .ood_sets import ood_markdown, ood_sets, ood_table
 
         with tempfile.TemporaryDirectory(prefix="nvum-ood-") as tmp:
             sets = ood_sets(tmp, test_images)
@@ -335,7 +335,7 @@ class TestReport:
         print(f"\n{title}\n{shown.to_string(index=False)}\n", flush=True)
         csv, md = self.output_dir / "ood.csv", self.output_dir / "ood.md"
         table.to_csv(csv, index=False)
-        md.write_text(f"# {title}\n\n{_markdown(shown)}\n")
+        md.write_text(f"# {title}\n\n{ood_markdown(table)}\n")
         self.written += [("out-of-distribution table", csv), ("out-of-distribution table (Markdown)", md)]
         if self.tracker is not None:
             values = {f"ood_{row.set}_{key}": float(getattr(row, key)) for row in table.itertuples()

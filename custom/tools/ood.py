@@ -68,3 +68,42 @@ def fit_ood(checkpoint: str, datalist: str = "", dataset_dir: str = "", images: 
     print(f"out-of-distribution gate fitted on {source}: distance threshold {gate.threshold:.1f} (accepts "
           f"{share:.0%} of the threshold images); written to {path}", flush=True)
     return path
+
+
+def gate_overhead(bundle_root: str, input_path: str, output_dir: str, rounds: int = 3) -> dict:
+    """Time ``inference.json`` on ``input_path`` with the gate on and off, alternating (on, off, off, on, ...) in this
+    one process after a warm-up run of each, and print the median seconds of each and their ratio.
+
+    Returns:
+        ``{"on": seconds, "off": seconds, "ratio": on / off, "refused": images the gate refused}``.
+    """
+    import statistics
+    import time
+
+    from monai.bundle import ConfigParser
+
+    from ..config import resolve_includes
+    from .training import CONFIG_DIR
+
+    def run(enabled: bool) -> tuple[float, int]:
+        parser = ConfigParser(resolve_includes(ConfigParser.load_config_files([str(CONFIG_DIR / "inference.json")]),
+                                               CONFIG_DIR.parents[1]))
+        parser.update({"bundle_root": str(bundle_root), "input_path": str(input_path), "ood_gate": enabled,
+                       "output_dir": str(Path(output_dir) / ("on" if enabled else "off"))})
+        evaluator = parser.get_parsed_content("evaluator")
+        gate = parser.get_parsed_content("handlers")[0]
+        start = time.perf_counter()
+        evaluator.run()
+        return time.perf_counter() - start, gate.refused
+
+    times = {True: [], False: []}
+    refused = 0
+    for order in [(True, False)] + [(True, False) if i % 2 else (False, True) for i in range(rounds)]:
+        for enabled in order:
+            seconds, count = run(enabled)
+            times[enabled].append(seconds)
+            refused = max(refused, count)
+    on, off = statistics.median(times[True][1:]), statistics.median(times[False][1:])  # the first is a warm-up
+    print(f"inference with the gate {on:.2f} s, without {off:.2f} s (median of {rounds}, alternating): ratio "
+          f"{on / off:.3f}; {refused} image(s) refused", flush=True)
+    return {"on": on, "off": off, "ratio": on / off, "refused": refused}
