@@ -21,7 +21,7 @@ def test_the_distance_is_the_hand_computed_mahalanobis_distance():
     gate = FeatureDistance(mean=[1.0, 2.0], precision=[[2.0, 0.0], [0.0, 0.5]], threshold=1.5)
     # (2-1)^2 * 2 + (4-2)^2 * 0.5 = 4 -> 2;  (1-1, 3-2): 0.5 -> sqrt(0.5)
     assert np.allclose(gate.distance([[2.0, 4.0], [1.0, 3.0], [1.0, 2.0]]), [2.0, np.sqrt(0.5), 0.0])
-    assert gate.reasons([[2.0, 4.0], [1.0, 3.0]]) == ["not like the training images: distance 2 > 2", ""]
+    assert gate.reasons([[2.0, 4.0], [1.0, 3.0]]) == ["not like the training images: distance 2.0 > 1.5", ""]
     with pytest.raises(ValueError, match="fitted on 2 features, the network gives 3"):
         gate.distance([[1.0, 2.0, 3.0]])
 
@@ -139,7 +139,7 @@ def test_inference_and_the_served_model_refuse_the_same_images_naming_distance_a
     # every synthetic chest image is scored; every photo goes to errors.csv with the distance and the threshold
     assert sorted(scored) == sorted(p.name for p in setup.chest)
     assert sorted(errors) == sorted(p.name for p in setup.photos)
-    threshold = f"{setup.gate.threshold:.0f}"
+    threshold = f"{setup.gate.threshold:.1f}"
     assert all(r.startswith("not like the training images: distance ") and r.endswith(f" > {threshold}")
                for r in errors.values())
     model = _served(setup)
@@ -153,7 +153,7 @@ def test_inference_and_the_served_model_refuse_the_same_images_naming_distance_a
     verdict = dict(zip(names, flagged["in_distribution"]))
     assert {n for n, v in verdict.items() if not v} == set(errors)  # the same verdict as inference
     for name, reason in errors.items():  # the same distance, to the rounding of the reason
-        assert reason.split("distance ")[1].split(" >")[0] == f"{flagged['ood_distance'][names.index(name)]:.0f}"
+        assert reason.split("distance ")[1].split(" >")[0] == f"{flagged['ood_distance'][names.index(name)]:.1f}"
     assert flagged.loc[flagged["in_distribution"] == 0, "0"].isna().all()
     assert flagged.loc[flagged["in_distribution"] == 1, "0"].between(0, 1).all()
     accepted = model.predict(None, pd.DataFrame({"image": [p.read_bytes() for p in setup.chest]}))

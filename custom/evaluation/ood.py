@@ -5,7 +5,7 @@ input of the network's last linear layer (DenseNet121's pooled features) is take
 that gives the logits (:func:`logits_and_features`); the training images' features give a mean and a
 shrunk covariance (scikit-learn's ``LedoitWolf``); the threshold is the ``share`` quantile (99%) of the
 validation images' distances. An image farther than the threshold is refused with the reason
-"not like the training images: distance 412 > 97".
+"not like the training images: distance 412.3 > 97.1".
 
 The gate is stored beside the weights (:func:`ood_path`: ``model.pt`` -> ``model.ood.npz``), written by
 the test report after training (:class:`custom.evaluation.report.TestReport`) or by
@@ -84,7 +84,7 @@ class FeatureDistance:
         """Why an image at ``distance`` is refused ("" when it is accepted)."""
         if distance <= self.threshold:
             return ""
-        return f"{REFUSAL}: distance {distance:.0f} > {self.threshold:.0f}"
+        return f"{REFUSAL}: distance {distance:.1f} > {self.threshold:.1f}"
 
     def reasons(self, features) -> list[str]:
         """The refusal reason of every image ("" for the accepted ones)."""
@@ -348,7 +348,7 @@ class OODGate:
             self._tap.remove()
             self._tap = None
         if self.gate is not None:
-            print(f"out-of-distribution gate: {self.refused} image(s) refused (distance > {self.gate.threshold:.0f})",
+            print(f"out-of-distribution gate: {self.refused} image(s) refused (distance > {self.gate.threshold:.1f})",
                   flush=True)
 
 

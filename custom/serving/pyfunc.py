@@ -23,8 +23,8 @@ row too, with the reason; ``NVUM_DICOM_GUARD=0`` in the server's environment let
 
 An image unlike the training images (the out-of-distribution gate, :mod:`custom.evaluation.ood`: the
 Mahalanobis distance of its pooled features over the threshold stored with the model, artifact ``ood``) is a
-bad row too, with the reason ("row 2: not like the training images: distance 412 > 97"): one such image makes the
-whole request an HTTP 400, as any bad row does, so that no answer is ever given for it. A caller who would
+bad row too, with the reason ("row 2: not like the training images: distance 412.3 > 97.1"): one such image
+makes the whole request an HTTP 400, as any bad row does, so that no answer is ever given for it. A caller who would
 rather not lose a batch for one image passes the parameter ``ood="flag"`` (``{"params": {"ood": "flag"}}`` over
 REST): every row then gets two more columns, ``ood_distance`` and ``in_distribution`` (1 or 0), and the rows out
 of distribution get no probability or decision (NaN). ``NVUM_OOD_GATE=0`` in the server's environment turns the
