@@ -88,14 +88,15 @@ def test_the_pooled_features_come_from_the_forward_pass_of_python_and_torchscrip
     assert torch.allclose(zs, logits, atol=1e-5) and torch.allclose(fs, direct, atol=1e-5)
 
 
-def _infer(setup, out, enabled=True):
-    """inference.json's dataset, gate and writer around the saved network; ({image: reason}, scored images)."""
+def _infer(setup, out, enabled=True, network=None):
+    """inference.json's dataset, gate and writer around the saved network (or ``network``, e.g. the TorchScript
+    model); ({image: reason}, scored images)."""
     from ignite.engine import Engine
     from monai.data import DataLoader, decollate_batch
 
     from custom.serving.inference import InferenceDataset, ProbabilityWriter
 
-    network = setup.network
+    network = network or setup.network
 
     def step(engine, batch):
         with torch.no_grad():
@@ -211,6 +212,11 @@ def test_the_bundle_carries_the_gate_to_the_served_model_monai_label_and_deploy(
     assert copy_gate(setup.root / "model.pt", tmp_path / "models") == tmp_path / "models" / "model.ood.npz"
     assert copy_gate(tmp_path / "none.pt", tmp_path / "models") is None
     errors, _ = _infer(setup, tmp_path / "inference")
+    from custom.serving.loaders import TorchScriptRunner
+
+    runner = TorchScriptRunner(torch.jit.load(str(tmp_path / "models" / "model.ts"))).eval()
+    assert _infer(setup, tmp_path / "inference_ts", network=runner)[0] == errors  # inference on model.ts alone
+    assert not runner.keep_features  # handed back as it was
     refused = dict(refused_files(setup.images, tmp_path))
     assert {p.name: r for p, r in refused.items()} == errors  # same images, same distances and threshold
     assert refused_files(setup.images, tmp_path, enabled=False) == []

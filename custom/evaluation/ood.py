@@ -278,8 +278,9 @@ def fit_on_images(network, fit_items: list[dict], threshold_items: list[dict], t
 class OODGate:
     """Inference handler: refuses the images of a batch whose features are too far from the training images'.
 
-    It registers a :class:`FeatureTap` on the network when the run starts (the features come from the pass that
-    gives the probabilities) and, after each iteration, marks every refused item of the decollated batch with
+    It registers a :class:`FeatureTap` on the network when the run starts, or asks a
+    :class:`~custom.serving.loaders.TorchScriptRunner` (``model.ts``) to keep them (the features come from the pass
+    that gives the probabilities) and, after each iteration, marks every refused item of the decollated batch with
     the reason under ``refused`` (:data:`custom.serving.inference.REFUSED`), so that
     :class:`~custom.serving.inference.ProbabilityWriter` puts it in ``errors.csv`` instead of the probabilities
     and decisions, and :class:`~custom.serving.heatmaps.HeatmapWriter` draws no heatmap. List it before those
@@ -288,8 +289,8 @@ class OODGate:
 
     Args:
         network: the inference network (a :class:`~custom.serving.loaders.BundleNetwork` is loaded first).
-        checkpoint: the weights whose gate file (:func:`ood_path`) is read; a ``.ts`` model's gate is
-            ``model.ood.npz`` beside it too.
+        checkpoint: the weights whose gate file (:func:`ood_path`) is read; a ``model.ts`` model's gate is
+            ``model.ood.npz`` beside it too (the weights' gate, which the export copies).
         enabled: the switch; default (``None``): on unless ``$NVUM_OOD_GATE`` is ``0``.
     """
 
@@ -323,11 +324,14 @@ class OODGate:
             print(f"no out-of-distribution gate beside {source} ({ood_path(source).name}): every image is scored; "
                   "fit one with python -m custom.cli fit_ood", flush=True)
             return
-        module = getattr(loaded, "module", loaded)
-        if isinstance(module, torch.jit.ScriptModule):
-            raise ValueError(f"the out-of-distribution gate needs the weights file beside {source}, not a "
-                             "TorchScript model; or turn the gate off with ood_gate false")
-        self._tap = FeatureTap(loaded)
+        if hasattr(loaded, "keep_features"):  # a TorchScriptRunner (model.ts): it keeps the features itself
+            loaded.keep_features, loaded.features = True, None
+            self._tap = loaded
+        elif isinstance(getattr(loaded, "module", loaded), torch.jit.ScriptModule):
+            raise ValueError(f"the out-of-distribution gate cannot read the features of {source}: load it with "
+                             "custom.TorchScriptRunner, or turn the gate off with ood_gate false")
+        else:
+            self._tap = FeatureTap(loaded)
 
     def _apply(self, engine) -> None:
         if self.gate is None or self._tap is None or self._tap.features is None:
@@ -344,9 +348,11 @@ class OODGate:
         self._tap.features = None
 
     def _stop(self, engine) -> None:
-        if self._tap is not None:
+        if isinstance(self._tap, FeatureTap):
             self._tap.remove()
-            self._tap = None
+        elif self._tap is not None:
+            self._tap.keep_features = False
+        self._tap = None
         if self.gate is not None:
             print(f"out-of-distribution gate: {self.refused} image(s) refused (distance > {self.gate.threshold:.1f})",
                   flush=True)
