@@ -261,8 +261,7 @@ def fit_on_images(network, fit_items: list[dict], threshold_items: list[dict], t
     With ``jitter`` (the default) the fit images also enter once under :func:`acquisition_jitter` (seeded): the
     covariance then spans the directions in which another exposure, contrast, noise or sharpness moves a chest
     X-ray, so that the same images from another scanner stay near, while the threshold is still set on real images.
-    (Measured, bundle/docs/ood.md: on the synthetic set's shifted split it lifts the accepted share from 76% to
-    100%, with every non-chest image still refused.)
+    (On the synthetic set it is what keeps the shifted split, "another hospital", accepted: bundle/docs/ood.md.)
 
     Args:
         predict: ``device``, ``batch_size``, ``num_workers``, ``amp`` of :func:`predict_features`.
