@@ -180,6 +180,7 @@ def test_evaluate_config_reproduces_the_training_test_table(trained, capsys):
     written = out.split("\nwritten:\n", 1)[1].splitlines()  # and, last, where each file it wrote is
     expected = [str((root / "eval2" / f"test_{s}{e}").resolve())
                 for s in ("test", "test_shifted") for e in (".csv", ".md", "_roc.png", "_reliability.png")]
+    expected += [str((root / "eval2" / name).resolve()) for name in ("ood.csv", "ood.md")]  # the gate's table
     assert [line.split()[-1] for line in written] == expected
 
 

@@ -158,3 +158,35 @@ def test_the_served_model_answers_14_probabilities_for_every_image(run):
     by_name = probs.assign(name=[Path(p).name for p in probs["image"]]).set_index("name")[CLASSES]
     expected = by_name.loc[[p.name for p in run.files]].to_numpy()
     assert np.abs(served.to_numpy() - expected).max() < 1e-4
+
+
+def test_the_gate_accepts_held_out_real_radiographs_and_reports_the_non_chest_sets(run):
+    """The gate of the lane's model (custom.evaluation.ood), fitted on the training images, its threshold set on the
+    validation images of half the patients; measured on the other half (held out) and the OOD sets."""
+    from custom.data.datalist import DataList
+    from custom.evaluation.ood import fit_on_images, predict_features
+    from custom.evaluation.ood_sets import ood_sets, ood_table
+    from custom.networks import load_weights
+    from custom.tools.training import bundle_network, train_parser
+
+    network = load_weights(bundle_network(len(CLASSES)), run.bundle / "models" / "model.pt")
+    transform = train_parser({"image_size": 64}).get_parsed_content("preprocessing")
+    datalist = DataList(run.datalist, run.data)
+    validation = datalist.items("validation")
+    patients = sorted({item["patient"] for item in validation})
+    half = set(np.random.default_rng(0).permutation(patients)[: len(patients) // 2])
+    threshold_items = [i for i in validation if i["patient"] in half]
+    held_out = [i for i in validation if i["patient"] not in half]
+    gate = fit_on_images(network.eval(), datalist.items("training"), threshold_items, transform)
+    distances = {"held_out": gate.distance(predict_features(network, held_out, transform)[1])}
+    sets = ood_sets(run.out / "ood_sets", [i["image"] for i in held_out])
+    ood = {name: gate.distance(predict_features(network, [{"image": str(p)} for p in files], transform)[1])
+           for name, files in sets.items()}
+    table = ood_table(distances, ood, gate.threshold)
+    print(f"\nreal NIH lane, out-of-distribution gate (threshold {gate.threshold:.1f}):")
+    print(table.to_string(index=False))
+    table.to_csv(run.out / "ood_real_nih.csv", index=False)
+    rows = table.set_index("set")
+    assert rows.loc["held_out", "images"] == len(held_out) and rows.loc["held_out", "accepted"] >= 0.97
+    # the targets of issue 29 (>= 95% of each non-chest set refused) are not met by this 2-epoch model: see ood.md
+    assert rows.loc["pydicom", "auroc"] > 0.8 and rows.loc["photos", "auroc"] > 0.8

@@ -16,7 +16,8 @@ results are written to ``<output folder>/probabilities.json`` as
 DICOM files whose header says they are not frontal chest radiographs (Modality not CR/DX/RG,
 BodyPartExamined not chest, a lateral ViewPosition) are left out with a log line naming the file and
 the reason (``deploy_io.select_images``; so are files named ``.dcm`` that are not DICOM); ``NVUM_DICOM_GUARD=0``
-keeps the former.
+keeps the former. So are images unlike the training images (the out-of-distribution gate of
+``models/model.ood.npz``, ``custom.evaluation.ood.refused_files``); ``NVUM_OOD_GATE=0`` keeps them.
 """
 
 from __future__ import annotations
@@ -105,10 +106,18 @@ class NVUMChestXrayApp(Application):
         # input, output and model paths from -i/-o/-m, else the HOLOSCAN_* variables (AppContext({}) reads only these)
         app_context = Application.init_app_context(self.argv)
         files, refused = select_images(list_images(app_context.input_path))
+        # the out-of-distribution gate (custom.evaluation.ood; NVUM_OOD_GATE=0 turns it off): images unlike the
+        # training images are left out too, with the distance and the threshold
+        from custom.evaluation.ood import refused_files
+
+        model = Path(app_context.model_path)
+        unlike = refused_files(files, model if model.is_dir() else model.resolve().parent.parent)
+        files = [f for f in files if f not in {p for p, _ in unlike}]
+        refused += unlike
         for path, reason in refused:
             logging.warning(f"{path}: left out, {reason}")
         if not files:
-            raise ValueError(f"no image left to infer on under {app_context.input_path}: every DICOM file was "
+            raise ValueError(f"no image left to infer on under {app_context.input_path}: every file was "
                              f"refused, e.g. {refused[0][0]}: {refused[0][1]}")
         loader = ImageLoaderOperator(self, CountCondition(self, len(files)), files=files, name="image_loader")
         infer = MultiLabelBundleInferenceOperator(

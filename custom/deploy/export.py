@@ -192,6 +192,19 @@ def export_torchscript(checkpoint, output, config_dir, network: torch.nn.Module 
     return output
 
 
+def copy_gate(checkpoint, models_dir) -> Path | None:
+    """Copy the out-of-distribution gate beside ``checkpoint`` (``model.ood.npz``,
+    :func:`custom.evaluation.ood.ood_path`) into ``models_dir`` as the gate of its ``model.pt``; ``None`` without."""
+    from ..evaluation.ood import ood_path
+
+    source = ood_path(checkpoint)
+    if not source.is_file():
+        return None
+    target = ood_path(Path(models_dir) / "model.pt")
+    shutil.copy2(source, target)
+    return target
+
+
 def _network_def(config_dir) -> torch.nn.Module:
     from monai.bundle import ConfigParser
 
@@ -311,6 +324,7 @@ def build_bundle(checkpoint, models_dir, staging, bundle_dir=None, record: dict 
     if record:
         write_json(record, record_path(folder / "models" / "model.pt"))
     shutil.copy2(model_ts, folder / "models" / "model.ts")
+    copy_gate(checkpoint, folder / "models")
     write_large_files(folder, weights_url)
     archive = models_dir / f"{name}.zip"
     with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:

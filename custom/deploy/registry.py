@@ -51,7 +51,9 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from ..evaluation.ood import ood_path
 
     from ..serving.pyfunc import IMAGE_COLUMN, POSITIVE_SUFFIX, ChestXrayClassifier
 
@@ -60,11 +62,16 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
         example_images = _example_pngs(deployable.folder / "examples", inference["image_size"])
     example = pd.DataFrame({IMAGE_COLUMN: [Path(p).read_bytes() for p in example_images]})
     artifacts = {"model": str(deployable.model_ts), "inference_config": str(deployable.config_dir / "inference.json")}
+    gate = ood_path(deployable.folder / "models" / "model.pt")
+    if gate.is_file():  # the out-of-distribution gate (custom.evaluation.ood), applied by the served model
+        artifacts["ood"] = str(gate)
     # a string column: the model decodes the base64 text itself and says what is wrong with it (custom.serving.pyfunc)
     outputs = [ColSpec("double", str(c)) for c in inference["classes"]]
     if inference.get("thresholds"):  # the decisions at the operating thresholds follow the probabilities
         outputs += [ColSpec("long", f"{c}{POSITIVE_SUFFIX}") for c in inference["classes"]]
-    signature = ModelSignature(Schema([ColSpec("string", IMAGE_COLUMN)]), Schema(outputs))
+    # ood: "refuse" (a bad request for an image unlike the training images) or "flag" (columns instead)
+    signature = ModelSignature(Schema([ColSpec("string", IMAGE_COLUMN)]), Schema(outputs),
+                               params=ParamSchema([ParamSpec("ood", "string", "refuse")]))
 
     with use_tracking_uri(tracking_uri or mlflow.get_tracking_uri()):
         experiment_id = None

@@ -2,3 +2,4 @@
 
 from .metrics import MultiLabelAUC, bootstrap_auc, mean_auc, per_class_auc
 from .report import TestReport, predict
+from .ood import FeatureDistance, OODGate, fit_gate, load_gate, ood_gate_enabled, ood_path

@@ -202,6 +202,11 @@ class TestReport:
             run record beside ``checkpoint`` (when there is one); ``"record"``: those of that run
             record, else chosen on the validation split without writing; a dict ``class -> threshold``;
             ``None``: no thresholds (the tables keep only ``ece`` besides the AUCs).
+        ood_gate: fit the out-of-distribution gate (:mod:`custom.evaluation.ood`) and report it: with
+            ``thresholds="validation"`` it is fitted on the training images, its threshold set on the validation
+            images, and written beside ``checkpoint`` (``model.ood.npz``); otherwise the stored one is used, else
+            one is fitted without writing. The report then adds ``ood.csv``/``ood.md`` (:meth:`ood_report`).
+        ood_share: the share of the validation images the gate accepts.
     """
 
     __test__ = False  # not a pytest class
@@ -209,7 +214,7 @@ class TestReport:
     def __init__(self, network, datalist: DataList, transform, output_dir, checkpoint=None, splits=None,
                  test_lists=None, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95, device="cpu",
                  batch_size: int = 256, num_workers: int = 0, amp: bool = False, tracker=None, end_run: bool = True,
-                 thresholds="validation"):
+                 thresholds="validation", ood_gate=True, ood_share: float = 0.99):
         self.network, self.datalist, self.transform = network, datalist, transform
         if checkpoint not in (None, "") and Path(checkpoint).is_dir():  # a run's folder: its best model
             checkpoint = Path(checkpoint) / "model.pt"
@@ -223,6 +228,9 @@ class TestReport:
             raise ValueError(f"thresholds must be 'validation', 'record', a dict class -> threshold or null, got "
                              f"{thresholds!r}")
         self.threshold_source = thresholds
+        self.ood_enabled, self.ood_share = as_bool(ood_gate, "ood_gate"), float(ood_share)
+        self.ood = None  # the fitted custom.evaluation.ood.FeatureDistance, after run()
+        self.ood_results = None  # the out-of-distribution table, after run()
         self.thresholds: dict[str, float] | None = None  # class -> operating threshold, after run()
         self.threshold_notes: dict[str, str] = {}
         self.results: dict[str, pd.DataFrame] = {}
@@ -253,18 +261,90 @@ class TestReport:
         all_columns = [_class_columns(test.datalist.classes, self.datalist.classes, f"data list {test.datalist.path}")
                        for test in test_sets]  # every test set's classes checked before any prediction
         self.thresholds = self._operating_thresholds()
+        self.ood = self._ood_gate() if self.ood_enabled else None
+        distances = {}
         for test, columns in zip(test_sets, all_columns):
             labels = test.datalist.labels(test.split)
-            logits = predict(self.network, test.datalist.items(test.split), self.transform, self.device,
-                             self.batch_size, self.num_workers, desc=f"test {test.name}", amp=self.amp)
+            logits, distances[test.name] = self._predict(test.datalist.items(test.split), f"test {test.name}")
             logits = logits[:, columns] if len(logits) else np.zeros(labels.shape, np.float32)
             table = self.table(logits, labels, test.datalist.classes)
             table = operating_table(table, sigmoid(logits), labels, test.datalist.classes, self.thresholds)
             self.results[test.name] = table
             self._report(test, table, logits, labels)
+        if self.ood is not None:
+            self.ood_report(distances, [i["image"] for i in test_sets[0].datalist.items(test_sets[0].split)])
         if self.tracker is not None and self.end_run:
             self.tracker.finish()
         return self.results
+
+    def _predict(self, items, desc):
+        """Logits of ``items``, and their gate distances when there is a gate (else ``None``)."""
+        if self.ood is None:
+            return predict(self.network, items, self.transform, self.device, self.batch_size, self.num_workers,
+                           desc=desc, amp=self.amp), None
+        from .ood import predict_features
+
+        logits, features = predict_features(self.network, items, self.transform, self.device, self.batch_size,
+                                            self.num_workers, desc=desc, amp=self.amp)
+        return logits, self.ood.distance(features) if len(features) else np.zeros(0)
+
+    def _ood_gate(self):
+        """The out-of-distribution gate: fitted (training features, threshold on validation) and written beside the
+        checkpoint with ``thresholds="validation"``; otherwise the stored one, else fitted without writing."""
+        from .ood import fit_on_images, load_gate, ood_path
+
+        if not any(isinstance(m, torch.nn.Linear) for m in self.network.modules()):
+            print(f"no out-of-distribution gate: {type(self.network).__name__} has no linear layer (the gate reads "
+                  "the input of the last one)", flush=True)
+            return None
+        if self.threshold_source != "validation" and self.checkpoint not in (None, ""):
+            stored = load_gate(self.checkpoint)
+            if stored is not None:
+                print(f"out-of-distribution gate from {ood_path(self.checkpoint)}", flush=True)
+                return stored
+        splits = self.datalist.splits
+        if not ("training" in splits and "validation" in splits and self.datalist.items("validation")):
+            print("no training or validation split: no out-of-distribution gate", flush=True)
+            return None
+        gate = fit_on_images(self.network, self.datalist.items("training"), self.datalist.items("validation"),
+                             self.transform, self.ood_share, device=self.device, batch_size=self.batch_size,
+                             num_workers=self.num_workers, amp=self.amp)
+        if self.threshold_source == "validation" and self.checkpoint not in (None, ""):
+            path = gate.save(ood_path(self.checkpoint))
+            print(f"out-of-distribution gate (distance threshold {gate.threshold:.1f}, accepting {self.ood_share:.0%} "
+                  f"of the {gate.num_threshold} validation images) written to {path}", flush=True)
+        return gate
+
+    def ood_report(self, test_distances: dict, test_images) -> pd.DataFrame:
+        """The out-of-distribution table (:func:`custom.evaluation.ood_sets.ood_table`): printed, written as
+        ``ood.csv`` and ``ood.md``, and tracked (``ood_<set>_accepted``, ``ood_<set>_auroc``)."""
+        import tempfile
+
+        from .ood_sets import ood_markdown, ood_sets, ood_table
+
+        with tempfile.TemporaryDirectory(prefix="nvum-ood-") as tmp:
+            sets = ood_sets(tmp, test_images)
+            ood = {name: self._predict([{"image": str(p)} for p in files], f"out-of-distribution {name}")[1]
+                   for name, files in sets.items()}
+        table = ood_table({k: v for k, v in test_distances.items() if v is not None}, ood, self.ood.threshold)
+        self.ood_results = table
+        shown = table.assign(accepted=table["accepted"].map(lambda v: f"{v:.1%}"),
+                             auroc=table["auroc"].map(format_value))
+        title = (f"Out-of-distribution gate: distance threshold {self.ood.threshold:.1f} (accepts "
+                 f"{self.ood.share:.0%} of the {self.ood.num_threshold} validation images; fitted on "
+                 f"{self.ood.num_fit} training images, half of them jittered); AUROC against all the test images")
+        print(f"\n{title}\n{shown.to_string(index=False)}\n", flush=True)
+        csv, md = self.output_dir / "ood.csv", self.output_dir / "ood.md"
+        table.to_csv(csv, index=False)
+        md.write_text(f"# {title}\n\n{ood_markdown(table)}\n")
+        self.written += [("out-of-distribution table", csv), ("out-of-distribution table (Markdown)", md)]
+        if self.tracker is not None:
+            values = {f"ood_{row.set}_{key}": float(getattr(row, key)) for row in table.itertuples()
+                      for key in ("accepted", "auroc")}
+            self.tracker.log_values({k: v for k, v in values.items() if not np.isnan(v)})
+            for path in (csv, md):
+                self.tracker.log_file(path, "test")
+        return table
 
     def _record_file(self) -> Path | None:
         return record_path(self.checkpoint) if self.checkpoint not in (None, "") else None

@@ -29,7 +29,7 @@ from ignite.engine import Engine, Events
 
 from ..evaluation.figures import save_figure
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .inference import READ_ERROR
+from .inference import READ_ERROR, REFUSED
 
 #: candidate layers per architecture (module-name patterns, shallow to deep).
 LAYER_PATTERNS = {"DenseNet": r"features\.denseblock\d+", "ResNet": r"layer\d+"}
@@ -261,8 +261,8 @@ class HeatmapWriter:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [{}] * len(engine.state.output)
         for item, source in zip(engine.state.output, batch):
-            if isinstance(source, dict) and source.get(READ_ERROR):
-                continue  # an unreadable image (custom.InferenceDataset's placeholder): ProbabilityWriter lists it
+            if isinstance(source, dict) and (source.get(READ_ERROR) or source.get(REFUSED)):
+                continue  # an unreadable or refused image (e.g. by custom.OODGate): ProbabilityWriter lists it
             probs = torch.as_tensor(item["pred"]).float().flatten().cpu()
             chosen = self.named or probs.argsort(descending=True)[: self.top_k].tolist()
             image = item["image"]

@@ -109,7 +109,16 @@ class TorchScriptRunner(torch.nn.Module):
     def __init__(self, module: torch.nn.Module):
         super().__init__()
         self.module = module
+        #: with ``keep_features`` (set by :class:`custom.evaluation.ood.OODGate`), each call keeps the pooled
+        #: features of its batch in ``features`` (:func:`custom.evaluation.ood.logits_and_features`: a hook
+        #: cannot be added to a TorchScript model)
+        self.keep_features, self.features = False, None
 
     def forward(self, *args):
+        if getattr(self, "keep_features", False):
+            from ..evaluation.ood import logits_and_features
+
+            logits, self.features = logits_and_features(self.module, *args)
+            return logits
         with torch.jit.optimized_execution(False):
             return self.module(*args)

@@ -21,6 +21,15 @@ A DICOM file whose header says it is not a frontal chest radiograph (Modality no
 BodyPartExamined not chest, a lateral ViewPosition: :func:`custom.data.dicom.guard_reason`) is a bad
 row too, with the reason; ``NVUM_DICOM_GUARD=0`` in the server's environment lets such files through.
 
+An image unlike the training images (the out-of-distribution gate, :mod:`custom.evaluation.ood`: the
+Mahalanobis distance of its pooled features over the threshold stored with the model, artifact ``ood``) is a
+bad row too, with the reason ("row 2: not like the training images: distance 412.3 > 97.1"): one such image
+makes the whole request an HTTP 400, as any bad row does, so that no answer is ever given for it. A caller who would
+rather not lose a batch for one image passes the parameter ``ood="flag"`` (``{"params": {"ood": "flag"}}`` over
+REST): every row then gets two more columns, ``ood_distance`` and ``in_distribution`` (1 or 0), and the rows out
+of distribution get no probability or decision (NaN). ``NVUM_OOD_GATE=0`` in the server's environment turns the
+gate off.
+
 A request with an input that is not an image is refused as a whole with
 ``MlflowException(..., INVALID_PARAMETER_VALUE)``, which the scoring server answers with HTTP 400
 and a message naming every bad row and its reason. So is an image of more than :data:`MAX_PIXELS`
@@ -51,6 +60,7 @@ import torch
 from PIL import Image
 
 from ..data.dicom import dicom_guard_enabled, guard_file, is_dicom, read_dicom
+from ..evaluation.ood import FeatureDistance, logits_and_features, ood_gate_enabled
 from .loaders import TorchScriptRunner
 
 #: the input column of the pyfunc model.
@@ -70,6 +80,10 @@ MAX_REQUEST_BYTES = 256 * 2**20
 MAX_ROWS_ENV, MAX_REQUEST_BYTES_ENV = "NVUM_MAX_ROWS", "NVUM_MAX_REQUEST_BYTES"
 #: rows decoded and predicted at a time (the memory a request takes beyond its own data).
 CHUNK_ROWS = 64
+#: the columns added with the parameter ``ood="flag"``.
+DISTANCE_COLUMN, IN_DISTRIBUTION_COLUMN = "ood_distance", "in_distribution"
+#: the values of the parameter ``ood``: refuse the request (HTTP 400), or flag the rows.
+OOD_MODES = ("refuse", "flag")
 
 
 def decode_image(data, name: str = "image", dicom_guard: bool | None = None) -> np.ndarray:
@@ -293,6 +307,9 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
 
         self.thresholds = read_thresholds(self.classes, parser.get("thresholds") or {})
         self.model = TorchScriptRunner(torch.jit.load(context.artifacts["model"], map_location="cpu")).eval()
+        self.ood = None
+        if ood_gate_enabled() and context.artifacts.get("ood"):
+            self.ood = FeatureDistance.load(context.artifacts["ood"])
 
     def _images(self, model_input) -> list:
         """The encoded images of a request within its limits; :class:`MlflowException` (HTTP 400) otherwise."""
@@ -328,10 +345,17 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
                 errors.append(f"row {i}: {type(e).__name__}: {e}")
         return tensors
 
-    def _probabilities(self, tensors: list) -> list:
+    def _probabilities(self, tensors: list, distances: list | None = None) -> list:
+        """The probabilities of ``tensors``; with a gate, their distances are appended to ``distances``."""
         probs = []
+        gate = getattr(self, "ood", None)  # (models pickled before the gate: none)
         for start in range(0, len(tensors), self.batch_size):
-            logits = self.model(torch.stack(tensors[start : start + self.batch_size]).float())
+            batch = torch.stack(tensors[start : start + self.batch_size]).float()
+            if gate is None:
+                logits = self.model(batch)
+            else:
+                logits, features = logits_and_features(self.model, batch)
+                distances += list(gate.distance(features.numpy()))
             if logits.ndim != 2 or logits.shape[1] != len(self.classes):
                 raise ValueError(f"the network gives outputs of shape {tuple(logits.shape)} but {len(self.classes)} "
                                  "classes are configured")
@@ -346,16 +370,25 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
         images = self._images(model_input)
+        mode = (params or {}).get("ood") or "refuse"
+        if mode not in OOD_MODES:
+            raise MlflowException(f"the parameter ood must be one of {OOD_MODES}, got {mode!r}",
+                                  error_code=INVALID_PARAMETER_VALUE)
         chunk = max(1, int(getattr(self, "chunk_rows", CHUNK_ROWS)))  # (models pickled before chunk_rows: default)
-        probs, errors = [], []
+        probs, errors, distances = [], [], []
         try:
             for start in range(0, len(images), chunk):
                 tensors = self._tensors(images[start : start + chunk], start, errors)
                 if not errors:  # after a bad row the rest is only decoded, to name every bad row
-                    probs += self._probabilities(tensors)
+                    probs += self._probabilities(tensors, distances)
                 del tensors
         finally:
             release_memory()
+        gate = getattr(self, "ood", None)
+        if gate is not None and mode == "refuse" and not errors:
+            errors = [f"row {i}: {gate.reason(d)} (the parameter ood='flag' answers with a column instead; "
+                      "NVUM_OOD_GATE=0 on the server turns the gate off)"
+                      for i, d in enumerate(distances) if gate.reason(d)]
         if errors:
             more = f" (and {len(errors) - 1} more bad row(s): {'; '.join(errors[1:10])})" if len(errors) > 1 else ""
             raise MlflowException(f"{errors[0]}{more}", error_code=INVALID_PARAMETER_VALUE)
@@ -365,4 +398,10 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         if thresholds:
             for cls, threshold in zip(self.classes, thresholds):
                 out[f"{cls}{POSITIVE_SUFFIX}"] = (out[cls] >= threshold).astype(np.int64)
+        if gate is not None and mode == "flag":
+            inside = np.array([not gate.reason(d) for d in distances], dtype=bool)
+            out = out.astype(np.float64)
+            out.loc[~inside, :] = np.nan  # no answer for an image unlike the training images
+            out[DISTANCE_COLUMN] = np.asarray(distances, dtype=np.float64)
+            out[IN_DISTRIBUTION_COLUMN] = inside.astype(np.int64)
         return out

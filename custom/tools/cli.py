@@ -529,6 +529,31 @@ def synthetic_stats(**options):
     write_label_stats(**options)
 
 
+@cli.command(options_from="custom.tools.ood:fit_ood")
+def fit_ood(**options):
+    """Refit the out-of-distribution gate of a trained model on local images (bundle/docs/ood.md).
+
+    Training writes the gate beside model.pt (model.ood.npz); this replaces it, e.g. with images of your
+    hospital, so that they are accepted and images unlike them refused.
+
+    Args:
+        checkpoint: the trained weights (model.pt with its run record model.json).
+        datalist: data list: training split fitted, validation split sets the threshold (default: the run's).
+        dataset_dir: folder of the data list's images.
+        images: a folder of local chest X-rays instead (80% fitted, 20% set the threshold).
+        share: share of the threshold images accepted.
+        batch_size: images per forward pass.
+        device: cpu or cuda.
+        seed: seed of the 80/20 split of --images.
+
+    Example:
+        python -m custom.cli fit_ood --checkpoint bundle/models/model.pt --images /data/our_cxr
+    """
+    from .ood import fit_ood as run
+
+    run(**options)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run ``python -m custom.cli`` with ``argv`` (default: the process's arguments)."""
     status = cli.main(argv)

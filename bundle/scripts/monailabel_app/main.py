@@ -16,6 +16,8 @@ before starting the server: MONAI Label writes its logs and state into the app f
 A DICOM image whose header says it is not a frontal chest radiograph (Modality not CR/DX/RG,
 BodyPartExamined not chest, a lateral ViewPosition) is refused with an error naming the reason
 (``custom.data.dicom.guard_reason``); start the server with ``NVUM_DICOM_GUARD=0`` to let such images through.
+So is an image unlike the training images (the out-of-distribution gate, ``custom.evaluation.ood``, whose file
+``models/model.ood.npz`` training writes); ``NVUM_OOD_GATE=0`` turns it off.
 """
 
 import logging
@@ -50,7 +52,24 @@ class MultiLabelBundleInferTask(BundleInferTask):
         if reason:
             raise ValueError(f"{MODEL}: image {request.get('image')} refused: {reason} (NVUM_DICOM_GUARD=0 on the "
                              "server lets it through)")
+        reason = ood_gate(request.get("image"), self.bundle)
+        if reason:
+            raise ValueError(f"{MODEL}: image {request.get('image')} refused: {reason} (NVUM_OOD_GATE=0 on the "
+                             "server lets it through)")
         return super().__call__(request, *args, **kwargs)
+
+
+def ood_gate(image, bundle):
+    """Why the bundle's out-of-distribution gate refuses ``image`` (a file path; ``custom.evaluation.ood``), ``None``
+    when it does not (or the bundle has no gate, or ``$NVUM_OOD_GATE`` is 0)."""
+    if not isinstance(image, str) or not os.path.isfile(image):
+        return None
+    if bundle not in sys.path:
+        sys.path.insert(0, bundle)
+    from custom.evaluation.ood import refused_files
+
+    refused = refused_files([image], bundle)
+    return refused[0][1] if refused else None
 
 
 def dicom_guard(image, bundle):
