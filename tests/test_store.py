@@ -79,8 +79,14 @@ def test_store_gives_the_tensor_of_the_original_within_half_a_grey_level_and_kee
     assert images.dtype == np.uint8 and images.shape == (6, SIZE, SIZE)
 
 
-def test_the_tensor_from_the_store_through_the_worker_processes_is_the_same(image_set, tmp_path):
+def test_the_tensor_from_the_store_through_the_worker_processes_is_the_same(image_set, tmp_path, monkeypatch):
     in_process = prepare(str(image_set), SIZE, str(tmp_path / "a"), workers=0, progress=False)
+    # a runtime-only `custom` put ahead on the path (as loading an MLflow model or a deployable bundle does): the
+    # workers must still import the code this process runs
+    shadow = tmp_path / "shadow" / "custom"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(shadow.parent))
     two = prepare(str(image_set), SIZE, str(tmp_path / "b"), workers=2, chunk=2, progress=False)
     a, b = (np.load(p.parent / IMAGES_FILE) for p in (in_process, two))
     assert np.array_equal(a, b)

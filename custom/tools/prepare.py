@@ -24,6 +24,17 @@ def _transforms(image_size: int):
     return parser.get_parsed_content("load_image"), parser.get_parsed_content("to_network_input").converter
 
 
+def _code_first_on_path() -> None:
+    """Put the folder of the ``custom`` package this process runs first on ``sys.path``, which spawned workers copy:
+    they then import this code, even where something earlier in the process (an MLflow model's code folder, a
+    deployable bundle's runtime-only ``custom``) was put ahead of it."""
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    if not sys.path or sys.path[0] != root:
+        sys.path.insert(0, root)
+
+
 def _start(folder: str, image_size: int) -> None:
     import torch
 
@@ -132,6 +143,7 @@ def _run(out: Path, size: int, todo, workers, chunk: int, progress: bool, status
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        _code_first_on_path()
         pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start, (str(out), size))
         results = (f.result() for f in as_completed([pool.submit(_prepare_chunk, c) for c in chunks]))
     try:
