@@ -82,7 +82,10 @@ def test_the_nih_recipe_at_512_pixels_trains_tests_exports_and_infers_from_a_pre
     _run("monai.bundle", "run", "--config_file", "configs/inference.json", "--input_path", tmp_path / "originals",
          "--output_file", out, cwd=exported)
     probs = pd.read_csv(out)
-    assert len(probs) == 32 and list(probs.columns[1:]) == CLASSES
+    errors = out.with_name("errors.csv")  # the out-of-distribution gate of a 16-image run may refuse a few
+    refused = pd.read_csv(errors)["reason"] if errors.is_file() else pd.Series([], dtype=str)
+    assert refused.str.startswith("not like the training images: distance ").all() and len(refused) <= 3
+    assert len(probs) + len(refused) == 32 and list(probs.columns[1:]) == CLASSES
     assert np.isfinite(probs[CLASSES].to_numpy()).all()
     print(f"\n512-px recipe: training job {seconds:.0f} s (one step of 16, validation, test report, export), "
           f"peak memory of a child process {peak_mb:.0f} MB")
