@@ -22,7 +22,7 @@ from .console import filter_third_party_noise, install_excepthook
 from .data import (ChestXrayDicomReader, ChestXrayToTensord, DataList, DataListError, LoadImageChestXrayd,
                    NormaliseChestXrayBatch, RandResizedCropd, dicom_guard_enabled, open_datalist, real_datalist)
 from .deploy import ModelRegistrar
-from .evaluation import MultiLabelAUC, TestReport, mean_auc, per_class_auc, predict
+from .evaluation import MultiLabelAUC, OperatingThresholds, TestReport, mean_auc, per_class_auc, predict
 from .flags import as_bool
 from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indices
 from .networks import build_network, load_pretrained, load_weights, memory_format, prepare_network

@@ -387,7 +387,7 @@ def test_the_best_model_carries_a_record_of_what_it_was_trained_on(trained):
     assert Path(record["datalist"]) == trained["data"] / "datalist.json"
     (resume,) = sorted(models.glob("checkpoint_epoch=*.pt"))
     # the resume checkpoint holds the same record, less the thresholds the test report added after training
-    after = {"thresholds", "threshold_rule", "threshold_notes"}
+    after = {"thresholds", "threshold_rule", "threshold_notes", "threshold_split"}
     assert after <= set(record)
     assert torch.load(resume, weights_only=True)["run_record"] == {k: v for k, v in record.items() if k not in after}
 

@@ -126,6 +126,13 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         inference["network_def"] = network_def
     if record.get("thresholds"):  # the run's operating thresholds, read by inference and the served model
         inference["thresholds"] = {str(k): float(v) for k, v in record["thresholds"].items()}
+        if record.get("threshold_notes"):  # the classes whose threshold is a default, named where it is used
+            inference["threshold_notes"] = {str(k): str(v) for k, v in record["threshold_notes"].items()}
+    from ..evaluation.operating import threshold_lines
+
+    for line in threshold_lines(inference.get("thresholds"), notes=record.get("threshold_notes"),
+                                what="decisions in the exported bundle"):
+        print(line.replace("the settings", "the run record"), flush=True)
     out = meta["network_data_format"]["outputs"][out_key]
     out["num_channels"] = len(inference["classes"])
     out["spatial_shape"] = [len(inference["classes"])]

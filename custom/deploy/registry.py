@@ -259,7 +259,7 @@ class ModelRegistrar:
         record = dict(self.record) if self.record else None
         sidecar = record_path(self.checkpoint)
         stored = (read_record(sidecar) or {}) if sidecar.is_file() else {}
-        keys = ("thresholds", "threshold_rule", "threshold_notes")
+        keys = ("thresholds", "threshold_rule", "threshold_notes", "threshold_split")
         extra = {k: stored[k] for k in keys if stored.get(k) is not None}
         if not extra.get("thresholds") and getattr(self.test_report, "thresholds", None):
             extra = {"thresholds": dict(self.test_report.thresholds),

@@ -274,7 +274,11 @@ class ProbabilityWriter:
         return read_thresholds(self.classes, self.threshold_setting, self.checkpoint)
 
     def _write(self, engine: Engine) -> None:
+        from ..evaluation.operating import threshold_lines
+
         thresholds = self.thresholds()
+        for line in threshold_lines(thresholds, self.threshold_setting, self.checkpoint):
+            print(line, flush=True)
         if thresholds is not None:
             decisions = [[row[0]] + [int(float(p) >= t) for p, t in zip(row[1:], thresholds)] for row in self._rows]
             self._write_csv(self.decisions_file, ["image"] + self.classes, decisions)

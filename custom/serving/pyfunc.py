@@ -43,6 +43,7 @@ import ctypes
 import io
 import os
 import re
+import sys
 
 import mlflow.pyfunc
 import numpy as np
@@ -292,6 +293,11 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         from .inference import read_thresholds
 
         self.thresholds = read_thresholds(self.classes, parser.get("thresholds") or {})
+        from ..evaluation.operating import threshold_lines
+
+        for line in threshold_lines(self.thresholds, notes=parser.get("threshold_notes"),
+                                    what=f"<class>{POSITIVE_SUFFIX} columns"):  # in the server's log
+            print(line.replace("the settings", "the model's inference.json"), file=sys.stderr, flush=True)
         self.model = TorchScriptRunner(torch.jit.load(context.artifacts["model"], map_location="cpu")).eval()
 
     def _images(self, model_input) -> list:
