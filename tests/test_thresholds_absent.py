@@ -152,6 +152,11 @@ def test_the_test_table_names_the_split_its_thresholds_were_chosen_on(tmp_path):
     assert test.endswith("; operating thresholds chosen on the 'validation' split")
     assert val.endswith("; operating thresholds chosen on the 'validation' split (this one: sensitivity and "
                         "specificity are optimistic, measure them on another split)")
+    # the same split named through another data list of the same file (first_run_nih.md's step 4)
+    other = {"path": str(path), "splits": ["validation"], "name": "val_again"}
+    TestReport(network, data, transform, tmp_path / "e3", test_lists=[other], num_resamples=0).run()
+    title = (tmp_path / "e3" / "test_val_again.md").read_text().splitlines()[0]
+    assert title.endswith("measure them on another split)")
     given = {"A": 0.5, "B": 0.5, "No Finding": 0.5}
     TestReport(network, data, transform, tmp_path / "e2", splits=["test"], num_resamples=0, thresholds=given).run()
     assert (tmp_path / "e2" / "test_test.md").read_text().splitlines()[0].endswith(

@@ -324,8 +324,8 @@ class TestReport:
             level = f"{self.confidence:.0%} bootstrap CI, {self.num_resamples} resamples, seed {self.seed}"
         title = f"Test AUC on '{test.name}' ({source}; {len(labels)} images; {level})"
         if "threshold" in table:
-            title += "; " + _threshold_origin(self.threshold_split, test.split if test.datalist is self.datalist
-                                              else None)
+            same_list = test.datalist is self.datalist or _same_file(test.datalist.path, self.datalist.path)
+            title += "; " + _threshold_origin(self.threshold_split, test.split if same_list else None)
         shown = _shown(table)
         print(f"\n{title}\n{shown.to_string(index=False)}\n", flush=True)
         stem = self.output_dir / f"test_{test.name}"
@@ -364,6 +364,13 @@ def _threshold_origin(chosen_on: str | None, tested_on: str | None) -> str:
     if chosen_on == tested_on:
         text += " (this one: sensitivity and specificity are optimistic, measure them on another split)"
     return text
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (TypeError, OSError):
+        return False
 
 
 def _print_notes(notes) -> None:
