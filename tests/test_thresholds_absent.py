@@ -162,3 +162,16 @@ def test_the_test_table_names_the_split_its_thresholds_were_chosen_on(tmp_path):
     assert (tmp_path / "e2" / "test_test.md").read_text().splitlines()[0].endswith(
         "; operating thresholds given, not chosen on data")
     assert pd.read_csv(tmp_path / "e2" / "test_test.csv")["threshold"][0] == 0.5
+
+
+def test_training_without_a_validation_split_says_that_decisions_will_lack_thresholds(tmp_path, capsys):
+    from custom.evaluation import OperatingThresholds
+
+    data = SimpleNamespace(splits=["training"], classes=CLASSES)
+    step = OperatingThresholds(torch.nn.Linear(3, 3), data, None, tmp_path / "models")
+    assert step.checkpoint == tmp_path / "models" / "model.pt" and step.run() is None
+    out = capsys.readouterr().out
+    assert out.startswith("operating thresholds not chosen (no validation split): inference and the served model "
+                          "will give no decisions; to get them, choose them on the validation split with")
+    assert HOW in out
+    assert not (tmp_path / "models" / "model.json").exists()

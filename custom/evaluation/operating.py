@@ -85,8 +85,8 @@ class OperatingThresholds:
 
         from ..flags import resolve_auto
 
-        checkpoint = Path(checkpoint)
-        self.checkpoint = checkpoint / "model.pt" if checkpoint.is_dir() or not checkpoint.suffix else checkpoint
+        checkpoint = Path(checkpoint)  # the model folder (made by training) or a weights file
+        self.checkpoint = checkpoint if checkpoint.suffix in (".pt", ".pth") else checkpoint / "model.pt"
         self.network, self.datalist, self.transform = network, datalist, transform
         self.device, self.batch_size, self.num_workers = device, int(batch_size), int(num_workers)
         self.amp = resolve_auto(amp, device, "amp")
