@@ -98,7 +98,8 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
             ``inference.json`` are resolved relative to the folder above the bundle folder.
         record: the run's record (:class:`custom.record.RunRecord`): its ``classes``,
             ``image_size`` and ``network`` replace the config's (default: keep the config's), and
-            its operating ``thresholds`` (written by the test report) become ``thresholds``.
+            its operating ``thresholds`` (written after training, :class:`custom.OperatingThresholds`) become
+            ``thresholds`` (and their ``threshold_notes``: the classes whose threshold is a default).
 
     Returns:
         ``(inference, metadata)`` dicts; the classes also go into the metadata's output
