@@ -22,9 +22,10 @@ from .console import filter_third_party_noise, install_excepthook
 from .data import (ChestXrayDicomReader, ChestXrayToTensord, DataList, DataListError, LoadImageChestXrayd,
                    NormaliseChestXrayBatch, RandResizedCropd, dicom_guard_enabled, open_datalist, real_datalist)
 from .deploy import ModelRegistrar
-from .evaluation import MultiLabelAUC, OperatingThresholds, TestReport, mean_auc, per_class_auc, predict
+from .evaluation import MultiLabelAUC, TestReport, mean_auc, per_class_auc, predict
 from .flags import as_bool
 from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indices
+from .evaluation.operating import OperatingThresholds  # the step choosing thresholds after training
 from .networks import build_network, load_pretrained, load_weights, memory_format, prepare_network
 from .nvum import (BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUMMemory, build_loss, class_prior,
                    log1m_sigmoid)
