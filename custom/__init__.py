@@ -26,6 +26,7 @@ from .evaluation import (MultiLabelAUC, OODGate, TestReport, mean_auc, ood_gate_
                          predict)
 from .flags import as_bool
 from .labels import CHEXPERT8_CLASSES, NIH14_CLASSES, NO_FINDING, disease_indices
+from .evaluation.operating import OperatingThresholds  # the step choosing thresholds after training
 from .networks import build_network, load_pretrained, load_weights, memory_format, prepare_network
 from .nvum import (BCELoss, EMATeacher, FocalLoss, MemoryUpdater, NVUMLoss, NVUMMemory, build_loss, class_prior,
                    log1m_sigmoid)

@@ -128,6 +128,19 @@ def _short(text: str) -> str:
     return line if len(line) <= _WIDTH else line[: _WIDTH - 3] + "..."
 
 
+def _wrong_folder(exc: BaseException) -> str | None:
+    """The message of a bundle file (``bundle/configs/common.json`` of a ``%`` macro, read by MONAI relative to the
+    working folder) not found because the command runs from another folder than the repository root."""
+    name = getattr(exc, "filename", None)
+    if not isinstance(exc, FileNotFoundError) or not isinstance(name, str) or Path(name).is_absolute():
+        return None
+    root = PACKAGE_DIR.parent
+    if Path(name).exists() or not (root / name).is_file() or Path.cwd().resolve() == root:
+        return None
+    return (f"{name} is not found from the working folder {Path.cwd()}: run the bundle's commands from the repository "
+            f"root {root} (the configs read it relative to the working folder)")
+
+
 def format_report(exc: BaseException, full: bool = False) -> str:
     """The report of an uncaught exception (see the module docstring); its last line is ``error: ...``."""
     chosen = project_exception(exc)
@@ -139,7 +152,7 @@ def format_report(exc: BaseException, full: bool = False) -> str:
         for item in exception_chain(exc):
             mark = f"   [raised at {_where(item)}]" if item is chosen else ""
             lines.append(f"  {type(item).__name__}: {_short(message(item))}{mark}")
-    text = message(chosen).splitlines()
+    text = (_wrong_folder(chosen) or message(chosen)).splitlines()
     if len(text) > 1:
         lines.append("details:")
         lines += [f"  {line.strip()}" for line in text[1:] if line.strip()]

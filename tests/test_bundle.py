@@ -189,6 +189,7 @@ def test_training_ends_by_listing_every_file_it_wrote(trained):
     root, files = trained["root"], dict(trained["wf"].parser.get_parsed_content("run_summary").files())
     models, eval_dir = (root / "models").resolve(), (root / "eval").resolve()
     assert files["best network"] == str(models / "model.pt") and files["its run record"] == str(models / "model.json")
+    assert files["operating thresholds (validation)"] == str(models / "model.json")
     assert files["resume checkpoint (audit it)"] == str(models / "checkpoint_epoch=2.pt")
     assert files["test table 'test_shifted'"] == str(eval_dir / "test_test_shifted.csv")
     assert files["ROC figure 'test'"] == str(eval_dir / "test_test_roc.png")
@@ -388,7 +389,7 @@ def test_the_best_model_carries_a_record_of_what_it_was_trained_on(trained):
     assert Path(record["datalist"]) == trained["data"] / "datalist.json"
     (resume,) = sorted(models.glob("checkpoint_epoch=*.pt"))
     # the resume checkpoint holds the same record, less the thresholds the test report added after training
-    after = {"thresholds", "threshold_rule", "threshold_notes"}
+    after = {"thresholds", "threshold_rule", "threshold_notes", "threshold_split"}
     assert after <= set(record)
     assert torch.load(resume, weights_only=True)["run_record"] == {k: v for k, v in record.items() if k not in after}
 
@@ -425,6 +426,8 @@ def test_test_and_deploy_switch_leaves_only_the_trained_checkpoints(tmp_path, ca
     assert wf.parser.get_parsed_content("test_report") is None  # the steps are left out (_disabled_) ...
     assert "not run (switched off): test report, export and registration" in capsys.readouterr().out  # ... and said
     assert (tmp_path / "models" / "model.pt").is_file()
+    assert set(json.loads((tmp_path / "models" / "model.json").read_text())["thresholds"]) == set(
+        json.loads((CONFIGS / "common.json").read_text())["classes"])  # chosen on validation all the same
     assert not list((tmp_path / "eval").glob("test_*"))
     assert not (tmp_path / "models" / "model.ts").exists()
     assert not (tmp_path / "models" / "nvum_cxr_classification.zip").exists()

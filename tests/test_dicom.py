@@ -222,7 +222,7 @@ def test_a_transfer_syntax_that_cannot_be_decoded_is_refused_naming_file_and_syn
     errors = pd.read_csv(tmp_path / "out" / "errors.csv")
     assert list(table.index) == ["img0.png"] and [Path(p).name for p in errors["image"]] == ["lossless.dcm"]
     assert errors["reason"][0].startswith("transfer syntax JPEG Lossless")
-    with pytest.raises(DicomReadError, match="row 3: the DICOM file has no pixel data"):
+    with pytest.raises(DicomReadError, match="row 3: the DICOM file holds no image: it has no pixel data element"):
         read_dicom(b"\0" * 128 + b"DICM" + b"\x02\x00", "row 3")
     plain = write_dicom(tmp_path / "plain.dcm", images["pixels"]["img0"].astype(np.int64))
     (tmp_path / "cut.dcm").write_bytes(plain.read_bytes()[:-500])  # pixel data cut short

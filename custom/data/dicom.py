@@ -193,6 +193,12 @@ def _apply_luts(arr: np.ndarray, ds) -> np.ndarray:
     return np.asarray(arr, dtype=np.float64)
 
 
+def _sop_class(ds) -> str:
+    """``" (SOP class <name>)"`` of a dataset, or ``""`` when it names none."""
+    uid = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    return f" (SOP class {getattr(uid, 'name', uid)})" if uid else ""
+
+
 def read_dicom(source, name: str | None = None) -> tuple[np.ndarray, dict]:
     """Read a DICOM radiograph into display intensities (see the module docstring).
 
@@ -220,7 +226,8 @@ def read_dicom(source, name: str | None = None) -> tuple[np.ndarray, dict]:
     except (InvalidDicomError, OSError, EOFError, ValueError) as e:
         raise DicomReadError(f"{name}: not a readable DICOM file ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds:
-        raise DicomReadError(f"{name}: the DICOM file has no pixel data (a {ds.get('Modality', 'non-image')} object?)")
+        raise DicomReadError(f"{name}: the DICOM file holds no image: it has no pixel data element (7FE0,0010)"
+                             f"{_sop_class(ds)}; send the radiograph's image file")
     problem = _decoder_problem(ds, name)
     if problem:
         raise DicomReadError(problem)

@@ -98,7 +98,8 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
             ``inference.json`` are resolved relative to the folder above the bundle folder.
         record: the run's record (:class:`custom.record.RunRecord`): its ``classes``,
             ``image_size`` and ``network`` replace the config's (default: keep the config's), and
-            its operating ``thresholds`` (written by the test report) become ``thresholds``.
+            its operating ``thresholds`` (written after training, :class:`custom.OperatingThresholds`) become
+            ``thresholds`` (and their ``threshold_notes``: the classes whose threshold is a default).
 
     Returns:
         ``(inference, metadata)`` dicts; the classes also go into the metadata's output
@@ -126,6 +127,13 @@ def bundle_configs(config_dir, record: dict | None = None) -> tuple[dict, dict]:
         inference["network_def"] = network_def
     if record.get("thresholds"):  # the run's operating thresholds, read by inference and the served model
         inference["thresholds"] = {str(k): float(v) for k, v in record["thresholds"].items()}
+        if record.get("threshold_notes"):  # the classes whose threshold is a default, named where it is used
+            inference["threshold_notes"] = {str(k): str(v) for k, v in record["threshold_notes"].items()}
+    from ..evaluation.operating import threshold_lines
+
+    for line in threshold_lines(inference.get("thresholds"), notes=record.get("threshold_notes"),
+                                what="decisions in the exported bundle"):
+        print(line.replace("the settings", "the run record"), flush=True)
     out = meta["network_data_format"]["outputs"][out_key]
     out["num_channels"] = len(inference["classes"])
     out["spatial_shape"] = [len(inference["classes"])]

@@ -259,14 +259,14 @@ class ModelRegistrar:
 
     def bundle_record(self) -> dict | None:
         """The run record that goes into the bundle (``models/model.json``): the run's, with the operating
-        thresholds (``thresholds``, ``threshold_rule``, ``threshold_notes``) that the test report wrote into
-        the record beside the checkpoint, else those the test report holds."""
+        thresholds (``thresholds``, ``threshold_rule``, ``threshold_notes``, ``threshold_split``) written into the
+        record beside the checkpoint after training, else those the test report holds."""
         from ..record import read_record, record_path
 
         record = dict(self.record) if self.record else None
         sidecar = record_path(self.checkpoint)
         stored = (read_record(sidecar) or {}) if sidecar.is_file() else {}
-        keys = ("thresholds", "threshold_rule", "threshold_notes")
+        keys = ("thresholds", "threshold_rule", "threshold_notes", "threshold_split")
         extra = {k: stored[k] for k in keys if stored.get(k) is not None}
         if not extra.get("thresholds") and getattr(self.test_report, "thresholds", None):
             extra = {"thresholds": dict(self.test_report.thresholds),

@@ -49,3 +49,95 @@ def operating_table(table: pd.DataFrame, probs: np.ndarray, labels: np.ndarray, 
         picked = picked[~np.isnan(picked)]
         table[name] = list(values) + [float(picked.mean()) if picked.size else np.nan]
     return table
+
+
+#: what a person reads where decisions need thresholds and there are none: how to get them.
+HOW_TO_GET_THRESHOLDS = ("choose them on the validation split with `python -m monai.bundle run choose_thresholds "
+                         "--config_file bundle/configs/train.json` and the training's --bundle_root and data list "
+                         "settings, or give them (inference.json's --thresholds)")
+
+
+def threshold_notes_line(notes: Mapping[str, str] | None) -> str | None:
+    """One line naming the classes whose threshold is a default (no validation positive or negative), or ``None``."""
+    if not notes:
+        return None
+    return ("operating thresholds that are a default, not chosen on data: "
+            + "; ".join(f"{cls} ({note})" for cls, note in notes.items()))
+
+
+class OperatingThresholds:
+    """The step after training that chooses the operating thresholds on the validation split and stores them in
+    the run record beside the best model (``model.json``: ``thresholds``, ``threshold_rule``, ``threshold_notes``,
+    ``threshold_split``), whether or not the test report runs, so that inference, the zip and the served model
+    always have them (:func:`~custom.evaluation.metrics.operating_thresholds`: the ROC point closest to (0, 1)).
+
+    Args:
+        network: the evaluation network (the best model's weights are loaded into it).
+        datalist: the training :class:`~custom.data.DataList` (its ``validation`` split is used).
+        transform: the deterministic preprocessing.
+        checkpoint: the best model file, or the run's model folder (its ``model.pt``).
+        device, batch_size, num_workers, amp: inference settings.
+    """
+
+    def __init__(self, network, datalist, transform, checkpoint, device="cpu", batch_size: int = 256,
+                 num_workers: int = 0, amp=False):
+        from pathlib import Path
+
+        from ..flags import resolve_auto
+
+        checkpoint = Path(checkpoint)  # the model folder (made by training) or a weights file
+        self.checkpoint = checkpoint if checkpoint.suffix in (".pt", ".pth") else checkpoint / "model.pt"
+        self.network, self.datalist, self.transform = network, datalist, transform
+        self.device, self.batch_size, self.num_workers = device, int(batch_size), int(num_workers)
+        self.amp = resolve_auto(amp, device, "amp")
+        self.thresholds: dict[str, float] | None = None
+        self.threshold_notes: dict[str, str] = {}
+        self.written: list[tuple[str, object]] = []  # for custom.RunSummary
+
+    def run(self) -> dict[str, float] | None:
+        from ..networks import load_weights
+        from ..record import record_path, update_record
+        from .metrics import operating_thresholds
+        from .report import predict
+
+        record = record_path(self.checkpoint)
+        items = self.datalist.items("validation") if "validation" in self.datalist.splits else []
+        if not items or not self.checkpoint.is_file():
+            why = "no validation split" if not items else f"no best model {self.checkpoint}"
+            print(f"operating thresholds not chosen ({why}): inference and the served model will give no "
+                  f"decisions; to get them, {HOW_TO_GET_THRESHOLDS}", flush=True)
+            return None
+        load_weights(self.network, self.checkpoint)
+        logits = predict(self.network, items, self.transform, self.device, self.batch_size, self.num_workers,
+                         desc="validation (thresholds)", amp=self.amp)
+        self.thresholds, self.threshold_notes = operating_thresholds(sigmoid(logits),
+                                                                     self.datalist.labels("validation"),
+                                                                     self.datalist.classes)
+        update_record(self.checkpoint, thresholds=dict(self.thresholds), threshold_rule=THRESHOLD_RULE,
+                      threshold_notes=dict(self.threshold_notes), threshold_split="validation")
+        print(f"operating thresholds (ROC point closest to (0, 1) on the {len(items)} validation images) written "
+              f"to {record}", flush=True)
+        line = threshold_notes_line(self.threshold_notes)
+        if line:
+            print(line, flush=True)
+        self.written.append(("operating thresholds (validation)", str(record.resolve())))
+        return self.thresholds
+
+
+def threshold_lines(thresholds, setting=None, checkpoint=None, notes=None, what: str = "decisions.csv") -> list[str]:
+    """What inference, export and the served model print about their operating thresholds: without any (and not
+    turned off with an empty dict), that ``what`` needs them and how to get them; with some, the classes whose
+    threshold is a default (``notes``, else the ``threshold_notes`` of the run record beside ``checkpoint``)."""
+    from ..record import read_record, record_path
+
+    if isinstance(setting, Mapping) and not setting:
+        return []  # turned off on purpose
+    record = record_path(checkpoint) if setting is None and checkpoint not in (None, "") else None
+    if not thresholds:
+        where = record if record is not None else "the settings"
+        return [f"no {what}: decisions need operating thresholds and {where} holds none (a model trained before "
+                f"they were stored, or without a validation split); to get them, {HOW_TO_GET_THRESHOLDS}"]
+    if notes is None and record is not None and record.is_file():
+        notes = (read_record(record) or {}).get("threshold_notes")
+    line = threshold_notes_line(notes)
+    return [line] if line else []

@@ -233,6 +233,7 @@ class TestReport:
         self.ood_results = None  # the out-of-distribution table, after run()
         self.thresholds: dict[str, float] | None = None  # class -> operating threshold, after run()
         self.threshold_notes: dict[str, str] = {}
+        self.threshold_split: str | None = "validation"  # the split of `datalist` the thresholds were chosen on
         self.results: dict[str, pd.DataFrame] = {}
         self.written: list[tuple[str, Path]] = []  # (what, path) of every file written, for custom.RunSummary
 
@@ -355,11 +356,16 @@ class TestReport:
         if source is None:
             return None
         if isinstance(source, Mapping):
+            self.threshold_split = None  # given, not chosen on a split
             return {str(k): float(v) for k, v in source.items()}
         if source == "record" and record is not None and record.is_file():
-            stored = (read_record(record) or {}).get("thresholds")
+            content = read_record(record) or {}
+            stored = content.get("thresholds")
             if stored:
                 print(f"operating thresholds from {record}", flush=True)
+                self.threshold_notes = dict(content.get("threshold_notes") or {})
+                self.threshold_split = str(content.get("threshold_split") or "validation")
+                _print_notes(self.threshold_notes)
                 return {str(k): float(v) for k, v in stored.items()}
         items = self.datalist.items("validation") if "validation" in self.datalist.splits else []
         if not items:
@@ -369,12 +375,13 @@ class TestReport:
         logits = predict(self.network, items, self.transform, self.device, self.batch_size, self.num_workers,
                          desc="validation (thresholds)", amp=self.amp)
         thresholds, self.threshold_notes = operating_thresholds(sigmoid(logits), labels, self.datalist.classes)
-        for cls, note in self.threshold_notes.items():
-            print(f"threshold of {cls}: {note}", flush=True)
+        self.threshold_split = "validation"
+        _print_notes(self.threshold_notes)
         if source == "validation" and record is not None:
             if record.is_file():
                 update_record(record, thresholds={str(k): float(v) for k, v in thresholds.items()},
-                              threshold_rule=THRESHOLD_RULE, threshold_notes=dict(self.threshold_notes or {}))
+                              threshold_rule=THRESHOLD_RULE, threshold_notes=dict(self.threshold_notes or {}),
+                              threshold_split="validation")
                 print(f"operating thresholds (ROC point closest to (0, 1) on the {len(items)} validation images) "
                       f"written to {record}", flush=True)
             else:
@@ -396,6 +403,9 @@ class TestReport:
         if "ci_low" in table:
             level = f"{self.confidence:.0%} bootstrap CI, {self.num_resamples} resamples, seed {self.seed}"
         title = f"Test AUC on '{test.name}' ({source}; {len(labels)} images; {level})"
+        if "threshold" in table:
+            same_list = test.datalist is self.datalist or _same_file(test.datalist.path, self.datalist.path)
+            title += "; " + _threshold_origin(self.threshold_split, test.split if same_list else None)
         shown = _shown(table)
         print(f"\n{title}\n{shown.to_string(index=False)}\n", flush=True)
         stem = self.output_dir / f"test_{test.name}"
@@ -424,6 +434,31 @@ class TestReport:
             self.tracker.log_values({k: v for k, v in values.items() if not np.isnan(v)})
             for path in (csv, md, png, reliability):
                 self.tracker.log_file(path, "test")
+
+
+def _threshold_origin(chosen_on: str | None, tested_on: str | None) -> str:
+    """Where the operating thresholds of a table come from; a warning when it is the split tested."""
+    if chosen_on is None:
+        return "operating thresholds given, not chosen on data"
+    text = f"operating thresholds chosen on the '{chosen_on}' split"
+    if chosen_on == tested_on:
+        text += " (this one: sensitivity and specificity are optimistic, measure them on another split)"
+    return text
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (TypeError, OSError):
+        return False
+
+
+def _print_notes(notes) -> None:
+    from .operating import threshold_notes_line
+
+    line = threshold_notes_line(notes)
+    if line:
+        print(line, flush=True)
 
 
 def _describe_checkpoint(path) -> str:

@@ -231,6 +231,10 @@ class ProbabilityWriter:
         self._counts = {READ_ERROR: 0, REFUSED: 0, INPUT_WARNING: 0}
 
     def attach(self, engine: Engine) -> None:
+        from ..files import check_writable
+
+        # before any image is read: a file in the way or a read-only file system is named, not "[Errno 17]"
+        check_writable(self.output_file.parent, "inference output folder (output_dir)")
         engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.COMPLETED, self._write)
@@ -274,7 +278,11 @@ class ProbabilityWriter:
         return read_thresholds(self.classes, self.threshold_setting, self.checkpoint)
 
     def _write(self, engine: Engine) -> None:
+        from ..evaluation.operating import threshold_lines
+
         thresholds = self.thresholds()
+        for line in threshold_lines(thresholds, self.threshold_setting, self.checkpoint):
+            print(line, flush=True)
         if thresholds is not None:
             decisions = [[row[0]] + [int(float(p) >= t) for p, t in zip(row[1:], thresholds)] for row in self._rows]
             self._write_csv(self.decisions_file, ["image"] + self.classes, decisions)

@@ -52,6 +52,7 @@ import ctypes
 import io
 import os
 import re
+import sys
 
 import mlflow.pyfunc
 import numpy as np
@@ -107,13 +108,18 @@ def decode_image(data, name: str = "image", dicom_guard: bool | None = None) -> 
     """
     if isinstance(data, str):
         text = data.strip()
+        uri = DATA_URI.match(text)  # a browser's data URI: its base64 part is the image
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        if text[:5].lower() == "data:" and not uri:
+            raise ValueError(f"{name}: a data URI must hold base64 (data:<type>;base64,<data>), got {shown!r}")
         try:
-            data = base64.b64decode("".join(text.split()),
+            data = base64.b64decode("".join(text[uri.end() if uri else 0:].split()),
                                     validate=True)  # line breaks of `base64` without -w0 are fine
         except (binascii.Error, ValueError):
-            shown = text if len(text) <= 60 else text[:57] + "..."
             hint = ""
-            if _looks_like_path(text):
+            if uri:
+                hint = " (a data URI whose data after ';base64,' is not valid base64)"
+            elif _looks_like_path(text):
                 hint = " (it looks like a file path: the served model does not read files)"
             raise ValueError(f"{name}: expected the image's bytes (PNG, JPEG, DICOM or .npy), base64-encoded, e.g. "
                              f"$(base64 -w0 image.png); got the text {shown!r}{hint}") from None
@@ -205,6 +211,10 @@ def _load_npy(data: bytes, name: str) -> np.ndarray:
     if min(arr.shape[1:]) < 1:
         raise ValueError(f"{name}: the pixel array is empty ({arr.shape})")
     return arr
+
+
+#: the start of a data URI with base64 data (``data:image/png;base64,``), accepted before the image's base64.
+DATA_URI = re.compile(r"data:[\w.+/-]*(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -306,6 +316,11 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         from .inference import read_thresholds
 
         self.thresholds = read_thresholds(self.classes, parser.get("thresholds") or {})
+        from ..evaluation.operating import threshold_lines
+
+        for line in threshold_lines(self.thresholds, notes=parser.get("threshold_notes"),
+                                    what=f"<class>{POSITIVE_SUFFIX} columns"):  # in the server's log
+            print(line.replace("the settings", "the model's inference.json"), file=sys.stderr, flush=True)
         self.model = TorchScriptRunner(torch.jit.load(context.artifacts["model"], map_location="cpu")).eval()
         self.ood = None
         if ood_gate_enabled() and context.artifacts.get("ood"):

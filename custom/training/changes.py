@@ -18,7 +18,8 @@ SAFE_TO_CHANGE = (
 )
 
 #: record entries that are not settings of the experiment: never compared.
-NOT_COMPARED = ("datalist", "dataset_dir", "thresholds", "threshold_rule", "threshold_notes", "resumed")
+NOT_COMPARED = ("datalist", "dataset_dir", "thresholds", "threshold_rule", "threshold_notes", "threshold_split",
+                "resumed")
 
 
 def _flatten(value, prefix: str = "") -> dict:
