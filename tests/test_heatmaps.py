@@ -3,6 +3,7 @@
 pattern of a strong class was drawn."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -238,3 +239,33 @@ def test_two_images_of_the_same_name_in_different_folders_get_distinct_traceable
     assert heatmap_stem(sources[0], taken) == heatmap_stem(sources[0], taken) == "00000001_000"
     assert heatmap_stem("/data/DICOMDIR/IM0001", taken) == "IM0001"
     assert heatmap_stem("/data/a b/x.y.tar.gz", taken) == "x.y.tar"
+
+
+@pytest.mark.slow
+def test_refused_files_get_no_heatmap_and_the_heatmap_index_matches_the_scored_images(trained, tmp_path):
+    """A CT DICOM, a lateral DICOM (the guard's refusals) and a link leaving the folder beside scored images: a
+    heatmap for every scored image and for nothing else (a refused file once got the placeholder's map)."""
+    from test_dicom_guard import _dicom
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for png in sorted(trained["test"].glob("*.png"))[:3]:
+        (folder / png.name).write_bytes(png.read_bytes())
+    _dicom(folder / "a_ct.dcm", Modality="CT", BodyPartExamined="CHEST")
+    _dicom(folder / "b_lateral.dcm", Modality="DX", BodyPartExamined="CHEST", ViewPosition="LL")
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(next(trained["test"].glob("*.png")).read_bytes())
+    (folder / "c_link.png").symlink_to(outside)
+    out = tmp_path / "out"
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer",
+                        bundle_root=str(trained["run"]), input_path=str(folder), classes=CLASSES,
+                        output_dir=str(out), heatmaps=True, heatmap_top_k=1)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    scored = sorted(Path(p).name for p in pd.read_csv(out / "probabilities.csv")["image"])
+    refused = sorted(Path(p).name for p in pd.read_csv(out / "errors.csv")["image"])
+    index = pd.read_csv(out / "heatmaps" / "heatmaps.csv")
+    assert len(scored) == 3 and {"a_ct.dcm", "b_lateral.dcm"} <= set(refused)
+    assert sorted(Path(p).name for p in index["image"]) == scored
+    assert len(list((out / "heatmaps").glob("*.png"))) == 3
