@@ -94,3 +94,14 @@ def write_json(content, path, indent: int | None = 1) -> Path:
         else:
             tmp.write_text(text + "\n", encoding="utf-8")
     return path
+
+
+def plain_json(value):
+    """A config value as plain JSON types (tuples as lists; anything else as text)."""
+    if isinstance(value, dict):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

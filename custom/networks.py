@@ -76,7 +76,7 @@ def network_record(network) -> dict | None:
     """
     import functools
 
-    from .record import plain_json
+    from .files import plain_json
 
     if network is None:
         return None

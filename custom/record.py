@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from .data.datalist import DataListError
+from .files import plain_json  # noqa: F401  (re-exported: the record's values are plain JSON)
 
 logger = logging.getLogger(__name__)
 
@@ -135,17 +136,6 @@ def training_items_hash(datalist) -> str | None:
     for item in raw_items("training"):
         digest.update(f"{item['image']}\t{[float(v) for v in item['label']]}\n".encode())
     return digest.hexdigest()[:16]
-
-
-def plain_json(value):
-    """A config value as plain JSON types (tuples as lists; anything else as text)."""
-    if isinstance(value, dict):
-        return {str(k): plain_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_json(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def record_path(weights) -> Path:

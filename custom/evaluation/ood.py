@@ -335,7 +335,7 @@ class OODGate:
     def _apply(self, engine) -> None:
         if self.gate is None or self._tap is None or self._tap.features is None:
             return
-        from ..serving.inference import READ_ERROR, REFUSED
+        from ..data.keys import READ_ERROR, REFUSED
 
         batch = engine.state.batch
         if not isinstance(batch, list):

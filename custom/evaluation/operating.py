@@ -98,7 +98,7 @@ class OperatingThresholds:
         from ..networks import load_weights
         from ..record import record_path, update_record
         from .metrics import operating_thresholds
-        from .report import predict
+        from .predict import predict
 
         record = record_path(self.checkpoint)
         items = self.datalist.items("validation") if "validation" in self.datalist.splits else []

@@ -10,8 +10,6 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ..data.datalist import DataList
 from ..labels import NO_FINDING, disease_indices
@@ -21,26 +19,9 @@ from ..networks import load_weights
 from ..record import read_record, record_path, update_record
 from .figures import reliability_figure, roc_figure
 from .operating import THRESHOLD_RULE, operating_table, sigmoid
+from .predict import predict
 from .tables import format_value, interval_text, markdown_table
 from ..flags import as_bool, resolve_auto
-
-
-@torch.no_grad()
-def predict(network: torch.nn.Module, items: list[dict], transform, device="cpu", batch_size: int = 256,
-            num_workers: int = 0, desc: str = "predict", amp: bool = False) -> np.ndarray:
-    """Logits of ``network`` for data-list items.
-
-    Returns:
-        (N, C) float32 array of logits, in item order.
-    """
-    device = torch.device(device)
-    loader = DataLoader(Dataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    network.eval()
-    out = []
-    for batch in tqdm(loader, desc=desc, leave=False, mininterval=2.0, disable=None):
-        with torch.autocast(device.type, enabled=amp):
-            out.append(network(batch["image"].to(device)).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def auc_table(aucs: np.ndarray, labels: np.ndarray, classes: Sequence[str], low=None, high=None,

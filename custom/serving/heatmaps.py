@@ -29,7 +29,7 @@ from ignite.engine import Engine, Events
 
 from ..evaluation.figures import save_figure
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .inference import READ_ERROR, REFUSED
+from ..data.keys import READ_ERROR, REFUSED
 
 #: candidate layers per architecture (module-name patterns, shallow to deep).
 LAYER_PATTERNS = {"DenseNet": r"features\.denseblock\d+", "ResNet": r"layer\d+"}

@@ -18,16 +18,10 @@ from ..files import is_inside
 from ..data.dicom import DICOM_SUFFIXES, dicom_guard_enabled, guard_file, is_dicom
 from ..data.datalist import DEGENERATE_IMAGE_POLICIES
 from ..data.transforms import ImageReadError, degenerate_tensor_reason
+from ..data.keys import INPUT_WARNING, READ_ERROR, REFUSED
 from ..flags import as_bool
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
-#: item key of :class:`InferenceDataset`: why the item's image could not be read ("" when it could).
-READ_ERROR = "read_error"
-#: item key: why the item's image was refused unread or unscored (a link out of the input folder, a degenerate
-#: image with ``degenerate_images='refuse'``; "" when it was not). Set by :func:`list_inputs` for links.
-REFUSED = "refused"
-#: item key of :class:`InferenceDataset`: why the scored image is questionable (a degenerate image; "" when not).
-INPUT_WARNING = "input_warning"
 
 
 def list_inputs(input_path, split: str = "test", dataset_dir=None) -> list[dict]:

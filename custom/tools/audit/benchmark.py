@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from ...evaluation.figures import save_figure
 from ...files import read_json, write_json
-from ...record import plain_json
+from ...files import plain_json
 from ...evaluation.tables import markdown_table
 from ...training.checkpoints import find_checkpoint
 from ...data.synthetic import noise_slug, split_noise_specs
