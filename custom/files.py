@@ -105,3 +105,14 @@ def plain_json(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MB blocks (hex)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,12 +18,13 @@ the tensor the network gets from the store equals the one from the original with
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
 
 import numpy as np
+
+from ..files import file_sha256
 
 STORE_FILE, IMAGES_FILE, STATUS_FILE, DATALIST_FILE, ERRORS_FILE = (
     "store.json", "images.npy", "status.npy", "datalist.json", "errors.csv")
@@ -43,14 +44,6 @@ class StoreError(ValueError):
 def is_store_ref(path) -> bool:
     """Whether ``path`` is a reference ``<file>.npy#<row>`` into a store."""
     return isinstance(path, (str, Path)) and _REF.match(str(path)) is not None
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_store_image(ref) -> np.ndarray:

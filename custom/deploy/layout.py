@@ -18,7 +18,6 @@ Every config runs with ``bundle_root`` set to the bundle folder, and ``"."`` is 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from ..config import resolve_includes
-from ..files import read_json, write_json
+from ..files import file_sha256, read_json, write_json
 from ..networks import network_config
 
 #: what the code is licensed under (the model-zoo requires the file) and the datasets' terms.
@@ -205,14 +204,6 @@ def write_docs(source_dir: Path, folder: Path) -> list[str]:
     return names
 
 
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_large_files(folder: Path, url_base: str | None = None, limit: int = LARGE_FILE_BYTES) -> list[dict]:
     """List the files of ``folder/models`` over ``limit`` bytes in ``folder/large_files.yml``, model-zoo style.
 
@@ -229,7 +220,7 @@ def write_large_files(folder: Path, url_base: str | None = None, limit: int = LA
     entries = []
     for path in sorted(p for p in (folder / "models").glob("*") if p.is_file() and p.stat().st_size > limit):
         url = f"{url_base.rstrip('/')}/{path.name}" if url_base else ""
-        entries.append({"path": path.relative_to(folder).as_posix(), "url": url, "hash_val": sha256(path),
+        entries.append({"path": path.relative_to(folder).as_posix(), "url": url, "hash_val": file_sha256(path),
                         "hash_type": "sha256"})
     if entries:
         lines = ["# model files over the model-zoo's 25 MB file limit (the bundle zip carries them); url: where they",

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data.store import (DATALIST_FILE, ERRORS_FILE, IMAGES_FILE, PENDING, STATUS_FILE, STORE_FILE, STORED,
-                          UNREADABLE, StoreError, file_sha256)
+                          UNREADABLE, StoreError)
+from ..files import file_sha256
 
 _WORKER: dict = {}  # per worker process: the transforms and the open arrays
 
