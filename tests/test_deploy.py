@@ -133,8 +133,9 @@ def test_bundle_zip_runs_inference_json_from_inside_its_folder_with_either_model
     top = "nvum_cxr_classification/"
     for f in ("LICENSE", "large_files.yml", "configs/metadata.json", "configs/inference.json", "configs/train.json",
               "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf",
-              "configs/datasets/nih.json", "models/model.pt", "models/model.json", "models/model.ts", "docs/README.md",
-              "docs/data_license.txt", "custom/__init__.py", "custom/nvum/memory.py", "custom/serving/pyfunc.py",
+              "configs/datasets/nih.json", "models/model.pt", "models/model.json", "models/model.ts",
+              "models/model.ood.npz", "docs/README.md", "docs/data_license.txt", "custom/__init__.py",
+              "custom/nvum/memory.py", "custom/serving/pyfunc.py",
               "scripts/deploy_app.py", "scripts/monailabel_app/main.py"):
         assert top + f in names, f
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)

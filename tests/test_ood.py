@@ -15,37 +15,77 @@ from conftest import inference_preprocessing
 
 from custom.evaluation.ood import (FeatureDistance, FeatureTap, OODGate, fit_gate, load_gate, logits_and_features,
                                    ood_path, predict_features)
+from custom.evaluation.ood_distance import NUM_IMAGE_STATISTICS, image_statistics
 
 
-def test_the_distance_is_the_hand_computed_mahalanobis_distance():
-    gate = FeatureDistance(mean=[1.0, 2.0], precision=[[2.0, 0.0], [0.0, 0.5]], threshold=1.5)
-    # (2-1)^2 * 2 + (4-2)^2 * 0.5 = 4 -> 2;  (1-1, 3-2): 0.5 -> sqrt(0.5)
-    assert np.allclose(gate.distance([[2.0, 4.0], [1.0, 3.0], [1.0, 2.0]]), [2.0, np.sqrt(0.5), 0.0])
-    assert gate.reasons([[2.0, 4.0], [1.0, 3.0]]) == ["not like the training images: distance 2.0 > 1.5", ""]
-    with pytest.raises(ValueError, match="fitted on 2 features, the network gives 3"):
-        gate.distance([[1.0, 2.0, 3.0]])
+def test_the_distance_is_the_larger_hand_computed_mahalanobis_distance_of_the_views_over_their_thresholds():
+    from custom.evaluation.ood_distance import Mahalanobis
+
+    network = Mahalanobis(mean=[1.0, 2.0], precision=[[2.0, 0.0], [0.0, 0.5]], threshold=2.0)
+    image = Mahalanobis(mean=[0.0], precision=[[1.0]], scale=[4.0], threshold=0.5)  # z = x / 4
+    gate = FeatureDistance([network, image], threshold=1.5)
+    # network: (2-1)^2 * 2 + (4-2)^2 * 0.5 = 4 -> 2 / 2 = 1;  image: |8 / 4| = 2 -> 2 / 0.5 = 4  -> max 4
+    # network: (1-1, 3-2): 0.5 -> sqrt(0.5) / 2;  image: 1 / 4 / 0.5 = 0.5  -> max 0.5
+    features = [[2.0, 4.0, 8.0], [1.0, 3.0, 1.0], [1.0, 2.0, 0.0]]
+    assert np.allclose(gate.view_distances(features), [[1.0, 4.0], [np.sqrt(0.5) / 2, 0.5], [0.0, 0.0]])
+    assert np.allclose(gate.distance(features), [4.0, 0.5, 0.0])
+    assert gate.reasons(features[:2]) == ["not like the training images: distance 4.00 > 1.50", ""]
+    with pytest.raises(ValueError, match="fitted on 3 features, the network gives 2"):
+        gate.distance([[1.0, 2.0]])
 
 
-def test_the_fit_is_ledoit_wolf_and_the_threshold_accepts_the_share_of_validation(tmp_path):
+def test_the_fit_is_ledoit_wolf_per_view_and_the_threshold_accepts_the_share_of_validation(tmp_path):
     from sklearn.covariance import ledoit_wolf
 
     rng = np.random.default_rng(0)
-    train = rng.normal(size=(50, 4)) * [1, 2, 3, 4] + 5
-    validation = rng.normal(size=(200, 4)) * [1, 2, 3, 4] + 5
-    gate = fit_gate(train, validation, share=0.9)
-    cov, _ = ledoit_wolf(train)  # shrunk covariance, by hand: inv and the quadratic form
-    x = validation - train.mean(axis=0)
-    by_hand = np.sqrt(np.einsum("nd,de,ne->n", x, np.linalg.inv(cov), x))
-    assert np.allclose(gate.distance(validation), by_hand)
-    assert (by_hand <= gate.threshold).mean() == pytest.approx(0.9, abs=0.006)
+    train = rng.normal(size=(50, 6)) * [1, 2, 3, 4, 10, 0.1] + 5
+    validation = rng.normal(size=(200, 6)) * [1, 2, 3, 4, 10, 0.1] + 5
+    gate = fit_gate(train, validation, share=0.9, view_sizes=(4, 2))
+
+    def by_hand(columns, scale):  # shrunk covariance of the scaled training columns: inverse, quadratic form
+        cov, _ = ledoit_wolf(train[:, columns] / scale)
+        x = validation[:, columns] / scale - (train[:, columns] / scale).mean(axis=0)
+        d = np.sqrt(np.einsum("nd,de,ne->n", x, np.linalg.inv(cov), x))
+        return d / np.quantile(d, 0.9)  # over the view's own threshold
+
+    network = by_hand([0, 1, 2, 3], 1.0)  # the first view is not standardised
+    image = by_hand([4, 5], train[:, 4:].std(axis=0) + 1e-6)  # the others are
+    assert np.allclose(gate.view_distances(validation), np.stack([network, image], 1), rtol=1e-4)
+    combined = np.maximum(network, image)
+    assert np.allclose(gate.distance(validation), combined, rtol=1e-4)
+    assert (combined <= gate.threshold).mean() == pytest.approx(0.9, abs=0.006) and gate.threshold > 1.0
     assert gate.num_fit == 50 and gate.num_threshold == 200
     saved = FeatureDistance.load(gate.save(ood_path(tmp_path / "model.pt")))
     assert ood_path(tmp_path / "model.pt") == tmp_path / "model.ood.npz"
-    assert np.allclose(saved.distance(validation), by_hand, rtol=1e-4) and saved.threshold == gate.threshold
+    assert np.allclose(saved.distance(validation), combined, rtol=1e-4) and saved.threshold == gate.threshold
     assert load_gate(tmp_path / "model.pt").share == 0.9 and load_gate(tmp_path / "other.pt") is None
+    np.savez(tmp_path / "old.ood.npz", mean=[0.0], precision=[[1.0]], threshold=1.0)  # the first gate files
+    with pytest.raises(ValueError, match="old.ood.npz: not a gate file .*another version.*fit_ood"):
+        load_gate(tmp_path / "old.pt")
     (tmp_path / "bad.ood.npz").write_bytes(b"not a gate")
     with pytest.raises(ValueError, match="bad.ood.npz: not a gate file"):
         load_gate(tmp_path / "bad.pt")
+
+
+def test_the_image_statistics_are_the_hand_computed_layouts_edges_and_quantiles():
+    from custom.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    grey = torch.zeros(64, 64)
+    grey[:, 32:] = 1.0  # left half black, right half white: one vertical edge between columns 31 and 32
+    x = ((grey - IMAGENET_MEAN[0]) / IMAGENET_STD[0]).expand(1, 3, 64, 64)
+    s = image_statistics(x)[0]
+    layout = torch.tensor([0.0] * 4 + [1.0] * 4).repeat(8)
+    assert s.shape == (NUM_IMAGE_STATISTICS,) == (2 * 64 + 16 + 17,)
+    assert torch.allclose(s[:64], layout, atol=1e-5)
+    standardised = (layout - 0.5) / (layout.std() + 1e-3)
+    assert torch.allclose(s[64:128], standardised, atol=1e-4)
+    # at 32 x 32 the edge lies between columns 15 and 16: strength 1 in column 15 of each row, 0 elsewhere;
+    # averaged over the 8 x 8 cells of the 4 x 4 layout: 8 / 64 in the cells of column 1, 0 in the others
+    assert torch.allclose(s[128:144], torch.tensor([0.0, 1 / 8, 0.0, 0.0]).repeat(4), atol=1e-5)
+    assert torch.allclose(s[144:], torch.tensor([0.0] * 8 + [0.5] + [1.0] * 8), atol=1e-5)
+    # a 512-px image is averaged down to 64 px first: the same statistics
+    big = torch.nn.functional.interpolate(x, size=512, mode="nearest")
+    assert torch.allclose(image_statistics(big), image_statistics(x), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +105,7 @@ def setup(tmp_path_factory):
     torch.save(network.state_dict(), root / "model.pt")
     transform = inference_preprocessing()
     features = {s: predict_features(network, datalist.items(s), transform)[1] for s in ("training", "validation")}
-    gate = fit_gate(features["training"], features["validation"])
+    gate = fit_gate(features["training"], features["validation"], view_sizes=(1024, NUM_IMAGE_STATISTICS))
     gate.save(ood_path(root / "model.pt"))
     chest = [Path(i["image"]) for i in datalist.items("test")]
     photos = photo_images(root / "photos")[::4]  # 8 of the 32
@@ -73,14 +113,15 @@ def setup(tmp_path_factory):
                            transform=transform)
 
 
-def test_the_pooled_features_come_from_the_forward_pass_of_python_and_torchscript_networks(setup):
+def test_the_features_are_the_pooled_features_of_the_forward_pass_then_the_image_statistics(setup):
     x = torch.stack([setup.transform({"image": str(p)})["image"] for p in setup.images[:4]]).float()
     with torch.no_grad():
-        direct = setup.network.class_layers.flatten(setup.network.class_layers.pool(
+        pooled = setup.network.class_layers.flatten(setup.network.class_layers.pool(
             setup.network.class_layers.relu(setup.network.features(x))))
+        direct = torch.cat([pooled, image_statistics(x)], dim=1)
         with FeatureTap(setup.network) as tap:
             logits = setup.network(x)
-        assert torch.equal(tap.features, direct) and direct.shape == (4, 1024)
+        assert torch.equal(tap.features, direct) and direct.shape == (4, 1024 + NUM_IMAGE_STATISTICS)
         z, f = logits_and_features(setup.network, x)
         assert torch.equal(z, logits) and torch.equal(f, direct)
         scripted = torch.jit.script(setup.network)
@@ -140,7 +181,7 @@ def test_inference_and_the_served_model_refuse_the_same_images_naming_distance_a
     # every synthetic chest image is scored; every photo goes to errors.csv with the distance and the threshold
     assert sorted(scored) == sorted(p.name for p in setup.chest)
     assert sorted(errors) == sorted(p.name for p in setup.photos)
-    threshold = f"{setup.gate.threshold:.1f}"
+    threshold = f"{setup.gate.threshold:.2f}"
     assert all(r.startswith("not like the training images: distance ") and r.endswith(f" > {threshold}")
                for r in errors.values())
     model = _served(setup)
@@ -154,7 +195,7 @@ def test_inference_and_the_served_model_refuse_the_same_images_naming_distance_a
     verdict = dict(zip(names, flagged["in_distribution"]))
     assert {n for n, v in verdict.items() if not v} == set(errors)  # the same verdict as inference
     for name, reason in errors.items():  # the same distance, to the rounding of the reason
-        assert reason.split("distance ")[1].split(" >")[0] == f"{flagged['ood_distance'][names.index(name)]:.1f}"
+        assert reason.split("distance ")[1].split(" >")[0] == f"{flagged['ood_distance'][names.index(name)]:.2f}"
     assert flagged.loc[flagged["in_distribution"] == 0, "0"].isna().all()
     assert flagged.loc[flagged["in_distribution"] == 1, "0"].between(0, 1).all()
     accepted = model.predict(None, pd.DataFrame({"image": [p.read_bytes() for p in setup.chest]}))

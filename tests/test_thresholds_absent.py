@@ -105,7 +105,7 @@ def _list(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_without_the_test_report_stores_thresholds_chosen_on_validation(tmp_path, capsys):
+def test_a_run_without_the_test_report_stores_thresholds_and_the_gate_chosen_on_validation(tmp_path, capsys):
     from custom.evaluation.metrics import operating_thresholds
     from custom.evaluation.report import predict
 
@@ -128,6 +128,16 @@ def test_a_run_without_the_test_report_stores_thresholds_chosen_on_validation(tm
     assert "default, not chosen on data: B (only label 0 in the validation split" in out
     written = str((root / "models" / "model.json").resolve())
     assert any("operating thresholds (validation)" in line and line.endswith(written) for line in out.splitlines())
+    # the out-of-distribution gate too: beside the best model, its threshold accepting 99% of the validation images
+    from custom.evaluation.ood import load_gate, predict_features
+
+    gate = load_gate(root / "models" / "model.pt")
+    assert gate is not None and gate.num_threshold == len(data.items("validation"))
+    assert gate.num_fit == 2 * len(data.items("training"))  # each training image as taken and jittered
+    distances = gate.distance(predict_features(step.network, data.items("validation"), step.transform)[1])
+    assert gate.threshold == pytest.approx(np.quantile(distances, 0.99), rel=1e-4)
+    gate_file = str((root / "models" / "model.ood.npz").resolve())
+    assert any("out-of-distribution gate" in line and line.endswith(gate_file) for line in out.splitlines())
 
 
 def test_the_test_table_names_the_split_its_thresholds_were_chosen_on(tmp_path):

@@ -1,11 +1,12 @@
 """The out-of-distribution gate: only images like the training images get an answer (bundle/docs/ood.md).
 
-A Mahalanobis distance in the classifier's own feature space (as FRODO, Çallı et al., MIDL 2019): the
-input of the network's last linear layer (DenseNet121's pooled features) is taken in the forward pass
-that gives the logits (:func:`logits_and_features`); the training images' features give a mean and a
-shrunk covariance (scikit-learn's ``LedoitWolf``); the threshold is the ``share`` quantile (99%) of the
-validation images' distances. An image farther than the threshold is refused with the reason
-"not like the training images: distance 412.3 > 97.1".
+In the forward pass that gives the logits (:func:`logits_and_features`), two views of each image are read:
+the input of the network's last linear layer (DenseNet121's pooled features, as FRODO, Çallı et al., MIDL
+2019) and statistics of the network input (:func:`~.ood_distance.image_statistics`: grey-level and edge
+layouts, grey-level quantiles). Their distance to the training images (:mod:`.ood_distance`: Mahalanobis,
+Ledoit-Wolf covariance, each view over its own threshold, the larger of the two) is compared with a threshold
+that accepts ``share`` (99%) of the validation images. An image farther than the threshold is refused with the
+reason "not like the training images: distance 3.41 > 1.02".
 
 The gate is stored beside the weights (:func:`ood_path`: ``model.pt`` -> ``model.ood.npz``), written by
 the test report after training (:class:`custom.evaluation.report.TestReport`) or by
@@ -23,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .ood_distance import DEFAULT_SHARE, NUM_IMAGE_STATISTICS, REFUSAL, FeatureDistance, fit_gate, image_statistics
+
+__all__ = ["DEFAULT_SHARE", "REFUSAL", "FeatureDistance", "fit_gate", "image_statistics", "OODGate", "FeatureTap",
+           "logits_and_features", "predict_features", "fit_on_images", "load_gate", "ood_path", "ood_gate_enabled",
+           "refused_files", "acquisition_jitter"]
+
 #: the environment variable that turns the gate off (``0``, ``false``, ``no``, ``off``).
 OOD_GATE_ENV = "NVUM_OOD_GATE"
-#: the share of the validation images the threshold accepts, by default.
-DEFAULT_SHARE = 0.99
-#: the start of every refusal reason.
-REFUSAL = "not like the training images"
 
 
 def ood_path(weights) -> Path:
@@ -52,86 +55,6 @@ def ood_gate_enabled() -> bool:
                      f"(score every image), got {text!r}")
 
 
-class FeatureDistance:
-    """A fitted gate: mean, precision (inverse shrunk covariance) and threshold of the distance.
-
-    Args:
-        mean: (D,) mean feature of the training images.
-        precision: (D, D) inverse of their shrunk covariance.
-        threshold: the largest accepted distance.
-        share: the share of the validation images the threshold accepts.
-        num_fit, num_threshold: the numbers of training and validation images used.
-    """
-
-    def __init__(self, mean, precision, threshold: float, share: float = DEFAULT_SHARE, num_fit: int = 0,
-                 num_threshold: int = 0):
-        # float32, as stored: the distance is one (N, D) x (D, D) product per batch, half the time of float64
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.precision = np.asarray(precision, dtype=np.float32)
-        self.threshold, self.share = float(threshold), float(share)
-        self.num_fit, self.num_threshold = int(num_fit), int(num_threshold)
-
-    def distance(self, features) -> np.ndarray:
-        """(N,) Mahalanobis distances ``sqrt((x - mean)^T precision (x - mean))`` of (N, D) features."""
-        x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
-        if x.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"the gate was fitted on {self.mean.shape[0]} features, the network gives {x.shape[1]}: "
-                             "refit it for this model (python -m custom.cli fit_ood)")
-        x = x - self.mean
-        return np.sqrt(np.maximum(((x @ self.precision) * x).sum(axis=1, dtype=np.float64), 0.0))
-
-    def reason(self, distance: float) -> str:
-        """Why an image at ``distance`` is refused ("" when it is accepted)."""
-        if distance <= self.threshold:
-            return ""
-        return f"{REFUSAL}: distance {distance:.1f} > {self.threshold:.1f}"
-
-    def reasons(self, features) -> list[str]:
-        """The refusal reason of every image ("" for the accepted ones)."""
-        return [self.reason(d) for d in self.distance(features)]
-
-    def save(self, path) -> Path:
-        """Write the gate as ``.npz`` (atomically)."""
-        from ..files import atomic_path
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),
-                     threshold=self.threshold, share=self.share, num_fit=self.num_fit,
-                     num_threshold=self.num_threshold)
-        return path
-
-    @classmethod
-    def load(cls, path) -> "FeatureDistance":
-        """Read a gate written by :meth:`save`; ValueError naming the file when it is not one."""
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return cls(z["mean"], z["precision"], float(z["threshold"]), float(z["share"]), int(z["num_fit"]),
-                           int(z["num_threshold"]))
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a gate file written by custom.evaluation.ood ({e}); refit it with "
-                             "python -m custom.cli fit_ood") from None
-
-
-def fit_gate(training_features, validation_features, share: float = DEFAULT_SHARE) -> FeatureDistance:
-    """The gate of training features (mean, Ledoit-Wolf covariance) with the threshold accepting ``share`` of the
-    validation features (their ``share`` quantile)."""
-    from sklearn.covariance import LedoitWolf
-
-    if not 0.0 < share <= 1.0:
-        raise ValueError(f"share must be in (0, 1], got {share}")
-    train = np.asarray(training_features, dtype=np.float64)
-    if len(train) < 2 or len(validation_features) < 1:
-        raise ValueError(f"the gate needs at least 2 training and 1 validation image, got {len(train)} and "
-                         f"{len(validation_features)}")
-    lw = LedoitWolf().fit(train)
-    gate = FeatureDistance(lw.location_, lw.precision_, 0.0, share, len(train), len(validation_features))
-    gate.threshold = float(np.quantile(gate.distance(validation_features), share))
-    return gate
-
-
 def load_gate(weights) -> FeatureDistance | None:
     """The gate stored beside ``weights`` (:func:`ood_path`), or ``None`` when there is none."""
     if weights in (None, ""):
@@ -153,21 +76,30 @@ def _last_linear(network: torch.nn.Module) -> torch.nn.Module:
 
 
 class FeatureTap:
-    """Keeps the input of a network's last linear layer (DenseNet121: the pooled features) at every forward pass,
-    through a forward pre-hook; :attr:`features` holds the last batch's, detached, float32 on the CPU.
+    """Keeps the gate's features of every forward pass of a network (as :func:`logits_and_features` gives them):
+    the input of its last linear layer (DenseNet121: the pooled features) then the statistics of the network input
+    (:func:`~.ood_distance.image_statistics`), through two forward pre-hooks; :attr:`features` holds the last
+    batch's, detached, float32 on the CPU.
 
     Use as a context manager, or call :meth:`remove`.
     """
 
     def __init__(self, network: torch.nn.Module):
         self.features: torch.Tensor | None = None
-        self._handle = _last_linear(network).register_forward_pre_hook(self._keep)
+        self._statistics: torch.Tensor | None = None
+        self._handles = [network.register_forward_pre_hook(self._keep_input),
+                         _last_linear(network).register_forward_pre_hook(self._keep)]
+
+    def _keep_input(self, module, inputs):
+        self._statistics = image_statistics(inputs[0])
 
     def _keep(self, module, inputs):
-        self.features = inputs[0].detach().float().flatten(1).cpu()
+        pooled = inputs[0].detach().float().flatten(1).cpu()
+        self.features = torch.cat([pooled, self._statistics], dim=1)
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
     def __enter__(self):
         return self
@@ -177,7 +109,8 @@ class FeatureTap:
 
 
 def logits_and_features(network, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logits of ``images`` and the input of the last linear layer, from one forward pass.
+    """The logits of ``images`` and the gate's features, from one forward pass: the input of the last linear layer,
+    then :func:`~.ood_distance.image_statistics` of ``images`` (float32, on the CPU).
 
     A Python network is run with a :class:`FeatureTap`; a TorchScript DenseNet (the bundle's ``model.ts``, also
     inside a :class:`~custom.serving.loaders.TorchScriptRunner`) is run layer by layer as its own ``forward``
@@ -188,7 +121,8 @@ def logits_and_features(network, images: torch.Tensor) -> tuple[torch.Tensor, to
         with torch.jit.optimized_execution(False):
             layers = module.class_layers
             pooled = layers.flatten(layers.pool(layers.relu(module.features(images))))
-            return layers.out(pooled), pooled.detach().float().cpu()
+            features = torch.cat([pooled.detach().float().cpu(), image_statistics(images)], dim=1)
+            return layers.out(pooled), features
     if isinstance(module, torch.jit.ScriptModule):
         raise ValueError("the gate reads the pooled features of a TorchScript DenseNet (features, class_layers); "
                          f"this TorchScript model has no such layers ({type(module).__name__})")
@@ -254,7 +188,7 @@ def predict_features(network, items: list[dict], transform, device="cpu", batch_
 
 
 def fit_on_images(network, fit_items: list[dict], threshold_items: list[dict], transform, share: float = DEFAULT_SHARE,
-                  jitter: bool = True, seed: int = 0, **predict) -> FeatureDistance:
+                  jitter: bool = True, seed: int = 0, threshold_features=None, **predict) -> FeatureDistance:
     """The gate of a network (:func:`fit_gate`): mean and covariance of the features of ``fit_items`` (the training
     images), threshold accepting ``share`` of ``threshold_items`` (the validation images, as taken).
 
@@ -264,14 +198,19 @@ def fit_on_images(network, fit_items: list[dict], threshold_items: list[dict], t
     (On the synthetic set it is what keeps the shifted split, "another hospital", accepted: bundle/docs/ood.md.)
 
     Args:
+        threshold_features: the features of ``threshold_items`` when they are already known (then the items are
+            not read).
         predict: ``device``, ``batch_size``, ``num_workers``, ``amp`` of :func:`predict_features`.
     """
     fitted = [predict_features(network, fit_items, transform, desc="gate: training images", **predict)[1]]
     if jitter:
         fitted.append(predict_features(network, fit_items, transform, desc="gate: training images, jittered",
                                        jitter_seed=seed, **predict)[1])
-    held = predict_features(network, threshold_items, transform, desc="gate: threshold images", **predict)[1]
-    return fit_gate(np.concatenate(fitted), held, share)
+    held = threshold_features
+    if held is None:
+        held = predict_features(network, threshold_items, transform, desc="gate: threshold images", **predict)[1]
+    views = (held.shape[1] - NUM_IMAGE_STATISTICS, NUM_IMAGE_STATISTICS)
+    return fit_gate(np.concatenate(fitted), held, share, view_sizes=views)
 
 
 class OODGate:
@@ -353,7 +292,7 @@ class OODGate:
             self._tap.keep_features = False
         self._tap = None
         if self.gate is not None:
-            print(f"out-of-distribution gate: {self.refused} image(s) refused (distance > {self.gate.threshold:.1f})",
+            print(f"out-of-distribution gate: {self.refused} image(s) refused (distance > {self.gate.threshold:.2f})",
                   flush=True)
 
 

@@ -13,8 +13,8 @@ from .metrics import expected_calibration_error, sensitivity_specificity
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """The probabilities of logits, in float64."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    """The probabilities of logits, in float64 (``exp(-softplus(-z))``: no overflow for very negative logits)."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(logits, dtype=np.float64)))
 
 
 #: how the stored thresholds were chosen (written beside them in the run record).
@@ -66,10 +66,15 @@ def threshold_notes_line(notes: Mapping[str, str] | None) -> str | None:
 
 
 class OperatingThresholds:
-    """The step after training that chooses the operating thresholds on the validation split and stores them in
-    the run record beside the best model (``model.json``: ``thresholds``, ``threshold_rule``, ``threshold_notes``,
-    ``threshold_split``), whether or not the test report runs, so that inference, the zip and the served model
-    always have them (:func:`~custom.evaluation.metrics.operating_thresholds`: the ROC point closest to (0, 1)).
+    """The step after training that chooses, on the validation split, what the deployed model needs, whether or not
+    the test report runs, so that inference, the zip and the served model always have them:
+
+    - the operating thresholds, stored in the run record beside the best model (``model.json``: ``thresholds``,
+      ``threshold_rule``, ``threshold_notes``, ``threshold_split``;
+      :func:`~custom.evaluation.metrics.operating_thresholds`: the ROC point closest to (0, 1));
+    - the out-of-distribution gate (:func:`custom.evaluation.ood.fit_on_images`: fitted on the training split,
+      its threshold accepting ``ood_share`` of the validation split), written beside the best model
+      (``model.ood.npz``); the validation images' features come from the pass that gives the thresholds.
 
     Args:
         network: the evaluation network (the best model's weights are loaded into it).
@@ -77,13 +82,16 @@ class OperatingThresholds:
         transform: the deterministic preprocessing.
         checkpoint: the best model file, or the run's model folder (its ``model.pt``).
         device, batch_size, num_workers, amp: inference settings.
+        ood_gate: fit the gate (default ``True``); ood_share: the share of validation images it accepts.
     """
 
     def __init__(self, network, datalist, transform, checkpoint, device="cpu", batch_size: int = 256,
-                 num_workers: int = 0, amp=False):
+                 num_workers: int = 0, amp=False, ood_gate=True, ood_share: float = 0.99):
         from pathlib import Path
 
-        from ..flags import resolve_auto
+        from ..flags import as_bool, resolve_auto
+
+        self.ood_gate, self.ood_share = as_bool(ood_gate, "ood_gate"), float(ood_share)
 
         checkpoint = Path(checkpoint)  # the model folder (made by training) or a weights file
         self.checkpoint = checkpoint if checkpoint.suffix in (".pt", ".pth") else checkpoint / "model.pt"
@@ -95,9 +103,12 @@ class OperatingThresholds:
         self.written: list[tuple[str, object]] = []  # for custom.RunSummary
 
     def run(self) -> dict[str, float] | None:
+        import torch
+
         from ..networks import load_weights
         from ..record import record_path, update_record
         from .metrics import operating_thresholds
+        from .ood import predict_features
         from .predict import predict
 
         record = record_path(self.checkpoint)
@@ -108,8 +119,13 @@ class OperatingThresholds:
                   f"decisions; to get them, {HOW_TO_GET_THRESHOLDS}", flush=True)
             return None
         load_weights(self.network, self.checkpoint)
-        logits = predict(self.network, items, self.transform, self.device, self.batch_size, self.num_workers,
-                         desc="validation (thresholds)", amp=self.amp)
+        gated = self.ood_gate and any(isinstance(m, torch.nn.Linear) for m in self.network.modules())
+        if gated:
+            logits, features = predict_features(self.network, items, self.transform, self.device, self.batch_size,
+                                                self.num_workers, desc="validation (thresholds)", amp=self.amp)
+        else:
+            logits = predict(self.network, items, self.transform, self.device, self.batch_size, self.num_workers,
+                             desc="validation (thresholds)", amp=self.amp)
         self.thresholds, self.threshold_notes = operating_thresholds(sigmoid(logits),
                                                                      self.datalist.labels("validation"),
                                                                      self.datalist.classes)
@@ -121,7 +137,23 @@ class OperatingThresholds:
         if line:
             print(line, flush=True)
         self.written.append(("operating thresholds (validation)", str(record.resolve())))
+        if gated:
+            self._fit_gate(features)
+        elif self.ood_gate:
+            print(f"no out-of-distribution gate: {type(self.network).__name__} has no linear layer (the gate reads "
+                  "the input of the last one)", flush=True)
         return self.thresholds
+
+    def _fit_gate(self, validation_features) -> None:
+        from .ood import fit_on_images, ood_path
+
+        gate = fit_on_images(self.network, self.datalist.items("training"), [], self.transform, self.ood_share,
+                             threshold_features=validation_features, device=self.device,
+                             batch_size=self.batch_size, num_workers=self.num_workers, amp=self.amp)
+        path = gate.save(ood_path(self.checkpoint))
+        print(f"out-of-distribution gate (distance threshold {gate.threshold:.2f}, accepting {self.ood_share:.0%} of "
+              f"the {gate.num_threshold} validation images) written to {path}", flush=True)
+        self.written.append(("out-of-distribution gate", str(path.resolve())))
 
 
 def threshold_lines(thresholds, setting=None, checkpoint=None, notes=None, what: str = "decisions.csv") -> list[str]:

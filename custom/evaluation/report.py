@@ -272,7 +272,8 @@ class TestReport:
 
     def _ood_gate(self):
         """The out-of-distribution gate: fitted (training features, threshold on validation) and written beside the
-        checkpoint with ``thresholds="validation"``; otherwise the stored one, else fitted without writing."""
+        checkpoint with ``thresholds="validation"``; otherwise the stored one (written after training by
+        :class:`~custom.evaluation.operating.OperatingThresholds`), else fitted without writing."""
         from .ood import fit_on_images, load_gate, ood_path
 
         if not any(isinstance(m, torch.nn.Linear) for m in self.network.modules()):
@@ -293,7 +294,7 @@ class TestReport:
                              num_workers=self.num_workers, amp=self.amp)
         if self.threshold_source == "validation" and self.checkpoint not in (None, ""):
             path = gate.save(ood_path(self.checkpoint))
-            print(f"out-of-distribution gate (distance threshold {gate.threshold:.1f}, accepting {self.ood_share:.0%} "
+            print(f"out-of-distribution gate (distance threshold {gate.threshold:.2f}, accepting {self.ood_share:.0%} "
                   f"of the {gate.num_threshold} validation images) written to {path}", flush=True)
         return gate
 
@@ -312,7 +313,7 @@ class TestReport:
         self.ood_results = table
         shown = table.assign(accepted=table["accepted"].map(lambda v: f"{v:.1%}"),
                              auroc=table["auroc"].map(format_value))
-        title = (f"Out-of-distribution gate: distance threshold {self.ood.threshold:.1f} (accepts "
+        title = (f"Out-of-distribution gate: distance threshold {self.ood.threshold:.2f} (accepts "
                  f"{self.ood.share:.0%} of the {self.ood.num_threshold} validation images; fitted on "
                  f"{self.ood.num_fit} training images, half of them jittered); AUROC against all the test images")
         print(f"\n{title}\n{shown.to_string(index=False)}\n", flush=True)

@@ -65,7 +65,7 @@ def fit_ood(checkpoint: str, datalist: str = "", dataset_dir: str = "", images: 
     gate = fit_on_images(network, fit_items, threshold_items, transform, share, device=device,
                          batch_size=batch_size)
     path = gate.save(ood_path(checkpoint))
-    print(f"out-of-distribution gate fitted on {source}: distance threshold {gate.threshold:.1f} (accepts "
+    print(f"out-of-distribution gate fitted on {source}: distance threshold {gate.threshold:.2f} (accepts "
           f"{share:.0%} of the threshold images); written to {path}", flush=True)
     return path
 
