@@ -16,7 +16,31 @@ TINY = {
     "benchmark_data": ["--num_images", "6", "--source_size", "96", "--image_size", "48", "--batch_size", "3",
                        "--repeats", "1"],
     "benchmark_memory": ["--sizes", "100,1000", "--batch_sizes", "16,64", "--repeats", "3"],
+    "benchmark_ood_gate": ["--rounds", "1", "--image_size", "32"],  # with a tiny bundle: _tiny_gated_bundle
 }
+
+
+def _tiny_gated_bundle(root):
+    """A bundle folder with an untrained DenseNet121 (seeded) as models/model.pt, its gate fitted on 8 synthetic
+    images, and 6 images to infer; the options that point the benchmark at them."""
+    import torch
+    from monai.networks.nets import DenseNet121
+
+    from custom.data.datalist import DataList
+    from custom.data.synthetic.dataset import generate_synthetic
+    from custom.evaluation.ood import fit_on_images, ood_path
+    from custom.tools.training import train_parser
+
+    datalist = DataList(generate_synthetic(root / "data", num_training=8, num_validation=4, num_test=6,
+                                           num_test_shifted=0, progress=False))
+    torch.manual_seed(0)
+    network = DenseNet121(spatial_dims=2, in_channels=3, out_channels=14).eval()
+    (root / "models").mkdir(parents=True)
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+    transform = train_parser({"image_size": 32}).get_parsed_content("preprocessing")
+    fit_on_images(network, datalist.items("training"), datalist.items("validation"), transform).save(
+        ood_path(root / "models" / "model.pt"))
+    return ["--bundle_root", str(root), "--input_path", str(root / "data" / "test")]
 
 
 def test_every_benchmark_command_has_a_tiny_run_here():
@@ -27,7 +51,8 @@ def test_every_benchmark_command_has_a_tiny_run_here():
 @pytest.mark.parametrize("command", sorted(TINY))
 def test_benchmark_command_runs_at_a_tiny_size_and_writes_consistent_results(command, tmp_path):
     output = tmp_path / f"{command}.json"
-    assert cli.main([command, *TINY[command], "--output", str(output)]) in (0, None)
+    extra = _tiny_gated_bundle(tmp_path / "bundle") if command == "benchmark_ood_gate" else []
+    assert cli.main([command, *TINY[command], *extra, "--output", str(output)]) in (0, None)
     result = json.loads(output.read_text())
     if command == "benchmark_step":
         assert set(result["images_per_s"]) == {"bce", "nvum", "nvum_epoch_end", "nvum_iteration"}
@@ -47,6 +72,9 @@ def test_benchmark_command_runs_at_a_tiny_size_and_writes_consistent_results(com
         assert set(rate) == {"originals", "resized", "store"} and result["num_images"] == 6
         assert result["ratio_store_to_originals"] == pytest.approx(rate["store"] / rate["originals"])
         assert all(result["workers_for_target"][k] == math.ceil(460 / rate[k]) for k in rate)
+    elif command == "benchmark_ood_gate":
+        assert result["num_images"] == 6 and result["on"] > 0 and result["off"] > 0 and result["rounds"] == 1
+        assert result["ratio"] == pytest.approx(result["on"] / result["off"]) and 0 <= result["refused"] <= 6
     elif command == "benchmark_memory":
         assert result["footprint"]["1000"]["bytes"] == 1000 * 14 * 4
         assert set(result["update_us"]["1000"]) == {"16", "64"} and set(result["update_us"]["100"]) == {"16", "64"}

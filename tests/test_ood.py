@@ -3,6 +3,7 @@
 synthetic set (its pooled features already tell the synthetic chest images from photos)."""
 
 import csv
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -299,3 +300,7 @@ def test_the_figures_of_ood_md_are_those_of_the_committed_result_files():
     page = (ROOT / "bundle" / "docs" / "ood.md").read_text()
     for name in ("synthetic.csv", "real_nih.csv"):
         assert ood_markdown(pd.read_csv(ROOT / "bundle" / "docs" / "ood" / name)) in page, name
+    timing = json.loads((ROOT / "bundle" / "docs" / "ood" / "benchmark_ood_gate.json").read_text())
+    assert (f"**{timing['ratio']:.3f}x** ({timing['on']:.2f} s against {timing['off']:.2f} s for "
+            f"{timing['num_images']}\nimages; target at most 1.1x)") in page
+    assert timing["ratio"] <= 1.1

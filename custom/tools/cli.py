@@ -206,6 +206,26 @@ def benchmark_memory(**options):
     memory(**options)
 
 
+@cli.command(options_from="custom.tools.benchmarks.ood_gate:ood_gate")
+def benchmark_ood_gate(**options):
+    """Inference time with the out-of-distribution gate on and off, alternating in one process, and the ratio.
+
+    Args:
+        bundle_root: a trained bundle (its models/model.pt and model.ood.npz).
+        input_path: a folder of images; default: test images of the data list the bundle trains on.
+        num_images: how many test images, without input_path.
+        rounds: timed runs with and without the gate.
+        image_size: the training image size, when not train.json's.
+        output: JSON file of the results (empty: none).
+
+    Example:
+        python -m custom.cli benchmark_ood_gate --bundle_root bundle --num_images 500 --rounds 3
+    """
+    from .benchmarks import ood_gate
+
+    ood_gate(**options)
+
+
 @cli.command(options_from="custom.tools.audit.audit:audit")
 def audit(checkpoint: str, **options):
     """Rank every (training image, class) label of a training run by how likely it is wrong (NVUM memory).

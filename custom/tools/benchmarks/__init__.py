@@ -10,6 +10,7 @@ benchmark_<name>``); not tests. Every benchmark prints a table and writes ``resu
   store.
 - :func:`memory`: bytes of the NVUM memory and the time of its updates for several N and batch
   sizes.
+- :func:`ood_gate`: inference time with the out-of-distribution gate over without it.
 
 Timings on a shared machine are noisy: the compared variants run in turn, ``repeats`` times,
 and medians are reported.
@@ -18,5 +19,6 @@ and medians are reported.
 from .datapath import data_path
 from .footprint import memory
 from .loop import loop
+from .ood_gate import ood_gate
 from .pipeline import pipeline
 from .step import step
