@@ -30,9 +30,9 @@ def no_fire(monkeypatch):
 def test_the_commands_are_the_documented_ones():
     assert COMMANDS == sorted(["synthetic", "check", "build_datalist", "audit", "audit_benchmark", "export", "register",
                                "benchmark_step", "benchmark_loop", "benchmark_pipeline", "benchmark_memory",
-                               "benchmark_data", "noise_benchmark", "noise_benchmark_compare", "load_test", "prepare",
-                               "gpu_report", "docs", "monailabel", "monaideploy", "synthetic_stats",
-                               "fit_ood"])
+                               "benchmark_ood_gate", "benchmark_data", "noise_benchmark", "noise_benchmark_compare",
+                               "load_test", "prepare", "gpu_report", "docs", "monailabel", "monaideploy",
+                               "synthetic_stats", "fit_ood"])
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

@@ -228,3 +228,13 @@ class Registry:
 
         fire.Fire(command.function, args, name=f"{self.prog} {name}")
         return 0
+
+
+#: the registry of ``python -m custom.cli`` (its commands: :mod:`custom.tools.cli`,
+#: :mod:`custom.tools.benchmark_commands`).
+cli = Registry("python -m custom.cli",
+               "Tools of the NVUM bundle that are not bundle workflows (bundle/docs/development.md).")
+
+TRAIN_OVERRIDES = ("overrides of train.json config ids, as `python -m monai.bundle run training` takes them, e.g. "
+                   "--max_epochs 3, --datalist#num_training 1500, "
+                   "--datalist \"{'_target_': 'custom.DataList', 'path': 'list.json'}\"")
