@@ -47,14 +47,15 @@ def test_the_fit_is_ledoit_wolf_per_view_and_the_threshold_accepts_the_share_of_
         cov, _ = ledoit_wolf(train[:, columns] / scale)
         x = validation[:, columns] / scale - (train[:, columns] / scale).mean(axis=0)
         d = np.sqrt(np.einsum("nd,de,ne->n", x, np.linalg.inv(cov), x))
-        return d / np.quantile(d, 0.9)  # over the view's own threshold
+        return d / np.sort(d)[181 - 1]  # over the view's own threshold: the ceil(201 * 0.9) = 181st smallest
 
     network = by_hand([0, 1, 2, 3], 1.0)  # the first view is not standardised
     image = by_hand([4, 5], train[:, 4:].std(axis=0) + 1e-6)  # the others are
     assert np.allclose(gate.view_distances(validation), np.stack([network, image], 1), rtol=1e-4)
     combined = np.maximum(network, image)
     assert np.allclose(gate.distance(validation), combined, rtol=1e-4)
-    assert (combined <= gate.threshold).mean() == pytest.approx(0.9, abs=0.006) and gate.threshold > 1.0
+    assert gate.threshold == pytest.approx(np.sort(combined)[181 - 1], rel=1e-5)
+    assert (gate.distance(validation) <= gate.threshold).mean() == 181 / 200
     assert gate.num_fit == 50 and gate.num_threshold == 200
     saved = FeatureDistance.load(gate.save(ood_path(tmp_path / "model.pt")))
     assert ood_path(tmp_path / "model.pt") == tmp_path / "model.ood.npz"
@@ -87,6 +88,15 @@ def test_the_image_statistics_are_the_hand_computed_layouts_edges_and_quantiles(
     # a 512-px image is averaged down to 64 px first: the same statistics
     big = torch.nn.functional.interpolate(x, size=512, mode="nearest")
     assert torch.allclose(image_statistics(big), image_statistics(x), atol=1e-5)
+
+
+def test_the_threshold_is_the_split_conformal_quantile():
+    from custom.evaluation.ood_distance import conformal_threshold
+
+    d = np.random.default_rng(0).permutation(np.arange(1.0, 1001.0))  # 1 ... 1000
+    assert conformal_threshold(d, 0.99) == 991.0  # ceil(1001 * 0.99) = 991st smallest: accepts 99.1%
+    assert conformal_threshold(d[:120], 0.99) == d[:120].max()  # ceil(121 * 0.99) = 120: the largest
+    assert conformal_threshold(d, 0.9) == 901.0 and conformal_threshold([5.0], 0.5) == 5.0
 
 
 @pytest.fixture(scope="module")

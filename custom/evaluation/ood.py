@@ -5,13 +5,13 @@ the input of the network's last linear layer (DenseNet121's pooled features, as 
 2019) and statistics of the network input (:func:`~.ood_distance.image_statistics`: grey-level and edge
 layouts, grey-level quantiles). Their distance to the training images (:mod:`.ood_distance`: Mahalanobis,
 Ledoit-Wolf covariance, each view over its own threshold, the larger of the two) is compared with a threshold
-that accepts ``share`` (99%) of the validation images. An image farther than the threshold is refused with the
-reason "not like the training images: distance 3.41 > 1.02".
+set on the validation images to accept ``share`` (99%) of new images like them. An image farther than the
+threshold is refused with the reason "not like the training images: distance 3.41 > 1.02".
 
-The gate is stored beside the weights (:func:`ood_path`: ``model.pt`` -> ``model.ood.npz``), written by
-the test report after training (:class:`custom.evaluation.report.TestReport`) or by
-``python -m custom.cli fit_ood``, and read by inference (:class:`OODGate`), the served model, the MONAI
-Label task and the Deploy app. ``$NVUM_OOD_GATE=0`` turns it off (:func:`ood_gate_enabled`).
+The gate is stored beside the weights (:func:`ood_path`: ``model.pt`` -> ``model.ood.npz``), written after
+training by :class:`custom.evaluation.operating.OperatingThresholds` (or by the test report when it chooses
+thresholds on validation, or by ``python -m custom.cli fit_ood``), and read by inference (:class:`OODGate`),
+the served model, the MONAI Label task and the Deploy app. ``$NVUM_OOD_GATE=0`` turns it off (:func:`ood_gate_enabled`).
 
 This module is runtime code: it imports nothing from :mod:`custom.tools`.
 """

@@ -11,9 +11,9 @@ scikit-learn's Ledoit-Wolf shrunk covariance):
   strength, and 17 quantiles of the grey levels. A frontal chest X-ray has a layout no photo, slide, CT or MR
   slice shares. They are standardised (by the training images' spread) before the covariance is shrunk.
 
-Each view's distance is divided by its own threshold (the ``share`` quantile of the validation images'
-distances); the gate's distance is the larger of the two ratios, and its threshold is again the ``share``
-quantile of the validation images' distances (a little above 1). So an image is refused when it is unlike
+Each view's distance is divided by its own threshold; the gate's distance is the larger of the two ratios,
+with a threshold of its own (a little above 1). Every threshold is :func:`conformal_threshold` of the validation
+images' distances, which accepts ``share`` of new images like them. So an image is refused when it is unlike
 the training images in either view.
 """
 
@@ -170,6 +170,17 @@ class FeatureDistance:
                              "python -m custom.cli fit_ood") from None
 
 
+def conformal_threshold(distances, share: float) -> float:
+    """The threshold that accepts at least ``share`` of new images like the given ones, in expectation: the
+    ``ceil((n + 1) * share)``-th smallest of the ``n`` distances (split-conformal prediction's finite-sample
+    quantile; the largest when ``n`` is too small for ``share``). With 1000 validation images and 99% it is the
+    991st; with 120 it is the largest (a plain 99% quantile would lie between the two largest and accept about
+    98% of new images)."""
+    d = np.sort(np.asarray(distances, dtype=np.float64))
+    k = int(np.ceil((len(d) + 1) * float(share)))
+    return float(d[min(k, len(d)) - 1])
+
+
 def fit_gate(training_features, validation_features, share: float = DEFAULT_SHARE,
              view_sizes: tuple[int, ...] | None = None) -> FeatureDistance:
     """The gate of training features with the threshold accepting ``share`` of the validation features.
@@ -193,9 +204,9 @@ def fit_gate(training_features, validation_features, share: float = DEFAULT_SHAR
     views, start = [], 0
     for i, size in enumerate(sizes):
         view = Mahalanobis.fit(train[:, start : start + size], standardise=i > 0)
-        view.threshold = max(float(np.quantile(view.distance(held[:, start : start + size]), share)), 1e-12)
+        view.threshold = max(conformal_threshold(view.distance(held[:, start : start + size]), share), 1e-12)
         views.append(view)
         start += size
     gate = FeatureDistance(views, 0.0, share, len(train), len(held))
-    gate.threshold = float(np.quantile(gate.distance(held), share))
+    gate.threshold = conformal_threshold(gate.distance(held), share)
     return gate
