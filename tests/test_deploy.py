@@ -215,8 +215,13 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     if not mlflow_cli.is_file():
         pytest.skip(f"mlflow command not found next to {sys.executable}")
+    from PIL import Image
+
     port = _free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=deployed["uri"],
+    files = _image_files(deployed)[:2]
+    with Image.open(files[0]) as im:
+        pixels = im.width * im.height
+    env = dict(os.environ, MLFLOW_TRACKING_URI=deployed["uri"], NVUM_MAX_REQUEST_PIXELS=str(3 * pixels),
                PATH=f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("PYTHONPATH", None)
     log = open(tmp_path / "serve.log", "w")
@@ -236,7 +241,6 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
                 pass
             assert time.monotonic() < deadline, "the model server did not get ready in 180 s"
             time.sleep(0.5)
-        files = _image_files(deployed)[:2]
         rows = [[base64.b64encode(p.read_bytes()).decode()] for p in files]
         answer = _post(f"http://127.0.0.1:{port}/invocations",
                        {"dataframe_split": {"columns": ["image"], "data": rows}})
@@ -266,6 +270,27 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
         body = json.loads(err.value.read())
         assert err.value.code == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", body
         assert "the request has 257 rows, over the limit of 256 rows per request ($NVUM_MAX_ROWS" in body["message"]
+        with pytest.raises(urllib.error.HTTPError) as err:  # over the server's pixel budget: refused from the headers
+            _post(f"http://127.0.0.1:{port}/invocations",
+                  {"dataframe_split": {"columns": ["image"], "data": [rows[0]] * 4}})
+        body = json.loads(err.value.read())
+        assert err.value.code == 400 and (f"have {4 * pixels} pixels in all, over the limit of {3 * pixels} pixels per "
+                                          "request (row 3 takes the total over it; $NVUM_MAX_REQUEST_PIXELS") \
+            in body["message"], body
+        # a 1 x 1 image: inference's default policy (scored, with its warning), or refused with the parameter
+        tiny = io.BytesIO()
+        Image.new("L", (1, 1)).save(tiny, format="PNG")
+        request = {"dataframe_split": {"columns": ["image"], "data": [rows[0], [base64.b64encode(tiny.getvalue())
+                                                                               .decode()]]}}
+        pred = pd.DataFrame(_post(f"http://127.0.0.1:{port}/invocations", request)["predictions"])
+        assert pred["input_warning"].tolist()[0] == "" and pred[CLASSES].notna().all().all()
+        assert pred["input_warning"].tolist()[1].startswith("degenerate image, scored all the same: 1 x 1 pixels, a "
+                                                            "side under 1/4 of the network's")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(f"http://127.0.0.1:{port}/invocations", {**request, "params": {"degenerate_images": "refuse"}})
+        body = json.loads(err.value.read())
+        assert err.value.code == 400 and ("row 1: degenerate image, not scored (degenerate_images='refuse'): 1 x 1 "
+                                          "pixels") in body["message"], body
     finally:
         try:
             os.killpg(pgid, signal.SIGTERM)
