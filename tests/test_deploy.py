@@ -222,6 +222,7 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
     with Image.open(files[0]) as im:
         pixels = im.width * im.height
     env = dict(os.environ, MLFLOW_TRACKING_URI=deployed["uri"], NVUM_MAX_REQUEST_PIXELS=str(3 * pixels),
+               NVUM_MAX_REQUEST_BYTES=str(64 * 2**20),
                PATH=f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("PYTHONPATH", None)
     log = open(tmp_path / "serve.log", "w")
@@ -291,6 +292,18 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
         body = json.loads(err.value.read())
         assert err.value.code == 400 and ("row 1: degenerate image, not scored (degenerate_images='refuse'): 1 x 1 "
                                           "pixels") in body["message"], body
+        # the memory of a refused 200 MB request goes back to the system (pandas keeps the column in pyarrow memory)
+        from custom.tools.servemem import group_rss
+
+        idle = group_rss(pgid)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(f"http://127.0.0.1:{port}/invocations",
+                  {"dataframe_split": {"columns": ["image"], "data": [["A" * 2**22]] * 50}})
+        assert err.value.code == 400 and "over the limit of 67108864 bytes" in json.loads(err.value.read())["message"]
+        deadline = time.monotonic() + 15
+        while group_rss(pgid) > 1.2 * idle:
+            assert time.monotonic() < deadline, f"the server holds {group_rss(pgid) >> 20} MB, idle {idle >> 20} MB"
+            time.sleep(0.5)
     finally:
         try:
             os.killpg(pgid, signal.SIGTERM)

@@ -474,6 +474,31 @@ def test_a_request_over_the_pixel_budget_is_refused_from_the_headers_before_deco
         model.load_context(None)  # the server stops at start
 
 
+def test_a_request_answered_or_refused_hands_its_memory_back_once_the_server_has_dropped_it(model, monkeypatch):
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    import custom.serving.pyfunc as pyfunc
+
+    calls = []
+    monkeypatch.setattr(pyfunc, "release_memory", lambda: calls.append("trim"))
+    monkeypatch.setattr(pyfunc.gc, "collect", lambda: calls.append("collect"))
+    monkeypatch.setattr(pyfunc, "RELEASE_DELAY_S", 0.3)
+    monkeypatch.setenv("NVUM_MAX_ROWS", "2")
+    model.predict(None, pd.DataFrame({"image": [_png()]}))
+    assert calls == ["trim"]  # inside the request; the collection waits until the server has dropped the request
+    time.sleep(1)
+    assert calls == ["trim", "collect", "trim"]
+    calls.clear()
+    for _ in range(3):  # refused before anything is decoded; three requests within the delay: one release
+        with pytest.raises(MlflowException, match="over the limit of 2 rows"):
+            model.predict(None, pd.DataFrame({"image": [_png()] * 3}))
+    assert calls == []
+    time.sleep(1)
+    assert calls == ["collect", "trim"]
+
+
 # ----------------------------------------------------------------------------------------------
 # operating thresholds: decisions beside the probabilities
 # ----------------------------------------------------------------------------------------------

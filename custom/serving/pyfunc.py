@@ -48,15 +48,19 @@ variable that sets it): at most :data:`MAX_ROWS` rows (``$NVUM_MAX_ROWS``), at m
 :data:`MAX_REQUEST_BYTES` bytes of encoded images in all (``$NVUM_MAX_REQUEST_BYTES``; the length
 of the base64 text, or of the bytes) and at most :data:`MAX_REQUEST_PIXELS` pixels in all, from the images'
 headers (``$NVUM_MAX_REQUEST_PIXELS``: it bounds the CPU a request takes). The rows are decoded and predicted
-:data:`CHUNK_ROWS` at a time, so the memory a request takes beyond its own data is bounded by a chunk, and freed
-heap memory is handed back to the system after each request.
+:data:`CHUNK_ROWS` at a time, so the memory a request takes beyond its own data is bounded by a chunk. A second
+after a request ends, answered or refused, when the server has dropped its body and table, the free memory goes back
+to the system (:func:`release_memory_later`; pyarrow, which holds pandas' string column, is set to allocate with
+``malloc`` for it): the server returns to within a few per cent of its idle size (``bundle/docs/deploy.md``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
+import threading
 
 import mlflow.pyfunc
 import numpy as np
@@ -146,6 +150,15 @@ def _encoded_size(data) -> int:
     return 0  # not an image: the decoder names the row
 
 
+def _system_arrow_pool() -> None:
+    """Make pyarrow allocate with ``malloc`` (its system pool), which :func:`release_memory` trims: pandas keeps a
+    request's string column in pyarrow memory, and pyarrow's default pool (mimalloc) kept a refused 300 MB request's
+    column after it was freed."""
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None and hasattr(arrow, "set_memory_pool"):
+        arrow.set_memory_pool(arrow.system_memory_pool())
+
+
 def release_memory() -> None:
     """Hand the heap's free memory back to the system (glibc's ``malloc_trim``; nothing elsewhere)."""
     global _LIBC
@@ -160,6 +173,28 @@ def release_memory() -> None:
 
 
 _LIBC = None
+#: seconds after a request that its memory is handed back (:func:`release_memory_later`).
+RELEASE_DELAY_S = 1.0
+_RELEASE = {"timer": None, "lock": threading.Lock()}
+
+
+def release_memory_later(delay: float | None = None) -> None:
+    """In ``delay`` seconds (:data:`RELEASE_DELAY_S`; once, however many requests end meanwhile): collect garbage
+    cycles and
+    :func:`release_memory`. The server frees a request's body and parsed table only after the model has answered,
+    so a release inside ``predict`` comes too early for them."""
+    def release():
+        gc.collect()
+        release_memory()
+
+    delay = RELEASE_DELAY_S if delay is None else delay
+
+    with _RELEASE["lock"]:
+        if _RELEASE["timer"] is not None:
+            _RELEASE["timer"].cancel()
+        _RELEASE["timer"] = threading.Timer(delay, release)
+        _RELEASE["timer"].daemon = True
+        _RELEASE["timer"].start()
 
 
 class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
@@ -183,6 +218,7 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
 
         request_limits()  # a bad $NVUM_MAX_ROWS / $NVUM_MAX_REQUEST_BYTES stops the server at start
         pixel_budget()  # so does a bad $NVUM_MAX_REQUEST_PIXELS
+        _system_arrow_pool()
         dicom_guard_enabled()  # so does a bad $NVUM_DICOM_GUARD
         parser = ConfigParser()
         parser.read_config(context.artifacts["inference_config"])
@@ -275,10 +311,16 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
             probs += [torch.as_tensor(self.postprocess({"pred": z})["pred"]).float() for z in logits]
         return probs
 
-    @torch.no_grad()
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         # (the DataFrame hint is what MLflow hands over; with it MLflow infers nothing from the hint and,
         # unlike without one, does not warn on import that the method has no type hints)
+        try:
+            return self._predict(model_input, params)
+        finally:  # refused or answered: the request's memory goes back to the system once the server drops it
+            release_memory_later()
+
+    @torch.no_grad()
+    def _predict(self, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
