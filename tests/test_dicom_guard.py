@@ -283,3 +283,29 @@ def test_the_monai_label_app_names_the_image_sent_and_guards_a_dicom_series_sent
     shutil.copy(studies / "d_chest_pa.dcm", series / "3.dcm")
     assert refused(str(series)) == (f"nvum_cxr_classification: image {series} refused: a folder holding 2 images "
                                     "(1.dcm, 3.dcm); the model scores one radiograph per request: send one file")
+    (tmp_path / "page.png").write_text("<html>not an image</html>")  # unreadable: a 400 too, not a bare 500
+    assert refused(str(tmp_path / "page.png")) == (f"nvum_cxr_classification: image {tmp_path / 'page.png'} refused: "
+                                                   "not an image file Pillow can read (expected PNG or JPEG)")
+
+
+def test_the_monai_label_check_asks_for_every_file_inference_reads_dicom_included(tmp_path):
+    import json
+
+    from custom.tools.monailabel import compare, label_env, studies_requests
+
+    studies = _inputs(tmp_path / "studies")  # four DICOM files and an HTML page named .dcm
+    (studies / "f.png").write_bytes(b"")
+    (studies / "g.jpeg").write_bytes(b"")
+    _dicom(studies / "series" / "h.dcm", Modality="DX")
+    _dicom(studies / "i_no_suffix", Modality="DX")
+    # by the datastore's id where it lists the file, else by its path; the datastore set to list DICOM and .jpeg
+    assert studies_requests(studies) == {
+        "a_ct.dcm": "a_ct", "b_lateral.dcm": "b_lateral", "c_abdomen.dcm": "c_abdomen", "d_chest_pa.dcm": "d_chest_pa",
+        "e_page.dcm": "e_page", "f.png": "f", "g.jpeg": "g", "i_no_suffix": str(studies / "i_no_suffix"),
+        "series/h.dcm": str(studies / "series" / "h.dcm")}
+    exts = json.loads(label_env({"PATH": "/bin"})["MONAI_LABEL_DATASTORE_FILE_EXT"])
+    assert {"*.dcm", "*.jpeg", "*.png", "*.jpg"} <= set(exts)
+    reference, errors = {"d.dcm": [0.25, 0.5]}, {"b.dcm": LATERAL}
+    assert compare(reference, errors, {"d.dcm": [0.25, 0.5 + 3e-7]}, {"b.dcm": "refused: ..."}) == pytest.approx(3e-7)
+    with pytest.raises(RuntimeError, match=r"MONAI Label answered for \['b.dcm', 'd.dcm'\] and refused \[\]"):
+        compare(reference, errors, {"d.dcm": [0.25, 0.5], "b.dcm": [0.1, 0.1]}, {})

@@ -115,6 +115,9 @@ class MultiLabelBundleInferTask(BundleInferTask):
         reason = dicom_guard(image, self.bundle)
         if reason:
             raise refusal(f"{MODEL}: {name} refused: {reason} (NVUM_DICOM_GUARD=0 on the server lets it through)")
+        reason = unreadable(image, self.bundle)
+        if reason:
+            raise refusal(f"{MODEL}: {name} refused: {reason}")
         reason = ood_gate(image, self.bundle)
         if reason:
             raise refusal(f"{MODEL}: {name} refused: {reason} (NVUM_OOD_GATE=0 on the server lets it through)")
@@ -125,6 +128,17 @@ def _import_bundle(bundle) -> None:
     """Make the bundle's ``custom`` package importable (the bundle config imports it too)."""
     if bundle not in sys.path:
         sys.path.insert(0, bundle)
+
+
+def unreadable(image, bundle):
+    """Why ``image`` (a file path) cannot be read, as inference says it (``custom.data.transforms.check_image``);
+    ``None`` when it can (or is not a file)."""
+    if not isinstance(image, str) or not os.path.isfile(image):
+        return None
+    _import_bundle(bundle)
+    from custom.data.transforms import check_image
+
+    return check_image(image)
 
 
 def ood_gate(image, bundle):
