@@ -154,9 +154,11 @@ def _system_arrow_pool() -> None:
     """Make pyarrow allocate with ``malloc`` (its system pool), which :func:`release_memory` trims: pandas keeps a
     request's string column in pyarrow memory, and pyarrow's default pool (mimalloc) kept a refused 300 MB request's
     column after it was freed."""
-    arrow = sys.modules.get("pyarrow")
-    if arrow is not None and hasattr(arrow, "set_memory_pool"):
-        arrow.set_memory_pool(arrow.system_memory_pool())
+    try:
+        import pyarrow
+    except ImportError:  # pandas then keeps strings as Python objects, in the heap
+        return
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
 
 
 def release_memory() -> None:
