@@ -104,7 +104,9 @@ def test_training_registers_a_pyfunc_model_that_predicts_as_inference_json(deplo
     inputs = model.metadata.get_input_schema().to_dict()
     assert inputs == [{"type": "string", "name": "image", "required": True}]  # base64 text, decoded by the model
     positive = [f"{c}_positive" for c in CLASSES]  # the decisions at the run's operating thresholds
-    assert model.metadata.get_output_schema().input_names() == CLASSES + positive
+    outputs = model.metadata.get_output_schema()  # then, only when a row is degenerate, inference's warning
+    assert outputs.input_names() == CLASSES + positive + ["input_warning"]
+    assert [c.required for c in outputs.inputs][-1:] == [False] and all(c.required for c in outputs.inputs[:-1])
     assert model.metadata.saved_input_example_info is not None
 
     files = _image_files(deployed)
@@ -435,7 +437,8 @@ def test_register_command_logs_a_new_run_and_a_new_version(deployed, tmp_path):
     with use_tracking_uri(uri):
         info = mlflow.models.get_model_info(f"models:/nvum-cli/{version.version}")
     positive = [f"{c}_positive" for c in CLASSES]  # the thresholds of models/model.json came along
-    assert info.signature.outputs.input_names() == CLASSES + positive and info.saved_input_example_info is not None
+    assert info.signature.outputs.input_names() == CLASSES + positive + ["input_warning"]
+    assert info.saved_input_example_info is not None
 
 
 def test_with_an_ema_teacher_the_checkpoint_export_and_served_model_are_the_teacher(tmp_path):
