@@ -104,7 +104,9 @@ def test_training_registers_a_pyfunc_model_that_predicts_as_inference_json(deplo
     inputs = model.metadata.get_input_schema().to_dict()
     assert inputs == [{"type": "string", "name": "image", "required": True}]  # base64 text, decoded by the model
     positive = [f"{c}_positive" for c in CLASSES]  # the decisions at the run's operating thresholds
-    assert model.metadata.get_output_schema().input_names() == CLASSES + positive
+    outputs = model.metadata.get_output_schema()  # then, only when a row is degenerate, inference's warning
+    assert outputs.input_names() == CLASSES + positive + ["input_warning"]
+    assert [c.required for c in outputs.inputs][-1:] == [False] and all(c.required for c in outputs.inputs[:-1])
     assert model.metadata.saved_input_example_info is not None
 
     files = _image_files(deployed)
@@ -216,8 +218,14 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     if not mlflow_cli.is_file():
         pytest.skip(f"mlflow command not found next to {sys.executable}")
+    from PIL import Image
+
     port = _free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=deployed["uri"],
+    files = _image_files(deployed)[:2]
+    with Image.open(files[0]) as im:
+        pixels = im.width * im.height
+    env = dict(os.environ, MLFLOW_TRACKING_URI=deployed["uri"], NVUM_MAX_REQUEST_PIXELS=str(3 * pixels),
+               NVUM_MAX_REQUEST_BYTES=str(64 * 2**20),
                PATH=f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("PYTHONPATH", None)
     log = open(tmp_path / "serve.log", "w")
@@ -237,7 +245,6 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
                 pass
             assert time.monotonic() < deadline, "the model server did not get ready in 180 s"
             time.sleep(0.5)
-        files = _image_files(deployed)[:2]
         rows = [[base64.b64encode(p.read_bytes()).decode()] for p in files]
         answer = _post(f"http://127.0.0.1:{port}/invocations",
                        {"dataframe_split": {"columns": ["image"], "data": rows}})
@@ -267,6 +274,39 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
         body = json.loads(err.value.read())
         assert err.value.code == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", body
         assert "the request has 257 rows, over the limit of 256 rows per request ($NVUM_MAX_ROWS" in body["message"]
+        with pytest.raises(urllib.error.HTTPError) as err:  # over the server's pixel budget: refused from the headers
+            _post(f"http://127.0.0.1:{port}/invocations",
+                  {"dataframe_split": {"columns": ["image"], "data": [rows[0]] * 4}})
+        body = json.loads(err.value.read())
+        assert err.value.code == 400 and (f"have {4 * pixels} pixels in all, over the limit of {3 * pixels} pixels per "
+                                          "request (row 3 takes the total over it; $NVUM_MAX_REQUEST_PIXELS") \
+            in body["message"], body
+        # a 1 x 1 image: inference's default policy (scored, with its warning), or refused with the parameter
+        tiny = io.BytesIO()
+        Image.new("L", (1, 1)).save(tiny, format="PNG")
+        request = {"dataframe_split": {"columns": ["image"], "data": [rows[0], [base64.b64encode(tiny.getvalue())
+                                                                               .decode()]]}}
+        pred = pd.DataFrame(_post(f"http://127.0.0.1:{port}/invocations", request)["predictions"])
+        assert pred["input_warning"].tolist()[0] == "" and pred[CLASSES].notna().all().all()
+        assert pred["input_warning"].tolist()[1].startswith("degenerate image, scored all the same: 1 x 1 pixels, a "
+                                                            "side under 1/4 of the network's")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(f"http://127.0.0.1:{port}/invocations", {**request, "params": {"degenerate_images": "refuse"}})
+        body = json.loads(err.value.read())
+        assert err.value.code == 400 and ("row 1: degenerate image, not scored (degenerate_images='refuse'): 1 x 1 "
+                                          "pixels") in body["message"], body
+        # the memory of a refused 200 MB request goes back to the system (pandas keeps the column in pyarrow memory)
+        from custom.tools.servemem import group_rss
+
+        idle = group_rss(pgid)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(f"http://127.0.0.1:{port}/invocations",
+                  {"dataframe_split": {"columns": ["image"], "data": [["A" * 2**22]] * 50}})
+        assert err.value.code == 400 and "over the limit of 67108864 bytes" in json.loads(err.value.read())["message"]
+        deadline = time.monotonic() + 15
+        while group_rss(pgid) > 1.2 * idle:
+            assert time.monotonic() < deadline, f"the server holds {group_rss(pgid) >> 20} MB, idle {idle >> 20} MB"
+            time.sleep(0.5)
     finally:
         try:
             os.killpg(pgid, signal.SIGTERM)
@@ -398,7 +438,8 @@ def test_register_command_logs_a_new_run_and_a_new_version(deployed, tmp_path):
     with use_tracking_uri(uri):
         info = mlflow.models.get_model_info(f"models:/nvum-cli/{version.version}")
     positive = [f"{c}_positive" for c in CLASSES]  # the thresholds of models/model.json came along
-    assert info.signature.outputs.input_names() == CLASSES + positive and info.saved_input_example_info is not None
+    assert info.signature.outputs.input_names() == CLASSES + positive + ["input_warning"]
+    assert info.saved_input_example_info is not None
 
 
 def test_with_an_ema_teacher_the_checkpoint_export_and_served_model_are_the_teacher(tmp_path):

@@ -4,6 +4,7 @@ chest DX is scored, an HTML page named .dcm is "not a DICOM file", and $NVUM_DIC
 ``dicom_guard``) lets the refused files through."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -190,8 +191,10 @@ def test_deploy_series_selection_keeps_only_frontal_chest_radiographs(tmp_path, 
     assert len(io.select_images(io.list_images(folder))[0]) == 5
 
 
-def test_the_monai_label_task_refuses_a_guarded_dicom_naming_the_reason(tmp_path, monkeypatch):
-    """The app's task, with MONAI Label's classes stood in for (MONAI Label lives in an environment of its own)."""
+def _label_app(monkeypatch):
+    """The bundle's MONAI Label app with MONAI Label's classes stood in for (MONAI Label lives in an environment of
+    its own): the stock task answers "scored" and the image it was given; the app's ``infer`` resolves an id in a
+    studies folder and turns a folder into a list of paths as MONAI Label 0.8.5 does, then runs the task."""
     import sys
     import types
 
@@ -200,11 +203,19 @@ def test_the_monai_label_task_refuses_a_guarded_dicom_naming_the_reason(tmp_path
             pass
 
         def __call__(self, request, *args, **kwargs):
-            return "scored", {}
+            return "scored", {"image": request["image"]}
+
+    class MONAILabelApp:
+        def infer(self, request, datastore=None):
+            image = request["image"]
+            image = image if os.path.exists(image) else self.datastore().get_image_uri(image)
+            if os.path.isdir(image):  # (sic: MONAI Label joins the folder onto each name)
+                image = [os.path.join(f, image) for f in os.listdir(image)]
+            return self.task({**request, "image": image})
 
     stubs = {"monailabel": types.ModuleType("monailabel"),
              "monailabel.interfaces": types.ModuleType("monailabel.interfaces"),
-             "monailabel.interfaces.app": types.SimpleNamespace(MONAILabelApp=object),
+             "monailabel.interfaces.app": types.SimpleNamespace(MONAILabelApp=MONAILabelApp),
              "monailabel.tasks": types.ModuleType("monailabel.tasks"),
              "monailabel.tasks.infer": types.ModuleType("monailabel.tasks.infer"),
              "monailabel.tasks.infer.bundle": types.SimpleNamespace(BundleInferTask=BundleInferTask)}
@@ -214,10 +225,87 @@ def test_the_monai_label_task_refuses_a_guarded_dicom_naming_the_reason(tmp_path
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
     monkeypatch.delenv(DICOM_GUARD_ENV, raising=False)
+    return app
+
+
+def test_the_monai_label_task_refuses_a_guarded_dicom_naming_the_reason(tmp_path, monkeypatch):
+    from fastapi import HTTPException
+
+    app = _label_app(monkeypatch)
     folder = _inputs(tmp_path)
     task = app.MultiLabelBundleInferTask(str(ROOT), {})
-    assert task({"image": str(folder / "d_chest_pa.dcm")}) == ("scored", {})
-    with pytest.raises(ValueError, match=r"b_lateral.dcm refused: not a frontal chest radiograph: ViewPosition LL"):
+    assert task({"image": str(folder / "d_chest_pa.dcm")})[0] == "scored"
+    with pytest.raises(HTTPException) as err:  # MONAI Label's server answers it with HTTP 400 and the detail
         task({"image": str(folder / "b_lateral.dcm")})
+    assert err.value.status_code == 400 and err.value.detail == (
+        f"nvum_cxr_classification: image {folder / 'b_lateral.dcm'} refused: {LATERAL} (NVUM_DICOM_GUARD=0 on the "
+        "server lets it through)")
     monkeypatch.setenv(DICOM_GUARD_ENV, "0")
-    assert task({"image": str(folder / "b_lateral.dcm")}) == ("scored", {})
+    assert task({"image": str(folder / "b_lateral.dcm")})[0] == "scored"
+
+
+def test_the_monai_label_app_names_the_image_sent_and_guards_a_dicom_series_sent_as_a_folder(tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+    import types
+
+    from fastapi import HTTPException
+
+    app = _label_app(monkeypatch)
+    studies = _inputs(tmp_path / "studies")
+    label = app.NVUMApp.__new__(app.NVUMApp)  # (its __init__ is MONAI Label's server start)
+    label.task = app.MultiLabelBundleInferTask(str(ROOT), {})
+    label.datastore = lambda: types.SimpleNamespace(get_image_uri=lambda i: str(studies / f"{i}.dcm"))
+
+    def refused(image):
+        with pytest.raises(HTTPException) as err:
+            label.infer({"model": "nvum_cxr_classification", "image": image})
+        assert err.value.status_code == 400
+        return err.value.detail
+
+    suffix = " (NVUM_DICOM_GUARD=0 on the server lets it through)"
+    assert refused("b_lateral") == (f"nvum_cxr_classification: image b_lateral ({studies / 'b_lateral.dcm'}) "
+                                    f"refused: {LATERAL}{suffix}")  # the id sent, and the file it names
+    upload = Path(tempfile.mkstemp(suffix=".dcm", prefix="tmp")[1])  # how MONAI Label stores an upload
+    try:
+        shutil.copy(studies / "a_ct.dcm", upload)
+        assert refused(str(upload)) == (f"nvum_cxr_classification: the uploaded file (stored by MONAI Label as "
+                                        f"{upload}) refused: {CT}{suffix}")
+    finally:
+        upload.unlink()
+    series = tmp_path / "series"
+    series.mkdir()
+    shutil.copy(studies / "d_chest_pa.dcm", series / "1.dcm")
+    assert label.infer({"image": str(series)}) == ("scored", {"image": str(series / "1.dcm")})  # its one image
+    shutil.copy(studies / "b_lateral.dcm", series / "2.dcm")
+    assert refused(str(series)) == f"nvum_cxr_classification: image {series} refused: 2.dcm in it: {LATERAL}{suffix}"
+    (series / "2.dcm").unlink()
+    shutil.copy(studies / "d_chest_pa.dcm", series / "3.dcm")
+    assert refused(str(series)) == (f"nvum_cxr_classification: image {series} refused: a folder holding 2 images "
+                                    "(1.dcm, 3.dcm); the model scores one radiograph per request: send one file")
+    (tmp_path / "page.png").write_text("<html>not an image</html>")  # unreadable: a 400 too, not a bare 500
+    assert refused(str(tmp_path / "page.png")) == (f"nvum_cxr_classification: image {tmp_path / 'page.png'} refused: "
+                                                   "not an image file Pillow can read (expected PNG or JPEG)")
+
+
+def test_the_monai_label_check_asks_for_every_file_inference_reads_dicom_included(tmp_path):
+    import json
+
+    from custom.tools.monailabel import compare, label_env, studies_requests
+
+    studies = _inputs(tmp_path / "studies")  # four DICOM files and an HTML page named .dcm
+    (studies / "f.png").write_bytes(b"")
+    (studies / "g.jpeg").write_bytes(b"")
+    _dicom(studies / "series" / "h.dcm", Modality="DX")
+    _dicom(studies / "i_no_suffix", Modality="DX")
+    # by the datastore's id where it lists the file, else by its path; the datastore set to list DICOM and .jpeg
+    assert studies_requests(studies) == {
+        "a_ct.dcm": "a_ct", "b_lateral.dcm": "b_lateral", "c_abdomen.dcm": "c_abdomen", "d_chest_pa.dcm": "d_chest_pa",
+        "e_page.dcm": "e_page", "f.png": "f", "g.jpeg": "g", "i_no_suffix": str(studies / "i_no_suffix"),
+        "series/h.dcm": str(studies / "series" / "h.dcm")}
+    exts = json.loads(label_env({"PATH": "/bin"})["MONAI_LABEL_DATASTORE_FILE_EXT"])
+    assert {"*.dcm", "*.jpeg", "*.png", "*.jpg"} <= set(exts)
+    reference, errors = {"d.dcm": [0.25, 0.5]}, {"b.dcm": LATERAL}
+    assert compare(reference, errors, {"d.dcm": [0.25, 0.5 + 3e-7]}, {"b.dcm": "refused: ..."}) == pytest.approx(3e-7)
+    with pytest.raises(RuntimeError, match=r"MONAI Label answered for \['b.dcm', 'd.dcm'\] and refused \[\]"):
+        compare(reference, errors, {"d.dcm": [0.25, 0.5], "b.dcm": [0.1, 0.1]}, {})

@@ -65,13 +65,38 @@ def test_deploy_output_handling_names_each_probability_and_rejects_bad_outputs(t
         io.format_probabilities(np.array([2.3, -1.0, 0.5]), channel_def)  # logits: no sigmoid applied
     path = io.write_results({"a.png": out}, tmp_path / "out")
     assert json.loads(path.read_text()) == {"a.png": out}
-    with pytest.raises(ValueError, match="neither a PNG nor a DICOM file"):
-        (tmp_path / "fake.png").write_bytes(b"\xff\xd8\xff\xe0 not a png")
+    with pytest.raises(ValueError, match="not a PNG, JPEG or DICOM file"):
+        (tmp_path / "fake.png").write_bytes(b"GIF89a not a png")
         io.load_image(tmp_path / "fake.png")
-    with pytest.raises(FileNotFoundError, match="no PNG or DICOM file found"):
+    with pytest.raises(FileNotFoundError, match="no PNG, JPEG or DICOM file found"):
         io.list_images(tmp_path / "out")
     # the SDK-dependent application module is valid Python (importable without the SDK)
     compile((ROOT / "bundle" / "scripts" / "deploy_app.py").read_text(), "deploy_app.py", "exec")
+
+
+def test_deploy_app_scores_a_jpeg_as_inference_does_and_names_every_file_it_leaves_out(tmp_path):
+    from test_dicom_guard import LATERAL, _dicom
+
+    io = _load_script("deploy_io")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "b.jpg", quality=90)
+    _dicom(tmp_path / "series" / "c_frontal.dcm", Modality="DX", BodyPartExamined="CHEST", ViewPosition="PA")
+    _dicom(tmp_path / "series" / "d_lateral.dcm", Modality="DX", BodyPartExamined="CHEST", ViewPosition="LL")
+    (tmp_path / "e_notes.txt").write_text("not an image")
+    (tmp_path / "f_fake.png").write_bytes(b"<html>not a png</html>")
+    (tmp_path / "series" / "DICOMDIR").write_bytes(b"an index, not an image")
+    selected, refused = io.select_images(io.list_files(tmp_path))
+    assert [p.name for p in selected] == ["a.png", "b.jpg", "c_frontal.dcm"]
+    assert [(p.name, reason) for p, reason in refused] == [
+        ("e_notes.txt", "not a PNG, JPEG or DICOM image (named .txt)"),
+        ("f_fake.png", "not a PNG, JPEG or DICOM image (named .png)"), ("d_lateral.dcm", LATERAL)]
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    loader = parser.get_parsed_content("preprocessing").transforms[0]
+    array, meta = io.load_image(tmp_path / "b.jpg")  # the JPEG read as inference reads it
+    assert array.shape == (3, 20, 24) and np.array_equal(array, np.asarray(loader({"image": str(tmp_path / "b.jpg")})
+                                                                           ["image"]))
 
 
 @pytest.mark.slow

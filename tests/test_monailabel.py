@@ -23,6 +23,14 @@ def test_monai_label_server_answers_with_the_probabilities_of_inference_json(tmp
     studies.mkdir()
     for png in sorted((tmp_path / "run" / "data" / "test").glob("*.png"))[:5]:
         shutil.copy(png, studies / png.name)
+    # DICOM studies: a frontal radiograph scored by its datastore id, a lateral one refused with HTTP 400
+    from test_dicom_guard import _dicom
+
+    _dicom(studies / "frontal.dcm", Modality="DX", BodyPartExamined="CHEST", ViewPosition="PA")
+    _dicom(studies / "lateral.dcm", Modality="DX", BodyPartExamined="CHEST", ViewPosition="LL")
     result = check(str(built.zip), images=str(studies), work=str(tmp_path / "work"))
-    assert result["images"] == 5 and result["max_difference"] < 1e-5
+    # every file answered or refused, as inference.json scored or listed it (check compares both)
+    assert result["images"] + len(result["refused"]) == 7 and result["images"] >= 5 and result["max_difference"] < 1e-5
+    assert "image lateral (" in result["refused"]["lateral.dcm"]
+    assert "refused: not a frontal chest radiograph: ViewPosition LL" in result["refused"]["lateral.dcm"]
     assert result["labels"][0] == "atelectasis" and len(result["labels"]) == 14  # names of the metadata, lower-cased

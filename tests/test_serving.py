@@ -278,10 +278,10 @@ def test_png_and_dicom_over_the_pixel_limit_are_refused_before_decoding(tmp_path
     import pydicom
     from PIL import Image
 
-    import custom.serving.pyfunc as pyfunc
+    import custom.serving.decode as decode  # the decoder of the served model
     from test_dicom import write_dicom
 
-    monkeypatch.setattr(pyfunc, "MAX_PIXELS", 255)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 255)
     with pytest.raises(ValueError) as err:
         decode_image(_png(size=16), "row 1")  # 256 pixels
     assert str(err.value) == ("row 1: the image has 256 pixels (16 x 16), over the limit of 255 pixels per image "
@@ -308,10 +308,10 @@ def test_png_and_dicom_over_the_pixel_limit_are_refused_before_decoding(tmp_path
     ds.save_as(buf)
     with pytest.raises(ValueError, match=r"row 2: the DICOM image has 102400000 pixels \(16 x 16 x 400000 frames\)"):
         decode_image(buf.getvalue(), "row 2")
-    monkeypatch.setattr(pyfunc, "MAX_PIXELS", 255)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 255)
     with pytest.raises(ValueError, match="row 0: the DICOM image has 256 pixels"):
         decode_image(small, "row 0")
-    monkeypatch.setattr(pyfunc, "MAX_PIXELS", 256)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 256)
     assert np.allclose(decode_image(small), 90 / 255)
 
 
@@ -384,6 +384,119 @@ def test_chunked_prediction_gives_the_probabilities_of_one_pass_and_names_bad_ro
         model.predict(None, pd.DataFrame({"image": [rows[0], rows[1], rows[2], "/a.png", "/b.png"]}))
     assert err.value.message.startswith("row 3: expected") and "1 more bad row(s): row 4: expected" in err.value.message
     assert events == ["row 0", "row 1", "forward 2", "row 2", "row 3", "row 4"]  # after a bad row: only decoded
+
+
+def _inference_reasons(paths, policy, image_size):
+    """What inference's dataset says of each image file under ``policy`` (warning or refusal, "" for none)."""
+    from monai.transforms import Compose
+
+    from custom.data.keys import INPUT_WARNING, REFUSED
+    from custom.data.transforms import ChestXrayToTensord, LoadImageChestXrayd
+    from custom.serving.inference import InferenceDataset
+
+    transform = Compose([LoadImageChestXrayd(keys="image", reader="PILReader", reverse_indexing=False,
+                                             image_only=True, ensure_channel_first=True, dtype=None),
+                         ChestXrayToTensord(keys="image", size=8)])
+    dataset = InferenceDataset([{"image": str(p)} for p in paths], transform, image_size=image_size,
+                               degenerate_images=policy)
+    return [item[REFUSED] or item[INPUT_WARNING] for item in dataset]
+
+
+def test_served_model_gives_a_degenerate_image_inferences_policy_and_words(model, tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    rng = np.random.default_rng(0)
+    images = {"tiny.png": np.zeros((1, 1), np.uint8), "normal.png": rng.integers(0, 255, (64, 64), dtype=np.uint8),
+              "black.png": np.zeros((64, 64), np.uint8)}
+    paths = []
+    for name, array in images.items():
+        Image.fromarray(array).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    request = pd.DataFrame({"image": [p.read_bytes() for p in paths]})
+    model.degenerate_images, model.image_size = "warn", 64  # what load_context reads from inference.json
+    warned = _inference_reasons(paths, "warn", 64)
+    assert warned[0].startswith("degenerate image, scored all the same: 1 x 1 pixels") and warned[1] == ""
+    out = model.predict(None, request)  # scored, each degenerate row saying why in inference's words
+    assert list(out.columns) == CLASSES + ["input_warning"] and out["input_warning"].tolist() == warned
+    assert out[CLASSES].notna().all().all()
+    assert list(model.predict(None, request.iloc[1:2]).columns) == CLASSES  # no degenerate row: no column
+    refused = _inference_reasons(paths, "refuse", 64)
+    for params in ({"degenerate_images": "refuse"}, None):
+        if params is None:
+            model.degenerate_images = "refuse"  # inference.json's setting, without the parameter
+        with pytest.raises(MlflowException) as err:
+            model.predict(None, request, params=params)
+        assert err.value.get_http_status_code() == 400
+        assert err.value.message == f"row 0: {refused[0]} (and 1 more bad row(s): row 2: {refused[2]})"
+        assert refused[0].startswith("degenerate image, not scored (degenerate_images='refuse'): 1 x 1 pixels")
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, request, params={"degenerate_images": "ignore"})
+    assert err.value.get_http_status_code() == 400
+    assert err.value.message == "the parameter degenerate_images must be one of ('warn', 'refuse'), got 'ignore'"
+
+
+def test_a_request_over_the_pixel_budget_is_refused_from_the_headers_before_decoding(model, monkeypatch, tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    import custom.serving.pyfunc as pyfunc
+    from custom.serving.pyfunc import MAX_REQUEST_PIXELS, pixel_budget
+
+    monkeypatch.delenv("NVUM_MAX_REQUEST_PIXELS", raising=False)
+    assert pixel_budget() == MAX_REQUEST_PIXELS == 2**28
+    decoded = []
+    real_decode = pyfunc.decode_image
+    monkeypatch.setattr(pyfunc, "decode_image", lambda data, name: decoded.append(name) or real_decode(data, name))
+    buf = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(buf, format="PNG")  # 81 M pixels of black: a small file, much CPU
+    black = buf.getvalue()
+    assert len(black) < 200_000
+    with pytest.raises(MlflowException) as err:  # 32 rows: 2.6 G pixels in a body of a few MB
+        model.predict(None, pd.DataFrame({"image": [base64.b64encode(black).decode()] * 32}))
+    assert err.value.get_http_status_code() == 400 and err.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert err.value.message == ("the request's images have 2592000000 pixels in all, over the limit of 268435456 "
+                                 "pixels per request (row 3 takes the total over it; $NVUM_MAX_REQUEST_PIXELS on the "
+                                 "server sets it); send the images in several requests")
+    assert decoded == []  # refused from the headers
+    # every input type counts by its header: PNG 16 x 16, .npy 3 x 10 x 20 (channels do not count), DICOM 30 x 40
+    from test_dicom import write_dicom
+
+    write_dicom(tmp_path / "x.dcm", np.add.outer(np.arange(30), np.arange(40)))
+    rows = [_png(), encode_array(np.ones((3, 10, 20), np.float32)), (tmp_path / "x.dcm").read_bytes()]
+    monkeypatch.setenv("NVUM_MAX_REQUEST_PIXELS", str(256 + 200 + 1200 - 1))
+    with pytest.raises(MlflowException, match=r"have 1656 pixels in all, over the limit of 1655 pixels per request "
+                                              r"\(row 2 takes"):
+        model.predict(None, pd.DataFrame({"image": rows}))
+    assert decoded == []
+    monkeypatch.setenv("NVUM_MAX_REQUEST_PIXELS", "1656")
+    assert model.predict(None, pd.DataFrame({"image": rows[:2]})).shape == (2, 3) and decoded == ["row 0", "row 1"]
+    monkeypatch.setenv("NVUM_MAX_REQUEST_PIXELS", "0")
+    with pytest.raises(ValueError, match=r"\$NVUM_MAX_REQUEST_PIXELS must be a positive whole number, got '0'"):
+        model.load_context(None)  # the server stops at start
+
+
+def test_a_request_answered_or_refused_hands_its_memory_back_once_the_server_has_dropped_it(model, monkeypatch):
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    import custom.serving.pyfunc as pyfunc
+
+    calls = []
+    monkeypatch.setattr(pyfunc, "release_memory", lambda: calls.append("trim"))
+    monkeypatch.setattr(pyfunc.gc, "collect", lambda: calls.append("collect"))
+    monkeypatch.setattr(pyfunc, "RELEASE_DELAY_S", 0.3)
+    monkeypatch.setenv("NVUM_MAX_ROWS", "2")
+    model.predict(None, pd.DataFrame({"image": [_png()]}))
+    assert calls == ["trim"]  # inside the request; the collection waits until the server has dropped the request
+    time.sleep(1)
+    assert calls == ["trim", "collect", "trim"]
+    calls.clear()
+    for _ in range(3):  # refused before anything is decoded; three requests within the delay: one release
+        with pytest.raises(MlflowException, match="over the limit of 2 rows"):
+            model.predict(None, pd.DataFrame({"image": [_png()] * 3}))
+    assert calls == []
+    time.sleep(1)
+    assert calls == ["collect", "trim"]
 
 
 # ----------------------------------------------------------------------------------------------

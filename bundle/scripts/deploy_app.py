@@ -1,11 +1,11 @@
-"""MONAI Deploy example application: PNG or DICOM chest X-rays in, per-class probabilities (JSON) out.
+"""MONAI Deploy example application: PNG, JPEG or DICOM chest X-rays in, per-class probabilities (JSON) out.
 
 Needs the MONAI Deploy App SDK runtime (``pip install monai-deploy-app-sdk``, which brings
 Holoscan); it is not part of this project's ``requirements.txt``. The bundle's Python code
 (``custom``) must be importable, so run it from the folder that holds ``custom/`` -- the extracted
 deployable bundle (``nvum_cxr_classification/``) or the repository root::
 
-    python -m scripts.deploy_app -i <PNG/DICOM file or folder> -o <output folder> -m models/model.ts
+    python -m scripts.deploy_app -i <PNG/JPEG/DICOM file or folder> -o <output folder> -m models/model.ts
 
 The model is the bundle's TorchScript export (``models/model.ts``, with ``metadata.json`` and
 ``inference.json`` embedded); the SDK's bundle inference operator reads the preprocessing,
@@ -13,11 +13,12 @@ inferer and postprocessing from it. Each image is loaded as ``inference.json`` l
 results are written to ``<output folder>/probabilities.json`` as
 ``{image file name: {class name: probability}}``.
 
-DICOM files whose header says they are not frontal chest radiographs (Modality not CR/DX/RG,
-BodyPartExamined not chest, a lateral ViewPosition) are left out with a log line naming the file and
-the reason (``deploy_io.select_images``; so are files named ``.dcm`` that are not DICOM); ``NVUM_DICOM_GUARD=0``
-keeps the former. So are images unlike the training images (the out-of-distribution gate of
-``models/model.ood.npz``, ``custom.evaluation.ood.refused_files``); ``NVUM_OOD_GATE=0`` keeps them.
+Every file given is scored or left out with a log line naming it and the reason (``deploy_io.select_images``):
+files that are not PNG, JPEG or DICOM images (or whose name says another format), and DICOM files whose header
+says they are not frontal chest radiographs (Modality not CR/DX/RG, BodyPartExamined not chest, a lateral
+ViewPosition); ``NVUM_DICOM_GUARD=0`` keeps the latter. So are images unlike the training images (the
+out-of-distribution gate of ``models/model.ood.npz``, ``custom.evaluation.ood.refused_files``); ``NVUM_OOD_GATE=0``
+keeps them.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from monai.deploy.core.io_type import IOType
 from monai.deploy.operators.monai_bundle_inference_operator import (BundleConfigNames, IOMapping,
                                                                     MonaiBundleInferenceOperator)
 
-from .deploy_io import format_probabilities, list_images, load_image, select_images, write_results
+from .deploy_io import format_probabilities, list_files, load_image, select_images, write_results
 
 
 class ImageLoaderOperator(Operator):
-    """Emits one PNG or DICOM image per call, as an SDK ``Image`` holding the channel-first array and MONAI's
+    """Emits one PNG, JPEG or DICOM image per call, as an SDK ``Image`` holding the channel-first array and MONAI's
     metadata.
 
     Named output: ``image``. Schedule it with ``CountCondition(app, len(files))``.
@@ -105,7 +106,8 @@ class NVUMChestXrayApp(Application):
     def compose(self):
         # input, output and model paths from -i/-o/-m, else the HOLOSCAN_* variables (AppContext({}) reads only these)
         app_context = Application.init_app_context(self.argv)
-        files, refused = select_images(list_images(app_context.input_path))
+        # every file given is scored or named in a log line with its reason (a JPEG is scored, as inference does)
+        files, refused = select_images(list_files(app_context.input_path))
         # the out-of-distribution gate (custom.evaluation.ood; NVUM_OOD_GATE=0 turns it off): images unlike the
         # training images are left out too, with the distance and the threshold
         from custom.evaluation.ood import refused_files

@@ -1,10 +1,13 @@
 """Parts of the MONAI Deploy example application that do not need the App SDK.
 
-- :func:`list_images`, :func:`load_image`: the image loader (PNG and DICOM). It reads a file exactly
+- :func:`list_files`, :func:`list_images`, :func:`load_image`: the image loader (PNG, JPEG and DICOM). It reads a
+  file exactly
   as the bundle's ``inference.json`` does (MONAI ``LoadImage`` with ``PILReader`` or the bundle's
   DICOM reader, no axis swap, channel first, the file's own dtype), because the SDK's bundle
   operator drops the config's ``LoadImaged``.
-- :func:`select_images`: the series selection. A DICOM file whose header says it is not a frontal chest
+- :func:`select_images`: the series selection. Every file given is scored or left out with its reason: a file
+  that is not a PNG, JPEG or DICOM image (by its content, whatever its name) is left out, and so is a DICOM file
+  whose header says it is not a frontal chest
   radiograph (Modality not CR/DX/RG, BodyPartExamined not chest, a lateral ViewPosition:
   ``custom.data.dicom.guard_reason``, read with ``stop_before_pixels``) is left out with its reason, as the
   SDK's ``DICOMSeriesSelectorOperator`` leaves out the series its rules on Modality and BodyPartExamined do
@@ -24,6 +27,9 @@ from pathlib import Path
 import numpy as np
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+#: the file names read as images; others are left out with a reason (a DICOM file without a suffix is read too).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 RESULTS_FILE = "probabilities.json"
 
 
@@ -33,31 +39,60 @@ def _is_dicom(path: Path) -> bool:
     return is_dicom(path)
 
 
-def list_images(input_path) -> list[Path]:
-    """The image file ``input_path``, or the PNG and DICOM files of the folder ``input_path`` (recursively,
-    sorted; DICOM files by their ``.dcm``/``.dicom`` suffix or, without a suffix, by their marker).
+def _magic(path: Path) -> str | None:
+    """``"png"``, ``"jpeg"`` or ``"dicom"`` from the file's first bytes, ``None`` for anything else."""
+    with open(path, "rb") as f:
+        head = f.read(len(PNG_MAGIC))
+    if head == PNG_MAGIC:
+        return "png"
+    if head.startswith(JPEG_MAGIC):
+        return "jpeg"
+    return "dicom" if _is_dicom(path) else None
+
+
+def list_files(input_path) -> list[Path]:
+    """The file ``input_path``, or every file of the folder ``input_path`` (recursively, sorted; ``DICOMDIR``, an
+    index, left out): what the application is given, each of which it scores or names with a reason.
 
     Raises:
-        FileNotFoundError: the path does not exist or the folder holds no PNG or DICOM file.
+        FileNotFoundError: the path does not exist or the folder holds no file.
     """
     path = Path(input_path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"input not found: {path}")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix.lower() in (".png", ".dcm", ".dicom") or (
-        p.suffix == "" and p.name != "DICOMDIR" and _is_dicom(p))))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != "DICOMDIR")
     if not files:
-        raise FileNotFoundError(f"no PNG or DICOM file found under {path}")
+        raise FileNotFoundError(f"no file found under {path}")
+    return files
+
+
+def list_images(input_path) -> list[Path]:
+    """The image file ``input_path``, or the PNG, JPEG and DICOM files of the folder ``input_path`` (recursively,
+    sorted; by their suffix, DICOM files without a suffix by their marker).
+
+    Raises:
+        FileNotFoundError: the path does not exist or the folder holds no PNG, JPEG or DICOM file.
+    """
+    path = Path(input_path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input not found: {path}")
+    files = [p for p in list_files(path) if p.suffix.lower() in IMAGE_SUFFIXES or (p.suffix == "" and _is_dicom(p))]
+    if not files:
+        raise FileNotFoundError(f"no PNG, JPEG or DICOM file found under {path}")
     return files
 
 
 def select_images(files, dicom_guard: bool | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The images to infer on, and those left out: DICOM files refused by the bundle's guard, and files named
-    ``.dcm``/``.dicom`` that are not DICOM (whatever the guard's switch).
+    """The images to infer on, and those left out: DICOM files refused by the bundle's guard, files that are not
+    PNG, JPEG or DICOM images (whatever the guard's switch), and files whose name says another format than
+    their content (a ``.png`` that is not a PNG or JPEG, a ``.dcm`` that is not DICOM).
 
     Args:
-        files: image paths (e.g. from :func:`list_images`); PNG files are kept (their header says nothing).
+        files: paths (e.g. from :func:`list_files`); PNG and JPEG files are kept (their header says nothing).
         dicom_guard: apply the guard; default (``None``): on unless ``$NVUM_DICOM_GUARD`` is ``0``.
 
     Returns:
@@ -68,11 +103,14 @@ def select_images(files, dicom_guard: bool | None = None) -> tuple[list[Path], l
     guard = dicom_guard_enabled() if dicom_guard is None else bool(dicom_guard)
     selected, refused = [], []
     for path in map(Path, files):
-        dicom = path.is_file() and _is_dicom(path)
-        if path.suffix.lower() in (".dcm", ".dicom") and path.is_file() and not dicom:
+        kind, suffix = (_magic(path) if path.is_file() else None), path.suffix.lower()
+        if suffix in (".dcm", ".dicom") and path.is_file() and kind != "dicom":
             reason = f"not a DICOM file (named {path.suffix} but without the DICOM marker 'DICM' at byte 128)"
+        elif kind is None:
+            reason = ("not a PNG, JPEG or DICOM image" + (f" (named {path.suffix})" if path.suffix else "")
+                      if path.is_file() else "not a file")
         else:
-            reason = guard_file(path) if guard and dicom else None
+            reason = guard_file(path) if guard and kind == "dicom" else None
         if reason:
             refused.append((path, reason))
         else:
@@ -81,7 +119,7 @@ def select_images(files, dicom_guard: bool | None = None) -> tuple[list[Path], l
 
 
 def load_image(path) -> tuple[np.ndarray, dict]:
-    """Read a PNG or DICOM chest X-ray as ``inference.json`` does.
+    """Read a PNG, JPEG or DICOM chest X-ray as ``inference.json`` does.
 
     Returns:
         ``(array, metadata)``: the channel-first ``(C, H, W)`` array (grey: C = 1) with the file's
@@ -89,7 +127,7 @@ def load_image(path) -> tuple[np.ndarray, dict]:
         (``filename_or_obj``, ``spatial_shape``, ...).
 
     Raises:
-        FileNotFoundError: missing file; ValueError: neither a PNG nor a DICOM file.
+        FileNotFoundError: missing file; ValueError: not a PNG, JPEG or DICOM file.
     """
     from monai.transforms import LoadImage
 
@@ -98,11 +136,10 @@ def load_image(path) -> tuple[np.ndarray, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    with open(path, "rb") as f:
-        png = f.read(len(PNG_MAGIC)) == PNG_MAGIC
-    if not png and not _is_dicom(path):
-        raise ValueError(f"neither a PNG nor a DICOM file: {path}")
-    reader = ChestXrayDicomReader() if not png else "PILReader"
+    kind = _magic(path)
+    if kind is None:
+        raise ValueError(f"not a PNG, JPEG or DICOM file: {path}")
+    reader = ChestXrayDicomReader() if kind == "dicom" else "PILReader"
     loader = LoadImage(reader=reader, reverse_indexing=False, image_only=True, ensure_channel_first=True, dtype=None)
     image = loader(str(path))
     return np.asarray(image.array), dict(image.meta)

@@ -55,7 +55,7 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
 
     from ..evaluation.ood import ood_path
 
-    from ..serving.pyfunc import IMAGE_COLUMN, POSITIVE_SUFFIX, ChestXrayClassifier
+    from ..serving.pyfunc import IMAGE_COLUMN, POSITIVE_SUFFIX, WARNING_COLUMN, ChestXrayClassifier
 
     inference = read_json(deployable.config_dir / "inference.json", "bundle config")
     if not example_images:
@@ -69,9 +69,12 @@ def log_pyfunc_model(deployable: Deployable, example_images: Sequence,
     outputs = [ColSpec("double", str(c)) for c in inference["classes"]]
     if inference.get("thresholds"):  # the decisions at the operating thresholds follow the probabilities
         outputs += [ColSpec("long", f"{c}{POSITIVE_SUFFIX}") for c in inference["classes"]]
-    # ood: "refuse" (a bad request for an image unlike the training images) or "flag" (columns instead)
-    signature = ModelSignature(Schema([ColSpec("string", IMAGE_COLUMN)]), Schema(outputs),
-                               params=ParamSchema([ParamSpec("ood", "string", "refuse")]))
+    outputs.append(ColSpec("string", WARNING_COLUMN, required=False))  # only when a row is degenerate
+    # ood: "refuse" (a bad request for an image unlike the training images) or "flag" (columns instead);
+    # degenerate_images: "warn" (the column above) or "refuse" (a bad request), by default inference.json's setting
+    params = [ParamSpec("ood", "string", "refuse"),
+              ParamSpec("degenerate_images", "string", inference.get("degenerate_images", "warn"))]
+    signature = ModelSignature(Schema([ColSpec("string", IMAGE_COLUMN)]), Schema(outputs), params=ParamSchema(params))
 
     with use_tracking_uri(tracking_uri or mlflow.get_tracking_uri()):
         experiment_id = None

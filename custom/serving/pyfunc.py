@@ -34,44 +34,52 @@ A request with an input that is not an image is refused as a whole with
 ``MlflowException(..., INVALID_PARAMETER_VALUE)``, which the scoring server answers with HTTP 400
 and a message naming every bad row and its reason. So is an image of more than :data:`MAX_PIXELS`
 pixels (Pillow's decompression-bomb limit, for every input type), found from the file's header before
-its pixels are decoded or allocated.
+its pixels are decoded or allocated (decoding: :mod:`custom.serving.decode`).
+
+A degenerate image (a side under 1/4 of the network input, or constant: a 1x1 or an all-black PNG;
+:func:`custom.data.transforms.degenerate_reason`) gets inference's policy, ``degenerate_images`` of the model's
+``inference.json`` (default ``"warn"``) unless the request's parameter ``degenerate_images`` says otherwise:
+``"warn"`` scores it and adds the column ``input_warning`` (inference's words, "degenerate image, scored all the
+same: ..."; empty for the other rows; the column is there only when a row is degenerate), ``"refuse"`` makes the
+request a bad one ("row 0: degenerate image, not scored (degenerate_images='refuse'): ...").
 
 Limits of a request, checked before anything is decoded (HTTP 400 naming the limit and the
-variable that sets it): at most :data:`MAX_ROWS` rows (``$NVUM_MAX_ROWS``) and at most
+variable that sets it): at most :data:`MAX_ROWS` rows (``$NVUM_MAX_ROWS``), at most
 :data:`MAX_REQUEST_BYTES` bytes of encoded images in all (``$NVUM_MAX_REQUEST_BYTES``; the length
-of the base64 text, or of the bytes). The rows are decoded and predicted :data:`CHUNK_ROWS` at a time,
-so the memory a request takes beyond its own data is bounded by a chunk, and freed heap memory is
-handed back to the system after each request.
+of the base64 text, or of the bytes) and at most :data:`MAX_REQUEST_PIXELS` pixels in all, from the images'
+headers (``$NVUM_MAX_REQUEST_PIXELS``: it bounds the CPU a request takes). The rows are decoded and predicted
+:data:`CHUNK_ROWS` at a time, so the memory a request takes beyond its own data is bounded by a chunk. A second
+after a request ends, answered or refused, when the server has dropped its body and table, the free memory goes back
+to the system (:func:`release_memory_later`; pyarrow, which holds pandas' string column, is set to allocate with
+``malloc`` for it): the server returns to within a few per cent of its idle size (``bundle/docs/deploy.md``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ctypes
-import io
+import gc
 import os
-import re
 import sys
+import threading
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
-from ..data.dicom import dicom_guard_enabled, guard_file, is_dicom, read_dicom
+from ..data.dicom import dicom_guard_enabled
+from ..data.datalist import DEGENERATE_IMAGE_POLICIES
+from ..data.transforms import degenerate_tensor_reason
 from ..evaluation.ood import FeatureDistance, logits_and_features, ood_gate_enabled
+from .decode import MAX_PIXELS, decode_image, encode_array, image_pixels
 from .loaders import TorchScriptRunner
+
+__all__ = ["ChestXrayClassifier", "MAX_PIXELS", "decode_image", "encode_array", "request_limits", "pixel_budget"]
 
 #: the input column of the pyfunc model.
 IMAGE_COLUMN = "image"
 #: suffix of the decision column of a class (``<class>_positive``), returned when the model has thresholds.
 POSITIVE_SUFFIX = "_positive"
-NPY_MAGIC = b"\x93NUMPY"
-#: the largest image decoded, in pixels (height x width, x frames for DICOM), for PNG/JPEG, ``.npy`` and DICOM
-#: alike: Pillow's decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485, e.g. 9459 x 9459).
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 #: the most rows (images) of one request; ``$NVUM_MAX_ROWS`` sets another.
 MAX_ROWS = 256
 #: the most bytes of encoded images (base64 text or bytes, all rows together) of one request;
@@ -79,153 +87,19 @@ MAX_ROWS = 256
 MAX_REQUEST_BYTES = 256 * 2**20
 #: the environment variables of the request limits.
 MAX_ROWS_ENV, MAX_REQUEST_BYTES_ENV = "NVUM_MAX_ROWS", "NVUM_MAX_REQUEST_BYTES"
+#: the most pixels of one request (height x width, x frames for DICOM, all rows together), counted from the
+#: images' headers before anything is decoded: 2**28, e.g. 256 images of 1024 x 1024 or 28 of 3000 x 3000
+#: (a few seconds of CPU); ``$NVUM_MAX_REQUEST_PIXELS`` sets another.
+MAX_REQUEST_PIXELS = 2**28
+MAX_REQUEST_PIXELS_ENV = "NVUM_MAX_REQUEST_PIXELS"
+#: the column added when a row is degenerate under ``degenerate_images="warn"``: why (empty for the other rows).
+WARNING_COLUMN = "input_warning"
 #: rows decoded and predicted at a time (the memory a request takes beyond its own data).
 CHUNK_ROWS = 64
 #: the columns added with the parameter ``ood="flag"``.
 DISTANCE_COLUMN, IN_DISTRIBUTION_COLUMN = "ood_distance", "in_distribution"
 #: the values of the parameter ``ood``: refuse the request (HTTP 400), or flag the rows.
 OOD_MODES = ("refuse", "flag")
-
-
-def decode_image(data, name: str = "image", dicom_guard: bool | None = None) -> np.ndarray:
-    """Decode one encoded image into a channel-first array, as the bundle's ``LoadImaged`` does.
-
-    Args:
-        data: bytes of a PNG/JPEG (any mode PIL reads: grey, 16-bit grey, RGB, RGBA), of a DICOM
-            file (read by :func:`custom.data.dicom.read_dicom`: display intensities in [0, 1]) or
-            of a ``.npy`` file; a base64 ``str`` of any is accepted too.
-        name: how to call the input in error messages (e.g. ``row 3``).
-        dicom_guard: refuse a DICOM file that is not a frontal chest radiograph (from its header:
-            :func:`custom.data.dicom.guard_reason`); default (``None``): on unless ``$NVUM_DICOM_GUARD`` is ``0``.
-
-    Returns:
-        ``(C, H, W)`` array with the file's own dtype (``LoadImaged(PILReader, reverse_indexing=False,
-        ensure_channel_first=True, dtype=None)`` gives the same array for a file).
-
-    Raises:
-        TypeError, ValueError: not bytes, invalid base64, not a decodable image, bad array shape, a DICOM file
-            refused by the guard.
-    """
-    if isinstance(data, str):
-        text = data.strip()
-        uri = DATA_URI.match(text)  # a browser's data URI: its base64 part is the image
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        if text[:5].lower() == "data:" and not uri:
-            raise ValueError(f"{name}: a data URI must hold base64 (data:<type>;base64,<data>), got {shown!r}")
-        try:
-            data = base64.b64decode("".join(text[uri.end() if uri else 0:].split()),
-                                    validate=True)  # line breaks of `base64` without -w0 are fine
-        except (binascii.Error, ValueError):
-            hint = ""
-            if uri:
-                hint = " (a data URI whose data after ';base64,' is not valid base64)"
-            elif _looks_like_path(text):
-                hint = " (it looks like a file path: the served model does not read files)"
-            raise ValueError(f"{name}: expected the image's bytes (PNG, JPEG, DICOM or .npy), base64-encoded, e.g. "
-                             f"$(base64 -w0 image.png); got the text {shown!r}{hint}") from None
-    if isinstance(data, (bytearray, memoryview, np.bytes_)):
-        data = bytes(data)
-    if not isinstance(data, bytes):
-        raise TypeError(f"{name}: expected the bytes of a PNG, JPEG, DICOM or .npy file, got {type(data).__name__}")
-    if is_dicom(data):
-        if dicom_guard_enabled() if dicom_guard is None else dicom_guard:
-            reason = guard_file(data)
-            if reason:
-                raise ValueError(f"{name}: {reason}")
-        _check_dicom_size(data, name)
-        return read_dicom(data, name)[0]
-    if data.startswith(NPY_MAGIC):
-        return _load_npy(data, name)
-    from PIL import UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            _check_pixels(name, "image", img.height, img.width)  # from the header: nothing decoded yet
-            img.load()
-            arr = np.array(img)  # a writable copy
-    except Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses while opening
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        count = f"{int(found.group(1))} pixels" if found else "too many pixels"
-        raise ValueError(f"{name}: the image has {count}, over the limit of {MAX_PIXELS} pixels per image "
-                         "(refused before decoding: a possible decompression bomb)") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{name}: not a readable PNG/JPEG image ({e})") from None
-    return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-
-
-def _check_pixels(name: str, what: str, height: int, width: int, frames: int = 1) -> None:
-    """ValueError naming the pixel count and :data:`MAX_PIXELS` when an image is over it."""
-    count = int(height) * int(width) * int(frames)
-    if count > MAX_PIXELS:
-        size = f"{height} x {width}" + (f" x {frames} frames" if frames != 1 else "")
-        raise ValueError(f"{name}: the {what} has {count} pixels ({size}), over the limit of {MAX_PIXELS} pixels "
-                         "per image (refused before decoding: a possible decompression bomb)")
-
-
-def _check_dicom_size(data: bytes, name: str) -> None:
-    """Refuse a DICOM file whose Rows x Columns x NumberOfFrames is over the limit, from its header alone."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except Exception:  # an unreadable header: read_dicom says what is wrong with it
-        return
-    _check_pixels(name, "DICOM image", rows, columns, frames)
-
-
-def _load_npy(data: bytes, name: str) -> np.ndarray:
-    """The array of ``.npy`` bytes; its shape, type and size checked from the header before anything is loaded."""
-    fmt = np.lib.format
-    f = io.BytesIO(data)
-    try:
-        version = fmt.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
-    except ValueError as e:
-        raise ValueError(f"{name}: unreadable .npy data: {e}") from None
-    full = shape if len(shape) != 2 else (1, *shape)
-    if len(full) != 3 or full[0] not in (1, 3, 4) or dtype.kind not in "uif":
-        raise ValueError(f"{name}: a .npy image must be a numeric (H, W) or (C, H, W) array with C in 1, 3, 4; "
-                         f"got {dtype} {tuple(shape)}")
-    _check_pixels(name, ".npy array", full[1], full[2])
-    needed = int(np.prod(full)) * dtype.itemsize
-    present = len(data) - f.tell()
-    if present < needed:
-        raise ValueError(f"{name}: unreadable .npy data: truncated ({present} bytes of pixels, the header's "
-                         f"{dtype} {tuple(shape)} needs {needed})")
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{name}: unreadable .npy data: {e}") from None
-    arr = arr.reshape(full)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
-        raise ValueError(f"{name}: the pixel array holds {bad} NaN or infinite value(s); pixels must be finite "
-                         "numbers")
-    if min(arr.shape[1:]) < 1:
-        raise ValueError(f"{name}: the pixel array is empty ({arr.shape})")
-    return arr
-
-
-#: the start of a data URI with base64 data (``data:image/png;base64,``), accepted before the image's base64.
-DATA_URI = re.compile(r"data:[\w.+/-]*(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
-
-
-def _looks_like_path(text: str) -> bool:
-    return "/" in text or "\\" in text or "." in text[-6:] or text.startswith("~")
-
-
-def encode_array(array) -> bytes:
-    """The ``.npy`` bytes of a pixel array, to send an in-memory image to the model."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    return buf.getvalue()
 
 
 def _images(model_input) -> list:
@@ -249,17 +123,23 @@ def request_limits() -> tuple[int, int]:
     """``(rows, bytes)``: the request limits, :data:`MAX_ROWS` and :data:`MAX_REQUEST_BYTES` unless
     ``$NVUM_MAX_ROWS`` / ``$NVUM_MAX_REQUEST_BYTES`` set others (positive integers; ValueError naming the
     variable otherwise)."""
-    limits = []
-    for env, default in ((MAX_ROWS_ENV, MAX_ROWS), (MAX_REQUEST_BYTES_ENV, MAX_REQUEST_BYTES)):
-        text = os.environ.get(env, "").strip()
-        try:
-            value = int(text) if text else default
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ValueError(f"${env} must be a positive whole number, got {text!r}")
-        limits.append(value)
-    return limits[0], limits[1]
+    return _positive_env(MAX_ROWS_ENV, MAX_ROWS), _positive_env(MAX_REQUEST_BYTES_ENV, MAX_REQUEST_BYTES)
+
+
+def pixel_budget() -> int:
+    """The most pixels of one request: :data:`MAX_REQUEST_PIXELS` unless ``$NVUM_MAX_REQUEST_PIXELS`` sets another."""
+    return _positive_env(MAX_REQUEST_PIXELS_ENV, MAX_REQUEST_PIXELS)
+
+
+def _positive_env(env: str, default: int) -> int:
+    text = os.environ.get(env, "").strip()
+    try:
+        value = int(text) if text else default
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"${env} must be a positive whole number, got {text!r}")
+    return value
 
 
 def _encoded_size(data) -> int:
@@ -268,6 +148,17 @@ def _encoded_size(data) -> int:
     if isinstance(data, memoryview):
         return data.nbytes
     return 0  # not an image: the decoder names the row
+
+
+def _system_arrow_pool() -> None:
+    """Make pyarrow allocate with ``malloc`` (its system pool), which :func:`release_memory` trims: pandas keeps a
+    request's string column in pyarrow memory, and pyarrow's default pool (mimalloc) kept a refused 300 MB request's
+    column after it was freed."""
+    try:
+        import pyarrow
+    except ImportError:  # pandas then keeps strings as Python objects, in the heap
+        return
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
 
 
 def release_memory() -> None:
@@ -284,6 +175,28 @@ def release_memory() -> None:
 
 
 _LIBC = None
+#: seconds after a request that its memory is handed back (:func:`release_memory_later`).
+RELEASE_DELAY_S = 1.0
+_RELEASE = {"timer": None, "lock": threading.Lock()}
+
+
+def release_memory_later(delay: float | None = None) -> None:
+    """In ``delay`` seconds (:data:`RELEASE_DELAY_S`; once, however many requests end meanwhile): collect garbage
+    cycles and
+    :func:`release_memory`. The server frees a request's body and parsed table only after the model has answered,
+    so a release inside ``predict`` comes too early for them."""
+    def release():
+        gc.collect()
+        release_memory()
+
+    delay = RELEASE_DELAY_S if delay is None else delay
+
+    with _RELEASE["lock"]:
+        if _RELEASE["timer"] is not None:
+            _RELEASE["timer"].cancel()
+        _RELEASE["timer"] = threading.Timer(delay, release)
+        _RELEASE["timer"].daemon = True
+        _RELEASE["timer"].start()
 
 
 class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
@@ -306,10 +219,16 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         from monai.transforms import Compose, LoadImaged
 
         request_limits()  # a bad $NVUM_MAX_ROWS / $NVUM_MAX_REQUEST_BYTES stops the server at start
+        pixel_budget()  # so does a bad $NVUM_MAX_REQUEST_PIXELS
+        _system_arrow_pool()
         dicom_guard_enabled()  # so does a bad $NVUM_DICOM_GUARD
         parser = ConfigParser()
         parser.read_config(context.artifacts["inference_config"])
         self.classes = [str(c) for c in parser.get_parsed_content("classes")]
+        # the degenerate-image policy and size rule of inference.json, as inference applies them
+        self.degenerate_images = _degenerate_policy(parser.get_parsed_content("degenerate_images", default="warn"))
+        size = parser.get_parsed_content("image_size", default=None)  # (none: the size rule is not checked)
+        self.image_size = int(size) if size else None
         pre = parser.get_parsed_content("preprocessing")
         self.preprocess = Compose([t for t in pre.transforms if not isinstance(t, LoadImaged)])
         self.postprocess = parser.get_parsed_content("postprocessing")
@@ -345,15 +264,32 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
             raise MlflowException(f"the request's images take {total} bytes encoded, over the limit of {max_bytes} "
                                   f"bytes per request (${MAX_REQUEST_BYTES_ENV} on the server sets it); send the "
                                   "images in several requests", error_code=INVALID_PARAMETER_VALUE)
+        budget, total, over = pixel_budget(), 0, None
+        for i, data in enumerate(images):  # from the headers: nothing decoded yet
+            pixels = image_pixels(data) or 0  # a row whose header does not say, or over the limit per image,
+            total += pixels if pixels <= MAX_PIXELS else 0  # is named by the decoder
+            over = i if over is None and total > budget else over
+        if over is not None:
+            raise MlflowException(f"the request's images have {total} pixels in all, over the limit of {budget} "
+                                  f"pixels per request (row {over} takes the total over it; ${MAX_REQUEST_PIXELS_ENV} "
+                                  "on the server sets it); send the images in several requests",
+                                  error_code=INVALID_PARAMETER_VALUE)
         return images
 
-    def _tensors(self, images: list, first: int, errors: list) -> list:
-        """The preprocessed images of rows ``first``, ``first + 1``, ...; the reasons of bad rows go to ``errors``."""
+    def _tensors(self, images: list, first: int, errors: list, warnings: list, policy: str | None) -> list:
+        """The preprocessed images of rows ``first``, ``first + 1``, ...; the reasons of bad rows go to ``errors``,
+        and under ``policy`` (``degenerate_images``; ``None``: not checked) why each row is degenerate (or "")
+        to ``warnings`` ("warn"), or to ``errors`` ("refuse"), with inference's words."""
         tensors = []
         for i, data in enumerate(images, first):
             try:
-                tensors.append(torch.as_tensor(self.preprocess({IMAGE_COLUMN: decode_image(data,
-                                                                                           f"row {i}")})[IMAGE_COLUMN]))
+                image = decode_image(data, f"row {i}")
+                why = degenerate_tensor_reason(image, getattr(self, "image_size", None)) if policy else None
+                if why and policy == "refuse":
+                    errors.append(f"row {i}: degenerate image, not scored (degenerate_images='refuse'): {why}")
+                    continue
+                warnings.append(f"degenerate image, scored all the same: {why}" if why else "")
+                tensors.append(torch.as_tensor(self.preprocess({IMAGE_COLUMN: image})[IMAGE_COLUMN]))
             except (TypeError, ValueError) as e:
                 errors.append(str(e))
             except Exception as e:  # e.g. an array the preprocessing cannot take
@@ -377,10 +313,16 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
             probs += [torch.as_tensor(self.postprocess({"pred": z})["pred"]).float() for z in logits]
         return probs
 
-    @torch.no_grad()
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         # (the DataFrame hint is what MLflow hands over; with it MLflow infers nothing from the hint and,
         # unlike without one, does not warn on import that the method has no type hints)
+        try:
+            return self._predict(model_input, params)
+        finally:  # refused or answered: the request's memory goes back to the system once the server drops it
+            release_memory_later()
+
+    @torch.no_grad()
+    def _predict(self, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -389,11 +331,16 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         if mode not in OOD_MODES:
             raise MlflowException(f"the parameter ood must be one of {OOD_MODES}, got {mode!r}",
                                   error_code=INVALID_PARAMETER_VALUE)
+        try:  # the parameter, else inference.json's setting (models pickled before the policy: none)
+            policy = _degenerate_policy((params or {}).get("degenerate_images") or getattr(self, "degenerate_images",
+                                                                                            None))
+        except ValueError as e:
+            raise MlflowException(f"the parameter {e}", error_code=INVALID_PARAMETER_VALUE) from None
         chunk = max(1, int(getattr(self, "chunk_rows", CHUNK_ROWS)))  # (models pickled before chunk_rows: default)
-        probs, errors, distances = [], [], []
+        probs, errors, distances, warnings = [], [], [], []
         try:
             for start in range(0, len(images), chunk):
-                tensors = self._tensors(images[start : start + chunk], start, errors)
+                tensors = self._tensors(images[start : start + chunk], start, errors, warnings, policy)
                 if not errors:  # after a bad row the rest is only decoded, to name every bad row
                     probs += self._probabilities(tensors, distances)
                 del tensors
@@ -419,4 +366,13 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
             out.loc[~inside, :] = np.nan  # no answer for an image unlike the training images
             out[DISTANCE_COLUMN] = np.asarray(distances, dtype=np.float64)
             out[IN_DISTRIBUTION_COLUMN] = inside.astype(np.int64)
+        if any(warnings):  # under "warn", as inference lists such images in errors.csv
+            out[WARNING_COLUMN] = warnings
         return out
+
+
+def _degenerate_policy(value) -> str | None:
+    """``value`` when it is one of :data:`DEGENERATE_IMAGE_POLICIES` (``None`` stays ``None``); ValueError else."""
+    if value is not None and value not in DEGENERATE_IMAGE_POLICIES:
+        raise ValueError(f"degenerate_images must be one of {DEGENERATE_IMAGE_POLICIES}, got {value!r}")
+    return value

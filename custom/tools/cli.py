@@ -255,7 +255,7 @@ def monailabel(**options):
     builds it); prints the largest probability difference and the time of each step (bundle/docs/deploy.md).
 
     Example:
-        python -m custom.cli monailabel --bundle_zip bundle/models/nvum_cxr_classification.zip --images /path/to/pngs
+        python -m custom.cli monailabel --bundle_zip bundle/models/nvum_cxr_classification.zip --images /path/to/images
     """
     from .monailabel import check as run
 

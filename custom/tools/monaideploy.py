@@ -106,7 +106,7 @@ def check(bundle_zip="bundle/models/nvum_cxr_classification.zip", images=(), wor
         build_s = build_venv(venv)
     folders = [images] if isinstance(images, (str, Path)) else list(images)
     if not folders or not all(Path(f).is_dir() for f in folders):
-        raise FileNotFoundError(f"give --images, one or more folders of PNG or DICOM images (got {images})")
+        raise FileNotFoundError(f"give --images, one or more folders of PNG, JPEG or DICOM images (got {images})")
     work = Path(work or tempfile.mkdtemp(prefix="nvum-monaideploy-"))
     with zipfile.ZipFile(bundle_zip) as zf:
         zf.extractall(work)

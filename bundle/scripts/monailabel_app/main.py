@@ -14,15 +14,23 @@ sigmoid probability per class (MONAI Label lower-cases the metadata's class name
 before starting the server: MONAI Label writes its logs and state into the app folder.
 
 A DICOM image whose header says it is not a frontal chest radiograph (Modality not CR/DX/RG,
-BodyPartExamined not chest, a lateral ViewPosition) is refused with an error naming the reason
-(``custom.data.dicom.guard_reason``); start the server with ``NVUM_DICOM_GUARD=0`` to let such images through.
-So is an image unlike the training images (the out-of-distribution gate, ``custom.evaluation.ood``, whose file
-``models/model.ood.npz`` training writes); ``NVUM_OOD_GATE=0`` turns it off.
+BodyPartExamined not chest, a lateral ViewPosition) is refused (``custom.data.dicom.guard_reason``); start the
+server with ``NVUM_DICOM_GUARD=0`` to let such images through. So is an image unlike the training images (the
+out-of-distribution gate, ``custom.evaluation.ood``, whose file ``models/model.ood.npz`` training writes);
+``NVUM_OOD_GATE=0`` turns it off. The client gets HTTP 400 whose ``detail`` names the image sent (its id or path;
+an upload, which MONAI Label stores under a temporary name, is called "the uploaded file") and the reason.
+A folder sent as the image (a DICOM series) goes through the same guard, file by file; a folder holding one
+image is scored as that image, one holding several is refused (one radiograph per request).
+
+DICOM files in ``--studies`` are listed by MONAI Label's datastore only with their suffix in
+``MONAI_LABEL_DATASTORE_FILE_EXT`` (default: no ``*.dcm``, no ``*.jpeg``); start the server with
+``MONAI_LABEL_DATASTORE_FILE_EXT='["*.png", "*.jpg", "*.jpeg", "*.dcm"]'`` (or send an absolute path or an upload).
 """
 
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from monailabel.interfaces.app import MONAILabelApp
@@ -32,6 +40,52 @@ logger = logging.getLogger(__name__)
 
 #: the model name in MONAI Label's REST API (``/infer/<model>``).
 MODEL = "nvum_cxr_classification"
+#: the request key under which :class:`NVUMApp` keeps how to name the image the client sent.
+SENT = "nvum_image_sent"
+#: the HTTP status of a refused image.
+REFUSED_STATUS = 400
+
+
+def refusal(message: str) -> Exception:
+    """The error to raise for a refused image: FastAPI's ``HTTPException`` (MONAI Label's server answers it with
+    HTTP 400 and ``{"detail": message}``; any other exception is a bare 500), a ``ValueError`` without FastAPI."""
+    try:
+        from fastapi import HTTPException
+    except ImportError:
+        return ValueError(message)
+    return HTTPException(status_code=REFUSED_STATUS, detail=message)
+
+
+def sent_name(sent, path) -> str:
+    """How to name, to the client, the image it sent: ``sent`` (an id, or a path) as MONAI Label resolved it to
+    ``path``; an upload is stored by MONAI Label as a temporary file the client never named."""
+    if isinstance(sent, str) and sent == path and os.path.dirname(os.path.abspath(sent)) == tempfile.gettempdir() \
+            and os.path.basename(sent).startswith("tmp"):
+        return f"the uploaded file (stored by MONAI Label as {sent})"
+    if isinstance(sent, str) and isinstance(path, str) and path and path != sent:
+        return f"image {sent} ({path})"
+    return f"image {sent}"
+
+
+def series_image(folder: str, name: str) -> str:
+    """The one image file of ``folder`` (a DICOM series sent as a folder), every DICOM file of it passed through the
+    guard first; :func:`refusal` naming ``name``, the file and the reason otherwise."""
+    from custom.data.dicom import dicom_guard_enabled, guard_file, is_dicom
+
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != "DICOMDIR")
+    images = [p for p in files if p.suffix.lower() in (".png", ".jpg", ".jpeg") or is_dicom(p)]
+    if dicom_guard_enabled():
+        for path in images:
+            reason = guard_file(path) if is_dicom(path) else None
+            if reason:
+                raise refusal(f"{MODEL}: {name} refused: {path.relative_to(folder)} in it: {reason} "
+                              "(NVUM_DICOM_GUARD=0 on the server lets it through)")
+    if len(images) != 1:
+        found = f"{len(images)} images ({', '.join(str(p.relative_to(folder)) for p in images[:3])}" \
+                f"{', ...' if len(images) > 3 else ''})" if images else "no PNG, JPEG or DICOM file"
+        raise refusal(f"{MODEL}: {name} refused: a folder holding {found}; the model scores one radiograph per "
+                      "request: send one file")
+    return str(images[0])
 
 
 class MultiLabelBundleInferTask(BundleInferTask):
@@ -48,15 +102,43 @@ class MultiLabelBundleInferTask(BundleInferTask):
         self.bundle = path
 
     def __call__(self, request, *args, **kwargs):
-        reason = dicom_guard(request.get("image"), self.bundle)
+        image = request.get("image")
+        name = request.get(SENT) or f"image {image}"
+        if isinstance(image, (list, tuple)) or (isinstance(image, str) and os.path.isdir(image)):
+            folders = sorted({p if os.path.isdir(p) else os.path.dirname(p) for p in
+                              ([image] if isinstance(image, str) else image)})
+            if len(folders) != 1:
+                raise refusal(f"{MODEL}: {name} refused: files of {len(folders)} folders; send one file")
+            _import_bundle(self.bundle)
+            request = {**request, "image": series_image(folders[0], name)}
+            image = request["image"]
+        reason = dicom_guard(image, self.bundle)
         if reason:
-            raise ValueError(f"{MODEL}: image {request.get('image')} refused: {reason} (NVUM_DICOM_GUARD=0 on the "
-                             "server lets it through)")
-        reason = ood_gate(request.get("image"), self.bundle)
+            raise refusal(f"{MODEL}: {name} refused: {reason} (NVUM_DICOM_GUARD=0 on the server lets it through)")
+        reason = unreadable(image, self.bundle)
         if reason:
-            raise ValueError(f"{MODEL}: image {request.get('image')} refused: {reason} (NVUM_OOD_GATE=0 on the "
-                             "server lets it through)")
-        return super().__call__(request, *args, **kwargs)
+            raise refusal(f"{MODEL}: {name} refused: {reason}")
+        reason = ood_gate(image, self.bundle)
+        if reason:
+            raise refusal(f"{MODEL}: {name} refused: {reason} (NVUM_OOD_GATE=0 on the server lets it through)")
+        return super().__call__({k: v for k, v in request.items() if k != SENT}, *args, **kwargs)
+
+
+def _import_bundle(bundle) -> None:
+    """Make the bundle's ``custom`` package importable (the bundle config imports it too)."""
+    if bundle not in sys.path:
+        sys.path.insert(0, bundle)
+
+
+def unreadable(image, bundle):
+    """Why ``image`` (a file path) cannot be read, as inference says it (``custom.data.transforms.check_image``);
+    ``None`` when it can (or is not a file)."""
+    if not isinstance(image, str) or not os.path.isfile(image):
+        return None
+    _import_bundle(bundle)
+    from custom.data.transforms import check_image
+
+    return check_image(image)
 
 
 def ood_gate(image, bundle):
@@ -64,8 +146,7 @@ def ood_gate(image, bundle):
     when it does not (or the bundle has no gate, or ``$NVUM_OOD_GATE`` is 0)."""
     if not isinstance(image, str) or not os.path.isfile(image):
         return None
-    if bundle not in sys.path:
-        sys.path.insert(0, bundle)
+    _import_bundle(bundle)
     from custom.evaluation.ood import refused_files
 
     refused = refused_files([image], bundle)
@@ -77,8 +158,7 @@ def dicom_guard(image, bundle):
     file, a frontal chest radiograph, or ``$NVUM_DICOM_GUARD`` is 0)."""
     if not isinstance(image, str) or not os.path.isfile(image):
         return None
-    if bundle not in sys.path:  # the bundle's ``custom`` package (the bundle config imports it too)
-        sys.path.insert(0, bundle)
+    _import_bundle(bundle)
     from custom.data.dicom import dicom_guard_enabled, guard_file, is_dicom
 
     if not dicom_guard_enabled() or not is_dicom(image):
@@ -97,6 +177,19 @@ class NVUMApp(MONAILabelApp):
             raise ValueError(f"no bundle at {self.bundle} (no configs/inference.json): pass --conf bundle <folder>")
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="NVUM chest X-ray classification",
                          description="Multi-label chest X-ray classification (NVUM), one probability per class")
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's ``infer``, with how to name the image sent kept for the task's messages."""
+        request = dict(request)
+        sent = request.get("image")
+        path = sent
+        if isinstance(sent, str) and not os.path.exists(sent):
+            try:
+                path = (datastore or self.datastore()).get_image_uri(sent)
+            except Exception:  # an unknown id: MONAI Label says so itself
+                path = sent
+        request[SENT] = sent_name(sent, path)
+        return super().infer(request, datastore)
 
     def init_infers(self):
         task = MultiLabelBundleInferTask(self.bundle, self.conf)
