@@ -51,6 +51,26 @@ def inference_preprocessing():
     return parser.get_parsed_content("preprocessing")
 
 
+def write_probabilities(csv_path, classes, probs, **kwargs):
+    """Run a ProbabilityWriter (``csv_path``, ``classes``, ``kwargs``) over one batch of ``probs`` (rows of class
+    probabilities of images ``0.png``, ``1.png``, ...), as the evaluator would; returns the writer."""
+    from types import SimpleNamespace
+
+    import torch
+    from monai.data import MetaTensor
+
+    from custom.serving.inference import ProbabilityWriter
+
+    writer = ProbabilityWriter(csv_path, classes, **kwargs)
+    output = [{"pred": torch.tensor(p), "image": MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": f"{i}.png"})}
+              for i, p in enumerate(probs)]
+    engine = SimpleNamespace(state=SimpleNamespace(output=output, batch=[{}] * len(output)))
+    writer._reset(engine)
+    writer._collect(engine)
+    writer._write(engine)
+    return writer
+
+
 def infer_with_stub(items, out: Path, classes, batch_size: int = 8, **dataset):
     """inference.json's dataset and writer on ``items`` with a stand-in network (every probability 0.5), writing
     into ``out``; returns ``(errors: {image: reason}, scored images, the probabilities file's header)``."""

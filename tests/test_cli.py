@@ -32,7 +32,7 @@ def test_the_commands_are_the_documented_ones():
                                "benchmark_step", "benchmark_loop", "benchmark_pipeline", "benchmark_memory",
                                "benchmark_ood_gate", "benchmark_data", "noise_benchmark", "noise_benchmark_compare",
                                "load_test", "prepare", "gpu_report", "docs", "monailabel", "monaideploy",
-                               "synthetic_stats", "fit_ood"])
+                               "synthetic_stats", "fit_ood", "serve_memory"])
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

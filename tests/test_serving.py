@@ -519,20 +519,9 @@ def test_served_model_with_thresholds_adds_a_decision_per_class_after_the_probab
 
 def _write_probabilities(tmp_path, probs, **kwargs):
     """Run a ProbabilityWriter over one batch of ``probs`` (rows of class probabilities), as the evaluator would."""
-    from types import SimpleNamespace
+    from conftest import write_probabilities
 
-    from monai.data import MetaTensor
-
-    from custom.serving.inference import ProbabilityWriter
-
-    writer = ProbabilityWriter(tmp_path / "probabilities.csv", CLASSES, **kwargs)
-    output = [{"pred": torch.tensor(p), "image": MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": f"{i}.png"})}
-              for i, p in enumerate(probs)]
-    engine = SimpleNamespace(state=SimpleNamespace(output=output, batch=[{}] * len(output)))
-    writer._reset(engine)
-    writer._collect(engine)
-    writer._write(engine)
-    return writer
+    return write_probabilities(tmp_path / "probabilities.csv", CLASSES, probs, **kwargs)
 
 
 def test_inference_writes_decisions_equal_to_probability_at_least_threshold(tmp_path):

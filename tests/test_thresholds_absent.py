@@ -20,17 +20,9 @@ HOW = "python -m monai.bundle run choose_thresholds --config_file bundle/configs
 
 
 def _write(tmp_path, probs, **kwargs):
-    from monai.data import MetaTensor
+    from conftest import write_probabilities
 
-    from custom.serving.inference import ProbabilityWriter
-
-    writer = ProbabilityWriter(tmp_path / "out" / "probabilities.csv", CLASSES, **kwargs)
-    output = [{"pred": torch.tensor(p), "image": MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": f"{i}.png"})}
-              for i, p in enumerate(probs)]
-    engine = SimpleNamespace(state=SimpleNamespace(output=output, batch=[{}] * len(output)))
-    writer._reset(engine)
-    writer._collect(engine)
-    writer._write(engine)
+    write_probabilities(tmp_path / "out" / "probabilities.csv", CLASSES, probs, **kwargs)
 
 
 def test_inference_without_thresholds_says_decisions_need_them_and_names_default_thresholds(tmp_path, capsys):

@@ -353,6 +353,33 @@ def fit_ood(**options):
     run(**options)
 
 
+
+@cli.command(options_from="custom.tools.servemem:measure")
+def serve_memory(**options):
+    """The memory of a served model: idle, after a refused request of about 300 MB and after 1,000 large rows.
+
+    Starts `mlflow models serve` on a free loopback port (MLFLOW_TRACKING_URI must name the model's store),
+    prints the resident memory of all the server's processes as JSON, and stops the server (bundle/docs/deploy.md).
+
+    Args:
+        model: the model URI, e.g. models:/nvum-chestxray/1.
+        workers: server worker processes.
+        env: more environment variables of the server, a dict.
+        refused_mb: size of the refused request, MB of base64 text.
+        rows: rows of large random PNGs sent after it.
+        size: the side of those PNGs, pixels.
+        per_request: rows per request.
+        timeout: seconds to wait for the server to answer.
+
+    Example:
+        python -m custom.cli serve_memory --model models:/nvum-chestxray/1 --workers 1
+    """
+    import json
+
+    from .servemem import measure
+
+    print(json.dumps(measure(**options)))
+
 from . import benchmark_commands  # noqa: E402, F401  (registers the benchmark commands, listed after these)
 
 

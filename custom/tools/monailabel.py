@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
+
+from .processes import stop_group
 
 #: where the MONAI Label environment is looked for (``$NVUM_MONAILABEL_VENV`` overrides).
 DEFAULT_VENV = Path(os.environ.get("NVUM_MONAILABEL_VENV", Path.home() / "venv-monailabel"))
@@ -206,12 +207,7 @@ def serve_and_compare(bundle: Path, images: Path, work: Path, venv=DEFAULT_VENV,
                 scores = sorted(answer["prediction"], key=lambda p: p["idx"])
                 probabilities[name] = [float(p["score"]) for p in scores]
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=30)
+            stop_group(server)
     return {
         "probabilities": probabilities,
         "refused": refused,

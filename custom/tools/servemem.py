@@ -1,6 +1,6 @@
 """The memory of a served model: idle, after a refused request of about 300 MB and after 1,000 large rows.
 
-``python -m custom.tools.servemem --model models:/nvum-chestxray/1 [--workers 2] [--env KEY=VALUE ...]``
+``python -m custom.cli serve_memory --model models:/nvum-chestxray/1 [--workers 2] [--env "{'KEY': 'VALUE'}"]``
 (with ``MLFLOW_TRACKING_URI`` set) starts ``mlflow models serve`` on a free loopback port with the given
 environment, and prints the resident memory (RSS) of all the server's processes together:
 
@@ -15,11 +15,9 @@ in ``bundle/docs/deploy.md`` came from it.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from .processes import stop_group
 
 
 def group_rss(pgid: int) -> int:
@@ -98,7 +98,9 @@ def measure(model: str, workers: int = 1, env: dict | None = None, refused_mb: i
                     raise TimeoutError(f"the server did not answer in {timeout:.0f} s") from None
                 time.sleep(0.5)
         small = base64.b64encode(_png(64, 0)).decode()
-        assert _post(f"{url}/invocations", _body([small] * 2)) == 200
+        status = _post(f"{url}/invocations", _body([small] * 2))
+        if status != 200:
+            raise RuntimeError(f"the served model answered a small request with HTTP {status}")
         idle = _settle(server.pid)
         row = "A" * (4 * mb)  # valid base64 text, never decoded: over the byte limit the request is refused
         refused = _post(f"{url}/invocations", _body([row] * max(1, refused_mb // 4)))
@@ -110,32 +112,8 @@ def measure(model: str, workers: int = 1, env: dict | None = None, refused_mb: i
             statuses.add(_post(f"{url}/invocations", _body([images[i % len(images)] for i in range(count)])))
         after_rows = _settle(server.pid)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_group(server)
     return {"workers": workers, "env": env or {}, "idle_mb": round(idle / mb), "refused_status": refused,
             "after_refused_mb": round(after_refused / mb), "after_refused_ratio": round(after_refused / idle, 2),
             "rows_statuses": sorted(statuses), "after_rows_mb": round(after_rows / mb),
             "after_rows_ratio": round(after_rows / idle, 2)}
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m custom.tools.servemem", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="the model URI, e.g. models:/nvum-chestxray/1")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE pairs for the server's environment")
-    parser.add_argument("--refused_mb", type=int, default=300)
-    parser.add_argument("--rows", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--per_request", type=int, default=125)
-    args = parser.parse_args(argv)
-    env = dict(pair.split("=", 1) for pair in args.env)
-    print(json.dumps(measure(args.model, args.workers, env, args.refused_mb, args.rows, args.size,
-                             args.per_request)))
-
-
-if __name__ == "__main__":
-    main()
