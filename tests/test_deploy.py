@@ -286,10 +286,18 @@ def test_served_model_answers_a_scoring_request_and_leaves_no_process(deployed, 
         Image.new("L", (1, 1)).save(tiny, format="PNG")
         request = {"dataframe_split": {"columns": ["image"], "data": [rows[0], [base64.b64encode(tiny.getvalue())
                                                                                .decode()]]}}
-        pred = pd.DataFrame(_post(f"http://127.0.0.1:{port}/invocations", request)["predictions"])
-        assert pred["input_warning"].tolist()[0] == "" and pred[CLASSES].notna().all().all()
+        # scored, then refused by the out-of-distribution gate that training fitted (as inference does), unless the
+        # client asks for the gate's column; then the warning and the verdict stand side by side
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(f"http://127.0.0.1:{port}/invocations", request)
+        assert err.value.code == 400 and "row 1: not like the training images: distance " in json.loads(
+            err.value.read())["message"]
+        pred = pd.DataFrame(_post(f"http://127.0.0.1:{port}/invocations", {**request, "params": {"ood": "flag"}})[
+            "predictions"])
+        assert pred["input_warning"].tolist()[0] == "" and pred[CLASSES].iloc[0].notna().all()
         assert pred["input_warning"].tolist()[1].startswith("degenerate image, scored all the same: 1 x 1 pixels, a "
                                                             "side under 1/4 of the network's")
+        assert pred["in_distribution"].tolist() == [1, 0] and pred[CLASSES].iloc[1].isna().all()
         with pytest.raises(urllib.error.HTTPError) as err:
             _post(f"http://127.0.0.1:{port}/invocations", {**request, "params": {"degenerate_images": "refuse"}})
         body = json.loads(err.value.read())
