@@ -119,3 +119,20 @@ def test_scaling_page_figures_are_those_of_their_result_files():
                f"{memory['epoch_update_all_rows_ms'][str(n)]:.0f} ms |")
         assert row in page, row
     assert (docs / "scaling" / "gpu_report_dry_run.md").read_text().strip() in page
+    # short trainings from the originals, the store and the originals with random lowest bits (seeds 0-5)
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    runs = pd.read_csv(docs / "scaling" / "store_vs_originals.csv")
+    gap, lsb = (runs["store"] - runs["originals"]) * 100, (runs["originals_lsb"] - runs["originals"]) * 100
+    half = stats.t.ppf(0.975, len(gap) - 1) * gap.std(ddof=1) / np.sqrt(len(gap))
+    text = " ".join(page.split())
+    means = runs["originals"].mean(), runs["store"].mean()
+    for figure in (f"mean AUC {means[0]:.4f} from the originals, {means[1]:.4f} from the store",
+                   f"**{gap.mean():+.2f} points** (target: within 0.5; 95% interval over the six pairs "
+                   f"{gap.mean() - half:+.1f} to {gap.mean() + half:+.1f})",
+                   f"goes from {gap.min():+.1f} to {gap.max():+.1f} points",
+                   f"move it from {lsb.min():+.1f} to {lsb.max():+.1f} (mean {lsb.mean():+.2f})"):
+        assert figure in text, figure
+    assert list(runs["seed"]) == list(range(6))
