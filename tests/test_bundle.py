@@ -209,7 +209,7 @@ def test_inference_config_writes_probabilities_for_a_folder_of_images(trained, t
         (folder / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "probs.csv"
     wf = _workflow(["inference.json"], "infer", bundle_root=str(trained["root"]), input_path=str(folder),
-                   output_file=str(out))
+                   output_file=str(out), ood_gate=False)  # every image scored (the gate: tests/test_ood.py)
     _run(wf)
     table = pd.read_csv(out)
     assert len(table) == 5
@@ -241,7 +241,8 @@ def test_inference_skips_unreadable_images_with_their_reason_and_can_be_strict(t
     (folder / "cut.png").write_bytes((folder / p.name).read_bytes()[:60])  # a header and no pixels
     (folder / "page.png").write_text("<html>404</html>")
     out = tmp_path / "out" / "probs.csv"
-    common = dict(bundle_root=str(trained["root"]), input_path=str(folder), output_file=str(out))
+    # the out-of-distribution gate off: this test is about unreadable files (the gate: tests/test_ood.py)
+    common = dict(bundle_root=str(trained["root"]), input_path=str(folder), output_file=str(out), ood_gate=False)
     _run(_workflow(["inference.json"], "infer", **common))
     table = pd.read_csv(out)
     assert [Path(p).name for p in table["image"]] == sorted(p.name for p in folder.glob("0*.png"))  # the readable ones
@@ -410,7 +411,8 @@ def test_inference_rebuilds_the_recorded_network_and_refuses_another_input_size(
     images.mkdir()
     for p in sorted((data / "test").glob("*.png"))[:3]:
         (images / p.name).write_bytes(p.read_bytes())
-    common = dict(bundle_root=str(tmp_path), input_path=str(images), output_file=str(tmp_path / "p.csv"))
+    common = dict(bundle_root=str(tmp_path), input_path=str(images), output_file=str(tmp_path / "p.csv"),
+                  ood_gate=False)  # this test is about the image size (the gate: tests/test_ood.py)
     with pytest.raises(Exception) as err:
         _run(_workflow(["inference.json"], "infer", **common))
     assert "trained on 24 px images" in _messages(err.value) and "--image_size 24" in _messages(err.value)
