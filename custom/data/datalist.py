@@ -365,19 +365,12 @@ class DataList:
             ``(bad, degenerate)``: ``(split, row, path, reason)`` of every missing or unreadable image, and
             of every degenerate one (:func:`custom.data.transforms.degenerate_reason`), in list order.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        from tqdm.auto import tqdm
-
-        from .transforms import inspect_image
+        from .transforms import inspect_images
 
         if self.store is not None:  # decoded by `prepare`, which left the unreadable images out
             return [], []
-        size = image_size or self.image_size
         jobs = self._image_jobs()
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            found = list(tqdm(pool.map(lambda job: inspect_image(job[2], size), jobs), total=len(jobs),
-                              desc="checking images", unit="img", disable=len(jobs) < 2000, mininterval=2))
+        found = inspect_images([path for _, _, path in jobs], image_size or self.image_size)
         bad = [(split, row, path, why) for (split, row, path), (why, _) in zip(jobs, found) if why is not None]
         degenerate = [(split, row, path, why) for (split, row, path), (_, why) in zip(jobs, found) if why is not None]
         return bad, degenerate

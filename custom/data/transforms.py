@@ -350,6 +350,18 @@ def inspect_image(path, image_size: int | None = None) -> tuple[str | None, str 
         return f"{type(e).__name__}: {e}", None
 
 
+def inspect_images(paths, image_size: int | None = None) -> list[tuple[str | None, str | None]]:
+    """:func:`inspect_image` of every path, in threads (a progress bar from 2,000 images on), in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    paths = list(paths)
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        return list(tqdm(pool.map(lambda path: inspect_image(path, image_size), paths), total=len(paths),
+                         desc="checking images", unit="img", disable=len(paths) < 2000, mininterval=2))
+
+
 def degenerate_tensor_reason(img, image_size: int | None = None) -> str | None:
     """:func:`degenerate_reason` of a loaded channel-first image (``(C, H, W)``, as ``LoadImaged`` gives it)."""
     x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(np.asarray(img))

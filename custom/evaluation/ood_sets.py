@@ -176,7 +176,7 @@ def ood_table(test_distances: dict[str, np.ndarray], ood_distances: dict[str, np
 
 def ood_markdown(table) -> str:
     """The table of :func:`ood_table` in Markdown: shares in percent, AUROC to 4 decimals (as the report shows it)."""
-    from .tables import format_value, markdown_table
+    from .tables import format_value, frame_markdown
 
     shown = table.assign(accepted=table["accepted"].map(lambda v: f"{v:.1%}"), auroc=table["auroc"].map(format_value))
-    return markdown_table(shown.columns, shown.itertuples(index=False))
+    return frame_markdown(shown)

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from ..data.datalist import DataList
-from ..labels import NO_FINDING, disease_indices
+from ..labels import disease_indices
 from ..flags import as_bool, resolve_auto
 from ..networks import load_weights
 from ..record import read_record, record_path, update_record
@@ -20,7 +20,7 @@ from .figures import reliability_figure, roc_figure
 from .metrics import bootstrap_auc, mean_auc, operating_thresholds, per_class_auc
 from .operating import THRESHOLD_RULE, operating_table, sigmoid
 from .predict import predict
-from .tables import format_value, interval_text, markdown_table
+from .tables import auc_markdown_report, format_value, interval_text, shown_auc_table
 from .test_sets import TestSet, class_columns, resolve_test_sets
 
 
@@ -303,12 +303,12 @@ class TestReport:
         if "threshold" in table:
             same_list = test.datalist is self.datalist or _same_file(test.datalist.path, self.datalist.path)
             title += "; " + _threshold_origin(self.threshold_split, test.split if same_list else None)
-        shown = _shown(table)
+        shown = shown_auc_table(table)
         print(f"\n{title}\n{shown.to_string(index=False)}\n", flush=True)
         stem = self.output_dir / f"test_{test.name}"
         csv, md, png = Path(f"{stem}.csv"), Path(f"{stem}.md"), Path(f"{stem}_roc.png")
         table.to_csv(csv, index=False)
-        md.write_text(_markdown_report(title, shown))
+        md.write_text(auc_markdown_report(title, shown))
         mean = table.iloc[-1]
         ci = interval_text(table, mean)
         roc_figure(scores, labels, test.datalist.classes, table, png,
@@ -373,29 +373,3 @@ def _describe_checkpoint(path) -> str:
         except (ValueError, AttributeError):
             pass
     return f"{path.resolve()} ({'; '.join(parts)})"
-
-
-def _shown(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as printed: AUC with its interval as text, the diseases, the mean, then No Finding."""
-    out = pd.DataFrame({"class": table["class"], "positives": table["positives"],
-                        "auc": table["auc"].map(format_value)})
-    if "ci_low" in table:
-        out["95% CI"] = [("n/a" if np.isnan(lo) else f"{lo:.4f} - {hi:.4f}") for lo,
-                         hi in zip(table["ci_low"], table["ci_high"])]
-    for column in ("threshold", "sensitivity", "specificity", "ece"):
-        if column in table:
-            out[column] = table[column].map(format_value)
-    apart = table["class"] == NO_FINDING
-    return pd.concat([out[~apart], out[apart]], ignore_index=True)
-
-
-def _markdown_report(title: str, shown: pd.DataFrame) -> str:
-    apart = shown["class"] == NO_FINDING
-    text = f"# {title}\n\n{_markdown(shown[~apart])}\n"
-    if apart.any():
-        text += f"\nReported apart (not in the mean over diseases):\n\n{_markdown(shown[apart])}\n"
-    return text
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    return markdown_table(df.columns, df.itertuples(index=False))

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from ...evaluation.figures import save_figure
 from ...files import read_json, write_json
 from ...files import plain_json
-from ...evaluation.tables import markdown_table
+from ...evaluation.tables import frame_markdown
 from ...training.checkpoints import find_checkpoint
 from ...data.synthetic import noise_slug, split_noise_specs
 from ..training import train_parser, train_through_bundle
@@ -158,7 +158,7 @@ def audit_benchmark(noise="symmetric:0.2,symmetric:0.4,report", output_dir="resu
     result.to_csv(output_dir / "audit_benchmark.csv", index=False, float_format="%.4f")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     (output_dir / "audit_benchmark.md").write_text(
-        markdown_table(result.columns, result.itertuples(index=False), fmt=fmt) + "\n"
+        frame_markdown(result, fmt=fmt) + "\n"
     )
     png = plot_score_distributions(tables, output_dir / "audit_scores.png")
     if figure:
