@@ -27,8 +27,8 @@ import torch
 from .ood_distance import DEFAULT_SHARE, NUM_IMAGE_STATISTICS, REFUSAL, FeatureDistance, fit_gate, image_statistics
 
 __all__ = ["DEFAULT_SHARE", "REFUSAL", "FeatureDistance", "fit_gate", "image_statistics", "OODGate", "FeatureTap",
-           "logits_and_features", "predict_features", "fit_on_images", "load_gate", "ood_path", "ood_gate_enabled",
-           "refused_files", "acquisition_jitter"]
+           "logits_and_features", "no_gate_reason", "predict_features", "fit_on_images", "load_gate", "ood_path",
+           "ood_gate_enabled", "refused_files", "acquisition_jitter"]
 
 #: the environment variable that turns the gate off (``0``, ``false``, ``no``, ``off``).
 OOD_GATE_ENV = "NVUM_OOD_GATE"
@@ -66,6 +66,14 @@ def load_gate(weights) -> FeatureDistance | None:
 def _scripted_densenet(module) -> bool:
     layers = getattr(module, "class_layers", None)
     return isinstance(module, torch.jit.ScriptModule) and layers is not None and hasattr(module, "features")
+
+
+def no_gate_reason(network: torch.nn.Module) -> str | None:
+    """Why the gate cannot read ``network``'s features (``None`` when it can: it has a linear layer)."""
+    if any(isinstance(m, torch.nn.Linear) for m in network.modules()):
+        return None
+    return (f"no out-of-distribution gate: {type(network).__name__} has no linear layer (the gate reads the input "
+            "of the last one)")
 
 
 def _last_linear(network: torch.nn.Module) -> torch.nn.Module:
@@ -164,17 +172,15 @@ def acquisition_jitter(images: torch.Tensor, generator: torch.Generator) -> torc
 def predict_features(network, items: list[dict], transform, device="cpu", batch_size: int = 256,
                      num_workers: int = 0, desc: str = "features", amp: bool = False,
                      jitter_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(logits, features)`` of data-list items (as :func:`custom.evaluation.report.predict`, with the features);
+    """``(logits, features)`` of data-list items (as :func:`custom.evaluation.predict.predict`, with the features);
     with ``jitter_seed``, of the images under :func:`acquisition_jitter` (seeded)."""
-    from monai.data import DataLoader, Dataset
-    from tqdm import tqdm
+    from .predict import item_batches
 
     device = torch.device(device)
-    loader = DataLoader(Dataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     network.eval()
     generator = torch.Generator().manual_seed(int(jitter_seed)) if jitter_seed is not None else None
     logits, features = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, mininterval=2.0, disable=None):
+    for batch in item_batches(items, transform, batch_size, num_workers, desc):
         images = batch["image"].to(device)
         if generator is not None:
             images = acquisition_jitter(images, generator)

@@ -103,12 +103,10 @@ class OperatingThresholds:
         self.written: list[tuple[str, object]] = []  # for custom.RunSummary
 
     def run(self) -> dict[str, float] | None:
-        import torch
-
         from ..networks import load_weights
         from ..record import record_path, update_record
         from .metrics import operating_thresholds
-        from .ood import predict_features
+        from .ood import no_gate_reason, predict_features
         from .predict import predict
 
         record = record_path(self.checkpoint)
@@ -119,7 +117,8 @@ class OperatingThresholds:
                   f"decisions; to get them, {HOW_TO_GET_THRESHOLDS}", flush=True)
             return None
         load_weights(self.network, self.checkpoint)
-        gated = self.ood_gate and any(isinstance(m, torch.nn.Linear) for m in self.network.modules())
+        no_gate = no_gate_reason(self.network) if self.ood_gate else None
+        gated = self.ood_gate and no_gate is None
         if gated:
             logits, features = predict_features(self.network, items, self.transform, self.device, self.batch_size,
                                                 self.num_workers, desc="validation (thresholds)", amp=self.amp)
@@ -139,9 +138,8 @@ class OperatingThresholds:
         self.written.append(("operating thresholds (validation)", str(record.resolve())))
         if gated:
             self._fit_gate(features)
-        elif self.ood_gate:
-            print(f"no out-of-distribution gate: {type(self.network).__name__} has no linear layer (the gate reads "
-                  "the input of the last one)", flush=True)
+        elif no_gate:
+            print(no_gate, flush=True)
         return self.thresholds
 
     def _fit_gate(self, validation_features) -> None:

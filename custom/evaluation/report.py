@@ -9,7 +9,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..data.datalist import DataList
 from ..labels import disease_indices
@@ -189,11 +188,11 @@ class TestReport:
         """The out-of-distribution gate: fitted (training features, threshold on validation) and written beside the
         checkpoint with ``thresholds="validation"``; otherwise the stored one (written after training by
         :class:`~custom.evaluation.operating.OperatingThresholds`), else fitted without writing."""
-        from .ood import fit_on_images, load_gate, ood_path
+        from .ood import fit_on_images, load_gate, no_gate_reason, ood_path
 
-        if not any(isinstance(m, torch.nn.Linear) for m in self.network.modules()):
-            print(f"no out-of-distribution gate: {type(self.network).__name__} has no linear layer (the gate reads "
-                  "the input of the last one)", flush=True)
+        no_gate = no_gate_reason(self.network)
+        if no_gate:
+            print(no_gate, flush=True)
             return None
         if self.threshold_source != "validation" and self.checkpoint not in (None, ""):
             stored = load_gate(self.checkpoint)
