@@ -20,6 +20,16 @@ DEGENERATE_WARNED = ("degenerate (far smaller than the network input, or constan
                      "(on_degenerate_image='refuse' refuses them)")
 
 
+def degenerate_refused(why: str) -> str:
+    """Why inference and the served model leave a degenerate image out under ``degenerate_images='refuse'``."""
+    return f"degenerate image, not scored (degenerate_images='refuse'): {why}"
+
+
+def degenerate_warned(why: str) -> str:
+    """The warning of a degenerate image that inference and the served model score all the same."""
+    return f"degenerate image, scored all the same: {why}"
+
+
 def bad_images_message(path, dataset_dir, bad, total: int, what: str = "missing or unreadable",
                        limit: int | None = MAX_LISTED) -> str:
     """The error of :meth:`DataList.verify_images`: the count and the first bad image on the first line, then every one.

@@ -19,6 +19,7 @@ from ..data.dicom import DICOM_SUFFIXES, dicom_guard_enabled, guard_file, is_dic
 from ..data.datalist import DEGENERATE_IMAGE_POLICIES
 from ..data.transforms import ImageReadError, degenerate_tensor_reason
 from ..data.keys import INPUT_WARNING, READ_ERROR, REFUSED
+from ..data.messages import degenerate_refused, degenerate_warned
 from ..flags import as_bool
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
@@ -158,12 +159,12 @@ class InferenceDataset(Dataset):
                 loaded = apply_transform(self._loading, item)
                 degenerate = degenerate_tensor_reason(loaded["image"], self.image_size) if "image" in loaded else None
                 if degenerate and self.degenerate_images == "refuse":
-                    reason = f"degenerate image, not scored (degenerate_images='refuse'): {degenerate}"
+                    reason = degenerate_refused(degenerate)
                     if self.strict:
                         raise ImageReadError(item.get("image", ""), reason)
                     return self._placeholder(item, **{REFUSED: reason})
                 if degenerate:
-                    warning = f"degenerate image, scored all the same: {degenerate}"
+                    warning = degenerate_warned(degenerate)
                 out = apply_transform(self._after, loaded)
         except Exception as e:
             if self.strict:

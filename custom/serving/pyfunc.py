@@ -69,6 +69,7 @@ import torch
 
 from ..data.dicom import dicom_guard_enabled
 from ..data.datalist import DEGENERATE_IMAGE_POLICIES
+from ..data.messages import degenerate_refused, degenerate_warned
 from ..data.transforms import degenerate_tensor_reason
 from ..evaluation.ood import FeatureDistance, logits_and_features, ood_gate_enabled
 from .decode import MAX_PIXELS, decode_image, encode_array, image_pixels
@@ -286,9 +287,9 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
                 image = decode_image(data, f"row {i}")
                 why = degenerate_tensor_reason(image, getattr(self, "image_size", None)) if policy else None
                 if why and policy == "refuse":
-                    errors.append(f"row {i}: degenerate image, not scored (degenerate_images='refuse'): {why}")
+                    errors.append(f"row {i}: {degenerate_refused(why)}")
                     continue
-                warnings.append(f"degenerate image, scored all the same: {why}" if why else "")
+                warnings.append(degenerate_warned(why) if why else "")
                 tensors.append(torch.as_tensor(self.preprocess({IMAGE_COLUMN: image})[IMAGE_COLUMN]))
             except (TypeError, ValueError) as e:
                 errors.append(str(e))
