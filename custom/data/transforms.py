@@ -38,11 +38,13 @@ class ChestXrayToTensor(Transform):
 
     Args:
         size: output height and width (bilinear resize, antialiased when shrinking).
-        normalise: false to stop before the last step: the grey (1, size, size) 0-1 image, which
-            is turned into the network's input later (after the random crop and
-            flip, which then work on one channel instead of three; bilinear resampling and flips commute
-            with the per-channel normalisation, so the result is the same); :class:`NormaliseChestXrayBatch`
-            finishes it on the device.
+        normalise: false to stop before the last two steps: the grey (1, size, size) image in 8 bits
+            (``uint8`` 0-255, the 0-1 image rounded to the nearest grey level, as the prepared store keeps
+            it), which is turned into the network's input later: the random crop and flip then work on one
+            8-bit channel instead of three float ones (bilinear resampling and flips commute with the
+            per-channel normalisation), collation moves a twelfth of the bytes, and
+            :class:`NormaliseChestXrayBatch` finishes it on the device. An 8-bit grey image already at
+            ``size`` (a store's image) passes through untouched.
     """
 
     def __init__(self, size: int, normalise: bool = True):
@@ -54,9 +56,8 @@ class ChestXrayToTensor(Transform):
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
-    def grey(self, img) -> torch.Tensor:
-        """The grey image scaled to 0-1 and resized: a (1, size, size) float32 tensor, before normalisation
-        (what the prepared store keeps, in 8 bits: :mod:`custom.data.store`)."""
+    def _tensor(self, img) -> torch.Tensor:
+        """The image's pixels as a plain tensor; a store's image prepared at another size is refused."""
         meta = img.meta if isinstance(img, MetaTensor) else None
         stored = (meta or {}).get(STORE_SIZE_KEY)
         if stored is not None and int(stored) != self.size:
@@ -64,9 +65,20 @@ class ChestXrayToTensor(Transform):
                              f"but image_size is {self.size}: prepare a store at {self.size} or train with "
                              f"--image_size {int(stored)}")
         if isinstance(img, MetaTensor):
-            x = img.as_tensor()
-        else:
-            x = img if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img))
+            return img.as_tensor()
+        return img if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img))
+
+    def grey8(self, img) -> torch.Tensor:
+        """:meth:`grey` rounded to 8 bits: a (1, size, size) ``uint8`` tensor (what the prepared store keeps:
+        :mod:`custom.data.store`). An 8-bit grey image already at ``size`` is returned as it is."""
+        x = self._tensor(img)
+        if x.dtype == torch.uint8 and tuple(x.shape) == (1, self.size, self.size):
+            return x
+        return (self.grey(x) * 255).round_().to(torch.uint8)
+
+    def grey(self, img) -> torch.Tensor:
+        """The grey image scaled to 0-1 and resized: a (1, size, size) float32 tensor, before normalisation."""
+        x = self._tensor(img)
         if x.ndim != 3 or x.shape[0] not in (1, 2, 3, 4):
             raise ValueError("expected a channel-first grey, grey+alpha, RGB or RGBA image, "
                              f"got shape {tuple(x.shape)}")
@@ -85,9 +97,10 @@ class ChestXrayToTensor(Transform):
 
     def __call__(self, img):
         meta = img.meta if isinstance(img, MetaTensor) else None
-        x = self.grey(img)
-        if self.normalise:
-            x = (x.expand(3, -1, -1) - self.mean) / self.std
+        if not self.normalise:
+            x = self.grey8(img)
+        else:
+            x = (self.grey(img).expand(3, -1, -1) - self.mean) / self.std
         return MetaTensor(x, meta=meta) if meta is not None else x
 
 
@@ -126,13 +139,15 @@ class ChestXrayToTensord(MapTransform):
 
 class NormaliseChestXrayBatch:
     """A trainer's ``prepare_batch`` that finishes :class:`ChestXrayToTensor` on the device: a batch of
-    (B, 1, H, W) 0-1 grey images (``ChestXrayToTensord`` with ``normalise: false``, then cropped and flipped)
-    -> the (B, 3, H, W) network input, repeated over 3 channels and normalised with the ImageNet mean and std.
+    (B, 1, H, W) 8-bit grey images (``ChestXrayToTensord`` with ``normalise: false``, then cropped and flipped;
+    ``uint8``, or float 0-1) -> the (B, 3, H, W) float32 network input, scaled to 0-1, repeated over 3 channels
+    and normalised with the ImageNet mean and std.
 
-    The NIH overlay's training chain uses it: the data-loader workers then crop, flip and collate one
-    channel instead of three (a third of the work and of the bytes per image), and the GPU does the rest.
+    The NIH overlay's training chain uses it: the data-loader workers then crop, flip and collate one 8-bit
+    channel instead of three float ones (a twelfth of the bytes per image), and the GPU does the rest.
     Bilinear resampling and flips commute with the per-channel normalisation, so the network gets the same
-    tensor. Returns ``(image, label)`` as MONAI's ``default_prepare_batch`` does.
+    tensor within a grey level (the crop's 8-bit rounding). Returns ``(image, label)`` as MONAI's
+    ``default_prepare_batch`` does.
     """
 
     def __init__(self):
@@ -145,7 +160,8 @@ class NormaliseChestXrayBatch:
         if image.ndim != 4 or image.shape[1] != 1:
             raise ValueError(f"NormaliseChestXrayBatch expects (B, 1, H, W) grey images (ChestXrayToTensord with "
                              f"normalise: false), got shape {tuple(image.shape)}")
-        image = image.to(device=device, non_blocking=non_blocking, **kwargs).float()
+        image = image.to(device=device, non_blocking=non_blocking, **kwargs)
+        image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
         mean, std = self.mean.to(image.device), self.std.to(image.device)
         label = torch.as_tensor(batchdata["label"]).to(device=device, non_blocking=non_blocking, **kwargs)
         return (image.expand(-1, 3, -1, -1) - mean) / std, label
@@ -158,7 +174,8 @@ class RandResizedCropd(RandomizableTransform, MapTransform):
     A crop covering a random fraction ``scale`` of the image area, with a random aspect ratio
     (log-uniform in ``ratio``), at a random position, is resized (bilinear) to the input size.
     When 10 draws give no crop that fits, the largest centred crop whose aspect ratio is within
-    ``ratio`` is used.
+    ``ratio`` is used. An 8-bit (``uint8``) image is resampled in 8 bits (torch's integer path, within one
+    grey level of the float one) and stays 8-bit; any other becomes float32.
 
     Args:
         keys: keys of the images (cropped identically when several).
@@ -211,7 +228,8 @@ class RandResizedCropd(RandomizableTransform, MapTransform):
             height, width = x.shape[-2:]
             box = box or self.crop_box(height, width)
             top, left, h, w = box
-            crop = x[..., top : top + h, left : left + w].float()
+            crop = x[..., top : top + h, left : left + w]
+            crop = crop if crop.dtype == torch.uint8 else crop.float()  # 8-bit images stay 8-bit (torch resamples them)
             out = F.interpolate(crop[None], size=(height, width), mode="bilinear", align_corners=False,
                                 antialias=h > height or w > width)[0]
             d[key] = MetaTensor(out, meta=meta) if meta is not None else out

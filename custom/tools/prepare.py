@@ -46,10 +46,7 @@ def _start(folder: str, image_size: int) -> None:
 
 def _encode(path: str) -> np.ndarray:
     """The 8-bit grey image training would compute from ``path`` (``to_network_input`` before normalisation)."""
-    import torch
-
-    grey = _WORKER["convert"].grey(_WORKER["load"]({"image": path})["image"])
-    return (grey[0] * 255).round().to(torch.uint8).numpy()
+    return _WORKER["convert"].grey8(_WORKER["load"]({"image": path})["image"])[0].numpy()
 
 
 def _prepare_chunk(chunk) -> list[tuple[int, str | None]]:
