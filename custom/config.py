@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 
 def resolve_includes(config, root):
     """A config with every ``%file::id`` macro replaced by that id's content in ``file``.
 
-    The repository's configs take the parts they share (network, preprocessing) from
-    ``bundle/configs/common.json`` with MONAI's ``%`` macro, whose file path is relative to the
-    folder the command runs in (the repository root). The deployable bundle runs from anywhere, so
-    its configs carry the content itself.
+    The bundle's own configs have no such macro (:func:`shared_texts`); a user's config or overlay may, and MONAI
+    reads its file path relative to the working folder. Code that reads configs resolves them against ``root``.
 
     Args:
         config: a config dict (not changed).
@@ -34,6 +33,62 @@ def resolve_includes(config, root):
         return value
 
     return resolve(config)
+
+
+#: the configs that carry common.json's objects, written in by :func:`sync_shared` (``python -m custom.cli docs``).
+SHARED_CONFIGS = ("train.json", "inference.json")
+#: the common objects' source: edit them there, then run ``python -m custom.cli docs``.
+COMMON_CONFIG = "common.json"
+
+
+def format_config(value, indent: int = 0) -> str:
+    """A config as the bundle's JSON files lay it out: 4-space indents, a list of plain values on one line when it
+    fits in 80 characters after its indentation."""
+    pad, inner = " " * indent, " " * (indent + 4)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {format_config(v, indent + 4)}"
+                 for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, list) and value:
+        flat = "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in value) + "]"
+        if all(not isinstance(v, (dict, list)) for v in value) and indent + len(flat) <= 80:
+            return flat
+        return "[\n" + ",\n".join(f"{inner}{format_config(v, indent + 4)}" for v in value) + f"\n{pad}]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def shared_texts(config_dir) -> dict[Path, str]:
+    """Each of :data:`SHARED_CONFIGS` as it must read: every object of common.json written in with common.json's
+    content, in the place the config has it.
+
+    The configs carry the objects themselves rather than MONAI ``%common.json::id`` macros, whose file paths MONAI
+    reads relative to the working folder: so they run from any folder. ``tests/test_bundle.py`` holds them equal.
+
+    Raises:
+        KeyError: a config lacks one of common.json's ids.
+    """
+    config_dir = Path(config_dir)
+    common = json.loads((config_dir / COMMON_CONFIG).read_text())
+    texts = {}
+    for name in SHARED_CONFIGS:
+        path = config_dir / name
+        config = json.loads(path.read_text())
+        missing = [key for key in common if key not in config]
+        if missing:
+            raise KeyError(f"{path} lacks {missing} of {COMMON_CONFIG}: add the ids (any value), then run "
+                           "python -m custom.cli docs")
+        texts[path] = format_config({k: copy.deepcopy(common.get(k, v)) for k, v in config.items()}) + "\n"
+    return texts
+
+
+def sync_shared(config_dir) -> list[str]:
+    """Write common.json's objects into :data:`SHARED_CONFIGS`; the names of the files that changed."""
+    changed = []
+    for path, text in shared_texts(config_dir).items():
+        if path.read_text() != text:
+            path.write_text(text)
+            changed.append(path.name)
+    return changed
 
 
 #: arguments of ``python -m monai.bundle run`` that are not config ids.

@@ -129,16 +129,16 @@ def _short(text: str) -> str:
 
 
 def _wrong_folder(exc: BaseException) -> str | None:
-    """The message of a bundle file (``bundle/configs/common.json`` of a ``%`` macro, read by MONAI relative to the
-    working folder) not found because the command runs from another folder than the repository root."""
+    """The message of a repository file named by a relative path (a dataset overlay's ``data_lists/...``) and not
+    found because the command runs from another folder than the repository root."""
     name = getattr(exc, "filename", None)
     if not isinstance(exc, FileNotFoundError) or not isinstance(name, str) or Path(name).is_absolute():
         return None
     root = PACKAGE_DIR.parent
     if Path(name).exists() or not (root / name).is_file() or Path.cwd().resolve() == root:
         return None
-    return (f"{name} is not found from the working folder {Path.cwd()}: run the bundle's commands from the repository "
-            f"root {root} (the configs read it relative to the working folder)")
+    return (f"{name} is not found from the working folder {Path.cwd()}: it is the repository's {root / name}; give "
+            f"that full path or run from the repository root")
 
 
 def format_report(exc: BaseException, full: bool = False) -> str:

@@ -336,16 +336,36 @@ CONTRACT = ("image_size", "channels", "classes", "num_classes", "network_def", "
             "to_network_input", "preprocessing")
 
 
-def test_the_model_contract_is_defined_once_for_training_and_inference():
-    """Image size, channels, classes, network and preprocessing live in common.json; train.json and inference.json
-    include them, so an inference config cannot disagree with the training config."""
+def test_the_model_contract_is_defined_once_for_training_and_inference(tmp_path):
+    """Image size, channels, classes, network and preprocessing are edited in common.json and written into train.json
+    and inference.json (``python -m custom.cli docs``), so an inference config cannot disagree with the training
+    config and both run from any folder (no MONAI ``%`` file macro, which MONAI reads relative to the working
+    folder)."""
+    from custom.config import SHARED_CONFIGS, format_config, shared_texts, sync_shared
+
     common = json.loads((CONFIGS / "common.json").read_text())
-    for name in ("train.json", "inference.json"):
-        config = json.loads((CONFIGS / name).read_text())
-        for key in CONTRACT:
-            assert key in common and config[key] == f"%bundle/configs/common.json::{key}", (name, key)
+    assert set(CONTRACT) == set(common)
+    for path, text in shared_texts(CONFIGS).items():
+        assert path.read_text() == text, f"{path.name} differs from common.json: run python -m custom.cli docs"
+        config = json.loads(text)
+        assert all(config[key] == common[key] for key in CONTRACT), path.name
+    for path in CONFIGS.rglob("*.json"):  # no config reads another file through a % macro
+        assert "%bundle/" not in path.read_text() and format_config(json.loads(path.read_text())) + "\n" == (
+            path.read_text()), path
     assert json.loads((CONFIGS / "train.json").read_text())["validate"]["preprocessing"] == "@preprocessing"
-    # the image size as a number only in common.json and the dataset overlays (which may change it)
+    # the generator writes an edit of common.json into both configs, in place, and nothing else
+    copy = tmp_path / "configs"
+    copy.mkdir()
+    for name in ("common.json", *SHARED_CONFIGS):
+        (copy / name).write_text((CONFIGS / name).read_text())
+    edited = {**common, "channels": 1}
+    (copy / "common.json").write_text(format_config(edited) + "\n")
+    assert sync_shared(copy) == list(SHARED_CONFIGS) and sync_shared(copy) == []
+    for name in SHARED_CONFIGS:
+        before, after = json.loads((CONFIGS / name).read_text()), json.loads((copy / name).read_text())
+        assert list(after) == list(before) and after == {**before, "channels": 1}, name
+
+    # the image size as a number only in common.json, its generated copies and the dataset overlays
     def numbers(value, key="image_size"):
         if isinstance(value, dict):
             return [v for k, v in value.items() if k == key and isinstance(v, int)] + [
@@ -354,7 +374,8 @@ def test_the_model_contract_is_defined_once_for_training_and_inference():
 
     for path in CONFIGS.rglob("*.json"):
         found = numbers(json.loads(path.read_text()))
-        assert bool(found) == (path.name == "common.json" or path.parent.name == "datasets"), (path, found)
+        expected = path.name in ("common.json", *SHARED_CONFIGS) or path.parent.name == "datasets"
+        assert bool(found) == expected, (path, found)
 
 
 def test_metadata_and_the_class_vocabulary_follow_the_model_contract():

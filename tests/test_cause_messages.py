@@ -4,7 +4,9 @@ line that says what is wrong, not an errno or a guess."""
 import base64
 import errno
 import io
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,15 +112,29 @@ def test_a_dicom_without_pixel_data_says_it_holds_no_image(tmp_path):
         "Text SR Storage); send the radiograph's image file")
 
 
-def test_the_configs_run_from_another_folder_name_the_folder_to_run_from(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    last = _last_line("inference.json", bundle_root=str(tmp_path / "bundle"))
-    assert last == (f"error: bundle/configs/common.json is not found from the working folder {tmp_path}: run the "
-                    f"bundle's commands from the repository root {ROOT} (the configs read it relative to the working "
-                    "folder)")
-    monkeypatch.chdir(ROOT)  # from the root, the same missing name is MONAI's own error
-    try:
+def test_the_configs_run_from_another_folder(tmp_path, monkeypatch):
+    """train.json from another folder, with the code on PYTHONPATH and the outputs under --bundle_root: a real
+    ``python -m monai.bundle`` run (MONAI reads ``%`` file macros relative to the working folder: the configs have
+    none), which writes under bundle_root only; a repository file named relatively is then named with its path."""
+    away, env = tmp_path / "away", {**os.environ, "PYTHONPATH": str(ROOT), "NVUM_CACHE_DIR": str(tmp_path / "cache")}
+    away.mkdir()
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
+           "--bundle_root", str(away / "run"), "--max_epochs", "1", "--datalist#num_training", "32",
+           "--datalist#num_validation", "16", "--datalist#num_test", "8", "--datalist#num_test_shifted", "8",
+           "--test_and_deploy", "false", "--mlflow", "false", "--num_workers", "0"]
+    done = subprocess.run(cmd, cwd=away, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (away / "run" / "models" / "model.pt").is_file() and os.listdir(away) == ["run"]
+    monkeypatch.chdir(away)
+    with pytest.raises(FileNotFoundError) as err:
+        open("data_lists/nih_nih14.json.gz")
+    assert format_report(err.value).splitlines()[-1] == (
+        f"error: data_lists/nih_nih14.json.gz is not found from the working folder {away}: it is the repository's "
+        f"{ROOT / 'data_lists' / 'nih_nih14.json.gz'}; give that full path or run from the repository root")
+    monkeypatch.chdir(ROOT)  # from the root, a missing name is Python's own error
+    with pytest.raises(FileNotFoundError) as err:
         open("bundle/configs/nothing.json")
-    except FileNotFoundError as e:
-        assert format_report(e).splitlines()[-1] == (
-            "error: [Errno 2] No such file or directory: 'bundle/configs/nothing.json'")
+    assert format_report(err.value).splitlines()[-1] == (
+        "error: [Errno 2] No such file or directory: 'bundle/configs/nothing.json'")
+
+

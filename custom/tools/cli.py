@@ -232,7 +232,8 @@ def load_test(**options):
 
 @cli.command()
 def docs(tests: bool = True):
-    """Rewrite the generated figures of the pages from the result files (benchmark runs, metadata, test count).
+    """Rewrite what is generated: common.json's objects in train.json and inference.json, and the figures of the
+    pages from the result files (benchmark runs, metadata, test count).
 
     Args:
         tests: also restate the number of tests (a pytest collection, about half a minute).
@@ -240,10 +241,12 @@ def docs(tests: bool = True):
     Example:
         python -m custom.cli docs
     """
+    from ..config import sync_shared
     from ..flags import as_bool
     from .pages import refresh
+    from .training import CONFIG_DIR
 
-    changed = refresh(tests=as_bool(tests, "tests"))
+    changed = [f"bundle/configs/{name}" for name in sync_shared(CONFIG_DIR)] + refresh(tests=as_bool(tests, "tests"))
     print("rewrote " + ", ".join(changed) if changed else "every generated block is up to date")
 
 

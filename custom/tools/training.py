@@ -20,8 +20,8 @@ def train_parser(overrides: dict | None = None, config_file=TRAIN_CONFIG):
     """``train.json`` (or a list of config files, merged in order) read with MONAI's ``ConfigParser``,
     with ``overrides`` (config id -> value) applied as on the command line.
 
-    The configs' ``%bundle/configs/common.json::...`` includes are resolved relative to the
-    repository, so this works from any working directory.
+    A ``%file::id`` include of a user's overlay is resolved relative to the repository, so this works from any
+    working directory.
     """
     from monai.bundle import ConfigParser
 
