@@ -271,6 +271,11 @@ def test_the_monai_label_app_names_the_image_sent_and_guards_a_dicom_series_sent
         shutil.copy(studies / "a_ct.dcm", upload)
         assert refused(str(upload)) == (f"nvum_cxr_classification: the uploaded file (stored by MONAI Label as "
                                         f"{upload}) refused: {CT}{suffix}")
+        named = {"model": "nvum_cxr_classification", "image": str(upload), "file_name": "knee_ct.dcm"}  # its params
+        with pytest.raises(HTTPException) as err:
+            label.infer(named)
+        assert err.value.detail == (f"nvum_cxr_classification: the uploaded file knee_ct.dcm (stored by MONAI Label "
+                                    f"as {upload}) refused: {CT}{suffix}")
     finally:
         upload.unlink()
     series = tmp_path / "series"

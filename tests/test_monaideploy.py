@@ -100,21 +100,29 @@ def test_deploy_app_scores_a_jpeg_as_inference_does_and_names_every_file_it_leav
 
 
 @pytest.mark.slow
-def test_monai_deploy_application_gives_the_probabilities_of_inference_json_for_png_and_dicom(tmp_path):
+def test_monai_deploy_application_gives_the_probabilities_of_inference_json_for_png_jpeg_and_dicom(tmp_path):
     from custom.tools.monaideploy import DEFAULT_VENV, check, venv_ready
 
     if not venv_ready(DEFAULT_VENV):
         pytest.skip(f"no MONAI Deploy App SDK environment at {DEFAULT_VENV} (build it with "
                     "`python -m custom.cli monaideploy --install true`, or set NVUM_MONAIDEPLOY_VENV)")
     built = train_tiny_bundle(tmp_path / "run", tmp_path / "staging")
-    png, dcm = tmp_path / "png", tmp_path / "dcm"
-    png.mkdir()
-    dcm.mkdir()
+    png, dcm, jpg = tmp_path / "png", tmp_path / "dcm", tmp_path / "jpg"
+    for folder in (png, dcm, jpg):
+        folder.mkdir()
     for path in sorted((tmp_path / "run" / "data" / "test").glob("*.png"))[:3]:
         pixels = np.asarray(Image.open(path))
         (png / path.name).write_bytes(path.read_bytes())
+        Image.fromarray(pixels).save(jpg / f"{path.stem}.jpg", quality=95)
         for name in ("m1_voilut", "m2_window", "m2_rle"):
             write_dicom(dcm / f"{path.stem}_{name}.dcm", **variants(pixels)[name])
-    result = check(str(built.zip), images=[str(png), str(dcm)], work=str(tmp_path / "work"))
-    assert [r["images"] for r in result["folders"].values()] == [3, 9]
-    assert all(r["max_difference"] < 1e-5 for r in result["folders"].values())
+    from test_dicom_guard import _dicom
+
+    _dicom(dcm / "lateral.dcm", Modality="DX", BodyPartExamined="CHEST", ViewPosition="LL")  # refused by both
+    result = check(str(built.zip), images=[str(png), str(dcm), str(jpg)], work=str(tmp_path / "work"))
+    # check raises unless the app scored exactly what inference.json scored and left out exactly what it refused
+    folders = list(result["folders"].values())
+    assert sum(r["images"] for r in folders) + sum(len(r["left_out"]) for r in folders) == 16
+    assert folders[2]["images"] >= 2 and folders[1]["left_out"]["lateral.dcm"].startswith(
+        "not a frontal chest radiograph")
+    assert all(r["max_difference"] < 1e-5 for r in folders)

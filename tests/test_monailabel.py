@@ -33,4 +33,8 @@ def test_monai_label_server_answers_with_the_probabilities_of_inference_json(tmp
     assert result["images"] + len(result["refused"]) == 7 and result["images"] >= 5 and result["max_difference"] < 1e-5
     assert "image lateral (" in result["refused"]["lateral.dcm"]
     assert "refused: not a frontal chest radiograph: ViewPosition LL" in result["refused"]["lateral.dcm"]
+    # the same file uploaded, named in the request's params: refused again, naming the file as the client named it
+    assert "the uploaded file lateral.dcm (stored by MONAI Label as " in result["refused_uploads"]["lateral.dcm"]
+    reason = result["refused"]["lateral.dcm"].split(" refused: ", 1)[1]
+    assert result["refused_uploads"]["lateral.dcm"].endswith(f" refused: {reason}")
     assert result["labels"][0] == "atelectasis" and len(result["labels"]) == 14  # names of the metadata, lower-cased

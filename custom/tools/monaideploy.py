@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -63,8 +64,9 @@ def _bigger_stack():
         )
 
 
-def run_app(bundle: Path, images: Path, output: Path, venv=DEFAULT_VENV) -> tuple[dict, float]:
-    """Run the bundle's ``scripts/deploy_app.py`` on ``images``; ``({file name: {class: p}}, seconds)``."""
+def run_app(bundle: Path, images: Path, output: Path, venv=DEFAULT_VENV) -> tuple[dict, dict, float]:
+    """Run the bundle's ``scripts/deploy_app.py`` on ``images``; ``({file name: {class: p}}, {file name: reason it
+    was left out, from the app's log}, seconds)``."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     cmd = [
         str(Path(venv) / "bin" / "python"),
@@ -83,7 +85,9 @@ def run_app(bundle: Path, images: Path, output: Path, venv=DEFAULT_VENV) -> tupl
     (output.parent / f"{output.name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"the MONAI Deploy application failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return read_json(output / "probabilities.json", "MONAI Deploy output"), took
+    left_out = {m.group(1): m.group(2) for m in re.finditer(re.escape(str(images)) + r"/(.+?): left out, (.*)$",
+                                                             proc.stdout + proc.stderr, re.MULTILINE)}
+    return read_json(output / "probabilities.json", "MONAI Deploy output"), left_out, took
 
 
 def check(bundle_zip="bundle/models/nvum_cxr_classification.zip", images=(), work=None, venv=str(DEFAULT_VENV),
@@ -91,7 +95,8 @@ def check(bundle_zip="bundle/models/nvum_cxr_classification.zip", images=(), wor
     """Run the application on each folder of ``images`` and compare with ``inference.json`` (module docstring).
 
     Returns:
-        ``{"build_s": ..., "folders": {folder: {"images", "max_difference", "app_s"}}}``.
+        ``{"build_s": ..., "folders": {folder: {"images", "max_difference", "left_out", "app_s"}}}``; raises when the
+        application scored or left out other files than inference.json scored or refused.
     """
     import tempfile
 
@@ -112,15 +117,17 @@ def check(bundle_zip="bundle/models/nvum_cxr_classification.zip", images=(), wor
         zf.extractall(work)
     bundle, result = work / MODEL, {"build_s": round(build_s, 1), "folders": {}}
     for i, folder in enumerate(Path(f).resolve() for f in folders):
-        reference = reference_probabilities(bundle, folder, work / f"reference{i}.csv")
-        served, took = run_app(bundle, folder, work / f"app{i}", venv)
-        if sorted(served) != sorted(reference):
-            raise RuntimeError(f"the application answered for {sorted(served)}, inference.json for {sorted(reference)}")
+        reference, errors = reference_probabilities(bundle, folder, work / f"reference{i}.csv")
+        served, left_out, took = run_app(bundle, folder, work / f"app{i}", venv)
+        if sorted(served) != sorted(reference) or sorted(left_out) != sorted(errors):
+            raise RuntimeError(f"the application answered for {sorted(served)} and left out {sorted(left_out)}; "
+                               f"inference.json scored {sorted(reference)} and refused {sorted(errors)}")
         classes = list(next(iter(served.values())))
         diff = max(
             float(np.abs(np.array([served[n][c] for c in classes]) - np.array(reference[n])).max()) for n in served
         )
-        result["folders"][str(folder)] = {"images": len(served), "max_difference": diff, "app_s": round(took, 1)}
+        result["folders"][str(folder)] = {"images": len(served), "max_difference": diff, "left_out": left_out,
+                                          "app_s": round(took, 1)}
     print(json.dumps(result, indent=2))
     return result
 

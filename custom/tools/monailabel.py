@@ -12,7 +12,8 @@
    ``POST /infer/nvum_cxr_classification?image=<id>&output=json`` for every image inference reads (PNG, JPEG,
    DICOM; by its datastore id, or by its path when in a subfolder or without a suffix), stops the server;
 5. checks that MONAI Label refused (HTTP 4xx, with the reason) exactly the files inference listed in its
-   errors file, and returns (and prints) the largest difference between the served and the reference
+   errors file, and refuses each of them again when uploaded with ``params={"file_name": <its name>}``, naming it;
+   returns (and prints) the largest difference between the served and the reference
    probabilities, with the time each step took.
 """
 
@@ -28,6 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -72,6 +74,19 @@ def _free_port() -> int:
 
 def _request(url: str, method: str = "GET", timeout: float = 300):
     request = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _upload(url: str, path: Path, params: dict, timeout: float = 300):
+    """POST ``path`` to ``url`` as MONAI Label's upload form (``file``, with ``params`` as JSON)."""
+    boundary = uuid.uuid4().hex
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n")
+    body = head.encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
@@ -146,12 +161,27 @@ def reference_probabilities(bundle: Path, images: Path, output: Path) -> tuple[d
     return {name(p): row.tolist() for p, row in zip(table.pop("image"), table.to_numpy())}, skipped
 
 
+def _refused_upload(url: str, path: Path, log_path) -> str:
+    """MONAI Label's detail for a refused file sent as an upload named in its params (``file_name``): it must be an
+    HTTP 4xx that names the file as the client named it."""
+    try:
+        _upload(url, path, {"file_name": path.name})
+    except urllib.error.HTTPError as e:
+        detail = str(json.loads(e.read() or b"{}").get("detail", ""))
+        if 400 <= e.code < 500 and f"the uploaded file {path.name} " in detail:
+            return detail
+        raise RuntimeError(f"MONAI Label answered the upload of {path.name} with HTTP {e.code}, {detail!r}, which does "
+                           f"not name it; see {log_path}") from None
+    raise RuntimeError(f"MONAI Label scored the upload of {path.name}, which it refused by id; see {log_path}")
+
+
 def serve_and_compare(bundle: Path, images: Path, work: Path, venv=DEFAULT_VENV, timeout: float = 600) -> dict:
     """Start MONAI Label on ``images`` with the app serving ``bundle``; probabilities of every image.
 
     Returns:
-        ``{"probabilities": {name: [p, ...]}, "refused": {name: MONAI Label's detail}, "start_s": ...,
-        "infer_s": [...], "log": path}``, by the images' paths under ``images``.
+        ``{"probabilities": {name: [p, ...]}, "refused": {name: MONAI Label's detail}, "refused_uploads": {name:
+        its detail when the file is uploaded, named in the params}, "start_s": ..., "infer_s": [...], "log": path}``,
+        by the images' paths under ``images``.
     """
     app = work / "app"
     shutil.copytree(bundle / "scripts" / "monailabel_app", app, dirs_exist_ok=True)
@@ -191,7 +221,7 @@ def serve_and_compare(bundle: Path, images: Path, work: Path, venv=DEFAULT_VENV,
             if MODEL not in info.get("models", {}):
                 raise RuntimeError(f"MONAI Label serves {list(info.get('models', {}))}, not {MODEL}; see {log_path}")
             started = time.monotonic() - start
-            probabilities, refused, infer_s, scores = {}, {}, [], []
+            probabilities, refused, uploaded, infer_s, scores = {}, {}, {}, [], []
             for name, image in studies_requests(images).items():
                 t = time.monotonic()
                 query = urllib.parse.urlencode({"image": image, "output": "json"})
@@ -202,6 +232,7 @@ def serve_and_compare(bundle: Path, images: Path, work: Path, venv=DEFAULT_VENV,
                         raise RuntimeError(f"MONAI Label answered {name} with HTTP {e.code}: {e.read()[-2000:]!r}; "
                                            f"see {log_path}") from None
                     refused[name] = str(json.loads(e.read() or b"{}").get("detail", ""))
+                    uploaded[name] = _refused_upload(f"{base}/infer/{MODEL}?output=json", images / name, log_path)
                     continue
                 infer_s.append(time.monotonic() - t)
                 scores = sorted(answer["prediction"], key=lambda p: p["idx"])
@@ -211,6 +242,7 @@ def serve_and_compare(bundle: Path, images: Path, work: Path, venv=DEFAULT_VENV,
     return {
         "probabilities": probabilities,
         "refused": refused,
+        "refused_uploads": uploaded,
         "start_s": started,
         "infer_s": infer_s,
         "log": str(log_path),
@@ -256,6 +288,7 @@ def check(bundle_zip="bundle/models/nvum_cxr_classification.zip", images=None, w
         "max_difference": diff,
         "images": len(reference),
         "refused": served["refused"],
+        "refused_uploads": served["refused_uploads"],
         "build_s": round(build_s, 1),
         "start_s": round(served["start_s"], 1),
         "infer_s_mean": round(float(np.mean(served["infer_s"])), 3) if served["infer_s"] else None,

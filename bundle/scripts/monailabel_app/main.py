@@ -18,7 +18,8 @@ BodyPartExamined not chest, a lateral ViewPosition) is refused (``custom.data.di
 server with ``NVUM_DICOM_GUARD=0`` to let such images through. So is an image unlike the training images (the
 out-of-distribution gate, ``custom.evaluation.ood``, whose file ``models/model.ood.npz`` training writes);
 ``NVUM_OOD_GATE=0`` turns it off. The client gets HTTP 400 whose ``detail`` names the image sent (its id or path;
-an upload, which MONAI Label stores under a temporary name, is called "the uploaded file") and the reason.
+an upload, which MONAI Label stores under a temporary name, is called "the uploaded file", by the name the client
+gives in the request's params, ``params={"file_name": "<name>"}``, when it gives one) and the reason.
 A folder sent as the image (a DICOM series) goes through the same guard, file by file; a folder holding one
 image is scored as that image, one holding several is refused (one radiograph per request).
 
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 MODEL = "nvum_cxr_classification"
 #: the request key under which :class:`NVUMApp` keeps how to name the image the client sent.
 SENT = "nvum_image_sent"
+#: the params key under which a client names the file it uploads (MONAI Label keeps only the file's suffix).
+FILE_NAME = "file_name"
 #: the HTTP status of a refused image.
 REFUSED_STATUS = 400
 
@@ -56,12 +59,14 @@ def refusal(message: str) -> Exception:
     return HTTPException(status_code=REFUSED_STATUS, detail=message)
 
 
-def sent_name(sent, path) -> str:
+def sent_name(sent, path, file_name=None) -> str:
     """How to name, to the client, the image it sent: ``sent`` (an id, or a path) as MONAI Label resolved it to
-    ``path``; an upload is stored by MONAI Label as a temporary file the client never named."""
+    ``path``; an upload is stored by MONAI Label as a temporary file, named by the client's ``file_name`` (its
+    request params' :data:`FILE_NAME`) when it gives one."""
     if isinstance(sent, str) and sent == path and os.path.dirname(os.path.abspath(sent)) == tempfile.gettempdir() \
             and os.path.basename(sent).startswith("tmp"):
-        return f"the uploaded file (stored by MONAI Label as {sent})"
+        named = f" {file_name}" if isinstance(file_name, str) and file_name.strip() else ""
+        return f"the uploaded file{named} (stored by MONAI Label as {sent})"
     if isinstance(sent, str) and isinstance(path, str) and path and path != sent:
         return f"image {sent} ({path})"
     return f"image {sent}"
@@ -188,7 +193,7 @@ class NVUMApp(MONAILabelApp):
                 path = (datastore or self.datastore()).get_image_uri(sent)
             except Exception:  # an unknown id: MONAI Label says so itself
                 path = sent
-        request[SENT] = sent_name(sent, path)
+        request[SENT] = sent_name(sent, path, request.get(FILE_NAME))
         return super().infer(request, datastore)
 
     def init_infers(self):
