@@ -534,3 +534,20 @@ def test_chance_level_of_wrong_labels_fitted_matches_random_scores():
     levels = reference_levels(noisy, clean)
     # a ranking by the clean labels fits only what the noisy prevalence forces: below chance, above 0 here
     assert levels["clean_ranking"] < levels["chance"] and levels["chance"] == pytest.approx(hand)
+
+
+def test_train_json_trains_the_default_recipe_the_committed_runs_choose():
+    """The recipe the rules choose on the committed runs (the head-to-head outcome once decided) is what train.json's
+    nvum group trains by default, and what metadata.json's description names."""
+    import json
+
+    from conftest import CONFIGS
+    from custom.tools.pages import load_benchmark
+
+    plan, records = load_benchmark()
+    default = nb.default_recipe(plan["main"], records)
+    assert default in nb.NVUM_FAMILY
+    nvum = json.loads((CONFIGS / "train.json").read_text())["nvum"]
+    for key, value in nb.METHODS[default].items():
+        assert nvum[key.split("#", 1)[1]] == value, (default, key)
+    assert f"recipe `{default}`" in json.loads((CONFIGS / "metadata.json").read_text())["description"]

@@ -219,6 +219,24 @@ def fit_on_images(network, fit_items: list[dict], threshold_items: list[dict], t
     return fit_gate(np.concatenate(fitted), held, share, view_sizes=views)
 
 
+def fit_and_save_gate(network, fit_items: list[dict], threshold_items: list[dict], transform, checkpoint,
+                      share: float = DEFAULT_SHARE, fitted_on: str | None = None,
+                      **fit) -> tuple[FeatureDistance, Path]:
+    """:func:`fit_on_images`, written beside ``checkpoint`` (:func:`ood_path`) and said in one printed line (its
+    threshold, the share of the threshold images it accepts, ``fitted_on`` when given, the file): training's
+    operating-thresholds step, the test report and ``python -m custom.cli fit_ood`` all fit a gate this way.
+
+    Returns:
+        the gate and the file written.
+    """
+    gate = fit_on_images(network, fit_items, threshold_items, transform, share, **fit)
+    path = gate.save(ood_path(checkpoint))
+    source = f"; fitted on {fitted_on}" if fitted_on else ""
+    print(f"out-of-distribution gate (distance threshold {gate.threshold:.2f}, accepting {share:.0%} of the "
+          f"{gate.num_threshold} threshold images{source}) written to {path}", flush=True)
+    return gate, path
+
+
 class OODGate:
     """Inference handler: refuses the images of a batch whose features are too far from the training images'.
 

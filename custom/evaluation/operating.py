@@ -143,14 +143,11 @@ class OperatingThresholds:
         return self.thresholds
 
     def _fit_gate(self, validation_features) -> None:
-        from .ood import fit_on_images, ood_path
+        from .ood import fit_and_save_gate
 
-        gate = fit_on_images(self.network, self.datalist.items("training"), [], self.transform, self.ood_share,
-                             threshold_features=validation_features, device=self.device,
-                             batch_size=self.batch_size, num_workers=self.num_workers, amp=self.amp)
-        path = gate.save(ood_path(self.checkpoint))
-        print(f"out-of-distribution gate (distance threshold {gate.threshold:.2f}, accepting {self.ood_share:.0%} of "
-              f"the {gate.num_threshold} validation images) written to {path}", flush=True)
+        _, path = fit_and_save_gate(self.network, self.datalist.items("training"), [], self.transform, self.checkpoint,
+                                    self.ood_share, threshold_features=validation_features, device=self.device,
+                                    batch_size=self.batch_size, num_workers=self.num_workers, amp=self.amp)
         self.written.append(("out-of-distribution gate", str(path.resolve())))
 
 

@@ -188,7 +188,7 @@ class TestReport:
         """The out-of-distribution gate: fitted (training features, threshold on validation) and written beside the
         checkpoint with ``thresholds="validation"``; otherwise the stored one (written after training by
         :class:`~custom.evaluation.operating.OperatingThresholds`), else fitted without writing."""
-        from .ood import fit_on_images, load_gate, no_gate_reason, ood_path
+        from .ood import fit_and_save_gate, fit_on_images, load_gate, no_gate_reason, ood_path
 
         no_gate = no_gate_reason(self.network)
         if no_gate:
@@ -203,14 +203,11 @@ class TestReport:
         if not ("training" in splits and "validation" in splits and self.datalist.items("validation")):
             print("no training or validation split: no out-of-distribution gate", flush=True)
             return None
-        gate = fit_on_images(self.network, self.datalist.items("training"), self.datalist.items("validation"),
-                             self.transform, self.ood_share, device=self.device, batch_size=self.batch_size,
-                             num_workers=self.num_workers, amp=self.amp)
+        fit = dict(device=self.device, batch_size=self.batch_size, num_workers=self.num_workers, amp=self.amp)
+        items = self.datalist.items("training"), self.datalist.items("validation")
         if self.threshold_source == "validation" and self.checkpoint not in (None, ""):
-            path = gate.save(ood_path(self.checkpoint))
-            print(f"out-of-distribution gate (distance threshold {gate.threshold:.2f}, accepting {self.ood_share:.0%} "
-                  f"of the {gate.num_threshold} validation images) written to {path}", flush=True)
-        return gate
+            return fit_and_save_gate(self.network, *items, self.transform, self.checkpoint, self.ood_share, **fit)[0]
+        return fit_on_images(self.network, *items, self.transform, self.ood_share, **fit)
 
     def ood_report(self, test_distances: dict, test_images) -> pd.DataFrame:
         """The out-of-distribution table (:func:`custom.evaluation.ood_sets.ood_table`): printed, written as

@@ -29,7 +29,7 @@ def fit_ood(checkpoint: str, datalist: str = "", dataset_dir: str = "", images: 
         the gate file written.
     """
     from ..data.datalist import DataList
-    from ..evaluation.ood import fit_on_images, ood_path
+    from ..evaluation.ood import fit_and_save_gate
     from ..networks import load_weights, network_from_record, rebuildable
     from ..record import read_record
     from ..serving.inference import list_inputs
@@ -62,12 +62,8 @@ def fit_ood(checkpoint: str, datalist: str = "", dataset_dir: str = "", images: 
         source = f"data list {dl.path}: {len(fit_items)} training, {len(threshold_items)} validation images"
     if len(fit_items) < 2 or not threshold_items:
         raise ValueError(f"too few images to fit the gate: {source}")
-    gate = fit_on_images(network, fit_items, threshold_items, transform, share, device=device,
-                         batch_size=batch_size)
-    path = gate.save(ood_path(checkpoint))
-    print(f"out-of-distribution gate fitted on {source}: distance threshold {gate.threshold:.2f} (accepts "
-          f"{share:.0%} of the threshold images); written to {path}", flush=True)
-    return path
+    return fit_and_save_gate(network, fit_items, threshold_items, transform, checkpoint, share, fitted_on=source,
+                             device=device, batch_size=batch_size)[1]
 
 
 def gate_overhead(bundle_root: str, input_path: str, output_dir: str, rounds: int = 3, **overrides) -> dict:

@@ -30,7 +30,9 @@ TEST_BLOCKS = ("tests",)
 
 
 def load_benchmark(folder=BENCHMARK) -> tuple[dict, dict]:
-    """The default plan of the noise benchmark and the run records of its runs (``runs/<name>.json``).
+    """The main and clean runs of the noise benchmark's default methods on every draw that ``results.csv`` holds
+    (the default plan's two draws, and the head-to-head rule's new draws once run) and their run records
+    (``runs/<name>.json``).
 
     Raises:
         FileNotFoundError: ``results.csv`` or the record of a run it lists is missing.
@@ -44,8 +46,12 @@ def load_benchmark(folder=BENCHMARK) -> tuple[dict, dict]:
     table = folder / "results.csv"
     if not table.is_file():
         raise FileNotFoundError(f"{table} not found: run `python -m custom.cli noise_benchmark --output {folder}`")
-    listed = set(pd.read_csv(table)["name"])
-    plan = build_plan("report", split_list(DEFAULT_METHODS), data_seeds=split_list(DEFAULT_DATA_SEEDS, int))
+    rows = pd.read_csv(table)
+    methods = split_list(DEFAULT_METHODS)
+    main = rows[(rows["noise"] == "report") & rows["method"].isin(methods)]
+    drawn = sorted(set(main["data_seed"].astype(int)) | set(split_list(DEFAULT_DATA_SEEDS, int)))
+    listed = set(rows["name"])
+    plan = build_plan("report", methods, data_seeds=drawn)
     plan = {part: runs for part, runs in plan.items() if part in ("main", "clean")}
     records = {}
     for run in unique_runs(plan):
@@ -71,7 +77,7 @@ def _mean(values) -> float:
 
 
 def _pooled_row(plan: dict, records: dict, method: str) -> dict:
-    """The row of ``method`` over both draws in the benchmark's own main table (:func:`results_table`)."""
+    """The row of ``method`` over every draw in the benchmark's own main table (:func:`results_table`)."""
     from .noise_benchmark.tables import results_table
 
     rows = [r for r in results_table(plan["main"], records, by_draw=False) if r["method"] == method]
@@ -81,12 +87,12 @@ def _pooled_row(plan: dict, records: dict, method: str) -> dict:
 
 
 def summary_table(plan: dict, records: dict) -> str:
-    """The card's results table: BCE's mean AUC, each method's paired difference to it (both draws)."""
+    """The card's results table: BCE's mean AUC, each method's paired difference to it (every draw)."""
     from ..evaluation.tables import markdown_table
     from .noise_benchmark.tables import COMPARED_HEADERS, COMPARED_KEYS, ci_text
-    from .noise_benchmark.targets import choose_default
+    from .noise_benchmark.targets import default_recipe
 
-    default = choose_default(plan["main"], records)["default"]
+    default = default_recipe(plan["main"], records)
     gaps = _pooled_gaps(plan, records)
     bce = _pooled_row(plan, records, "bce")
     body = [["`bce` (mean AUC)", *(f"{_mean(bce[k]):.1f}" for k in COMPARED_KEYS), f"{_mean(bce['fitted_last']):.0f}%"]]
@@ -116,16 +122,16 @@ def left_out_text(runs, records: dict) -> str:
 
 def headline(plan: dict, records: dict) -> str:
     """README's results summary: the default recipe's paired gaps to BCE and the wrong labels fitted."""
-    from .noise_benchmark.tables import ci_text
-    from .noise_benchmark.targets import choose_default
+    from .noise_benchmark.tables import ci_text, draws
+    from .noise_benchmark.targets import default_recipe
 
     main = plan["main"]
-    default = choose_default(main, records)["default"]
+    default = default_recipe(main, records)
     gap = _pooled_gaps(plan, records)[default]
     fitted = {m: _mean(_pooled_row(plan, records, m)["fitted_last"]) for m in ("bce", default)}
     return (
-        f"On the noise benchmark ({len(gap['seeds'])} paired runs over two draws of the synthetic set with "
-        f"report-mining noise), the default `{default}` is ahead of plain BCE at the last epoch by "
+        f"On the noise benchmark ({len(gap['seeds'])} paired runs over {len(draws(main))} draws of the synthetic set "
+        f"with report-mining noise), the default `{default}` is ahead of plain BCE at the last epoch by "
         f"**{ci_text(gap['last_test'])}** mean-AUC points on the clean test split and "
         f"**{ci_text(gap['last_test_shifted'])}** on the shifted one, and at the checkpoint selected on noisy "
         f"validation by {ci_text(gap['selected_test'])} and {ci_text(gap['selected_test_shifted'])} (95% "
@@ -184,9 +190,10 @@ def blocks(with_tests: bool = False) -> dict[str, str]:
         "results-time": timing_text(plan, records),
         "default-run": default_run_text(),
     }
-    from .noise_benchmark.targets import choose_default
+    from .noise_benchmark.targets import choose_default, choose_default_head_to_head
 
-    out["results-rule"] = "Outcome on the committed runs: " + choose_default(plan["main"], records)["text"]
+    out["results-rule"] = ("Outcome on the committed runs: " + choose_default(plan["main"], records)["text"]
+                           + "\n\nHead to head: " + choose_default_head_to_head(plan["main"], records)["text"])
     if with_tests:
         out["tests"] = tests_text()
     return out

@@ -82,6 +82,7 @@ from .targets import (
     TEACHER_FORM,
     choose_default,
     choose_default_head_to_head,
+    default_recipe,
     evaluate_targets,
     head_to_head_markdown,
 )

@@ -32,6 +32,7 @@ from .targets import (
     TEACHER_FORM,
     choose_default,
     choose_default_head_to_head,
+    default_recipe,
     evaluate_targets,
     head_to_head_markdown,
     targets_markdown,
@@ -222,7 +223,7 @@ def write_outputs(plan: dict[str, list[Run]], records: dict[str, dict], output, 
         first = choose_default(plan["main"], records)
         head = choose_default_head_to_head(plan["main"], records)
         table = head_to_head_markdown(head)
-        default = head["default"] or first["default"]
+        default = default_recipe(plan["main"], records)
         text += ["## The default recipe: the rules, each fixed before its run", "",
                  f"### Head to head on new draws (data seeds {', '.join(str(d) for d in NEW_DRAWS)})", "",
                  HEAD_TO_HEAD_RULE, "", f"Outcome: {head['text']}", ""]

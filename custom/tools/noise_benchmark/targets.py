@@ -268,6 +268,12 @@ def choose_default_head_to_head(main: Sequence[Run], records: dict, new_draws: S
             "passed": passed, "text": text}
 
 
+def default_recipe(main: Sequence[Run], records: dict) -> str:
+    """The recipe train.json ships by the rules: the head-to-head rule's outcome once it is decided, the first
+    rule's (:func:`choose_default`) until then."""
+    return choose_default_head_to_head(main, records)["default"] or choose_default(main, records)["default"]
+
+
 def head_to_head_markdown(choice: dict) -> str:
     """The differences of :func:`choose_default_head_to_head` (``nvum_ema`` - ``nvum``, mean [95%
     t-interval over the pairs]) per draw, over the new draws (the rule's) and over every draw."""
