@@ -192,8 +192,9 @@ def blocks(with_tests: bool = False) -> dict[str, str]:
     }
     from .noise_benchmark.targets import choose_default, choose_default_head_to_head
 
-    out["results-rule"] = ("Outcome on the committed runs: " + choose_default(plan["main"], records)["text"]
-                           + "\n\nHead to head: " + choose_default_head_to_head(plan["main"], records)["text"])
+    out["results-rule"] = ("The first rule on the committed runs: " + choose_default(plan["main"], records)["text"]
+                           + "\n\nThe head-to-head rule (it decides once its draws are run): "
+                           + choose_default_head_to_head(plan["main"], records)["text"])
     if with_tests:
         out["tests"] = tests_text()
     return out
