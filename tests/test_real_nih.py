@@ -63,7 +63,7 @@ def run(tmp_path_factory):
                             "--test_and_deploy", "false")
     printed["train"] = _run("monai.bundle", "run", "training", "--config_file", NIH, *common, "--batch_size", "32",
                             "--max_epochs", "2", "--lr_milestones", "[1]", "--test_and_deploy", "false",
-                            "--mlflow", "false")
+                            "--mlflow", "false", "--nvum#use_teacher", "false")  # 2 epochs: nvum (first_run_nih.md)
     validation = f"[{{'path': '{datalist}', 'dataset_dir': '{data}', 'splits': ['validation'], 'name': 'validation'}}]"
     printed["evaluate"] = _run("monai.bundle", "run", "--config_file",
                                "['bundle/configs/train.json','bundle/configs/datasets/nih.json',"
